@@ -1,0 +1,58 @@
+# teelab — the two commands a newcomer needs are `make demo` and `make test`.
+# Both create or refresh the local virtual environment (.venv) and install everything they need.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.teelab-installed
+PYTEST_ARGS ?=
+
+.PHONY: help demo test lint format bench protos clean venv system-deps typecheck-tree
+
+help:
+	@echo "make demo    start the demo (simulated TEE, attested kernel, key broker, sample sealed dataset)"
+	@echo "make test    install what is needed, lint, and run every test"
+	@echo "make bench   run the benchmarks; writes benchmarks/results/*.json and BENCHMARKS.md"
+	@echo "make lint    ruff + mypy"
+	@echo "make protos  regenerate the gRPC modules from protos/*.proto"
+
+venv: $(STAMP)
+
+# Re-runs whenever the project's dependency list changes.
+$(STAMP): pyproject.toml setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# Debian and npm packages the tests and the demo use (Chromium for UI tests, configurable-http-proxy for JupyterHub).
+system-deps:
+	@scripts/install-system-deps.sh
+
+demo: $(STAMP) system-deps
+	$(PY) scripts/demo.py
+
+lint: $(STAMP) typecheck-tree
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .build/typecheck/teelab
+
+# mypy cannot follow setuptools' package-dir mapping, so it checks a tree of links laid out like the installed package.
+typecheck-tree:
+	@$(PY) scripts/typecheck_tree.py .build/typecheck
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: $(STAMP) system-deps lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) system-deps
+	$(PY) benchmarks/run.py
+
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+clean:
+	rm -rf .build build *.egg-info .mypy_cache .ruff_cache .pytest_cache

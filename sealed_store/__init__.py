@@ -1,0 +1,1 @@
+"""teelab.sealed_store"""
