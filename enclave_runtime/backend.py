@@ -1,0 +1,191 @@
+"""The backend interface: what every TEE backend provides, on the host and inside the TEE.
+
+Host side (:class:`EnclaveBackend`): build an enclave image from an :class:`~.manifest.ImageSpec`, measure
+it, launch a command inside it, and hand the verifier the collateral for evidence from this platform.
+In-TEE side (:class:`TeeRuntime`): evidence over 64 bytes of report_data, and sealing keys bound to the
+enclave's identity. The lifecycle is explicit: build → (measure) → launch → the launched process asks its
+runtime for evidence → the host cleans up.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import ClassVar
+
+from teelab.enclave_runtime.image import EnclaveImage
+from teelab.enclave_runtime.manifest import ImageSpec, ProgressCallback
+from teelab.errors import EvidenceError
+
+REPORT_DATA_SIZE = 64
+
+
+class EvidenceKind(StrEnum):
+    SGX_QUOTE = "sgx-dcap-quote"
+    TDX_QUOTE = "tdx-dcap-quote"
+    SNP_REPORT = "sev-snp-report"
+
+
+class SealPolicy(StrEnum):
+    """Which identity a sealing key is bound to (SGX's KEYPOLICY)."""
+
+    MRENCLAVE = "mrenclave"  # only this exact enclave image
+    MRSIGNER = "mrsigner"  # any enclave of this author and product id
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Evidence as the TEE produced it; ``certificates`` carries e.g. SNP's auxblob when the host gave one."""
+
+    kind: EvidenceKind
+    blob: bytes
+    certificates: bytes | None = None
+
+    def to_json(self) -> dict[str, str]:
+        data = {"kind": self.kind.value, "blob": base64.b64encode(self.blob).decode()}
+        if self.certificates is not None:
+            data["certificates"] = base64.b64encode(self.certificates).decode()
+        return data
+
+    @classmethod
+    def from_json(cls, data: object) -> Evidence:
+        """Decode evidence that crossed the untrusted host; malformed input is an EvidenceError."""
+        try:
+            if not isinstance(data, dict):
+                raise ValueError("evidence must be a JSON object")
+            certificates = data.get("certificates")
+            return cls(
+                kind=EvidenceKind(data["kind"]),
+                blob=base64.b64decode(data["blob"], validate=True),
+                certificates=None if certificates is None else base64.b64decode(certificates, validate=True),
+            )
+        except (KeyError, TypeError, ValueError, binascii.Error) as error:
+            raise EvidenceError(f"malformed evidence message: {error}") from None
+
+
+def check_report_data(report_data: bytes) -> None:
+    if len(report_data) != REPORT_DATA_SIZE:
+        raise EvidenceError(f"report_data must be exactly 64 bytes, not {len(report_data)}")
+
+
+class TeeRuntime(ABC):
+    """What code running inside the TEE can ask of it."""
+
+    backend: ClassVar[str]
+    simulated: ClassVar[bool] = False
+
+    @abstractmethod
+    def evidence(self, report_data: bytes) -> Evidence:
+        """Fresh evidence whose report data is ``report_data`` (exactly 64 bytes)."""
+
+    @abstractmethod
+    def sealing_key(self, policy: SealPolicy = SealPolicy.MRENCLAVE, *, label: bytes = b"") -> bytes:
+        """A 256-bit key only this enclave (or this author's enclaves) can derive on this platform."""
+
+
+@dataclass
+class BackendStatus:
+    """What ``teelab doctor`` reports for one backend."""
+
+    name: str
+    available: bool
+    summary: str
+    found: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+class EnclaveProcess:
+    """A process launched inside a TEE, plus the host-side resources its launch created."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], scratch: Path | None = None) -> None:
+        self.popen = popen
+        self.scratch = scratch
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.popen.wait(timeout)
+
+    def send_signal(self, signum: int) -> None:
+        # The launch made the process a session leader; signal its whole group so helpers go too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def cleanup(self) -> None:
+        """Remove what the launch left on the host; call after the process has exited."""
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
+
+
+class EnclaveBackend(ABC):
+    """The host side of a TEE backend."""
+
+    name: ClassVar[str]
+    simulated: ClassVar[bool] = False
+
+    @classmethod
+    @abstractmethod
+    def status(cls) -> BackendStatus:
+        """Can this machine run this backend, and if not, precisely why."""
+
+    @abstractmethod
+    def build(
+        self,
+        spec: ImageSpec,
+        *,
+        out: Path | None = None,
+        signing_key: Path | None = None,
+        debug: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> EnclaveImage:
+        """Build (and sign) the image; its MRENCLAVE is the value a verifier will see."""
+
+    @abstractmethod
+    def load_image(self, name: str, path: Path | None = None) -> EnclaveImage: ...
+
+    @abstractmethod
+    def launch(
+        self,
+        image: EnclaveImage,
+        *,
+        inputs: Mapping[str, str],
+        stdout: int | None = None,
+        stderr: int | None = None,
+    ) -> EnclaveProcess:
+        """Start the image's entrypoint inside the TEE; ``inputs`` are its passthrough (untrusted) env."""
+
+    @abstractmethod
+    def collateral_path(self, at: datetime | None = None) -> Path | None:
+        """Where the verifier finds collateral for this platform's evidence (None: it must be supplied)."""
+
+
+def encode_json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,85 @@
+"""A cache of file SHA-256 digests keyed by (path, size, mtime, inode) — and ctime.
+
+Measuring a Python environment means hashing tens of thousands of files; with this cache an unchanged
+environment is re-measured from ``stat`` alone. A file whose size, mtime or inode changed is hashed again.
+The change time is part of the key too: unlike mtime it cannot be set back by a user (``touch -d``), so an
+edit that restores size and mtime is still noticed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+from types import TracebackType
+
+from teelab.paths import cache_dir
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS file_hash (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    sha256 TEXT NOT NULL
+)
+"""
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class HashCache:
+    """Use as a context manager; new digests are written back when it closes."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or cache_dir() / "file-hashes-v1.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+        self._known: dict[str, tuple[int, int, int, int, str]] = {
+            row[0]: (row[1], row[2], row[3], row[4], row[5])
+            for row in self._db.execute("SELECT path, size, mtime_ns, ctime_ns, inode, sha256 FROM file_hash")
+        }
+        self._new: dict[str, tuple[int, int, int, int, str]] = {}
+        self.hashed_bytes = 0
+
+    def digest(self, path: str, stat: os.stat_result | None = None) -> str:
+        """SHA-256 of ``path``'s content (follows symlinks)."""
+        stat = stat or os.stat(path)
+        key = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+        known = self._new.get(path) or self._known.get(path)
+        if known is not None and known[:4] == key:
+            return known[4]
+        digest = sha256_file(path)
+        self.hashed_bytes += stat.st_size
+        self._new[path] = (*key, digest)
+        return digest
+
+    def close(self) -> None:
+        if self._new:
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO file_hash VALUES (?, ?, ?, ?, ?, ?)",
+                    [(p, *v) for p, v in self._new.items()],
+                )
+            self._known.update(self._new)
+            self._new.clear()
+        self._db.close()
+
+    def __enter__(self) -> HashCache:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

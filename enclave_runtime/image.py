@@ -1,0 +1,90 @@
+"""Built enclave images: an expanded manifest plus its signature structure.
+
+``<folder>/image.json`` holds the measured manifest and the author's signature over its MRENCLAVE in one
+file, replaced atomically, so a reader never sees a manifest with another image's signature. Backends may
+add their own files beside it (Gramine's ``.manifest.sgx`` and ``.sig``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from teelab.enclave_runtime.files import replace_atomically
+from teelab.enclave_runtime.hashcache import HashCache
+from teelab.enclave_runtime.manifest import EnclaveManifest, ImageSpec, ProgressCallback, expand
+from teelab.enclave_runtime.signing import Sigstruct, load_or_create_key, sign
+from teelab.errors import EnclaveError
+from teelab.paths import data_dir
+
+IMAGE_FILE = "image.json"
+
+
+def default_image_dir(name: str, backend: str) -> Path:
+    return data_dir() / "images" / backend / name
+
+
+@dataclass(frozen=True)
+class EnclaveImage:
+    path: Path
+    backend: str
+    manifest: EnclaveManifest
+    sigstruct: Sigstruct
+
+    @property
+    def mrenclave(self) -> bytes:
+        return self.manifest.mrenclave
+
+    @property
+    def mrsigner(self) -> bytes:
+        return self.sigstruct.mrsigner
+
+    @classmethod
+    def load(cls, path: Path, backend: str) -> EnclaveImage:
+        image_file = path / IMAGE_FILE
+        try:
+            document = json.loads(image_file.read_text())
+            manifest = EnclaveManifest.from_json(document["manifest"], source=str(image_file))
+            sigstruct = Sigstruct.from_json(document["sigstruct"], source=str(image_file))
+        except FileNotFoundError:
+            raise EnclaveError(
+                f"no enclave image at {path}", hint="build it with `teelab enclave build`"
+            ) from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise EnclaveError(f"the enclave image file {image_file} is damaged: {error}") from None
+        if sigstruct.mrenclave != manifest.mrenclave:
+            raise EnclaveError(
+                f"the enclave image at {path} is inconsistent: its signature is over another MRENCLAVE",
+                hint="rebuild it with `teelab enclave build`",
+            )
+        return cls(path, backend, manifest, sigstruct)
+
+
+def build_image(
+    spec: ImageSpec,
+    *,
+    out: Path,
+    backend: str,
+    signing_key: Path | None = None,
+    debug: bool = False,
+    progress: ProgressCallback | None = None,
+    cache: HashCache | None = None,
+) -> EnclaveImage:
+    key = load_or_create_key(signing_key)
+    if cache is None:
+        with HashCache() as own_cache:
+            manifest = expand(spec, own_cache, progress)
+    else:
+        manifest = expand(spec, cache, progress)
+    sigstruct = sign(
+        key,
+        mrenclave=manifest.mrenclave,
+        isv_prod_id=manifest.isv_prod_id,
+        isv_svn=manifest.isv_svn,
+        debug=debug,
+    )
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    document = {"manifest": manifest.to_json(), "sigstruct": sigstruct.to_json()}
+    replace_atomically(out / IMAGE_FILE, json.dumps(document, indent=1).encode(), mode=0o644)
+    return EnclaveImage(out, backend, manifest, sigstruct)

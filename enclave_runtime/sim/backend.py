@@ -1,0 +1,139 @@
+"""The host side of the simulated backend.
+
+It builds and measures images exactly as a LibOS backend would and launches them as ordinary processes:
+the same protocol, formats and checks as on hardware, and **no isolation** — the host can read the process's
+memory and files. Every surface that shows a simulated result says so.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+
+from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess
+from teelab.enclave_runtime.hashcache import HashCache
+from teelab.enclave_runtime.image import EnclaveImage, build_image, default_image_dir
+from teelab.enclave_runtime.manifest import (
+    TEE_STATE,
+    TEE_TMP,
+    ImageSpec,
+    ProgressCallback,
+    check_trusted_files,
+)
+from teelab.enclave_runtime.sim.identity import IDENTITY_ENV, SimIdentity
+from teelab.enclave_runtime.sim.platform import COLLATERAL_CACHE, SimPlatform, default_path
+from teelab.errors import EnclaveError
+from teelab.timeutil import utcnow
+
+
+class SimBackend(EnclaveBackend):
+    name = "sim"
+    simulated = True
+
+    def __init__(self, platform_path: Path | None = None) -> None:
+        self.platform_path = platform_path or default_path()
+
+    @property
+    def platform(self) -> SimPlatform:
+        return SimPlatform.open(self.platform_path)
+
+    @classmethod
+    def status(cls) -> BackendStatus:
+        path = default_path()
+        state = "created" if (path / "platform.json").exists() else "created on first use"
+        return BackendStatus(
+            name=cls.name,
+            available=True,
+            summary="simulated SGX platform — the real protocol and formats, no isolation (not confidential)",
+            found=[f"Python {sys.version.split()[0]}", f"simulated platform at {path} ({state})"],
+        )
+
+    def build(
+        self,
+        spec: ImageSpec,
+        *,
+        out: Path | None = None,
+        signing_key: Path | None = None,
+        debug: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> EnclaveImage:
+        return build_image(
+            spec,
+            out=out or default_image_dir(spec.name, self.name),
+            backend=self.name,
+            signing_key=signing_key,
+            debug=debug,
+            progress=progress,
+        )
+
+    def load_image(self, name: str, path: Path | None = None) -> EnclaveImage:
+        return EnclaveImage.load(path or default_image_dir(name, self.name), self.name)
+
+    def launch(
+        self,
+        image: EnclaveImage,
+        *,
+        inputs: Mapping[str, str],
+        stdout: int | None = None,
+        stderr: int | None = None,
+    ) -> EnclaveProcess:
+        manifest = image.manifest
+        unknown = sorted(set(inputs) - set(manifest.passthrough_env))
+        if unknown:
+            raise EnclaveError(
+                f"the enclave manifest does not let {', '.join(unknown)} in from the host",
+                hint="only variables listed in passthrough_env reach the enclave",
+            )
+        # The loader's job on hardware: what runs must be exactly what was measured.
+        with HashCache() as cache:
+            check_trusted_files(manifest, cache)
+        if not any(f.path == manifest.entrypoint for f in manifest.trusted_files):
+            raise EnclaveError(f"the entrypoint {manifest.entrypoint} is not a trusted file of the image")
+        platform = self.platform
+        state = image.path / "tee-state"
+        state.mkdir(mode=0o700, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="teelab-tee-"))
+
+        def place(value: str) -> str:
+            return value.replace(TEE_TMP, str(scratch)).replace(TEE_STATE, str(state))
+
+        env = {name: place(value) for name, value in manifest.env}
+        for folder in ("HOME", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "MPLCONFIGDIR"):
+            if folder in env:
+                os.makedirs(env[folder], mode=0o700, exist_ok=True)
+        env.update({name: inputs[name] for name in manifest.passthrough_env if name in inputs})
+        env["TEELAB_TEE"] = self.name
+        env[IDENTITY_ENV] = SimIdentity(
+            platform=platform.path,
+            mrenclave=image.mrenclave,
+            mrsigner=image.mrsigner,
+            isv_prod_id=image.sigstruct.isv_prod_id,
+            isv_svn=image.sigstruct.isv_svn,
+            attributes=image.sigstruct.attributes,
+        ).to_env()
+        try:
+            popen = subprocess.Popen(
+                [place(a) for a in manifest.argv],
+                executable=manifest.entrypoint,
+                env=env,
+                cwd=scratch,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as error:
+            os.rmdir(scratch)
+            raise EnclaveError(f"cannot start {manifest.entrypoint}: {error.strerror}") from None
+        return EnclaveProcess(popen, scratch)
+
+    def collateral_path(self, at: datetime | None = None) -> Path:
+        """The platform's collateral bundle, re-issued when it has expired (the sim plays Intel's PCS)."""
+        self.platform.collateral(at or utcnow())
+        return self.platform_path / COLLATERAL_CACHE

@@ -1,0 +1,71 @@
+"""The identity the simulated loader gives a launched enclave, and its sealing identities.
+
+On hardware the CPU records MRENCLAVE/MRSIGNER/attributes in the enclave's SECS at load time; the simulated
+loader measures the image at launch and hands the result to the process in ``TEELAB_SIM_IDENTITY``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from teelab.enclave_runtime.backend import SealPolicy
+from teelab.errors import EvidenceError
+
+IDENTITY_ENV = "TEELAB_SIM_IDENTITY"
+ATTRIBUTE_DEBUG = 0x02
+
+
+@dataclass(frozen=True)
+class SimIdentity:
+    platform: Path
+    mrenclave: bytes
+    mrsigner: bytes
+    isv_prod_id: int
+    isv_svn: int
+    attributes: int
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.attributes & ATTRIBUTE_DEBUG)
+
+    def to_env(self) -> str:
+        return json.dumps(
+            {
+                "platform": str(self.platform),
+                "mrenclave": self.mrenclave.hex(),
+                "mrsigner": self.mrsigner.hex(),
+                "isv_prod_id": self.isv_prod_id,
+                "isv_svn": self.isv_svn,
+                "attributes": self.attributes,
+            }
+        )
+
+    @classmethod
+    def from_env(cls, value: str | None) -> SimIdentity:
+        if not value:
+            raise EvidenceError(
+                "this process was not launched by the simulated TEE backend",
+                hint="start it with `SimBackend.launch` (the teelab-sim kernel does this for you)",
+            )
+        try:
+            data = json.loads(value)
+            return cls(
+                platform=Path(data["platform"]),
+                mrenclave=bytes.fromhex(data["mrenclave"]),
+                mrsigner=bytes.fromhex(data["mrsigner"]),
+                isv_prod_id=int(data["isv_prod_id"]),
+                isv_svn=int(data["isv_svn"]),
+                attributes=int(data["attributes"]),
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise EvidenceError(f"malformed {IDENTITY_ENV}: {error}") from None
+
+    def sealing_identity(self, policy: SealPolicy) -> bytes:
+        """The bytes a sealing key is bound to; the DEBUG attribute is always part of it, as on SGX."""
+        debug = struct.pack("<B", self.attributes & ATTRIBUTE_DEBUG)
+        if policy is SealPolicy.MRENCLAVE:
+            return b"mrenclave\x00" + self.mrenclave + debug
+        return b"mrsigner\x00" + self.mrsigner + struct.pack("<H", self.isv_prod_id) + debug

@@ -1,0 +1,48 @@
+"""The in-TEE side of the simulated backend: quotes and sealing keys for the launched enclave."""
+
+from __future__ import annotations
+
+import os
+
+from teelab.enclave_runtime.backend import Evidence, EvidenceKind, SealPolicy, TeeRuntime, check_report_data
+from teelab.enclave_runtime.sim.identity import IDENTITY_ENV, SimIdentity
+from teelab.enclave_runtime.sim.platform import SimPlatform
+from teelab.enclave_runtime.sim.sgx_structs import (
+    ATTRIBUTE_DEBUG,
+    ATTRIBUTE_INIT,
+    ATTRIBUTE_MODE64BIT,
+    ReportBody,
+)
+
+
+class SimRuntime(TeeRuntime):
+    backend = "sim"
+    simulated = True
+
+    def __init__(self, identity: SimIdentity, platform: SimPlatform) -> None:
+        self.identity = identity
+        self.platform = platform
+
+    @classmethod
+    def from_environment(cls) -> SimRuntime:
+        identity = SimIdentity.from_env(os.environ.get(IDENTITY_ENV))
+        return cls(identity, SimPlatform.load(identity.platform))
+
+    def report_body(self, report_data: bytes) -> ReportBody:
+        flags = ATTRIBUTE_INIT | ATTRIBUTE_MODE64BIT | (self.identity.attributes & ATTRIBUTE_DEBUG)
+        return ReportBody(
+            cpusvn=self.platform.tcb.cpusvn,
+            mrenclave=self.identity.mrenclave,
+            mrsigner=self.identity.mrsigner,
+            isv_prod_id=self.identity.isv_prod_id,
+            isv_svn=self.identity.isv_svn,
+            report_data=report_data,
+            attributes_flags=flags,
+        )
+
+    def evidence(self, report_data: bytes) -> Evidence:
+        check_report_data(report_data)
+        return Evidence(EvidenceKind.SGX_QUOTE, self.platform.quote(self.report_body(report_data)))
+
+    def sealing_key(self, policy: SealPolicy = SealPolicy.MRENCLAVE, *, label: bytes = b"") -> bytes:
+        return self.platform.sealing_key(self.identity.sealing_identity(policy), label=label)
