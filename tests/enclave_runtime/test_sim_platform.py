@@ -4,9 +4,10 @@ damaged file is reported by name."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import stat
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -44,24 +45,25 @@ def test_directory_is_0700_and_private_files_0600(tmp_path: Path) -> None:
         assert stat.S_IMODE((platform.path / name).stat().st_mode) == 0o600, name
 
 
-def _create(path: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    platform = SimPlatform.open(Path(path), now=NOW)
-    queue.put(platform.root_fingerprint)
+CREATE = """
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from teelab.enclave_runtime.sim.platform import SimPlatform
+print(SimPlatform.open(Path(sys.argv[1]), now=datetime(2026, 3, 1, tzinfo=UTC)).root_fingerprint)
+"""
 
 
 def test_concurrent_creation_yields_one_complete_platform(tmp_path: Path) -> None:
     path = tmp_path / "race"
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    workers = [context.Process(target=_create, args=(str(path), queue)) for _ in range(6)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-        assert worker.exitcode == 0
-    fingerprints = {queue.get(timeout=5) for _ in workers}
-    assert len(fingerprints) == 1
-    assert SimPlatform.load(path).root_fingerprint in fingerprints
+    workers = [
+        subprocess.Popen([sys.executable, "-c", CREATE, str(path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    outputs = [worker.communicate(timeout=120)[0].strip() for worker in workers]
+    assert [worker.returncode for worker in workers] == [0] * 6
+    assert len(set(outputs)) == 1
+    assert SimPlatform.load(path).root_fingerprint == outputs[0]
     assert [p.name for p in tmp_path.iterdir()] == ["race"]  # no temporary folders left behind
 
 
