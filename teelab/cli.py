@@ -20,6 +20,7 @@ from teelab.errors import TeelabError
 COMMAND_MODULES = (
     "teelab.enclave_runtime.cli",
     "teelab.gateway.cli",
+    "teelab.kernel.cli",
 )
 
 DESCRIPTION = """\

@@ -28,3 +28,9 @@ def cache_dir() -> Path:
     """The per-user cache directory (derived values only)."""
     env = os.environ.get("TEELAB_CACHE_DIR")
     return _private_dir(Path(env) if env else Path(platformdirs.user_cache_dir("teelab")))
+
+
+def config_dir() -> Path:
+    """The per-user configuration directory (user-level policies)."""
+    env = os.environ.get("TEELAB_CONFIG_DIR")
+    return Path(env) if env else Path(platformdirs.user_config_dir("teelab"))

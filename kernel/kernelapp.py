@@ -1,0 +1,76 @@
+"""The ipykernel application that runs inside the TEE.
+
+Differences from stock ``IPKernelApp``, each for a reason:
+- its connection information arrives in memory from the sealed session bundle and is never written to a
+  file (a host-visible disk is the one place it must not be);
+- a ZAP allow-list answers on the socket context *before* any socket binds, so there is no moment at which
+  an unauthenticated CURVE client could complete a handshake;
+- it logs only errors, and sends no output to the process's stdout/stderr (which the host reads).
+The heartbeat runs on its own context without the allow-list: it only echoes bytes, and the stock client's
+heartbeat channel connects with a throwaway key.
+
+``init_sockets`` follows ipykernel 7.4's own implementation (pinned in pyproject.toml) with the allow-list
+started between creating the context and binding the first socket.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from typing import Any
+
+import zmq
+from ipykernel.kernelapp import IPKernelApp
+from zmq.auth.thread import ThreadAuthenticator
+
+from teelab.kernel.zap import start_allow_list
+
+
+class TeeKernelApp(IPKernelApp):  # type: ignore[misc]
+    authenticator: ThreadAuthenticator | None = None
+
+    def init_connection_file(self) -> None:
+        """The connection information is already loaded from the bundle; there is no file."""
+
+    def write_connection_file(self, **kwargs: Any) -> None:
+        """Never write the keys anywhere."""
+
+    def cleanup_connection_file(self) -> None:
+        """Nothing was written."""
+
+    def log_connection_info(self) -> None:
+        """Nothing to tell the host."""
+
+    def init_sockets(self) -> None:
+        self.log.info("Starting the attested kernel at pid: %i", os.getpid())
+        assert self.context is None, "init_sockets cannot be called twice!"
+        assert self.curve_publickey is not None and self.curve_secretkey is not None, (
+            "CURVE keys are required"
+        )
+        self.context = context = zmq.Context()
+        atexit.register(self.close)
+        self.authenticator = start_allow_list(context, {self.curve_publickey})
+
+        self.shell_socket = context.socket(zmq.ROUTER)
+        self.shell_socket.linger = 1000
+        self._apply_curve_server_options(self.shell_socket)
+        self.shell_port = self._bind_socket(self.shell_socket, self.shell_port)
+
+        self.stdin_socket = context.socket(zmq.ROUTER)
+        self.stdin_socket.linger = 1000
+        self._apply_curve_server_options(self.stdin_socket)
+        self.stdin_port = self._bind_socket(self.stdin_socket, self.stdin_port)
+
+        if hasattr(zmq, "ROUTER_HANDOVER"):
+            self.shell_socket.router_handover = self.stdin_socket.router_handover = 1
+
+        self.init_control(context)
+        self.init_iopub(context)
+
+    def close(self) -> None:
+        # The authenticator's ZAP socket lives on the kernel's context; the context cannot terminate
+        # while it is open.
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
+        super().close()

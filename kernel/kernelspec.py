@@ -1,0 +1,130 @@
+"""``teelab kernel install``: the kernel's enclave image, its operator-owned policy, and its kernelspec.
+
+The kernelspec names the provisioner and the backend and nothing else; the policy goes into a policy folder
+beside the install location (see :mod:`teelab.kernel.policy_files`). For the simulated backend, without a
+``--policy``, the installed policy pins the image just built and allows simulation — and every surface that
+shows its result says *simulated — not confidential*.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from jupyter_client.kernelspec import KernelSpecManager
+
+from teelab.enclave_runtime.backends import get_backend
+from teelab.enclave_runtime.files import replace_atomically
+from teelab.enclave_runtime.image import EnclaveImage
+from teelab.enclave_runtime.images import kernel_image_spec
+from teelab.enclave_runtime.manifest import ProgressCallback
+from teelab.errors import ConfigError, UsageError
+from teelab.gateway.policy import load_policy, parse_policy
+from teelab.kernel.policy_files import sys_prefix_policy_dir, user_policy_dir
+
+DISPLAY_NAMES = {"sim": "Python 3 (teelab · simulated TEE)"}
+
+
+@dataclass(frozen=True)
+class InstalledKernel:
+    name: str
+    kernelspec_dir: Path
+    policy_file: Path
+    image: EnclaveImage
+
+
+def default_name(backend: str) -> str:
+    return f"teelab-{backend}"
+
+
+def sim_policy_text(image: EnclaveImage, name: str) -> str:
+    return f"""\
+# Attestation policy for the {name} kernel, written by `teelab kernel install`.
+# The simulated TEE has no hardware isolation: this policy allows simulation, so every result it accepts
+# is marked "simulated — not confidential". Edit this file (the operator's), not the kernelspec.
+id = "{name}"
+allow_simulation = true
+allow_debug = {"true" if image.sigstruct.debug else "false"}
+
+[sgx]
+# The kernel image built by `teelab enclave build` (rebuild and reinstall after changing the environment).
+mrenclave = ["{image.mrenclave.hex()}"]
+mrsigner = ["{image.mrsigner.hex()}"]
+isv_prod_id = {image.sigstruct.isv_prod_id}
+"""
+
+
+def kernel_json(name: str, backend: str, display_name: str | None) -> dict[str, object]:
+    return {
+        # Never run directly: the provisioner launches the measured image through the backend. Run by
+        # hand, the boot stops at once because nobody gave it a boot request.
+        "argv": [sys.executable, "-m", "teelab.kernel.boot"],
+        "display_name": display_name or DISPLAY_NAMES.get(backend, f"Python 3 (teelab · {backend})"),
+        "language": "python",
+        "interrupt_mode": "message",
+        "metadata": {
+            "kernel_provisioner": {"provisioner_name": "teelab", "config": {"backend": backend}},
+            "supported_encryption": ["curve"],
+            "teelab": {"backend": backend, "simulated": backend == "sim"},
+            "debugger": False,
+        },
+    }
+
+
+def install(
+    *,
+    backend: str = "sim",
+    name: str | None = None,
+    display_name: str | None = None,
+    policy: Path | None = None,
+    user: bool = True,
+    signing_key: Path | None = None,
+    progress: ProgressCallback | None = None,
+) -> InstalledKernel:
+    engine = get_backend(backend)
+    name = name or default_name(backend)
+    if policy is not None:
+        load_policy(policy)  # refuse a broken policy before anything is installed
+    elif not engine.simulated:
+        raise UsageError(
+            f"the {backend} backend needs an attestation policy",
+            hint="pass --policy FILE (see docs/policy.md)",
+        )
+    image = engine.build(kernel_image_spec(), signing_key=signing_key, progress=progress)
+    text = policy.read_text() if policy is not None else sim_policy_text(image, name)
+    parse_policy(text, source=str(policy or "generated policy"))
+    policy_dir = user_policy_dir() if user else sys_prefix_policy_dir()
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    policy_file = policy_dir / f"{name}.toml"
+    replace_atomically(policy_file, text.encode(), mode=0o644)
+    with tempfile.TemporaryDirectory() as staging:
+        (Path(staging) / "kernel.json").write_text(
+            json.dumps(kernel_json(name, backend, display_name), indent=1)
+        )
+        try:
+            destination = KernelSpecManager().install_kernel_spec(
+                staging, kernel_name=name, user=user, prefix=None if user else sys.prefix
+            )
+        except OSError as error:
+            raise ConfigError(f"cannot install kernelspec {name}: {error.strerror or error}") from None
+    return InstalledKernel(name, Path(destination), policy_file, image)
+
+
+def uninstall(name: str) -> list[Path]:
+    removed: list[Path] = []
+    manager = KernelSpecManager()
+    try:
+        removed.append(Path(manager.remove_kernel_spec(name)))
+    except KeyError:
+        raise UsageError(
+            f"no kernelspec named {name!r}", hint="`jupyter kernelspec list` shows them"
+        ) from None
+    for folder in (user_policy_dir(), sys_prefix_policy_dir()):
+        candidate = folder / f"{name}.toml"
+        if candidate.exists():
+            candidate.unlink()
+            removed.append(candidate)
+    return removed

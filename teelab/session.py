@@ -1,0 +1,105 @@
+"""Inside an attested kernel: what attestation established about this session.
+
+``teelab.session.attestation()`` returns the gateway's verdict on this kernel (TEE, measurement, TCB status,
+every check, whether it is simulated). The kernel boot installs it, along with the session's attested
+ephemeral key that the key broker releases data keys to; nothing here is ever written to disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from teelab.errors import TeelabError
+
+
+class NotAttested(TeelabError):
+    """This Python process is not an attested teelab kernel."""
+
+
+class Attestation(Mapping[str, Any]):
+    """The attestation result of this kernel, read-only (the keys of ``teelab evidence verify --json``)."""
+
+    def __init__(self, result: Mapping[str, Any]) -> None:
+        self._result = dict(result)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._result[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._result)
+
+    def __len__(self) -> int:
+        return len(self._result)
+
+    @property
+    def verdict(self) -> str:
+        return str(self._result.get("verdict"))
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self._result.get("simulated"))
+
+    @property
+    def measurement(self) -> str | None:
+        claims = self._result.get("claims") or {}
+        for name in ("mrenclave", "mrtd", "measurement"):
+            if name in claims:
+                return str(claims[name])
+        return None
+
+    def summary(self) -> str:
+        tee = str(self._result.get("tee") or "unknown TEE").upper()
+        line = f"{self.verdict} · {tee} · {self._result.get('tcb_status') or 'no TCB status'}"
+        if self.simulated:
+            line += " · simulated TEE — NOT confidential"
+        return f"{line}\nmeasurement {self.measurement}"
+
+    def __repr__(self) -> str:
+        return f"<Attestation {self.summary()}>"
+
+    def _repr_markdown_(self) -> str:
+        rows = "\n".join(
+            f"| {c['name']} | {'✅' if c['passed'] else '❌'} | {c['detail']} |"
+            for c in self._result.get("checks", [])
+        )
+        warning = "\n\n**Simulated TEE — not confidential.**" if self.simulated else ""
+        return f"**{self.summary().splitlines()[0]}**{warning}\n\n| check | | detail |\n|---|---|---|\n{rows}"
+
+
+@dataclass
+class _SessionState:
+    attestation: Attestation
+    enclave_key: object  # the X25519 private key E whose public half the evidence binds
+    extras: dict[str, Any]
+
+
+_state: _SessionState | None = None
+
+
+def install(
+    attestation: Mapping[str, Any], enclave_key: object, extras: Mapping[str, Any] | None = None
+) -> None:
+    """Called once by the kernel boot after it opened the session bundle."""
+    global _state
+    _state = _SessionState(Attestation(attestation), enclave_key, dict(extras or {}))
+
+
+def attestation() -> Attestation:
+    if _state is None:
+        raise NotAttested(
+            "this kernel is not an attested teelab session",
+            hint='start the notebook with a teelab kernel, e.g. "Python 3 (teelab · simulated TEE)"',
+        )
+    return _state.attestation
+
+
+def is_attested() -> bool:
+    return _state is not None
+
+
+def _current() -> _SessionState:
+    if _state is None:
+        raise NotAttested("this kernel is not an attested teelab session")
+    return _state
