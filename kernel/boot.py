@@ -47,6 +47,8 @@ def _kernel_config(bundle: dict[str, Any]) -> Any:
         for name in _PORTS:
             setattr(config.IPKernelApp, name, int(bundle[name]))
         config.IPKernelApp.quiet = True
+        # IPython would write every cell's code to history.sqlite; keep it in memory, off any disk.
+        config.HistoryManager.hist_file = ":memory:"
         config.IPKernelApp.log_level = "ERROR"
         config.Session.key = str(bundle["key"]).encode()
         config.Session.signature_scheme = str(bundle.get("signature_scheme", "hmac-sha256"))

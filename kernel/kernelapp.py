@@ -5,7 +5,9 @@ Differences from stock ``IPKernelApp``, each for a reason:
   file (a host-visible disk is the one place it must not be);
 - a ZAP allow-list answers on the socket context *before* any socket binds, so there is no moment at which
   an unauthenticated CURVE client could complete a handshake;
-- it logs only errors, and sends no output to the process's stdout/stderr (which the host reads).
+- nothing reaches the process's stdout/stderr, which the host reads: ipykernel copies every fd-level write
+  (C extensions, subprocesses) to the original stdout "for terminals" whatever ``quiet`` says, so the
+  original descriptors are pointed at /dev/null before it captures them.
 The heartbeat runs on its own context without the allow-list: it only echoes bytes, and the stock client's
 heartbeat channel connects with a throwaway key.
 
@@ -66,6 +68,15 @@ class TeeKernelApp(IPKernelApp):  # type: ignore[misc]
 
         self.init_control(context)
         self.init_iopub(context)
+
+    def init_io(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            for fd in (1, 2):
+                os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+        super().init_io()
 
     def close(self) -> None:
         # The authenticator's ZAP socket lives on the kernel's context; the context cannot terminate

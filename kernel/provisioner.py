@@ -40,7 +40,7 @@ from traitlets import Bool, Float, Unicode
 from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess, Evidence
 from teelab.enclave_runtime.backends import get_backend
 from teelab.enclave_runtime.images import KERNEL_IMAGE
-from teelab.errors import AttestationFailed, ConfigError, TeelabError
+from teelab.errors import AttestationFailed, ConfigError, EnclaveError, TeelabError
 from teelab.gateway.anchors import TrustAnchors
 from teelab.gateway.handshake import (
     BootRequest,
@@ -100,7 +100,8 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.process: EnclaveProcess | None = None
         self._nonce = b""
         self._ports: list[int] = []
-        self._stderr: collections.deque[str] = collections.deque(maxlen=40)
+        # What the TEE process wrote to its stdout/stderr: the host sees exactly this much.
+        self.host_output: collections.deque[str] = collections.deque(maxlen=200)
         self.result: AttestationResult | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -150,6 +151,8 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 raise self._failure(
                     "timeout", f"no answer from the kernel within {self.launch_timeout:.0f} s"
                 ) from None
+            if isinstance(error, EnclaveError):
+                raise self._failure("enclave_image", error.message, hint=error.hint) from None
             if isinstance(error, TeelabError):
                 raise self._failure("handshake", error.message, hint=error.hint) from None
             raise
@@ -225,7 +228,7 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         return anchors
 
     def _failure(self, check: str, detail: str, *, hint: str | None = None) -> AttestationFailed:
-        tail = "".join(self._stderr).strip()
+        tail = "".join(self.host_output).strip()
         if check in ("boot", "timeout", "handshake") and tail:
             detail = f"{detail}; the kernel boot said: {tail.splitlines()[-1][:300]}"
         if self.kernel_id:
@@ -239,23 +242,23 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.log.error("teelab kernel %s refused: %s: %s", self.kernel_id, check, detail)
         return AttestationFailed(check, detail, hint=hint)
 
-    def _collect_stderr(self, process: EnclaveProcess) -> None:
-        stream = process.popen.stderr
+    def _collect_output(self, process: EnclaveProcess) -> None:
+        stream = process.popen.stdout
         if stream is None:
             return
 
         def pump() -> None:
             for line in iter(stream.readline, b""):
-                self._stderr.append(line.decode("utf-8", "replace"))
+                self.host_output.append(line.decode("utf-8", "replace"))
 
-        threading.Thread(target=pump, name="teelab-boot-stderr", daemon=True).start()
+        threading.Thread(target=pump, name="teelab-boot-output", daemon=True).start()
 
     async def _handshake(self) -> None:
         backend = self._backend()
         policy = self._policy()
         image = backend.load_image(KERNEL_IMAGE, Path(self.image_path) if self.image_path else None)
         self.result = None
-        self._stderr.clear()
+        self.host_output.clear()
         connection: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -270,10 +273,14 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         try:
             port = server.sockets[0].getsockname()[1]
             request = BootRequest(nonce=self._nonce, host=self.response_host, port=port)
+            # Everything the TEE writes to stdout/stderr is host-visible; keep the tail for error messages.
             self.process = backend.launch(
-                image, inputs={"TEELAB_BOOT_REQUEST": request.to_env()}, stderr=subprocess.PIPE
+                image,
+                inputs={"TEELAB_BOOT_REQUEST": request.to_env()},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
-            self._collect_stderr(self.process)
+            self._collect_output(self.process)
             reader, writer = await self._await_boot(connection)
             try:
                 await self._converse(reader, writer, backend, policy)
@@ -358,6 +365,8 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self.process.cleanup()
             self.process = None
         self._release_ports()
+        # The refused session's keys must not outlive it, even in the trusted domain.
+        self.km.cleanup_connection_file()
 
     def _release_ports(self) -> None:
         cache = LocalPortCache.instance()

@@ -33,7 +33,9 @@ MRENCLAVE = "33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb"
 MRSIGNER = "815f42f11cf64430c30bab7816ba596a1da0130c3b028b673133a66cf9a3e0e6"
 MRTD = "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03ae6dc5f87f27428b2538873118b7"
 RTMR = "44c0197b39157fdd7a4dcc44767f9d6b0bb3977c7a8e347b8492f827fe9d9e5c48aca29b220b80b6a540cf994b9bc9c0"
-MEASUREMENT = "b07af9620f3b839b47996422ddec6058338951d984e312115131ea82705eaf5b6bdf8a9ece31a5a608eb0cf2e4872b01"
+MEASUREMENT = (
+    "b07af9620f3b839b47996422ddec6058338951d984e312115131ea82705eaf5b6bdf8a9ece31a5a608eb0cf2e4872b01"
+)
 OTHER_32 = "ab" * 32
 OTHER_48 = "cd" * 48
 REPORT_DATA = (b"Hello, world!" + bytes(51)).hex()
@@ -124,7 +126,11 @@ def test_default_policy_affirms_pristine_hardware_evidence() -> None:
             AppraisalPolicy(accepted_tcb_statuses=("UpToDate", "SWHardeningNeeded")),
             "TCB status SWHardeningNeeded",
         ),
-        (sgx(advisory_ids=["INTEL-SA-00615"]), AppraisalPolicy(accepted_advisory_ids=("*",)), "INTEL-SA-00615"),
+        (
+            sgx(advisory_ids=["INTEL-SA-00615"]),
+            AppraisalPolicy(accepted_advisory_ids=("*",)),
+            "INTEL-SA-00615",
+        ),
         (sgx(claims={**sgx().claims, "debug": True}), AppraisalPolicy(allow_debug=True), "debug TEE"),
     ],
 )
@@ -141,7 +147,9 @@ def test_accepted_but_not_pristine_is_a_warning(
 def test_any_failed_check_is_contraindicated_and_the_vector_agrees() -> None:
     result = appraise(sgx(simulated=True), AppraisalPolicy(), at=AT)
     assert result.verdict == "contraindicated" and not result.ok
-    assert result.error is not None and result.error.startswith("policy.simulation: simulated TEE — not confidential")
+    assert result.error is not None and result.error.startswith(
+        "policy.simulation: simulated TEE — not confidential"
+    )
     assert max(tier(value) for value in result.trust_vector.values()) == 3
 
 
@@ -213,7 +221,8 @@ def test_tcb_status_not_accepted_explains_what_to_do(status: str, advice: str) -
     detail = failed(result)["policy.tcb_status"]
     assert f"TCB status {status} is not accepted (policy accepts: UpToDate)" in detail
     assert advice in detail
-    assert ("accepted_tcb_statuses" in detail) == (status != "Revoked")
+    # Statuses no policy may accept do not suggest accepting them.
+    assert ("accepted_tcb_statuses" in detail) == (status not in ("Revoked", "TcbLevelNotFound"))
 
 
 def test_tcb_status_accepted_when_listed() -> None:
@@ -242,7 +251,11 @@ def test_every_advisory_must_be_accepted_unless_star() -> None:
     assert appraise(evidence, AppraisalPolicy(accepted_advisory_ids=("*",)), at=AT).verdict == "warning"
     assert not appraise(evidence, AppraisalPolicy(), at=AT).ok
     # Advisory ids compare case-insensitively (the policy normalises to upper case).
-    assert appraise(sgx(advisory_ids=["intel-sa-00289"]), AppraisalPolicy(accepted_advisory_ids=("INTEL-SA-00289",)), at=AT).ok
+    assert appraise(
+        sgx(advisory_ids=["intel-sa-00289"]),
+        AppraisalPolicy(accepted_advisory_ids=("INTEL-SA-00289",)),
+        at=AT,
+    ).ok
 
 
 def test_collateral_age() -> None:
@@ -253,9 +266,10 @@ def test_collateral_age() -> None:
     assert "12d before 2025-07-01T00:00:00Z; the policy allows 7d" in detail
     future = sgx(collateral_issued_at=AT + timedelta(hours=1), valid_from=None)
     assert "after the verification time" in failed(appraise(future, policy, at=AT))["policy.collateral_age"]
-    assert "no collateral issue date" in failed(appraise(sgx(collateral_issued_at=None), policy, at=AT))[
-        "policy.collateral_age"
-    ]
+    assert (
+        "no collateral issue date"
+        in failed(appraise(sgx(collateral_issued_at=None), policy, at=AT))["policy.collateral_age"]
+    )
     assert check(appraise(snp(), policy, at=AT), "policy.collateral_age").passed
     # Without max_collateral_age there is no such check.
     assert "policy.collateral_age" not in {c.name for c in appraise(sgx(), AppraisalPolicy(), at=AT).checks}
@@ -274,7 +288,10 @@ def test_report_data_from_policy_and_from_the_caller_in_constant_time() -> None:
     policy = AppraisalPolicy(report_data=b"Hello, world!")
     assert check(appraise(sgx(), policy, at=AT), "policy.report_data").passed
     wrong = AppraisalPolicy(report_data=b"Hello, world?")
-    assert "does not match the policy's report_data" in failed(appraise(sgx(), wrong, at=AT))["policy.report_data"]
+    assert (
+        "does not match the policy's report_data"
+        in failed(appraise(sgx(), wrong, at=AT))["policy.report_data"]
+    )
     full = bytes.fromhex(REPORT_DATA)
     result = appraise(sgx(), AppraisalPolicy(), at=AT, expected_report_data=full)
     assert check(result, "policy.expected_report_data").passed
@@ -343,7 +360,9 @@ def test_tdx_pins(name: str) -> None:
     assert appraise(tdx(), AppraisalPolicy(tdx=TdxReference(**{name: (actual,)})), at=AT).ok  # type: ignore[arg-type]
     result = appraise(tdx(), AppraisalPolicy(tdx=TdxReference(**{name: (OTHER_48,)})), at=AT)  # type: ignore[arg-type]
     detail = failed(result)[f"policy.{name}"]
-    assert detail.startswith(f"{name.upper()} {str(actual)[:8]}… is not in the policy's allowed list (1 value)")
+    assert detail.startswith(
+        f"{name.upper()} {str(actual)[:8]}… is not in the policy's allowed list (1 value)"
+    )
     assert f"tdx.{name}" in detail
 
 
@@ -351,15 +370,24 @@ def test_tdx_pins(name: str) -> None:
 
 
 def test_snp_measurement_and_host_data() -> None:
-    assert appraise(snp(), AppraisalPolicy(snp=SnpReference(measurement=(MEASUREMENT,), host_data=("00" * 32,))), at=AT).ok
-    problems = failed(appraise(snp(), AppraisalPolicy(snp=SnpReference(measurement=(OTHER_48,), host_data=(OTHER_32,))), at=AT))
+    assert appraise(
+        snp(), AppraisalPolicy(snp=SnpReference(measurement=(MEASUREMENT,), host_data=("00" * 32,))), at=AT
+    ).ok
+    problems = failed(
+        appraise(
+            snp(), AppraisalPolicy(snp=SnpReference(measurement=(OTHER_48,), host_data=(OTHER_32,))), at=AT
+        )
+    )
     assert "MEASUREMENT b07af962…" in problems["policy.measurement"]
     assert "HOST_DATA 00000000…" in problems["policy.host_data"]
 
 
 def test_snp_min_tcb() -> None:
     exact = AppraisalPolicy(snp=SnpReference(min_tcb=SnpMinTcb(bootloader=2, tee=0, snp=5, microcode=68)))
-    assert "bootloader 2, tee 0, snp 5, microcode 68" in check(appraise(snp(), exact, at=AT), "policy.min_tcb").detail
+    assert (
+        "bootloader 2, tee 0, snp 5, microcode 68"
+        in check(appraise(snp(), exact, at=AT), "policy.min_tcb").detail
+    )
     higher = AppraisalPolicy(snp=SnpReference(min_tcb=SnpMinTcb(snp=6, microcode=70)))
     detail = failed(appraise(snp(), higher, at=AT))["policy.min_tcb"]
     assert "snp 5 < 6; microcode 68 < 70" in detail and "firmware" in detail
@@ -387,18 +415,28 @@ def test_snp_guest_policy_bits(reference: SnpReference, bits: int, name: str, ok
 
 
 def test_snp_default_switches_add_no_checks_and_missing_policy_fails_closed() -> None:
-    names = {c.name for c in appraise(snp(claims={**snp().claims, "policy": 0x170000}), AppraisalPolicy(), at=AT).checks}
+    names = {
+        c.name
+        for c in appraise(snp(claims={**snp().claims, "policy": 0x170000}), AppraisalPolicy(), at=AT).checks
+    }
     assert not names & {"policy.smt", "policy.migration_agent", "policy.single_socket"}
     no_policy = snp(claims={k: v for k, v in snp().claims.items() if k != "policy"})
-    assert "policy.guest_policy" in failed(appraise(no_policy, AppraisalPolicy(snp=SnpReference(allow_smt=False)), at=AT))
+    assert "policy.guest_policy" in failed(
+        appraise(no_policy, AppraisalPolicy(snp=SnpReference(allow_smt=False)), at=AT)
+    )
 
 
 # --- results for evidence that never verified ------------------------------------------------------------
 
 
 def test_reject_unverified_carries_checks_and_no_claims() -> None:
-    checks = [Check("evidence.format", True, "Intel DCAP quote v3"), Check("pck_chain", False, "root differs")]
-    result = reject_unverified(checks=checks, tee="sgx", at=AT, policy=AppraisalPolicy(id="p"), cause="verification")
+    checks = [
+        Check("evidence.format", True, "Intel DCAP quote v3"),
+        Check("pck_chain", False, "root differs"),
+    ]
+    result = reject_unverified(
+        checks=checks, tee="sgx", at=AT, policy=AppraisalPolicy(id="p"), cause="verification"
+    )
     assert result.verdict == "contraindicated" and not result.ok
     assert result.claims == {} and result.tee == "sgx" and result.policy_id == "p"
     assert result.error == "pck_chain: root differs"

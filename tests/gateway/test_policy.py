@@ -58,7 +58,9 @@ def test_the_documented_example_parses_to_what_the_docs_say() -> None:
     assert policy.accepted_tcb_statuses == ("UpToDate", "SWHardeningNeeded")
     assert policy.accepted_advisory_ids == ("INTEL-SA-00615",)
     assert policy.max_collateral_age == timedelta(days=30)
-    assert policy.sgx == SgxReference(mrenclave=(MRENCLAVE,), mrsigner=(policy.sgx.mrsigner[0],), isv_prod_id=0, min_isv_svn=0)  # type: ignore[union-attr]
+    assert policy.sgx == SgxReference(
+        mrenclave=(MRENCLAVE,), mrsigner=(policy.sgx.mrsigner[0],), isv_prod_id=0, min_isv_svn=0
+    )  # type: ignore[union-attr]
     assert policy.tdx is not None and policy.tdx.mrtd == (MRTD,) and policy.tdx.rtmr3 == ()
     assert policy.snp is not None
     assert policy.snp.min_tcb == SnpMinTcb(bootloader=2, tee=0, snp=5, microcode=68)
@@ -69,7 +71,7 @@ def test_the_documented_example_parses_to_what_the_docs_say() -> None:
 def test_every_documented_key_is_accepted() -> None:
     text = f"""
 id = "all-keys"
-accepted_tcb_statuses = ["uptodate", "OutOfDate", "TcbLevelNotFound"]
+accepted_tcb_statuses = ["uptodate", "OutOfDate", "swhardeningneeded"]
 accepted_advisory_ids = ["intel-sa-00615", "INTEL-SA-00289"]
 allow_debug = true
 allow_simulation = true
@@ -97,7 +99,7 @@ require_single_socket = true
 """
     policy = parse_policy(text)
     # Names are canonicalised, hex lower-cased, so comparisons never depend on how a value was typed.
-    assert policy.accepted_tcb_statuses == ("UpToDate", "OutOfDate", "TcbLevelNotFound")
+    assert policy.accepted_tcb_statuses == ("UpToDate", "OutOfDate", "SWHardeningNeeded")
     assert policy.accepted_advisory_ids == ("INTEL-SA-00615", "INTEL-SA-00289")
     assert policy.report_data == b"\x01\x02"
     assert policy.max_collateral_age == timedelta(hours=1)
@@ -144,6 +146,7 @@ def test_collateral_age_durations(text: str, expected: timedelta) -> None:
         ("accepted_tcb_statuses = []", "accepted_tcb_statuses", "empty list"),
         ('accepted_tcb_statuses = ["UpToDat"]', "accepted_tcb_statuses", "did you mean 'UpToDate'"),
         ('accepted_tcb_statuses = ["Revoked"]', "accepted_tcb_statuses", "cannot be accepted"),
+        ('accepted_tcb_statuses = ["TcbLevelNotFound"]', "accepted_tcb_statuses", "TCB not supported"),
         ("accepted_tcb_statuses = [1]", "accepted_tcb_statuses", "is not a TCB status"),
         ('accepted_advisory_ids = ["*", "INTEL-SA-1"]', "accepted_advisory_ids", "must be the only entry"),
         ('accepted_advisory_ids = ["bad id"]', "accepted_advisory_ids", "not an advisory id"),

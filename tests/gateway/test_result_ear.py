@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-import multiprocessing
 import os
 import stat
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -58,8 +60,15 @@ def test_json_has_the_issue_keys_first_then_extras() -> None:
     document = result.to_json()
     assert list(document)[: len(ISSUE_KEYS)] == ISSUE_KEYS
     assert document["ok"] is True and document["verdict"] == "affirming" and document["tee"] == "sgx"
-    assert document["error"] is None and document["tcb_status"] == "UpToDate" and document["advisory_ids"] == []
-    assert document["claims"] == {"mrenclave": MRENCLAVE, "isv_svn": 0, "report_data": "00" * 64, "debug": False}
+    assert (
+        document["error"] is None and document["tcb_status"] == "UpToDate" and document["advisory_ids"] == []
+    )
+    assert document["claims"] == {
+        "mrenclave": MRENCLAVE,
+        "isv_svn": 0,
+        "report_data": "00" * 64,
+        "debug": False,
+    }
     assert document["checks"][0] == {"name": "quote_signature", "passed": True, "detail": "valid"}  # type: ignore[index]
     assert document["verified_at"] == "2025-07-01T00:00:00Z" and document["policy_id"] == "p"
     assert document["expected_report_data"] == "00" * 64
@@ -78,7 +87,9 @@ def test_summary_says_plainly_what_failed() -> None:
     text = render_summary(appraise(evidence(tcb_status="OutOfDate"), policy, at=AT))
     lines = text.splitlines()
     assert lines[0] == "REJECTED: SGX enclave (policy teelab-default)"
-    assert any(line.startswith("  failed policy.tcb_status: TCB status OutOfDate is not accepted") for line in lines)
+    assert any(
+        line.startswith("  failed policy.tcb_status: TCB status OutOfDate is not accepted") for line in lines
+    )
     assert any(line.startswith("  failed policy.mrenclave: MRENCLAVE 33d8736d…") for line in lines)
     assert f"  mrenclave   {MRENCLAVE}" in lines  # the full value, ready to pin
     assert "1 failed" not in text and "2 failed" in text
@@ -98,7 +109,11 @@ def test_summary_for_affirming_and_unparsed_results() -> None:
         "ACCEPTED: SGX enclave verified and matches policy teelab-default"
     )
     garbage = reject_unverified(
-        checks=[Check("evidence.format", False, "not recognised")], tee=None, at=AT, policy=AppraisalPolicy(), cause="unrecognized"
+        checks=[Check("evidence.format", False, "not recognised")],
+        tee=None,
+        at=AT,
+        policy=AppraisalPolicy(),
+        cause="unrecognized",
     )
     text = render_summary(garbage)
     assert text.startswith("REJECTED: evidence") and "failed evidence.format: not recognised" in text
@@ -116,7 +131,9 @@ def _payload(token: str) -> dict[str, object]:
 def test_ear_token_shape(key: ec.EllipticCurvePrivateKey) -> None:
     result = appraise(
         evidence(tcb_status="SWHardeningNeeded", advisory_ids=["INTEL-SA-00615"]),
-        AppraisalPolicy(id="prod", accepted_tcb_statuses=("UpToDate", "SWHardeningNeeded"), accepted_advisory_ids=("*",)),
+        AppraisalPolicy(
+            id="prod", accepted_tcb_statuses=("UpToDate", "SWHardeningNeeded"), accepted_advisory_ids=("*",)
+        ),
         at=AT,
         expected_report_data=bytes(64),
     )
@@ -151,7 +168,9 @@ def test_ear_round_trip_and_lifetime(key: ec.EllipticCurvePrivateKey) -> None:
     claims = ear.verify_ear(token, key.public_key(), at=AT + timedelta(minutes=5))
     assert claims["submods"]["sgx"]["ear.status"] == "affirming"  # type: ignore[index]
     assert "eat_nonce" not in claims
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     assert ear.verify_ear(token, pem, at=AT)["iat"] == int(AT.timestamp())
     assert ear.verify_ear(token, pem.decode(), at=AT)["iat"] == int(AT.timestamp())
     with pytest.raises(VerificationError, match="expired"):
@@ -264,23 +283,40 @@ def test_signing_key_refuses_open_permissions_and_damage(data_dir: Path) -> None
     rsa_pem = (
         __import__("cryptography.hazmat.primitives.asymmetric.rsa", fromlist=["rsa"])
         .generate_private_key(public_exponent=65537, key_size=2048)
-        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     path.write_bytes(rsa_pem)
     with pytest.raises(ConfigError, match="not a P-256 key"):
         ear.load_or_create_signing_key()
 
 
-def _first_use(path: str) -> str:
-    key = ear.load_or_create_signing_key(Path(path))
-    return ear.key_id(key.public_key())
+_RACER = """
+import sys, time
+from pathlib import Path
+from teelab.gateway import ear
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.001)
+print(ear.key_id(ear.load_or_create_signing_key(Path(sys.argv[1])).public_key()))
+"""
 
 
 def test_concurrent_first_use_agrees_on_one_key(tmp_path: Path) -> None:
     path = tmp_path / "gateway" / "ear-signing-key.pem"
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(8) as pool:
-        ids = pool.map(_first_use, [str(path)] * 32)
+    go = tmp_path / "go"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(path), str(go)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(12)
+    ]
+    # Every racer is started and waiting before any may create the key, so they collide on first use.
+    time.sleep(1.0)
+    go.touch()
+    ids = [racer.communicate(timeout=60)[0].strip() for racer in racers]
+    assert all(racer.returncode == 0 for racer in racers)
     assert len(set(ids)) == 1
     assert ids[0] == ear.key_id(ear.load_or_create_signing_key(path).public_key())
     assert [p.name for p in path.parent.iterdir()] == ["ear-signing-key.pem"]

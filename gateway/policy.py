@@ -1,0 +1,535 @@
+"""The appraisal policy: which authentic evidence is *acceptable* (reference values and tolerances).
+
+A policy is a TOML file (documented key by key in ``docs/policy.md``) or an :class:`AppraisalPolicy` built in
+code. Loading never weakens policy by accident: an unknown key, a wrong type, a malformed measurement or an
+empty allow-list is a :class:`~teelab.errors.ConfigError` naming the file, the key and what is wrong — a typo
+such as ``alow_debug = true`` must not silently fall back to a default.
+
+The default policy (no file) demands what every policy demands: valid signatures and chains (the verifier's
+job), TCB status ``UpToDate``, no advisories, not a debug TEE, not simulated.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+
+from teelab.errors import ConfigError
+from teelab.gateway.verified import TCB_STATUSES, Tee
+
+DEFAULT_POLICY_ID = "teelab-default"
+ACCEPT_ANY_ADVISORY = "*"
+# A policy is a few kilobytes; anything far larger is not a policy file and is refused before parsing.
+MAX_POLICY_BYTES = 1 << 20
+# Collateral older than this is meaningless to accept, and the cap keeps timedelta arithmetic in range.
+MAX_COLLATERAL_AGE_CAP = timedelta(days=3650)
+
+_SGX_MEASUREMENT_BYTES = 32
+_TDX_MEASUREMENT_BYTES = 48
+_SNP_MEASUREMENT_BYTES = 48
+_SNP_HOST_DATA_BYTES = 32
+_REPORT_DATA_BYTES = 64
+# Statuses the verifier itself treats as failures (Intel's QVL does too): no policy can accept them.
+_NEVER_ACCEPTED = {
+    "Revoked": "the platform's keys are known to be compromised",
+    "TcbLevelNotFound": (
+        "no TCB level covers this platform, so nothing is known about its TCB (Intel: TCB not supported)"
+    ),
+}
+_DURATION = re.compile(r"(\d+)([wdhms])")
+_DURATION_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_ADVISORY_ID = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,63}")
+_POLICY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,159}")
+
+
+class _Invalid(Exception):
+    """A value that cannot be policy; turned into a ConfigError naming where the value came from."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@contextmanager
+def _errors_from(source: str) -> Iterator[None]:
+    try:
+        yield
+    except _Invalid as error:
+        raise ConfigError(
+            f"{source}: key '{error.key}': {error.problem}",
+            hint="see docs/policy.md for every key, its type and an example",
+        ) from None
+
+
+def _hex_values(key: str, values: object, nbytes: int) -> tuple[str, ...]:
+    if isinstance(values, str) or not isinstance(values, list | tuple):
+        raise _Invalid(key, f"expected a list of {2 * nbytes}-digit hex strings, got {_describe(values)}")
+    return tuple(_hex(key, value, nbytes, exact=True) for value in values)
+
+
+def _hex(key: str, value: object, nbytes: int, *, exact: bool) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(key, f"expected a hex string, got {_describe(value)}")
+    text = value.strip().lower().removeprefix("0x")
+    if not re.fullmatch(r"[0-9a-f]*", text) or len(text) % 2:
+        raise _Invalid(key, f"{_clip(value)!r} is not hex (an even number of the digits 0-9a-f)")
+    size = len(text) // 2
+    if exact and size != nbytes:
+        raise _Invalid(
+            key, f"{_clip(value)!r} is {size} bytes; this value is {nbytes} bytes ({2 * nbytes} digits)"
+        )
+    if not exact and not 1 <= size <= nbytes:
+        raise _Invalid(key, f"{_clip(value)!r} is {size} bytes; expected 1 to {nbytes} bytes")
+    return text
+
+
+def _uint(key: str, value: object, bits: int) -> int:
+    # bool is an int in Python; `isv_prod_id = true` is a typo, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(key, f"expected an integer, got {_describe(value)}")
+    if not 0 <= value < 1 << bits:
+        raise _Invalid(key, f"{value} is out of range (0 to {(1 << bits) - 1})")
+    return value
+
+
+def _flag(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(key, f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _duration(key: str, value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and re.fullmatch(r"(\d+[wdhms])+", value.strip().lower()):
+        seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in _DURATION.findall(value.strip().lower()))
+    else:
+        raise _Invalid(
+            key,
+            f'expected seconds (an integer) or a duration like "30d", "12h", "1d12h"; got {_describe(value)}',
+        )
+    if seconds <= 0:
+        raise _Invalid(key, "must be longer than zero")
+    if seconds > MAX_COLLATERAL_AGE_CAP.total_seconds():
+        raise _Invalid(key, f"must be at most {MAX_COLLATERAL_AGE_CAP.days} days")
+    return timedelta(seconds=seconds)
+
+
+def _tcb_statuses(key: str, values: object) -> tuple[str, ...]:
+    if isinstance(values, str) or not isinstance(values, list | tuple):
+        raise _Invalid(key, f"expected a list of TCB status names, got {_describe(values)}")
+    if not values:
+        raise _Invalid(key, 'an empty list accepts no Intel evidence at all; list at least "UpToDate"')
+    canonical = {name.lower(): name for name in TCB_STATUSES}
+    statuses: list[str] = []
+    for value in values:
+        name = canonical.get(value.lower()) if isinstance(value, str) else None
+        if name is None:
+            raise _Invalid(key, f"{_clip(value)!r} is not a TCB status{_suggest(value, TCB_STATUSES)}")
+        if name in _NEVER_ACCEPTED:
+            raise _Invalid(key, f'"{name}" cannot be accepted: {_NEVER_ACCEPTED[name]}')
+        statuses.append(name)
+    return tuple(dict.fromkeys(statuses))
+
+
+def _advisories(key: str, values: object) -> tuple[str, ...]:
+    if isinstance(values, str) or not isinstance(values, list | tuple):
+        raise _Invalid(key, f'expected a list of advisory ids like "INTEL-SA-00615", got {_describe(values)}')
+    ids: list[str] = []
+    for value in values:
+        if not isinstance(value, str):
+            raise _Invalid(key, f"expected advisory id strings, got {_describe(value)}")
+        text = value.strip().upper()
+        if text != ACCEPT_ANY_ADVISORY and not _ADVISORY_ID.fullmatch(text):
+            raise _Invalid(key, f'{_clip(value)!r} is not an advisory id like "INTEL-SA-00615"')
+        ids.append(text)
+    if ACCEPT_ANY_ADVISORY in ids and len(ids) > 1:
+        raise _Invalid(key, '"*" accepts every advisory and must be the only entry')
+    return tuple(dict.fromkeys(ids))
+
+
+def _policy_id(key: str, value: object) -> str:
+    if not isinstance(value, str) or not _POLICY_ID.fullmatch(value):
+        raise _Invalid(
+            key, f"expected a name of letters, digits and ._:/@+- (at most 160), got {_describe(value)}"
+        )
+    return value
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(_clip(value))
+    if isinstance(value, int | float):
+        return _clip(str(value))
+    return f"a {type(value).__name__}" if not isinstance(value, dict) else "a table"
+
+
+def _clip(value: object, limit: int = 40) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _suggest(word: object, choices: tuple[str, ...] | list[str]) -> str:
+    if not isinstance(word, str):
+        return ""
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{matches[0]}'?)" if matches else ""
+
+
+@contextmanager
+def _built_in_code(name: str) -> Iterator[None]:
+    with _errors_from(f"{name}(...)"):
+        yield
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    # Frozen dataclasses normalise their own fields once, at construction.
+    object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True)
+class SgxReference:
+    """Reference values for SGX enclaves. An empty tuple / ``None`` pins nothing."""
+
+    mrenclave: tuple[str, ...] = ()
+    mrsigner: tuple[str, ...] = ()
+    isv_prod_id: int | None = None
+    min_isv_svn: int | None = None
+
+    def __post_init__(self) -> None:
+        with _built_in_code("SgxReference"):
+            _set(self, "mrenclave", _hex_values("sgx.mrenclave", self.mrenclave, _SGX_MEASUREMENT_BYTES))
+            _set(self, "mrsigner", _hex_values("sgx.mrsigner", self.mrsigner, _SGX_MEASUREMENT_BYTES))
+            if self.isv_prod_id is not None:
+                _uint("sgx.isv_prod_id", self.isv_prod_id, 16)
+            if self.min_isv_svn is not None:
+                _uint("sgx.min_isv_svn", self.min_isv_svn, 16)
+
+
+@dataclass(frozen=True)
+class TdxReference:
+    """Reference values for TDX trust domains. An empty tuple pins nothing."""
+
+    mrtd: tuple[str, ...] = ()
+    rtmr0: tuple[str, ...] = ()
+    rtmr1: tuple[str, ...] = ()
+    rtmr2: tuple[str, ...] = ()
+    rtmr3: tuple[str, ...] = ()
+    mrconfigid: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        with _built_in_code("TdxReference"):
+            for name in TDX_PINS:
+                _set(self, name, _hex_values(f"tdx.{name}", getattr(self, name), _TDX_MEASUREMENT_BYTES))
+
+
+TDX_PINS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid")
+SNP_TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
+
+
+@dataclass(frozen=True)
+class SnpMinTcb:
+    """Minimum SEV-SNP TCB components (compared with the report's REPORTED_TCB). ``None`` = no minimum.
+
+    ``fmc`` exists only on Turin and later; a minimum for it rejects reports that carry no FMC component.
+    """
+
+    bootloader: int | None = None
+    tee: int | None = None
+    snp: int | None = None
+    microcode: int | None = None
+    fmc: int | None = None
+
+    def __post_init__(self) -> None:
+        with _built_in_code("SnpMinTcb"):
+            for name in SNP_TCB_COMPONENTS:
+                value = getattr(self, name)
+                if value is not None:
+                    _uint(f"snp.min_tcb.{name}", value, 8)
+
+    def minimums(self) -> dict[str, int]:
+        return {name: value for name in SNP_TCB_COMPONENTS if (value := getattr(self, name)) is not None}
+
+
+@dataclass(frozen=True)
+class SnpReference:
+    """Reference values and guest-policy requirements for SEV-SNP.
+
+    The three policy-bit switches default to what accepts any non-debug guest; a hardened policy sets
+    ``allow_smt = false``, ``allow_migration_agent = false`` or ``require_single_socket = true``.
+    """
+
+    measurement: tuple[str, ...] = ()
+    host_data: tuple[str, ...] = ()
+    min_tcb: SnpMinTcb | None = None
+    allow_smt: bool = True
+    allow_migration_agent: bool = True
+    require_single_socket: bool = False
+
+    def __post_init__(self) -> None:
+        with _built_in_code("SnpReference"):
+            _set(
+                self, "measurement", _hex_values("snp.measurement", self.measurement, _SNP_MEASUREMENT_BYTES)
+            )
+            _set(self, "host_data", _hex_values("snp.host_data", self.host_data, _SNP_HOST_DATA_BYTES))
+            for name in ("allow_smt", "allow_migration_agent", "require_single_socket"):
+                _flag(f"snp.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class AppraisalPolicy:
+    """An appraisal policy. Build it in code or load it with :func:`load_policy`.
+
+    ``sgx`` / ``tdx`` / ``snp`` hold reference values per TEE. When the policy has *any* of them, evidence
+    from a TEE without its section is rejected: a policy that pins an SGX enclave must not accept an
+    arbitrary SEV-SNP guest just because it has nothing to compare it with. An empty section (``[tdx]``)
+    accepts that TEE without pinning measurements.
+    """
+
+    id: str = DEFAULT_POLICY_ID
+    accepted_tcb_statuses: tuple[str, ...] = ("UpToDate",)
+    accepted_advisory_ids: tuple[str, ...] = ()
+    allow_debug: bool = False
+    allow_simulation: bool = False
+    max_collateral_age: timedelta | None = None
+    # Expected report_data: up to 64 bytes, zero-padded on the right to the evidence's report_data length.
+    report_data: bytes | None = None
+    sgx: SgxReference | None = None
+    tdx: TdxReference | None = None
+    snp: SnpReference | None = None
+    # SHA-256 of the file the policy was loaded from, so a result names the exact policy text.
+    digest: str | None = None
+
+    def __post_init__(self) -> None:
+        with _built_in_code("AppraisalPolicy"):
+            _policy_id("id", self.id)
+            _set(
+                self,
+                "accepted_tcb_statuses",
+                _tcb_statuses("accepted_tcb_statuses", self.accepted_tcb_statuses),
+            )
+            _set(
+                self,
+                "accepted_advisory_ids",
+                _advisories("accepted_advisory_ids", self.accepted_advisory_ids),
+            )
+            _flag("allow_debug", self.allow_debug)
+            _flag("allow_simulation", self.allow_simulation)
+            if self.max_collateral_age is not None:
+                _duration("max_collateral_age", self.max_collateral_age)
+            if self.report_data is not None:
+                if (
+                    not isinstance(self.report_data, bytes)
+                    or not 1 <= len(self.report_data) <= _REPORT_DATA_BYTES
+                ):
+                    raise _Invalid("report_data", "expected 1 to 64 bytes")
+
+    @property
+    def pinned_tees(self) -> tuple[Tee, ...]:
+        """The TEEs this policy has a section for; empty means every TEE is judged by the common keys."""
+        sections: tuple[tuple[Tee, object], ...] = (
+            ("sgx", self.sgx),
+            ("tdx", self.tdx),
+            ("sev-snp", self.snp),
+        )
+        return tuple(tee for tee, section in sections if section is not None)
+
+    @property
+    def accepts_any_advisory(self) -> bool:
+        return self.accepted_advisory_ids == (ACCEPT_ANY_ADVISORY,)
+
+    def with_overrides(self, *, allow_debug: bool = False, allow_simulation: bool = False) -> AppraisalPolicy:
+        """This policy loosened from the command line; the id says so, so no result hides the override."""
+        suffix = ""
+        if allow_debug and not self.allow_debug:
+            suffix += "+allow-debug"
+        if allow_simulation and not self.allow_simulation:
+            suffix += "+allow-simulation"
+        if not suffix:
+            return self
+        return replace(
+            self,
+            id=self.id[:120] + suffix,
+            allow_debug=self.allow_debug or allow_debug,
+            allow_simulation=self.allow_simulation or allow_simulation,
+        )
+
+
+_TOP_KEYS = (
+    "id",
+    "accepted_tcb_statuses",
+    "accepted_advisory_ids",
+    "allow_debug",
+    "allow_simulation",
+    "max_collateral_age",
+    "report_data",
+    "sgx",
+    "tdx",
+    "snp",
+)
+_SGX_KEYS = ("mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn")
+_SNP_KEYS = (
+    "measurement",
+    "host_data",
+    "min_tcb",
+    "allow_smt",
+    "allow_migration_agent",
+    "require_single_socket",
+)
+
+
+def _check_keys(prefix: str, table: Mapping[str, object], allowed: tuple[str, ...]) -> None:
+    for key in table:
+        if key not in allowed:
+            where = f"{prefix}.{key}" if prefix else key
+            raise _Invalid(where, f"unknown key{_suggest(key, allowed)}; allowed here: {', '.join(allowed)}")
+
+
+def _table(key: str, value: object) -> Mapping[str, object]:
+    if not isinstance(value, dict):
+        raise _Invalid(key, f"expected a table ([{key}] or {key} = {{...}}), got {_describe(value)}")
+    return value
+
+
+def _non_empty_hexes(key: str, value: object, nbytes: int) -> tuple[str, ...]:
+    values = _hex_values(key, value, nbytes)
+    if not values:
+        raise _Invalid(key, "an empty list allows nothing; remove the key to accept any value")
+    return values
+
+
+def _parse_sgx(table: Mapping[str, object]) -> SgxReference:
+    _check_keys("sgx", table, _SGX_KEYS)
+    return SgxReference(
+        mrenclave=_non_empty_hexes("sgx.mrenclave", table["mrenclave"], _SGX_MEASUREMENT_BYTES)
+        if "mrenclave" in table
+        else (),
+        mrsigner=_non_empty_hexes("sgx.mrsigner", table["mrsigner"], _SGX_MEASUREMENT_BYTES)
+        if "mrsigner" in table
+        else (),
+        isv_prod_id=_uint("sgx.isv_prod_id", table["isv_prod_id"], 16) if "isv_prod_id" in table else None,
+        min_isv_svn=_uint("sgx.min_isv_svn", table["min_isv_svn"], 16) if "min_isv_svn" in table else None,
+    )
+
+
+def _parse_tdx(table: Mapping[str, object]) -> TdxReference:
+    _check_keys("tdx", table, TDX_PINS)
+    pins = {
+        name: _non_empty_hexes(f"tdx.{name}", table[name], _TDX_MEASUREMENT_BYTES)
+        for name in TDX_PINS
+        if name in table
+    }
+    return TdxReference(**pins)
+
+
+def _parse_snp(table: Mapping[str, object]) -> SnpReference:
+    _check_keys("snp", table, _SNP_KEYS)
+    min_tcb = None
+    if "min_tcb" in table:
+        tcb = _table("snp.min_tcb", table["min_tcb"])
+        _check_keys("snp.min_tcb", tcb, SNP_TCB_COMPONENTS)
+        if not tcb:
+            raise _Invalid(
+                "snp.min_tcb", f"an empty table sets no minimum; give any of {', '.join(SNP_TCB_COMPONENTS)}"
+            )
+        min_tcb = SnpMinTcb(**{name: _uint(f"snp.min_tcb.{name}", value, 8) for name, value in tcb.items()})
+    flags = {
+        name: _flag(f"snp.{name}", table[name])
+        for name in ("allow_smt", "allow_migration_agent", "require_single_socket")
+        if name in table
+    }
+    return SnpReference(
+        measurement=_non_empty_hexes("snp.measurement", table["measurement"], _SNP_MEASUREMENT_BYTES)
+        if "measurement" in table
+        else (),
+        host_data=_non_empty_hexes("snp.host_data", table["host_data"], _SNP_HOST_DATA_BYTES)
+        if "host_data" in table
+        else (),
+        min_tcb=min_tcb,
+        **flags,
+    )
+
+
+def policy_from_mapping(
+    data: Mapping[str, object], *, source: str, default_id: str, digest: str | None = None
+) -> AppraisalPolicy:
+    """Build a policy from parsed TOML (or any mapping of the same shape); errors name ``source``."""
+    with _errors_from(source):
+        _check_keys("", data, _TOP_KEYS)
+        fields: dict[str, object] = {"id": _policy_id("id", data["id"]) if "id" in data else default_id}
+        if "accepted_tcb_statuses" in data:
+            fields["accepted_tcb_statuses"] = _tcb_statuses(
+                "accepted_tcb_statuses", data["accepted_tcb_statuses"]
+            )
+        if "accepted_advisory_ids" in data:
+            fields["accepted_advisory_ids"] = _advisories(
+                "accepted_advisory_ids", data["accepted_advisory_ids"]
+            )
+        for name in ("allow_debug", "allow_simulation"):
+            if name in data:
+                fields[name] = _flag(name, data[name])
+        if "max_collateral_age" in data:
+            fields["max_collateral_age"] = _duration("max_collateral_age", data["max_collateral_age"])
+        if "report_data" in data:
+            fields["report_data"] = bytes.fromhex(
+                _hex("report_data", data["report_data"], _REPORT_DATA_BYTES, exact=False)
+            )
+        if "sgx" in data:
+            fields["sgx"] = _parse_sgx(_table("sgx", data["sgx"]))
+        if "tdx" in data:
+            fields["tdx"] = _parse_tdx(_table("tdx", data["tdx"]))
+        if "snp" in data:
+            fields["snp"] = _parse_snp(_table("snp", data["snp"]))
+        return AppraisalPolicy(digest=digest, **fields)  # type: ignore[arg-type]
+
+
+def parse_policy(
+    text: str | bytes, *, source: str = "<policy>", default_id: str = DEFAULT_POLICY_ID
+) -> AppraisalPolicy:
+    """Parse policy TOML. Every malformed input is a ConfigError naming ``source``; nothing else escapes."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if len(raw) > MAX_POLICY_BYTES:
+        raise ConfigError(
+            f"{source}: {len(raw)} bytes is too large for a policy file (limit {MAX_POLICY_BYTES})"
+        )
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{source}: not UTF-8 text (byte {error.start})", hint="a policy is a TOML text file"
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(
+            f"{source}: not valid TOML: {error}", hint="see docs/policy.md for an example"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid TOML: nested too deeply") from None
+    return policy_from_mapping(
+        data, source=source, default_id=default_id, digest=hashlib.sha256(raw).hexdigest()
+    )
+
+
+def load_policy(path: str | Path) -> AppraisalPolicy:
+    """Load a policy file. Its ``id`` defaults to the file name without extension."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_POLICY_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"policy file not found: {path}", hint="check the path given to --policy") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read policy file {path}: {error.strerror or error}") from None
+    default_id = path.stem if _POLICY_ID.fullmatch(path.stem) else "policy"
+    return parse_policy(raw, source=str(path), default_id=default_id)
