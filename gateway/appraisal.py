@@ -16,7 +16,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from teelab.gateway.checks import Check
@@ -132,6 +132,7 @@ def appraise(
     ``expected_report_data`` is what the caller requires in the evidence's report_data (e.g. the session's
     nonce binding); it is compared in constant time, zero-padded on the right like the policy's value.
     """
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)  # a naive time is UTC, as everywhere in teelab
     judge = _Judgement(evidence, policy, at)
     # The verifier established authenticity; whatever it noted as a finding is in evidence.checks.
     judge.vector[INSTANCE_IDENTITY] = AFFIRMING

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -123,6 +123,7 @@ def verify_evidence(
     bytes (a collateral JSON bundle; DER/PEM certificates or an SNP certificate table, e.g. the auxblob).
     """
     anchors = anchors if anchors is not None else default_anchors()
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)  # a naive time is UTC, as everywhere in teelab
 
     def rejected(
         checks: list[Check], tee: Tee | None, cause: Literal["unrecognized", "verification", "malfunction"]
@@ -161,9 +162,16 @@ def verify_evidence(
         detail = f"the verifier failed on this input ({type(error).__name__}: {error}); rejected to be safe"
         log.checks.append(Check("verifier.internal_error", False, detail))
         return rejected(log.checks, found.tee, "malfunction")
-    return appraise(
-        _with_format_check(verified, log.checks[0]), policy, at=at, expected_report_data=expected_report_data
-    )
+    verified = _with_format_check(verified, log.checks[0])
+    try:
+        return appraise(verified, policy, at=at, expected_report_data=expected_report_data)
+    except Exception as error:
+        # Claims come from the evidence; a shape the appraisal did not expect is still only a rejection.
+        detail = (
+            f"the appraisal failed on these claims ({type(error).__name__}: {error}); rejected to be safe"
+        )
+        checks = [*verified.checks, Check("appraisal.internal_error", False, detail)]
+        return rejected(checks, found.tee, "malfunction")
 
 
 def _with_format_check(verified: VerifiedEvidence, check: Check) -> VerifiedEvidence:

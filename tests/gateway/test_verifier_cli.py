@@ -693,3 +693,20 @@ def test_simulated_quotes_pass_only_when_allowed(tmp_path: Path, private_data_di
     document = json.loads(accepted.stdout)
     assert document["simulated"] is True and document["verdict"] == "warning"
     assert document["warnings"] == ["simulated TEE — not confidential"]
+
+
+def test_naive_times_are_utc_and_appraisal_faults_are_rejections(monkeypatch: pytest.MonkeyPatch) -> None:
+    naive = verify_evidence(
+        TDX_QUOTE.read_bytes(), collateral=TDX_COLLATERAL, at=datetime(2025, 7, 1), policy=AppraisalPolicy()
+    )
+    assert naive.verdict == "affirming" and naive.verified_at == SGX_AT
+
+    def odd(*args: object, **kwargs: object) -> None:
+        raise KeyError("claims of an unexpected shape")
+
+    monkeypatch.setattr("teelab.gateway.verifier.appraise", odd)
+    result = verify_evidence(
+        TDX_QUOTE.read_bytes(), collateral=TDX_COLLATERAL, at=SGX_AT, policy=AppraisalPolicy()
+    )
+    assert not result.ok and result.error is not None and result.error.startswith("appraisal.internal_error")
+    assert result.checks[0].name == "evidence.format"
