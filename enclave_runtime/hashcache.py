@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -43,7 +45,10 @@ class HashCache:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or cache_dir() / "file-hashes-v1.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60)
+        # One process may share a cache between threads (a Jupyter server launching kernels); a lock keeps
+        # the connection and the dictionaries consistent.
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
         self._known: dict[str, tuple[int, int, int, int, str]] = {
@@ -57,24 +62,64 @@ class HashCache:
         """SHA-256 of ``path``'s content (follows symlinks)."""
         stat = stat or os.stat(path)
         key = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
-        known = self._new.get(path) or self._known.get(path)
+        with self._lock:
+            known = self._new.get(path) or self._known.get(path)
         if known is not None and known[:4] == key:
             return known[4]
         digest = sha256_file(path)
-        self.hashed_bytes += stat.st_size
-        self._new[path] = (*key, digest)
+        with self._lock:
+            self.hashed_bytes += stat.st_size
+            self._new[path] = (*key, digest)
         return digest
 
+    def digests(self, paths: Sequence[str]) -> dict[str, str | None]:
+        """Digests of many files at once (None for a file that cannot be read).
+
+        The common case — nothing changed — is one ``stat`` and one dictionary lookup per file, under a
+        single lock acquisition; only changed files are hashed.
+        """
+        found: dict[str, str | None] = {}
+        changed: list[str] = []
+        with self._lock:
+            for path in paths:
+                try:
+                    stat = os.stat(path)
+                except OSError:
+                    found[path] = None
+                    continue
+                known = self._new.get(path) or self._known.get(path)
+                if known is not None and known[:4] == (
+                    stat.st_size,
+                    stat.st_mtime_ns,
+                    stat.st_ctime_ns,
+                    stat.st_ino,
+                ):
+                    found[path] = known[4]
+                else:
+                    changed.append(path)
+        for path in changed:
+            try:
+                found[path] = self.digest(path)
+            except OSError:
+                found[path] = None
+        return found
+
+    def flush(self) -> None:
+        """Write new digests to disk (the cache stays open)."""
+        with self._lock:
+            if self._new:
+                with self._db:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO file_hash VALUES (?, ?, ?, ?, ?, ?)",
+                        [(p, *v) for p, v in self._new.items()],
+                    )
+                self._known.update(self._new)
+                self._new.clear()
+
     def close(self) -> None:
-        if self._new:
-            with self._db:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO file_hash VALUES (?, ?, ?, ?, ?, ?)",
-                    [(p, *v) for p, v in self._new.items()],
-                )
-            self._known.update(self._new)
-            self._new.clear()
-        self._db.close()
+        self.flush()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> HashCache:
         return self

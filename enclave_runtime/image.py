@@ -21,6 +21,9 @@ from teelab.paths import data_dir
 IMAGE_FILE = "image.json"
 
 
+_LOADED: dict[tuple[str, str, int, int, int, int], EnclaveImage] = {}
+
+
 def default_image_dir(name: str, backend: str) -> Path:
     return data_dir() / "images" / backend / name
 
@@ -42,6 +45,34 @@ class EnclaveImage:
 
     @classmethod
     def load(cls, path: Path, backend: str) -> EnclaveImage:
+        """Load and check an image; a process that launches many kernels parses an unchanged file once."""
+        image_file = path / IMAGE_FILE
+        try:
+            info = image_file.stat()
+        except OSError:
+            info = None
+        key = (
+            (
+                str(image_file.resolve()),
+                backend,
+                info.st_mtime_ns,
+                info.st_ctime_ns,
+                info.st_size,
+                info.st_ino,
+            )
+            if info
+            else None
+        )
+        if key is not None and (cached := _LOADED.get(key)) is not None:
+            return cached
+        image = cls._parse(path, backend)
+        if key is not None:
+            _LOADED.clear()  # a new build replaces the old one; keep just the latest per process
+            _LOADED[key] = image
+        return image
+
+    @classmethod
+    def _parse(cls, path: Path, backend: str) -> EnclaveImage:
         image_file = path / IMAGE_FILE
         try:
             document = json.loads(image_file.read_text())

@@ -207,14 +207,14 @@ def expand(spec: ImageSpec, cache: HashCache, progress: ProgressCallback | None 
 
 def check_trusted_files(manifest: EnclaveManifest, cache: HashCache) -> None:
     """Refuse to run when any trusted file is missing or differs from its measured hash."""
+    found = cache.digests([f.path for f in manifest.trusted_files])
     for trusted in manifest.trusted_files:
-        try:
-            digest = cache.digest(trusted.path)
-        except OSError:
+        digest = found[trusted.path]
+        if digest is None:
             raise EnclaveError(
                 f"trusted file {trusted.path} is missing; the enclave image no longer matches this machine",
                 hint="rebuild the image with `teelab enclave build` (its MRENCLAVE will change)",
-            ) from None
+            )
         if digest != trusted.sha256:
             raise EnclaveError(
                 f"trusted file {trusted.path} changed since the enclave image was built "

@@ -13,9 +13,11 @@ What the boot writes to stderr is read by the host: it says what step failed, ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
+import threading
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -58,8 +60,21 @@ def _kernel_config(bundle: dict[str, Any]) -> Any:
     return config
 
 
+def _preload_kernel() -> threading.Thread:
+    """Import ipykernel while the main thread waits for the loader and the gateway (both release the GIL)."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            import teelab.kernel.kernelapp  # noqa: F401
+
+    thread = threading.Thread(target=load, name="teelab-preload", daemon=True)
+    thread.start()
+    return thread
+
+
 def boot() -> Any:
     """Run the handshake and return the initialised kernel app (not yet started)."""
+    preload = _preload_kernel()
     request = BootRequest.from_env(os.environ.get("TEELAB_BOOT_REQUEST"))
     runtime = current_runtime()
     secret = X25519PrivateKey.generate()
@@ -79,6 +94,8 @@ def boot() -> Any:
         config = _kernel_config(bundle)
 
         import teelab.session
+
+        preload.join()
         from teelab.kernel.kernelapp import TeeKernelApp
 
         attestation, extras = bundle.get("attestation"), bundle.get("extras")

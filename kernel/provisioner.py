@@ -40,7 +40,7 @@ from traitlets import Bool, Float, Unicode
 from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess, Evidence
 from teelab.enclave_runtime.backends import get_backend
 from teelab.enclave_runtime.images import KERNEL_IMAGE
-from teelab.errors import AttestationFailed, ConfigError, EnclaveError, TeelabError
+from teelab.errors import ConfigError, EnclaveError, TeelabError
 from teelab.gateway.anchors import TrustAnchors
 from teelab.gateway.handshake import (
     BootRequest,
@@ -55,10 +55,13 @@ from teelab.gateway.policy import AppraisalPolicy, load_policy
 from teelab.gateway.result import AttestationResult
 from teelab.gateway.verifier import default_anchors, verify_evidence
 from teelab.gateway.wire import encode_frame, read_frame
+from teelab.kernel.errors import KernelMisconfigured, KernelRefused
 from teelab.kernel.policy_files import find_policy, policy_dirs
 from teelab.kernel.registry import REGISTRY
+from teelab.paths import data_dir
 from teelab.timeutil import utcnow
 
+_BACKENDS: dict[tuple[str, str], EnclaveBackend] = {}
 _PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 # Settings a kernelspec may carry. The policy is deliberately not one of them: kernelspecs are user-editable.
 _KERNELSPEC_SETTINGS = frozenset({"backend"})
@@ -89,7 +92,7 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         spec_settings = set(kwargs) - {"kernel_id", "kernel_spec", "parent", "config", "log"}
         refused = sorted(spec_settings - _KERNELSPEC_SETTINGS)
         if refused:
-            raise ConfigError(
+            raise KernelMisconfigured(
                 f"teelab kernelspecs may only set {', '.join(sorted(_KERNELSPEC_SETTINGS))}; "
                 f"refusing {', '.join(refused)}",
                 hint="attestation policy belongs to the operator: `teelab kernel install --policy FILE`",
@@ -145,8 +148,10 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             await self._handshake()
         except BaseException as error:
             await self._abort()
-            if isinstance(error, AttestationFailed | ConfigError):
+            if isinstance(error, KernelRefused | KernelMisconfigured):
                 raise
+            if isinstance(error, ConfigError):
+                raise KernelMisconfigured(error.message, hint=error.hint) from None
             if isinstance(error, TimeoutError):
                 raise self._failure(
                     "timeout", f"no answer from the kernel within {self.launch_timeout:.0f} s"
@@ -201,7 +206,12 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     # -- the handshake --------------------------------------------------------------------------------
 
     def _backend(self) -> EnclaveBackend:
-        return get_backend(self.backend)
+        # One backend object per process and data directory, so what it caches (parsed images, the file
+        # hash cache) serves every kernel this server starts.
+        key = (self.backend, str(data_dir()))
+        if key not in _BACKENDS:
+            _BACKENDS[key] = get_backend(self.backend)
+        return _BACKENDS[key]
 
     def _policy(self) -> AppraisalPolicy:
         if self.policy_file:
@@ -227,7 +237,7 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 )
         return anchors
 
-    def _failure(self, check: str, detail: str, *, hint: str | None = None) -> AttestationFailed:
+    def _failure(self, check: str, detail: str, *, hint: str | None = None) -> KernelRefused:
         tail = "".join(self.host_output).strip()
         if check in ("boot", "timeout", "handshake") and tail:
             detail = f"{detail}; the kernel boot said: {tail.splitlines()[-1][:300]}"
@@ -240,7 +250,7 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 failure=(check, detail),
             )
         self.log.error("teelab kernel %s refused: %s: %s", self.kernel_id, check, detail)
-        return AttestationFailed(check, detail, hint=hint)
+        return KernelRefused(check, detail, hint=hint)
 
     def _collect_output(self, process: EnclaveProcess) -> None:
         stream = process.popen.stdout

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# jupyter_server's own fixtures (jp_serverapp, jp_fetch, jp_ws_fetch, ...) for the server-side tests.
+pytest_plugins = ("pytest_jupyter.jupyter_server",)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 VECTORS = SHARED / "vectors"

@@ -8,6 +8,7 @@ memory and files. Every surface that shows a simulated result says so.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from teelab.enclave_runtime.manifest import (
     ProgressCallback,
     check_trusted_files,
 )
-from teelab.enclave_runtime.sim.identity import IDENTITY_ENV, SimIdentity
+from teelab.enclave_runtime.sim.identity import IDENTITY_FD_ENV, SimIdentity
 from teelab.enclave_runtime.sim.platform import COLLATERAL_CACHE, SimPlatform, default_path
 from teelab.errors import EnclaveError
 from teelab.timeutil import utcnow
@@ -37,6 +38,13 @@ class SimBackend(EnclaveBackend):
 
     def __init__(self, platform_path: Path | None = None) -> None:
         self.platform_path = platform_path or default_path()
+        self._hash_cache: HashCache | None = None
+
+    def hash_cache(self) -> HashCache:
+        """One cache for the backend's lifetime: a server launching many kernels loads it once."""
+        if self._hash_cache is None:
+            self._hash_cache = HashCache()
+        return self._hash_cache
 
     @property
     def platform(self) -> SimPlatform:
@@ -89,9 +97,6 @@ class SimBackend(EnclaveBackend):
                 f"the enclave manifest does not let {', '.join(unknown)} in from the host",
                 hint="only variables listed in passthrough_env reach the enclave",
             )
-        # The loader's job on hardware: what runs must be exactly what was measured.
-        with HashCache() as cache:
-            check_trusted_files(manifest, cache)
         if not any(f.path == manifest.entrypoint for f in manifest.trusted_files):
             raise EnclaveError(f"the entrypoint {manifest.entrypoint} is not a trusted file of the image")
         platform = self.platform
@@ -108,14 +113,10 @@ class SimBackend(EnclaveBackend):
                 os.makedirs(env[folder], mode=0o700, exist_ok=True)
         env.update({name: inputs[name] for name in manifest.passthrough_env if name in inputs})
         env["TEELAB_TEE"] = self.name
-        env[IDENTITY_ENV] = SimIdentity(
-            platform=platform.path,
-            mrenclave=image.mrenclave,
-            mrsigner=image.mrsigner,
-            isv_prod_id=image.sigstruct.isv_prod_id,
-            isv_svn=image.sigstruct.isv_svn,
-            attributes=image.sigstruct.attributes,
-        ).to_env()
+        # Like a LibOS, the loader checks the trusted files while the enclave loads. The enclave receives
+        # its identity — without which it can produce no evidence — only after every file matched.
+        identity_read, identity_write = os.pipe()
+        env[IDENTITY_FD_ENV] = str(identity_read)
         try:
             popen = subprocess.Popen(
                 [place(a) for a in manifest.argv],
@@ -127,11 +128,39 @@ class SimBackend(EnclaveBackend):
                 stderr=stderr,
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=(identity_read,),
             )
         except OSError as error:
-            os.rmdir(scratch)
+            os.close(identity_write)
+            shutil.rmtree(scratch, ignore_errors=True)
             raise EnclaveError(f"cannot start {manifest.entrypoint}: {error.strerror}") from None
-        return EnclaveProcess(popen, scratch)
+        finally:
+            os.close(identity_read)
+        process = EnclaveProcess(popen, scratch)
+        try:
+            cache = self.hash_cache()
+            check_trusted_files(manifest, cache)
+            cache.flush()
+        except BaseException:
+            os.close(identity_write)
+            process.kill()
+            process.wait()
+            process.cleanup()
+            raise
+        identity = SimIdentity(
+            platform=platform.path,
+            mrenclave=image.mrenclave,
+            mrsigner=image.mrsigner,
+            isv_prod_id=image.sigstruct.isv_prod_id,
+            isv_svn=image.sigstruct.isv_svn,
+            attributes=image.sigstruct.attributes,
+        )
+        with os.fdopen(identity_write, "w") as pipe:
+            try:
+                pipe.write(identity.to_env())
+            except BrokenPipeError:
+                pass  # the process already exited; its exit status tells the caller
+        return process
 
     def collateral_path(self, at: datetime | None = None) -> Path:
         """The platform's collateral bundle, re-issued when it has expired (the sim plays Intel's PCS)."""

@@ -1,12 +1,15 @@
 """The identity the simulated loader gives a launched enclave, and its sealing identities.
 
 On hardware the CPU records MRENCLAVE/MRSIGNER/attributes in the enclave's SECS at load time; the simulated
-loader measures the image at launch and hands the result to the process in ``TEELAB_SIM_IDENTITY``.
+loader checks the image's trusted files while the process starts and then writes the identity to a pipe the
+process inherited (its number in ``TEELAB_SIM_IDENTITY_FD``). Until then the process cannot produce
+evidence; if a trusted file does not match, it is killed without ever getting an identity.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +17,7 @@ from pathlib import Path
 from teelab.enclave_runtime.backend import SealPolicy
 from teelab.errors import EvidenceError
 
-IDENTITY_ENV = "TEELAB_SIM_IDENTITY"
+IDENTITY_FD_ENV = "TEELAB_SIM_IDENTITY_FD"
 ATTRIBUTE_DEBUG = 0x02
 
 
@@ -44,12 +47,24 @@ class SimIdentity:
         )
 
     @classmethod
-    def from_env(cls, value: str | None) -> SimIdentity:
-        if not value:
+    def from_loader(cls, fd_text: str | None) -> SimIdentity:
+        """Read the identity the loader writes once the image checked out (blocks until then)."""
+        if not fd_text:
             raise EvidenceError(
                 "this process was not launched by the simulated TEE backend",
                 hint="start it with `SimBackend.launch` (the teelab-sim kernel does this for you)",
             )
+        try:
+            with os.fdopen(int(fd_text), "r") as pipe:
+                value = pipe.read()
+        except (OSError, ValueError) as error:
+            raise EvidenceError(f"cannot read the enclave identity from the loader: {error}") from None
+        if not value:
+            raise EvidenceError("the loader gave this enclave no identity (its image did not check out)")
+        return cls.from_text(value)
+
+    @classmethod
+    def from_text(cls, value: str) -> SimIdentity:
         try:
             data = json.loads(value)
             return cls(
@@ -61,7 +76,7 @@ class SimIdentity:
                 attributes=int(data["attributes"]),
             )
         except (ValueError, KeyError, TypeError) as error:
-            raise EvidenceError(f"malformed {IDENTITY_ENV}: {error}") from None
+            raise EvidenceError(f"malformed enclave identity: {error}") from None
 
     def sealing_identity(self, policy: SealPolicy) -> bytes:
         """The bytes a sealing key is bound to; the DEBUG attribute is always part of it, as on SGX."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from teelab.enclave_runtime.backend import Evidence, EvidenceKind, SealPolicy, TeeRuntime, check_report_data
-from teelab.enclave_runtime.sim.identity import IDENTITY_ENV, SimIdentity
+from teelab.enclave_runtime.sim.identity import IDENTITY_FD_ENV, SimIdentity
 from teelab.enclave_runtime.sim.platform import SimPlatform
 from teelab.enclave_runtime.sim.sgx_structs import (
     ATTRIBUTE_DEBUG,
@@ -23,10 +23,15 @@ class SimRuntime(TeeRuntime):
         self.identity = identity
         self.platform = platform
 
+    _current: SimRuntime | None = None
+
     @classmethod
     def from_environment(cls) -> SimRuntime:
-        identity = SimIdentity.from_env(os.environ.get(IDENTITY_ENV))
-        return cls(identity, SimPlatform.load(identity.platform))
+        """This process's runtime; the identity pipe can be read once, so the runtime is kept."""
+        if cls._current is None:
+            identity = SimIdentity.from_loader(os.environ.get(IDENTITY_FD_ENV))
+            cls._current = cls(identity, SimPlatform.load(identity.platform))
+        return cls._current
 
     def report_body(self, report_data: bytes) -> ReportBody:
         flags = ATTRIBUTE_INIT | ATTRIBUTE_MODE64BIT | (self.identity.attributes & ATTRIBUTE_DEBUG)

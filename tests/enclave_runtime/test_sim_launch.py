@@ -65,7 +65,7 @@ def test_launched_process_gets_quotes_over_its_measured_identity(
         "PATH",
         "PROBE_INPUT",
         "TEELAB_TEE",
-        "TEELAB_SIM_IDENTITY",
+        "TEELAB_SIM_IDENTITY_FD",
         "LC_CTYPE",
     }
     assert result["cwd"] == result["tmp"]
