@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -63,9 +64,13 @@ NOTEBOOKS = {"01-attested-session.ipynb": attested_session}
 
 
 def main(names: list[str]) -> None:
+    written = []
     for name, build in NOTEBOOKS.items():
         if not names or name in names:
             nbformat.write(build(), ROOT / name)
+            written.append(str(ROOT / name))
+    # The code cells follow the project's formatting like every other Python file.
+    subprocess.run([Path(sys.executable).parent / "ruff", "format", "--quiet", *written], check=True)
 
 
 if __name__ == "__main__":
