@@ -1,13 +1,19 @@
-"""The registry of TEE backends by name."""
+"""The registry of TEE backends by name.
+
+``gramine-direct`` is the Gramine backend launching with ``gramine-direct`` instead of ``gramine-sgx``: no SGX
+and no attestation, for checking that an image starts. It exists only under its own, explicit name.
+"""
 
 from __future__ import annotations
 
 from teelab.enclave_runtime.backend import EnclaveBackend
 from teelab.errors import UsageError
 
+HARDWARE_BACKENDS = ("gramine", "occlum", "cvm")
+
 
 def backend_names() -> tuple[str, ...]:
-    return ("sim",)
+    return ("sim", *HARDWARE_BACKENDS, "gramine-direct")
 
 
 def get_backend(name: str) -> EnclaveBackend:
@@ -15,4 +21,16 @@ def get_backend(name: str) -> EnclaveBackend:
         from teelab.enclave_runtime.sim.backend import SimBackend
 
         return SimBackend()
+    if name in ("gramine", "gramine-direct"):
+        from teelab.enclave_runtime.gramine.backend import GramineBackend
+
+        return GramineBackend(insecure_direct=name == "gramine-direct")
+    if name == "occlum":
+        from teelab.enclave_runtime.occlum.backend import OcclumBackend
+
+        return OcclumBackend()
+    if name == "cvm":
+        from teelab.enclave_runtime.cvm.backend import CvmBackend
+
+        return CvmBackend()
     raise UsageError(f"unknown TEE backend {name!r}", hint=f"choose one of: {', '.join(backend_names())}")

@@ -6,9 +6,15 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from teelab.errors import UsageError
+
+if TYPE_CHECKING:
+    from teelab.enclave_runtime.backend import EnclaveBackend
+    from teelab.enclave_runtime.manifest import ImageSpec
 
 BUILD_EPILOG = """\
 examples:
@@ -45,7 +51,13 @@ examples:
 
 
 def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default="sim", help="TEE backend (default: sim)")
+    parser.add_argument(
+        "--backend",
+        default="sim",
+        metavar="NAME",
+        help="TEE backend: sim (default), gramine, occlum, cvm, or gramine-direct (development only: "
+        "no SGX, no attestation)",
+    )
     parser.add_argument(
         "--python", metavar="PATH", help="the interpreter whose environment to measure (default: this one)"
     )
@@ -70,8 +82,10 @@ def _measure(args: argparse.Namespace) -> int:
     from teelab.enclave_runtime.manifest import expand
     from teelab.enclave_runtime.progress import hashing_progress
 
-    get_backend(args.backend)
+    backend = get_backend(args.backend)
     spec = _spec(args)
+    if not backend.simulated:
+        return _measure_hardware(args, backend, spec)
     with HashCache() as cache, hashing_progress("measuring") as progress:
         manifest = expand(spec, cache, progress)
     mrenclave = manifest.mrenclave.hex()
@@ -103,6 +117,25 @@ def _measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measure_hardware(args: argparse.Namespace, backend: EnclaveBackend, spec: ImageSpec) -> int:
+    """MRENCLAVE as the hardware backend computes it (Gramine's signer, Occlum's build), or why it cannot."""
+    from teelab.enclave_runtime.progress import hashing_progress
+    from teelab.errors import EnclaveError
+
+    measure: Callable[..., bytes] | None = getattr(backend, "measure", None)
+    if measure is None:
+        raise EnclaveError(f"the {args.backend} backend cannot measure an image")
+    with hashing_progress("measuring") as progress:
+        mrenclave = measure(spec, progress=progress)
+    if args.json:
+        print(json.dumps({"image": spec.name, "backend": args.backend, "mrenclave": mrenclave.hex()}))
+    else:
+        print(f"image          {spec.name} (backend {args.backend})")
+        print(f"mrenclave      {mrenclave.hex()}  (MRSIGNER depends on the key given to `enclave build`)")
+    print(mrenclave.hex())
+    return 0
+
+
 def _build(args: argparse.Namespace) -> int:
     from teelab.enclave_runtime.backends import get_backend
     from teelab.enclave_runtime.progress import hashing_progress
@@ -114,6 +147,14 @@ def _build(args: argparse.Namespace) -> int:
             spec, out=args.out, signing_key=args.signing_key, debug=args.debug, progress=progress
         )
     print(f"built          {image.path}")
+    if args.backend == "cvm":
+        from teelab.enclave_runtime.cvm.backend import MEASURE_EXPLANATION
+
+        print(f"trusted files  {len(image.manifest.trusted_files):,} (checked before each launch)")
+        print(f"attested by    the VM: {MEASURE_EXPLANATION} (see `teelab enclave measure --backend cvm`)")
+        return 0
+    if args.backend == "gramine-direct":
+        print("WARNING        gramine-direct launches have no SGX protection and no attestation")
     print(f"trusted files  {len(image.manifest.trusted_files):,}")
     print(f"debug          {'yes — attestation policies refuse debug enclaves' if args.debug else 'no'}")
     print(f"mrsigner       {image.mrsigner.hex()}")

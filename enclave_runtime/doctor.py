@@ -1,11 +1,13 @@
 """``teelab doctor``: which TEE backends this machine can run and, for each one it cannot, precisely why.
 
-Probes look only at the OS boundary (device nodes, configfs, tools on PATH, the kernel version), through a
-:class:`HostView` so tests can point them at a stand-in file tree.
+Probes look only at the OS boundary (device nodes, configfs, /proc, tools on PATH, configuration files, the
+kernel version), through a :class:`HostView` so tests can point them at a stand-in file tree. Each missing
+item is named with what provides it; items that are present are listed too, so a report explains itself.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -16,6 +18,15 @@ from pathlib import Path
 
 from teelab.enclave_runtime.backend import BackendStatus
 
+QCNL_CONFIG = "/etc/sgx_default_qcnl.conf"
+AESM_SOCKET = "/var/run/aesmd/aesm.socket"
+QUOTE_PROVIDER_LIBS = (
+    "/usr/lib/x86_64-linux-gnu/libdcap_quoteprov.so.1",
+    "/usr/lib64/libdcap_quoteprov.so.1",
+    "/usr/lib/libdcap_quoteprov.so.1",
+)
+TSM_REPORT = "/sys/kernel/config/tsm/report"
+
 
 @dataclass(frozen=True)
 class HostView:
@@ -24,6 +35,8 @@ class HostView:
     root: Path = Path("/")
     which: Callable[[str], str | None] = shutil.which
     kernel_release: str = field(default_factory=platform.release)
+    euid: int = field(default_factory=os.geteuid)
+    access: Callable[[Path, int], bool] = os.access
 
     def path(self, absolute: str) -> Path:
         return self.root / absolute.lstrip("/")
@@ -31,13 +44,29 @@ class HostView:
     def exists(self, absolute: str) -> bool:
         return self.path(absolute).exists()
 
-    def cpu_flags(self) -> set[str]:
+    def read(self, absolute: str) -> str | None:
         try:
-            text = self.path("/proc/cpuinfo").read_text()
+            return self.path(absolute).read_text(errors="replace")
         except OSError:
-            return set()
+            return None
+
+    def writable(self, absolute: str) -> bool:
+        return self.euid == 0 or self.access(self.path(absolute), os.W_OK)
+
+    def cpu_flags(self) -> set[str]:
+        text = self.read("/proc/cpuinfo") or ""
         match = re.search(r"^flags\s*:\s*(.*)$", text, re.MULTILINE)
         return set(match.group(1).split()) if match else set()
+
+    def mounted(self, fstype: str, where: str) -> bool | None:
+        """Whether /proc/mounts lists ``fstype`` at ``where``; None when /proc/mounts cannot be read."""
+        text = self.read("/proc/mounts")
+        if text is None:
+            return None
+        return any(
+            len(fields) >= 3 and fields[1] == where and fields[2] == fstype
+            for fields in (line.split() for line in text.splitlines())
+        )
 
     def kernel_at_least(self, major: int, minor: int) -> bool:
         match = re.match(r"(\d+)\.(\d+)", self.kernel_release)
@@ -47,52 +76,86 @@ class HostView:
 
 
 def _sgx_device(view: HostView, found: list[str], missing: list[str]) -> bool:
+    flags = view.cpu_flags()
+    ok = True
     if view.exists("/dev/sgx_enclave"):
         found.append("/dev/sgx_enclave (in-kernel SGX driver)")
-        ok = True
     else:
-        flags = view.cpu_flags()
-        why = "the CPU reports no 'sgx' flag" if "sgx" not in flags else "the kernel exposes no SGX device"
-        missing.append(
-            f"no /dev/sgx_enclave: {why} (needs an SGX CPU, SGX enabled in firmware, Linux ≥ 5.11)"
-        )
+        if "sgx" not in flags:
+            why = "the CPU reports no 'sgx' flag (no SGX CPU, or SGX disabled in the firmware setup)"
+        elif "sgx_lc" not in flags:
+            why = "the CPU lacks Flexible Launch Control ('sgx_lc'), which Linux's SGX driver requires"
+        else:
+            why = "the kernel exposes no SGX device (needs Linux ≥ 5.11 with CONFIG_X86_SGX)"
+        missing.append(f"no /dev/sgx_enclave: {why}")
         ok = False
     if view.exists("/dev/sgx_provision"):
-        found.append("/dev/sgx_provision (DCAP quoting enclave access)")
+        found.append("/dev/sgx_provision (the quoting enclave can get its provisioning key)")
     else:
-        missing.append("no /dev/sgx_provision: the quoting enclave cannot get its provisioning key")
+        missing.append(
+            "no /dev/sgx_provision: the DCAP quoting enclave cannot get its provisioning key (in-kernel driver, "
+            "and the user needs the sgx_prv group)"
+        )
         ok = False
     return ok
 
 
 def _quote_provider(view: HostView, found: list[str], missing: list[str]) -> bool:
     ok = True
-    if view.exists("/var/run/aesmd/aesm.socket"):
-        found.append("aesmd is running (/var/run/aesmd/aesm.socket)")
+    library = next((lib for lib in QUOTE_PROVIDER_LIBS if view.exists(lib)), None)
+    if library:
+        found.append(f"DCAP quote provider library ({library})")
     else:
         missing.append(
-            "aesmd is not running (no /var/run/aesmd/aesm.socket): install and start sgx-aesm-service"
+            "no DCAP quote provider library (libdcap_quoteprov.so.1): install libsgx-dcap-default-qpl "
+            "from Intel's SGX repository"
         )
         ok = False
-    if view.exists("/etc/sgx_default_qcnl.conf"):
-        found.append("DCAP quote provider configured (/etc/sgx_default_qcnl.conf)")
+    text = view.read(QCNL_CONFIG)
+    if text is None:
+        missing.append(f"no quote provider configured ({QCNL_CONFIG}): point it at a PCCS (pccs_url)")
+        return False
+    url = _pccs_url(text)
+    if url:
+        found.append(f"quote provider configured: PCCS {url} ({QCNL_CONFIG})")
     else:
-        missing.append(
-            "no quote provider configured (/etc/sgx_default_qcnl.conf): install libsgx-dcap-default-qpl "
-            "and point it at a PCCS"
-        )
+        missing.append(f"{QCNL_CONFIG} names no PCCS (no pccs_url): quotes cannot get their certificates")
         ok = False
     return ok
 
 
-def _tools(view: HostView, names: tuple[str, ...], found: list[str], missing: list[str]) -> bool:
+def _pccs_url(text: str) -> str | None:
+    try:
+        document = json.loads(text)
+    except ValueError:
+        match = re.search(r"^\s*PCCS_URL\s*=\s*(\S+)", text, re.MULTILINE)
+        return match.group(1) if match else None
+    url = document.get("pccs_url") if isinstance(document, dict) else None
+    return str(url) if url else None
+
+
+def _aesmd(view: HostView, found: list[str], missing: list[str], *, required: bool) -> bool:
+    if view.exists(AESM_SOCKET):
+        found.append(f"aesmd is running ({AESM_SOCKET})")
+        return True
+    message = f"aesmd is not running (no {AESM_SOCKET}): install and start sgx-aesm-service"
+    if required:
+        missing.append(message)
+        return False
+    found.append(f"aesmd not running ({AESM_SOCKET} absent); not needed for DCAP on FLC CPUs")
+    return True
+
+
+def _tools(
+    view: HostView, names: tuple[str, ...], found: list[str], missing: list[str], *, provides: str
+) -> bool:
     ok = True
     for name in names:
         location = view.which(name)
         if location:
             found.append(f"{name} ({location})")
         else:
-            missing.append(f"{name} is not on PATH")
+            missing.append(f"{name} is not on PATH ({provides})")
             ok = False
     return ok
 
@@ -100,12 +163,19 @@ def _tools(view: HostView, names: tuple[str, ...], found: list[str], missing: li
 def gramine_status(view: HostView) -> BackendStatus:
     found: list[str] = []
     missing: list[str] = []
-    tools = _tools(view, ("gramine-sgx", "gramine-manifest", "gramine-sgx-sign"), found, missing)
+    tools = _tools(
+        view,
+        ("gramine-sgx", "gramine-manifest", "gramine-sgx-sign"),
+        found,
+        missing,
+        provides="install Gramine ≥ 1.8: `apt-get install gramine` from packages.gramineproject.io",
+    )
     device = _sgx_device(view, found, missing)
+    aesmd = _aesmd(view, found, missing, required=True)
     provider = _quote_provider(view, found, missing)
     if view.which("gramine-direct"):
         found.append("gramine-direct (development only: no attestation, policy refuses it unless told)")
-    available = tools and device and provider
+    available = tools and device and aesmd and provider
     summary = "SGX enclaves under Gramine" if available else "cannot run Gramine SGX enclaves here"
     return BackendStatus("gramine", available, summary, found, missing)
 
@@ -113,10 +183,18 @@ def gramine_status(view: HostView) -> BackendStatus:
 def occlum_status(view: HostView) -> BackendStatus:
     found: list[str] = []
     missing: list[str] = []
-    tools = _tools(view, ("occlum",), found, missing)
+    tools = _tools(
+        view,
+        ("occlum", "copy_bom"),
+        found,
+        missing,
+        provides="install Occlum ≥ 0.30 (its Docker image, or the occlum packages)",
+    )
     device = _sgx_device(view, found, missing)
+    flc = "sgx_lc" in view.cpu_flags() or view.exists("/dev/sgx_enclave")
+    aesmd = _aesmd(view, found, missing, required=not flc)
     provider = _quote_provider(view, found, missing)
-    available = tools and device and provider
+    available = tools and device and aesmd and provider
     summary = "SGX enclaves under Occlum" if available else "cannot run Occlum SGX enclaves here"
     return BackendStatus("occlum", available, summary, found, missing)
 
@@ -124,31 +202,52 @@ def occlum_status(view: HostView) -> BackendStatus:
 def cvm_status(view: HostView) -> BackendStatus:
     found: list[str] = []
     missing: list[str] = []
+    flags = view.cpu_flags()
     guest = ""
     if view.exists("/dev/sev-guest"):
         guest = "SEV-SNP"
-        found.append("/dev/sev-guest (inside an SEV-SNP guest)")
-    if view.exists("/dev/tdx_guest"):
+        found.append("/dev/sev-guest (inside an SEV-SNP guest; sealing keys available)")
+    if view.exists("/dev/tdx_guest") or "tdx_guest" in flags:
         guest = "TDX"
-        found.append("/dev/tdx_guest (inside a TDX guest)")
-    tsm = view.exists("/sys/kernel/config/tsm/report")
+        found.append(
+            "inside a TDX guest (/dev/tdx_guest or the 'tdx_guest' CPU flag); no sealing keys on TDX"
+        )
+    tsm = view.exists(TSM_REPORT)
     if tsm:
-        found.append("configfs-tsm reports (/sys/kernel/config/tsm/report)")
+        found.append(f"configfs-tsm reports ({TSM_REPORT})")
+        if not view.writable(TSM_REPORT):
+            missing.append(f"configfs-tsm reports need root: cannot create entries in {TSM_REPORT}")
     if not guest and not tsm:
         missing.append("not inside a confidential VM: no /dev/sev-guest, /dev/tdx_guest or configfs-tsm")
     elif not tsm:
         if not view.kernel_at_least(6, 7):
             missing.append(
-                f"kernel {view.kernel_release} is older than 6.7: no configfs-tsm (TDX quotes need it)"
+                f"kernel {view.kernel_release} is older than 6.7: no configfs-tsm"
+                + (" (TDX quotes need it)" if guest == "TDX" else " (SNP falls back to /dev/sev-guest)")
             )
+        elif view.mounted("configfs", "/sys/kernel/config") is False or not view.exists("/sys/kernel/config"):
+            missing.append("configfs is not mounted: mount -t configfs none /sys/kernel/config")
         elif not view.exists("/sys/kernel/config/tsm"):
-            missing.append(
-                "configfs is not mounted at /sys/kernel/config, or the kernel lacks CONFIG_TSM_REPORTS"
-            )
+            missing.append("the kernel has no configfs-tsm (CONFIG_TSM_REPORTS is off)")
         else:
-            missing.append("configfs-tsm has no report provider (is the sev-guest/tdx-guest driver loaded?)")
-    available = bool(tsm) or guest == "SEV-SNP"
-    summary = f"a {guest or 'confidential'} VM guest" if available else "not a confidential VM guest"
+            missing.append(
+                "configfs-tsm has no report provider: load the guest driver (modprobe sev-guest or tdx-guest)"
+            )
+    elif not guest:
+        missing.append(
+            "configfs-tsm is present but no guest driver device is: the provider's driver is not loaded "
+            "(modprobe sev-guest or tdx-guest)"
+        )
+    if guest == "TDX":
+        available = tsm and view.writable(TSM_REPORT)
+    elif guest == "SEV-SNP":
+        device = view.writable("/dev/sev-guest")
+        available = (tsm and view.writable(TSM_REPORT)) or device
+        if not device:
+            missing.append("/dev/sev-guest is not writable: SNP reports and sealing keys need root")
+    else:
+        available = False
+    summary = f"inside a {guest} confidential VM" if available else "cannot attest a confidential VM here"
     return BackendStatus("cvm", available, summary, found, missing)
 
 

@@ -1,0 +1,352 @@
+"""The host side of the Gramine backend: build, sign, measure and launch the kernel image under Gramine.
+
+``build`` hashes the image's files (as every backend does), renders the manifest template, runs
+``gramine-manifest`` and ``gramine-sgx-sign`` with the author's key, and reads MRENCLAVE and MRSIGNER from the
+SIGSTRUCT Gramine wrote: the values a quote from this enclave will carry, and the ones to pin. Without
+Gramine the template is still rendered (to read or to build elsewhere) and the build stops with what to install.
+
+``launch`` runs ``gramine-sgx <name>`` from the image folder. ``gramine-direct`` (no SGX, no attestation) only
+runs when the backend was created with ``insecure_direct=True`` (the ``gramine-direct`` backend name), and says
+so loudly on every launch: the kernel starts, but it can produce no evidence, so the gateway refuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess
+from teelab.enclave_runtime.files import replace_atomically, write_private
+from teelab.enclave_runtime.gramine.sigstruct import SgxSigstruct, load_author_key, parse_sigstruct
+from teelab.enclave_runtime.gramine.template import STATE_FOLDER, GramineOptions, render_template
+from teelab.enclave_runtime.gramine.tools import (
+    BUILD_TOOLS,
+    DIRECT_LAUNCHER,
+    INSTALL_HINT,
+    SGX_LAUNCHER,
+    GramineTools,
+)
+from teelab.enclave_runtime.hashcache import HashCache
+from teelab.enclave_runtime.image import IMAGE_FILE, EnclaveImage, default_image_dir
+from teelab.enclave_runtime.manifest import (
+    EnclaveManifest,
+    ImageSpec,
+    ProgressCallback,
+    TrustedFile,
+    check_trusted_files,
+    expand,
+)
+from teelab.enclave_runtime.signing import Sigstruct, sign
+from teelab.errors import EnclaveError
+
+DIRECT_WARNING = (
+    "teelab: WARNING: gramine-direct runs the kernel as an ordinary process: no SGX enclave, no memory "
+    "protection, no attestation. The host sees everything. The gateway will refuse this kernel."
+)
+
+_INTERPRETER_PROBE = r"""
+import json, os, sys, sysconfig
+libdir = sysconfig.get_config_var("LIBDIR") or ""
+soname = sysconfig.get_config_var("INSTSONAME") or ""
+shared = bool(sysconfig.get_config_var("Py_ENABLE_SHARED"))
+library = os.path.realpath(os.path.join(libdir, soname)) if shared and libdir and soname else ""
+print(json.dumps({"real": os.path.realpath(sys.executable),
+                  "multiarch": sysconfig.get_config_var("MULTIARCH") or "",
+                  "libpython": library if library and os.path.exists(library) else ""}))
+"""
+
+
+@dataclass(frozen=True)
+class GramineImage(EnclaveImage):
+    """A signed Gramine image: its identity is the SIGSTRUCT's, not teelab's own manifest hash."""
+
+    sgx: SgxSigstruct
+    options: GramineOptions
+
+    @property
+    def mrenclave(self) -> bytes:
+        return self.sgx.mrenclave
+
+    @property
+    def mrsigner(self) -> bytes:
+        return self.sgx.mrsigner
+
+    @property
+    def app(self) -> str:
+        return self.manifest.name
+
+    def file(self, suffix: str) -> Path:
+        return self.path / f"{self.app}{suffix}"
+
+
+def _probe(interpreter: str) -> dict[str, str]:
+    try:
+        out = subprocess.run(
+            [interpreter, "-s", "-c", _INTERPRETER_PROBE],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            cwd="/",
+        ).stdout
+        found: dict[str, str] = json.loads(out)
+        return found
+    except (OSError, subprocess.CalledProcessError, ValueError) as error:
+        raise EnclaveError(f"cannot inspect the Python interpreter {interpreter}: {error}") from None
+
+
+def gramine_options(spec: ImageSpec, cache: HashCache, *, debug: bool) -> GramineOptions:
+    """The enclave shape for ``spec``'s interpreter: its real path, libdirs, and a libpython from elsewhere."""
+    found = _probe(spec.entrypoint)
+    arch = found.get("multiarch") or "x86_64-linux-gnu"
+    lib_dirs = (f"/lib/{arch}", f"/usr/lib/{arch}")
+    native: list[TrustedFile] = []
+    library = found.get("libpython", "")
+    if library and not any(library.startswith(d + "/") for d in lib_dirs):
+        info = os.stat(library)
+        native.append(TrustedFile(library, cache.digest(library, info), info.st_size))
+    return GramineOptions(
+        debug=debug, lib_dirs=lib_dirs, native_files=tuple(native), real_entrypoint=found["real"]
+    )
+
+
+def _options_json(options: GramineOptions) -> dict[str, object]:
+    return {
+        "debug": options.debug,
+        "enclave_size": options.enclave_size,
+        "max_threads": options.max_threads,
+        "stack_size": options.stack_size,
+        "lib_dirs": list(options.lib_dirs),
+        "native_files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in options.native_files],
+        "real_entrypoint": options.real_entrypoint,
+    }
+
+
+def _options_from_json(data: Mapping[str, object]) -> GramineOptions:
+    native = data.get("native_files") or []
+    lib_dirs = data.get("lib_dirs") or []
+    if not isinstance(native, list) or not isinstance(lib_dirs, list):
+        raise ValueError("native_files and lib_dirs must be lists")
+    real = data.get("real_entrypoint")
+    return GramineOptions(
+        debug=bool(data["debug"]),
+        enclave_size=str(data["enclave_size"]),
+        max_threads=int(str(data["max_threads"])),
+        stack_size=str(data["stack_size"]),
+        lib_dirs=tuple(str(d) for d in lib_dirs),
+        native_files=tuple(TrustedFile(str(f["path"]), str(f["sha256"]), int(f["size"])) for f in native),
+        real_entrypoint=None if real is None else str(real),
+    )
+
+
+class GramineBackend(EnclaveBackend):
+    name = "gramine"
+
+    def __init__(self, *, tools: GramineTools | None = None, insecure_direct: bool = False) -> None:
+        self.tools = tools or GramineTools()
+        self.insecure_direct = insecure_direct
+
+    @classmethod
+    def status(cls) -> BackendStatus:
+        from teelab.enclave_runtime.doctor import HostView, gramine_status
+
+        return gramine_status(HostView())
+
+    # -- build ----------------------------------------------------------------------------------------
+
+    def render(
+        self, spec: ImageSpec, out: Path, *, debug: bool, progress: ProgressCallback | None = None
+    ) -> tuple[EnclaveManifest, GramineOptions, Path]:
+        """Hash the image and write ``<name>.manifest.template`` into ``out`` (no Gramine needed)."""
+        with HashCache() as cache:
+            manifest = expand(spec, cache, progress)
+            options = gramine_options(spec, cache, debug=debug)
+        text = render_template(manifest, options)
+        out.mkdir(parents=True, exist_ok=True, mode=0o700)
+        template = out / f"{spec.name}.manifest.template"
+        replace_atomically(template, text.encode(), mode=0o644)
+        return manifest, options, template
+
+    def build(
+        self,
+        spec: ImageSpec,
+        *,
+        out: Path | None = None,
+        signing_key: Path | None = None,
+        debug: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> GramineImage:
+        key = load_author_key(signing_key, backend=self.name)
+        assert signing_key is not None  # load_author_key refuses None
+        out = out or default_image_dir(spec.name, self.name)
+        manifest, options, template = self.render(spec, out, debug=debug, progress=progress)
+        missing = self.tools.missing(BUILD_TOOLS)
+        if missing:
+            raise EnclaveError(
+                f"rendered the Gramine manifest template {template}, but cannot sign it: "
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on PATH",
+                hint=INSTALL_HINT,
+            )
+        return self._sign(manifest, options, template, out, key, signing_key)
+
+    def _sign(
+        self,
+        manifest: EnclaveManifest,
+        options: GramineOptions,
+        template: Path,
+        out: Path,
+        key: rsa.RSAPrivateKey,
+        key_path: Path,
+    ) -> GramineImage:
+        name = manifest.name
+        self.tools.render_manifest(template, out / f"{name}.manifest")
+        self.tools.sign(out / f"{name}.manifest", out / f"{name}.manifest.sgx", out / f"{name}.sig", key_path)
+        sgx = self._read_sig(out / f"{name}.sig", manifest, options)
+        # teelab's own signature structure over the SGX identity, with the same author key, so everything that
+        # reads an image's sigstruct (ids, debug flag, MRSIGNER) sees Gramine's values and can verify them.
+        sigstruct = sign(
+            key, mrenclave=sgx.mrenclave, isv_prod_id=sgx.isv_prod_id, isv_svn=sgx.isv_svn, debug=sgx.debug
+        )
+        document = {
+            "manifest": manifest.to_json(),
+            "sigstruct": sigstruct.to_json(),
+            "gramine": {"options": _options_json(options), "sgx_sigstruct": sgx.to_json()},
+        }
+        replace_atomically(out / IMAGE_FILE, json.dumps(document, indent=1).encode(), mode=0o644)
+        return GramineImage(out, self.name, manifest, sigstruct, sgx, options)
+
+    @staticmethod
+    def _read_sig(path: Path, manifest: EnclaveManifest, options: GramineOptions) -> SgxSigstruct:
+        try:
+            sgx = parse_sigstruct(path.read_bytes(), source=str(path))
+        except FileNotFoundError:
+            raise EnclaveError(f"gramine-sgx-sign wrote no signature file {path}") from None
+        if (sgx.isv_prod_id, sgx.isv_svn) != (manifest.isv_prod_id, manifest.isv_svn):
+            raise EnclaveError(
+                f"{path} signs ISV product/SVN {sgx.isv_prod_id}/{sgx.isv_svn}, not the image's"
+            )
+        if sgx.debug != options.debug:
+            raise EnclaveError(
+                f"{path} has debug={sgx.debug}, but the manifest asked for debug={options.debug}"
+            )
+        return sgx
+
+    def measure(self, spec: ImageSpec, *, progress: ProgressCallback | None = None) -> bytes:
+        """MRENCLAVE of ``spec`` under this host's Gramine, without the author's key.
+
+        MRENCLAVE covers Gramine's own loader (libpal), so only Gramine can compute it; the signing key only
+        decides MRSIGNER. A throwaway key signs a scratch copy, which is then deleted.
+        """
+        missing = self.tools.missing(BUILD_TOOLS)
+        if missing:
+            raise EnclaveError(
+                f"measuring a Gramine image needs Gramine: {', '.join(missing)} not on PATH "
+                "(MRENCLAVE covers Gramine's own loader, so no other tool can compute it)",
+                hint=INSTALL_HINT,
+            )
+        with tempfile.TemporaryDirectory(prefix="teelab-gramine-measure-") as scratch:
+            folder = Path(scratch)
+            throwaway = rsa.generate_private_key(public_exponent=3, key_size=3072)
+            key_path = folder / "throwaway-key.pem"
+            write_private(
+                key_path,
+                throwaway.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
+            )
+            manifest, options, template = self.render(spec, folder / "image", debug=False, progress=progress)
+            return self._sign(manifest, options, template, folder / "image", throwaway, key_path).mrenclave
+
+    def load_image(self, name: str, path: Path | None = None) -> GramineImage:
+        path = path or default_image_dir(name, self.name)
+        image_file = path / IMAGE_FILE
+        try:
+            document = json.loads(image_file.read_text())
+            manifest = EnclaveManifest.from_json(document["manifest"], source=str(image_file))
+            sigstruct = Sigstruct.from_json(document["sigstruct"], source=str(image_file))
+            options = _options_from_json(document["gramine"]["options"])
+        except FileNotFoundError:
+            raise EnclaveError(
+                f"no Gramine image at {path}", hint="build it with `teelab enclave build --backend gramine`"
+            ) from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise EnclaveError(f"the Gramine image file {image_file} is damaged: {error}") from None
+        sgx = self._read_sig(path / f"{manifest.name}.sig", manifest, options)
+        if sigstruct.mrenclave != sgx.mrenclave or sigstruct.mrsigner != sgx.mrsigner:
+            raise EnclaveError(
+                f"the Gramine image at {path} is inconsistent: {manifest.name}.sig is not the signature it "
+                "recorded",
+                hint="rebuild it with `teelab enclave build --backend gramine`",
+            )
+        return GramineImage(path, self.name, manifest, sigstruct, sgx, options)
+
+    # -- launch ---------------------------------------------------------------------------------------
+
+    def launch(
+        self,
+        image: EnclaveImage,
+        *,
+        inputs: Mapping[str, str],
+        stdout: int | None = None,
+        stderr: int | None = None,
+    ) -> EnclaveProcess:
+        if not isinstance(image, GramineImage):
+            raise EnclaveError(f"{image.path} is a {image.backend} image, not a Gramine one")
+        manifest = image.manifest
+        unknown = sorted(set(inputs) - set(manifest.passthrough_env))
+        if unknown:
+            raise EnclaveError(
+                f"the enclave manifest does not let {', '.join(unknown)} in from the host",
+                hint="only variables listed as passthrough reach the enclave",
+            )
+        if not image.file(".manifest.sgx").exists():
+            raise EnclaveError(f"{image.file('.manifest.sgx')} is missing", hint="rebuild the image")
+        # Gramine refuses a changed trusted file when it is opened; checking first names the file up front.
+        with HashCache() as cache:
+            check_trusted_files(manifest, cache)
+        launcher = SGX_LAUNCHER
+        if self.insecure_direct:
+            launcher = DIRECT_LAUNCHER
+            print(DIRECT_WARNING, file=sys.stderr, flush=True)
+        program = self.tools.find(launcher)
+        (image.path / STATE_FOLDER).mkdir(mode=0o700, exist_ok=True)
+        # The loader gets PATH to find its helpers; the enclave itself sees only the manifest's environment
+        # plus the passthrough inputs.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        env.update({name: inputs[name] for name in manifest.passthrough_env if name in inputs})
+        try:
+            popen = subprocess.Popen(
+                [program, image.app],
+                env=env,
+                cwd=image.path,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as error:
+            raise EnclaveError(f"cannot start {launcher}: {error.strerror}") from None
+        return EnclaveProcess(popen)
+
+    def collateral_path(self, at: datetime | None = None) -> Path | None:
+        """None: Intel collateral depends on the quote's platform; see :meth:`collateral_for`."""
+        return None
+
+    def collateral_for(self, evidence: bytes, at: datetime) -> Path:
+        """Intel collateral for ``evidence`` (its FMSPC and PCK CA), from the configured PCCS, cached."""
+        from teelab.enclave_runtime.cvm.pccs import PccsClient
+
+        return PccsClient().collateral_for_quote(evidence, at)
