@@ -186,6 +186,13 @@ class EnclaveBackend(ABC):
     def collateral_path(self, at: datetime | None = None) -> Path | None:
         """Where the verifier finds collateral for this platform's evidence (None: it must be supplied)."""
 
+    def collateral_for(self, evidence: bytes, at: datetime) -> Path | None:
+        """Collateral for one piece of evidence (real platforms pick it by the quote's FMSPC and PCK CA).
+
+        The host provides collateral, and that is safe: every document in it is signed and checked.
+        """
+        return self.collateral_path(at)
+
 
 def encode_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)

@@ -1,9 +1,9 @@
 """Inside the TEE: find the runtime this process is running under.
 
-Hardware first, each by the interface only its runtime provides: Gramine's ``/dev/attestation`` pseudo-files,
+Each runtime by the interface only it provides: Gramine's ``/dev/attestation`` pseudo-files,
 Occlum's ``/dev/sgx`` device (on an SGX host ``/dev/sgx`` is at most a folder of links), a confidential VM's
-configfs-tsm, ``/dev/sev-guest`` or ``/dev/tdx_guest``. Only then the simulated TEE, which the sim backend
-announces with ``TEELAB_TEE=sim``. Detection is convenience, not trust: whatever answers must still produce
+configfs-tsm, ``/dev/sev-guest`` or ``/dev/tdx_guest`` — unless the simulated backend launched this process and
+said so with ``TEELAB_TEE=sim``. Detection is convenience, not trust: whatever answers must still produce
 evidence the gateway verifies.
 """
 
@@ -24,16 +24,19 @@ def current_runtime(root: Path = Path("/"), env: Mapping[str, str] | None = None
     from teelab.enclave_runtime.occlum.runtime import OcclumRuntime
 
     env = os.environ if env is None else env
+    # The simulated backend says so explicitly. Honouring it first is safe: Gramine and Occlum let no host
+    # variable but the boot request into the enclave, and inside a CVM the launcher itself is in the guest —
+    # so only a simulated launch can set it, and a simulated kernel inside a CVM stays simulated.
+    if env.get("TEELAB_TEE") == "sim":
+        from teelab.enclave_runtime.sim.runtime import SimRuntime
+
+        return SimRuntime.from_environment()
     if GramineRuntime.detect(root):
         return GramineRuntime(root)
     if OcclumRuntime.detect(root):
         return OcclumRuntime(root)
     if CvmRuntime.detect(root):
         return CvmRuntime(root)
-    if env.get("TEELAB_TEE") == "sim":
-        from teelab.enclave_runtime.sim.runtime import SimRuntime
-
-        return SimRuntime.from_environment()
     raise EvidenceError(
         "this process is not running inside a TEE teelab knows (no /dev/attestation, /dev/sgx, "
         "configfs-tsm, /dev/sev-guest or /dev/tdx_guest, and not the simulated TEE)",

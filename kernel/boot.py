@@ -72,8 +72,18 @@ def _preload_kernel() -> threading.Thread:
     return thread
 
 
+def _make_private_dirs() -> None:
+    """HOME, IPYTHONDIR, … point into the TEE's scratch space (a tmpfs that starts empty on hardware)."""
+    for name in ("HOME", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "MPLCONFIGDIR"):
+        folder = os.environ.get(name)
+        if folder:
+            with contextlib.suppress(OSError):
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+
+
 def boot() -> Any:
     """Run the handshake and return the initialised kernel app (not yet started)."""
+    _make_private_dirs()
     preload = _preload_kernel()
     request = BootRequest.from_env(os.environ.get("TEELAB_BOOT_REQUEST"))
     runtime = current_runtime()

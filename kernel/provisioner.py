@@ -327,7 +327,7 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         at = utcnow()
         result = verify_evidence(
             evidence.blob,
-            collateral=backend.collateral_path(at),
+            collateral=backend.collateral_for(evidence.blob, at),
             certs=evidence.certificates,
             at=at,
             anchors=self._anchors(backend),

@@ -71,8 +71,11 @@ def test_executes_code_and_knows_its_own_attestation(
 
 def test_interrupt_travels_as_a_message(km: KernelManager, kc: BlockingKernelClient) -> None:
     assert km.kernel_spec is not None and km.kernel_spec.interrupt_mode == "message"
-    msg_id = kc.execute("import time\nfor _ in range(600): time.sleep(0.1)")
-    kc.get_iopub_msg(timeout=30)  # busy
+    msg_id = kc.execute("import time\nprint('running', flush=True)\nfor _ in range(600): time.sleep(0.1)")
+    while True:  # interrupt only once the loop runs, not while the request is still being dispatched
+        msg = kc.get_iopub_msg(timeout=30)
+        if msg["msg_type"] == "stream" and "running" in msg["content"]["text"]:
+            break
     km.interrupt_kernel()
     reply = kc.get_shell_msg(timeout=30)
     assert reply["parent_header"]["msg_id"] == msg_id
