@@ -25,18 +25,25 @@ def _row(cells: list[object]) -> str:
 
 
 def _section(name: str, data: dict[str, object]) -> list[str]:
-    lines = [f"### {name}", "", f"Measured {data.get('date')} on {data.get('machine', {}).get('cpu')} "  # type: ignore[union-attr]
-             f"({data.get('machine', {}).get('cores')} cores).", ""]  # type: ignore[union-attr]
+    lines = [
+        f"### {name}",
+        "",
+        f"Measured {data.get('date')} on {data.get('machine', {}).get('cpu')} "  # type: ignore[union-attr]
+        f"({data.get('machine', {}).get('cores')} cores).",
+        "",
+    ]  # type: ignore[union-attr]
     if name == "measure":
         lines += [
-            _row(["", "value", "goal"]), _row(["---", "---", "---"]),
+            _row(["", "value", "goal"]),
+            _row(["---", "---", "---"]),
             _row(["trusted files", f"{data['trusted_files']:,} ({data['trusted_megabytes']} MB)", ""]),
             _row(["cold measurement (every file hashed)", f"{data['cold_seconds']} s", ""]),
             _row(["re-measure, unchanged environment (median)", f"{data['warm_seconds_median']} s", "< 1 s"]),
         ]
     elif name == "verify":
         lines += [
-            _row(["", "value", "goal"]), _row(["---", "---", "---"]),
+            _row(["", "value", "goal"]),
+            _row(["---", "---", "---"]),
             _row(["SGX quote, collateral parsed (one core)", f"{data['sgx_per_second']:,} /s", "≥ 2,000 /s"]),
             _row(["SEV-SNP report, certificates parsed (one core)", f"{data['snp_per_second']:,} /s", ""]),
             _row(["cold SGX verification incl. collateral parsing", f"{data['cold_sgx_ms']} ms", ""]),
@@ -47,19 +54,45 @@ def _section(name: str, data: dict[str, object]) -> list[str]:
         lines += [
             _row(["", "plain ipykernel (TCP)", "teelab-sim (attested)", "ratio", "goal"]),
             _row(["---", "---", "---", "---", "---"]),
-            _row(["cold start → first execute_reply (median)", f"{plain['start_seconds_median']} s",
-                  f"{tee['start_seconds_median']} s", f"{ratios['start']}×", "≤ 1.3×"]),
-            _row(["execute round trip, median", f"{plain['rtt_ms_median']} ms", f"{tee['rtt_ms_median']} ms",
-                  f"{ratios['rtt_median']}×", "≤ 1.1×"]),
-            _row(["execute round trip, p99", f"{plain['rtt_ms_p99']} ms", f"{tee['rtt_ms_p99']} ms",
-                  f"{ratios['rtt_p99']}×", ""]),
-            "", f"{data['starts']} starts each (alternating), {data['cells']} trivial cells each.",
+            _row(
+                [
+                    "cold start → first execute_reply (median)",
+                    f"{plain['start_seconds_median']} s",
+                    f"{tee['start_seconds_median']} s",
+                    f"{ratios['start']}×",
+                    "≤ 1.3×",
+                ]
+            ),
+            _row(
+                [
+                    "execute round trip, median",
+                    f"{plain['rtt_ms_median']} ms",
+                    f"{tee['rtt_ms_median']} ms",
+                    f"{ratios['rtt_median']}×",
+                    "≤ 1.1×",
+                ]
+            ),
+            _row(
+                [
+                    "execute round trip, p99",
+                    f"{plain['rtt_ms_p99']} ms",
+                    f"{tee['rtt_ms_p99']} ms",
+                    f"{ratios['rtt_p99']}×",
+                    "",
+                ]
+            ),
+            "",
+            f"{data['starts']} starts each (alternating), {data['cells']} trivial cells each.",
         ]
     else:
-        lines += ["```json", json.dumps({k: v for k, v in data.items() if k not in ("machine",)}, indent=1), "```"]
+        lines += [
+            "```json",
+            json.dumps({k: v for k, v in data.items() if k not in ("machine",)}, indent=1),
+            "```",
+        ]
     if "meets_goal" in data:
         lines += ["", f"Meets the goal: **{'yes' if data['meets_goal'] else 'no'}**."]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def write_report() -> Path:
