@@ -1,0 +1,435 @@
+"""Read a sealed dataset inside the attested kernel: authenticate everything, decrypt only what is asked.
+
+The key broker releases, with the data key, the version it considers current and that version's
+``manifest_sha256``. :func:`open_sealed` trusts nothing else:
+
+1. the manifest bytes served by the store must hash to the broker's digest (a rolled-back, replaced or edited
+   manifest fails here, and is diagnosed as such);
+2. the data key must match the manifest's key commitment, and the manifest's MAC must verify under it;
+3. every part must be present with the manifest's size, and its plaintext envelope bytes must be exactly
+   what our writer produces (format.envelope_problem);
+4. each part is opened with its own key and its expected identity ``dataset/version/part-k-of-n`` as AAD
+   prefix, so a part served under another name, version or dataset fails AES-GCM authentication, as does
+   any modified page, header or footer.
+
+Only the column chunks and row groups a query needs are fetched and decrypted (pyarrow's dataset scanner
+prunes row groups by the min/max statistics in the encrypted footer). Whole-file SHA-256 checks are off by
+default for that reason: AES-GCM already authenticates every byte that is read, and hashing would mean
+fetching every byte; ``verify_hashes=True`` adds them (audits, or distrust of GCM's lack of commitment).
+
+Every failure is a :class:`~teelab.errors.SealedDataError` subclass naming dataset, version and part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeAlias
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pyarrow.parquet.encryption as pe
+
+from teelab.errors import TeelabError
+from teelab.sealed_store.errors import (
+    InvalidNameError,
+    KeyMismatchError,
+    ManifestError,
+    ManifestMismatchError,
+    ManifestTamperedError,
+    PartMissingError,
+    PartSizeError,
+    PartSwappedError,
+    PartTamperedError,
+    QueryError,
+    RollbackError,
+    StorageError,
+)
+from teelab.sealed_store.format import (
+    CRYPTO_METADATA_BYTES,
+    aad_prefix,
+    check_dek,
+    check_name,
+    check_version,
+    crypto_metadata_offset,
+    envelope_problem,
+    part_key,
+)
+from teelab.sealed_store.manifest import Manifest, PartEntry, parse_manifest
+from teelab.sealed_store.storage import DatasetStore
+
+Filters: TypeAlias = ds.Expression | Sequence[Any] | None
+TAIL_BYTES = 64 * 1024  # one read covers the footer's plaintext bytes of all but huge footers
+HASH_CHUNK = 8 * 1024 * 1024
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class SealedReader:
+    """An authenticated dataset version, ready to be read. Made by :func:`open_sealed`."""
+
+    store: DatasetStore
+    manifest: Manifest
+    _dek: bytes = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.dataset
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    def schema(self) -> pa.Schema:
+        """The Arrow schema (decrypts the first part's footer)."""
+        return self._fragment(1).physical_schema
+
+    def read_table(self, columns: Sequence[str] | None = None, filters: Filters = None) -> pa.Table:
+        """Decrypt the requested columns of the rows matching ``filters`` (pyarrow DNF list or Expression)."""
+        return self._read(columns, filters, pandas_index=False)
+
+    def read_pandas(self, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
+        """Like :meth:`read_table`, converted as ``pd.read_parquet`` would (index restored, same dtypes)."""
+        table = self._read(columns, filters, pandas_index=True)
+        try:
+            frame = table.to_pandas()
+        except (pa.ArrowException, ValueError, TypeError) as error:
+            raise QueryError(
+                f"cannot convert to pandas: {_first_line(error)}", dataset=self.name, version=self.version
+            ) from None
+        attrs = (table.schema.metadata or {}).get(b"PANDAS_ATTRS")
+        if attrs is not None:
+            try:
+                frame.attrs = json.loads(attrs)
+            except ValueError:
+                pass
+        return frame
+
+    def iter_batches(
+        self, columns: Sequence[str] | None = None, filters: Filters = None, *, batch_size: int = 64 * 1024
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream record batches part by part, for data larger than the enclave's memory."""
+        first = self._fragment(1)
+        schema = first.physical_schema
+        wanted, expression = self._plan(schema, columns, filters, pandas_index=False)
+        for k in range(1, len(self.manifest.parts) + 1):
+            fragment = first if k == 1 else self._fragment(k, schema)
+            batches = fragment.to_batches(
+                schema=schema, columns=wanted, filter=expression, batch_size=batch_size
+            )
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except Exception as error:  # anything pyarrow raises on bad bytes
+                    self._part_failed(k, error)
+                yield batch
+
+    # -------------------------------------------------------------------------------------- internals
+
+    def _read(self, columns: Sequence[str] | None, filters: Filters, *, pandas_index: bool) -> pa.Table:
+        first = self._fragment(1)
+        schema = first.physical_schema
+        wanted, expression = self._plan(schema, columns, filters, pandas_index=pandas_index)
+        tables = []
+        for k in range(1, len(self.manifest.parts) + 1):
+            fragment = first if k == 1 else self._fragment(k, schema)
+            try:
+                tables.append(fragment.to_table(schema=schema, columns=wanted, filter=expression))
+            except Exception as error:  # anything pyarrow raises on bad bytes
+                self._part_failed(k, error)
+        # Zero-copy: the result is chunked by part and row group, nothing is copied here.
+        return pa.concat_tables(tables)
+
+    def _plan(
+        self, schema: pa.Schema, columns: Sequence[str] | None, filters: Filters, *, pandas_index: bool
+    ) -> tuple[list[str] | None, ds.Expression | None]:
+        """Validate the query on an empty table of the same schema, so that a mistake in it is reported as
+        a QueryError and any failure during the real read can only be the data's."""
+        if columns is not None:
+            if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
+                raise QueryError(
+                    "columns must be a list of column names", dataset=self.name, version=self.version
+                )
+            requested = list(columns)
+            missing = [c for c in requested if c not in schema.names]
+            if missing:
+                raise QueryError(
+                    f"no such column(s): {', '.join(map(repr, missing))}",
+                    dataset=self.name,
+                    version=self.version,
+                )
+            index = _index_columns(schema) if pandas_index else []
+            wanted: list[str] | None = [*requested, *(c for c in index if c not in requested)]
+        else:
+            wanted = None
+        try:
+            expression = (
+                None
+                if filters is None
+                else filters
+                if isinstance(filters, ds.Expression)
+                else pq.filters_to_expression(filters)
+            )
+            ds.dataset(schema.empty_table()).to_table(columns=wanted, filter=expression)
+        except Exception as error:  # pyarrow reports bad filters in many ways
+            raise QueryError(
+                f"invalid filters: {_first_line(error)}", dataset=self.name, version=self.version
+            ) from None
+        return wanted, expression
+
+    def _fragment(self, k: int, schema: pa.Schema | None = None) -> ds.ParquetFileFragment:
+        """Open part ``k`` with its own key and identity; decrypts and checks its footer."""
+        entry = self.manifest.parts[k - 1]
+        path = self.store.part_path(self.name, self.version, entry.name)
+        self._check_envelope(k, path, entry)
+        prefix = aad_prefix(self.name, self.version, k, len(self.manifest.parts))
+        properties = pe.create_decryption_properties(part_key(self._dek, prefix), aad_prefix=prefix.encode())
+        file_format = ds.ParquetFileFormat(
+            default_fragment_scan_options=ds.ParquetFragmentScanOptions(decryption_properties=properties)
+        )
+        try:
+            fragment = file_format.make_fragment(path, filesystem=self.store.arrow_filesystem())
+            physical = fragment.physical_schema  # reads and decrypts the footer
+            rows = fragment.metadata.num_rows
+        except Exception as error:  # anything pyarrow raises on bad bytes
+            self._part_failed(k, error)
+        if entry.rows is not None and rows != entry.rows:
+            self._fail(PartTamperedError, k, f"holds {rows} rows, the manifest says {entry.rows}")
+        if schema is not None and not physical.equals(schema, check_metadata=False):
+            self._fail(PartTamperedError, k, "its schema differs from part 1's")
+        return fragment
+
+    def _check_envelope(self, k: int, path: str, entry: PartEntry) -> None:
+        size = entry.size
+        try:
+            head = self.store.read_range(path, 0, min(4, size))
+            tail_start = max(0, size - TAIL_BYTES)
+            tail = self.store.read_range(path, tail_start, size)
+            offset = crypto_metadata_offset(size, tail[-8:])
+            crypto = b""
+            if isinstance(offset, int):
+                if offset >= tail_start:
+                    crypto = tail[offset - tail_start :][:CRYPTO_METADATA_BYTES]
+                else:
+                    crypto = self.store.read_range(path, offset, offset + CRYPTO_METADATA_BYTES)
+        except FileNotFoundError:
+            self._fail(PartMissingError, k, "is missing from the store")
+        problem = offset if isinstance(offset, str) else envelope_problem(head, crypto)
+        if problem is not None:
+            self._fail(PartTamperedError, k, f"failed authentication: {problem}")
+
+    def _part_failed(self, k: int, error: BaseException) -> NoReturn:
+        """Explain why part ``k`` did not decrypt, using the hashes in the (authenticated) manifest."""
+        if isinstance(error, TeelabError):
+            raise error
+        if isinstance(error, MemoryError):
+            raise error
+        entry = self.manifest.parts[k - 1]
+        path = self.store.part_path(self.name, self.version, entry.name)
+        digest = _sha256(self.store, path)
+        if digest is None:  # not a verdict on the bytes: the store could not deliver them
+            raise StorageError(
+                f"cannot read it from the store {self.store.url!r}: {_first_line(error)}",
+                dataset=self.name,
+                version=self.version,
+                part=entry.name,
+            )
+        for other in self.manifest.parts:
+            if other.name != entry.name and digest == other.sha256:
+                self._fail(PartSwappedError, k, f"holds the bytes of {other.name} (parts swapped or renamed)")
+        if digest == entry.sha256:
+            detail = (
+                "matches the manifest's SHA-256 but does not decrypt (sealed with another key or identity)"
+            )
+        else:
+            detail = (
+                "failed authentication: modified, or replaced by a part of another dataset or version "
+                f"({_first_line(error)})"
+            )
+        self._fail(PartTamperedError, k, detail)
+
+    def _fail(
+        self, kind: type[PartTamperedError | PartMissingError | PartSwappedError], k: int, detail: str
+    ) -> NoReturn:
+        raise kind(detail, dataset=self.name, version=self.version, part=self.manifest.parts[k - 1].name)
+
+
+def open_sealed(
+    store: DatasetStore,
+    name: str,
+    *,
+    version: int,
+    manifest_sha256: str,
+    dek: bytes,
+    verify_hashes: bool = False,
+) -> SealedReader:
+    """Authenticate dataset ``name`` at ``version`` (the broker's current version and digest) with ``dek``."""
+    name = check_name(name)
+    version = check_version(version)
+    dek = check_dek(dek)
+    if not isinstance(manifest_sha256, str) or not _HEX64.fullmatch(manifest_sha256):
+        raise InvalidNameError(
+            "manifest_sha256 must be 64 lowercase hex digits", dataset=name, version=version
+        )
+    data = store.manifest_bytes(name, version)
+    if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), manifest_sha256):
+        _explain_mismatch(data, name, version, dek)
+    manifest = parse_manifest(data, dataset=name, version=version)
+    if (manifest.dataset, manifest.version) != (name, version):
+        raise ManifestTamperedError(
+            f"the manifest registered for it names {manifest.dataset!r} v{manifest.version}",
+            dataset=name,
+            version=version,
+        )
+    manifest.verify(dek)
+    reader = SealedReader(store=store, manifest=manifest, _dek=dek)
+    sizes = store.part_sizes(name, version)
+    for k, entry in enumerate(manifest.parts, start=1):
+        served = sizes.get(entry.name)
+        if served is None:
+            reader._fail(PartMissingError, k, "is missing from the store")
+        if served != entry.size:
+            _explain_size(reader, k, served)
+        if verify_hashes and _sha256(store, store.part_path(name, version, entry.name)) != entry.sha256:
+            reader._part_failed(k, ValueError("SHA-256 differs from the manifest's"))
+    return reader
+
+
+def read_sealed_table(
+    store: DatasetStore,
+    name: str,
+    *,
+    version: int,
+    manifest_sha256: str,
+    dek: bytes,
+    columns: Sequence[str] | None = None,
+    filters: Filters = None,
+    verify_hashes: bool = False,
+) -> pa.Table:
+    """Authenticate, then decrypt the requested columns and row groups into one Arrow table."""
+    reader = open_sealed(
+        store, name, version=version, manifest_sha256=manifest_sha256, dek=dek, verify_hashes=verify_hashes
+    )
+    return reader.read_table(columns, filters)
+
+
+def read_sealed(
+    store: DatasetStore,
+    name: str,
+    *,
+    version: int,
+    manifest_sha256: str,
+    dek: bytes,
+    columns: Sequence[str] | None = None,
+    filters: Filters = None,
+    verify_hashes: bool = False,
+) -> pd.DataFrame:
+    """Authenticate, then decrypt the requested columns and row groups into a pandas DataFrame."""
+    reader = open_sealed(
+        store, name, version=version, manifest_sha256=manifest_sha256, dek=dek, verify_hashes=verify_hashes
+    )
+    return reader.read_pandas(columns, filters)
+
+
+def _explain_mismatch(data: bytes, name: str, version: int, dek: bytes) -> NoReturn:
+    """The served manifest is not the registered one: say whether it is a rollback, a swap or an edit."""
+    try:
+        served = parse_manifest(data, dataset=name, version=version)
+    except ManifestError:
+        raise ManifestTamperedError(
+            "the manifest differs from the one registered with the key broker and is malformed (edited)",
+            dataset=name,
+            version=version,
+        ) from None
+    if served.dataset != name:
+        raise ManifestMismatchError(
+            f"the store serves the manifest of {served.dataset!r} v{served.version} in its place",
+            dataset=name,
+            version=version,
+        )
+    if served.version < version:
+        raise RollbackError(
+            f"the store serves the manifest of v{served.version} where the key broker says v{version} is "
+            "current (rolled back)",
+            dataset=name,
+            version=version,
+        )
+    if served.version > version:
+        raise ManifestMismatchError(
+            f"the store serves the manifest of v{served.version} in its place", dataset=name, version=version
+        )
+    try:
+        served.verify(dek)
+    except KeyMismatchError:
+        raise ManifestTamperedError(
+            "the manifest differs from the one registered with the key broker and its key commitment does "
+            "not match the released key (replaced by another seal, or edited)",
+            dataset=name,
+            version=version,
+        ) from None
+    except ManifestTamperedError:
+        raise ManifestTamperedError(
+            "the manifest differs from the one registered with the key broker and its MAC does not verify "
+            "(edited)",
+            dataset=name,
+            version=version,
+        ) from None
+    raise ManifestMismatchError(
+        "the manifest differs from the one registered with the key broker, yet verifies under its key "
+        "(sealed twice under the same key?)",
+        dataset=name,
+        version=version,
+    )
+
+
+def _explain_size(reader: SealedReader, k: int, served: int) -> NoReturn:
+    entry = reader.manifest.parts[k - 1]
+    for other in reader.manifest.parts:
+        if other.name != entry.name and other.size == served:
+            path = reader.store.part_path(reader.name, reader.version, entry.name)
+            if _sha256(reader.store, path) == other.sha256:
+                reader._fail(
+                    PartSwappedError, k, f"holds the bytes of {other.name} (parts swapped or renamed)"
+                )
+    how = "truncated" if served < entry.size else "extended"
+    raise PartSizeError(
+        f"is {served} bytes, the manifest says {entry.size} ({how})",
+        dataset=reader.name,
+        version=reader.version,
+        part=entry.name,
+    )
+
+
+def _sha256(store: DatasetStore, path: str) -> str | None:
+    """The digest of a stored file, or None if it cannot be read (it then matches no manifest entry)."""
+    digest = hashlib.sha256()
+    try:
+        with store.fs.open(path, "rb") as handle:
+            while chunk := handle.read(HASH_CHUNK):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _index_columns(schema: pa.Schema) -> list[str]:
+    """Columns pandas stored as the index (``pd.read_parquet`` reads them along with any projection)."""
+    try:
+        metadata = schema.pandas_metadata or {}
+    except (ValueError, TypeError):
+        return []
+    columns = metadata.get("index_columns", [])
+    return [c for c in columns if isinstance(c, str) and c in schema.names]
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__
