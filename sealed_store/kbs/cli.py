@@ -1,0 +1,354 @@
+"""Commands of the key broker: ``teelab kbs serve`` and ``teelab audit show|verify``.
+
+``register(subparsers)`` adds both groups to the ``teelab`` command line; ``python -m
+teelab.sealed_store.kbs`` runs them on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from teelab.errors import UsageError
+from teelab.sealed_store.kbs.audit import AuditRecord
+
+KBS_DESCRIPTION = """\
+The key broker (KBS) releases a sealed dataset's data key only to an attested kernel, for a user the
+dataset's owner granted, and records every decision in a signed, hash-chained audit log.
+`teelab kbs serve --help` has examples.
+"""
+
+SERVE_DESCRIPTION = """\
+Run the key broker on a gRPC address until interrupted (Ctrl-C or SIGTERM finish the calls in flight).
+
+On first start it creates its state folder (0700) with its keys (master.key, hpke.key, signing.key; 0600)
+and two bearer tokens: admin-token (dataset registration, grants, groups, the audit log) and gateway-token
+(session grants for attested kernels). The tokens are printed as file paths, never as values.
+"""
+
+SERVE_EPILOG = """\
+examples:
+  # one machine, simulated TEE: state in ~/.local/share/teelab/kbs, SQLite, sim collateral
+  teelab kbs serve
+
+  # on all interfaces of a host (put TLS in front: tokens travel in the request metadata)
+  teelab kbs serve --listen 0.0.0.0:7443 --state /srv/teelab/kbs
+
+  # shared deployment: PostgreSQL, collateral fetched from Intel PCS into a folder by a cron job
+  teelab kbs serve --db postgresql+psycopg://kbs@db.internal/kbs --collateral /srv/pcs-cache
+
+database durability:
+  --durability process (default) keeps every acknowledged change across a crash of the KBS process;
+  --durability fsync also across an operating system crash or power loss (SQLite synchronous=FULL).
+"""
+
+AUDIT_DESCRIPTION = """\
+Read and check the key broker's audit log: every registration, grant, revocation, group change, session
+grant, release and refusal, each entry chained to the previous one by SHA-256 and signed by the KBS.
+"""
+
+SHOW_EPILOG = """\
+examples:
+  teelab audit show                          # the last 50 entries of the local KBS
+  teelab audit show --since 1200 --limit 0   # everything after entry 1200
+  teelab audit show --json | jq .            # the signed entries, as JSON lines
+  teelab audit show --kbs kbs.internal:7443 --token-file admin-token
+"""
+
+VERIFY_EPILOG = """\
+examples:
+  teelab audit verify                                  # the local KBS's database
+  teelab audit verify --db postgresql+psycopg://kbs@db.internal/kbs --public-key signing.pub
+  teelab audit verify --head 5210:9f2c...              # also detect entries cut off the end
+
+  Pin the KBS signing key (--public-key; the state folder's signing.pub or `GetInfo`) when the database's
+  host is not trusted: the check then holds against anyone who can write the database but lacks the key.
+
+exit status:
+  0 the log is intact, 1 it was tampered with (the first bad entry is named), 2 usage error
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from teelab.cli import HelpFormatter
+
+    kbs = subparsers.add_parser(
+        "kbs", help="run the key broker", description=KBS_DESCRIPTION, formatter_class=HelpFormatter
+    )
+    kbs.set_defaults(group_parser=kbs)
+    kbs_commands = kbs.add_subparsers(dest="kbs_command", metavar="COMMAND")
+    serve = kbs_commands.add_parser(
+        "serve",
+        help="serve the key broker over gRPC",
+        description=SERVE_DESCRIPTION,
+        epilog=SERVE_EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    serve.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:7443", help="default %(default)s")
+    serve.add_argument("--state", metavar="DIR", type=Path, help="state folder (default: <data dir>/kbs)")
+    serve.add_argument("--db", metavar="URL", help="SQLAlchemy URL (default: SQLite in the state folder)")
+    serve.add_argument(
+        "--collateral",
+        metavar="sim|none|PATH",
+        default="sim",
+        help="Intel collateral for evidence without its own: the simulated platform (default), none, "
+        "or a JSON bundle / folder of PCS files",
+    )
+    serve.add_argument("--durability", choices=("process", "fsync"), default="process")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="gRPC worker threads (default: 4 on SQLite, 16 on PostgreSQL)",
+    )
+    serve.set_defaults(handler=_serve)
+
+    audit = subparsers.add_parser(
+        "audit",
+        help="show or verify the key broker's audit log",
+        description=AUDIT_DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    audit.set_defaults(group_parser=audit)
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="COMMAND")
+    show = audit_commands.add_parser(
+        "show",
+        help="print audit entries as a table",
+        description=AUDIT_DESCRIPTION,
+        epilog=SHOW_EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    _source_arguments(show)
+    show.add_argument("--since", type=int, default=None, metavar="SEQ", help="entries after SEQ")
+    show.add_argument("--limit", type=int, default=50, metavar="N", help="at most N entries (0: all; 50)")
+    show.add_argument("--json", action="store_true", help="JSON lines: seq, body, hash, signature")
+    show.set_defaults(handler=_show)
+    verify = audit_commands.add_parser(
+        "verify",
+        help="check the hash chain and every signature",
+        description=AUDIT_DESCRIPTION,
+        epilog=VERIFY_EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    _source_arguments(verify)
+    verify.add_argument("--public-key", type=Path, metavar="FILE", help="the pinned KBS signing key (hex)")
+    verify.add_argument("--head", metavar="SEQ:HASH", help="a trusted head recorded earlier")
+    verify.add_argument("--min-count", type=int, metavar="N", help="the log must have at least N entries")
+    verify.set_defaults(handler=_verify)
+
+
+def _source_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state", metavar="DIR", type=Path, help="the KBS state folder (default: <data dir>/kbs)"
+    )
+    parser.add_argument("--db", metavar="URL", help="read this database instead of the state folder's SQLite")
+    parser.add_argument("--kbs", metavar="HOST:PORT", help="ask a running KBS instead (admin token)")
+    parser.add_argument("--token-file", type=Path, metavar="FILE", help="admin token for --kbs")
+
+
+# -- kbs serve -----------------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE
+    from teelab.sealed_store.kbs.config import KbsConfig, default_state_dir
+    from teelab.sealed_store.kbs.server import KbsServer, tune_gc_for_serving
+    from teelab.sealed_store.kbs.store import safe_url
+
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    state = (args.state or default_state_dir()).expanduser().resolve()
+    config = KbsConfig(
+        state_dir=state,
+        db_url=args.db,
+        collateral=args.collateral,
+        durability=args.durability,
+        workers=args.workers,
+    )
+    server = KbsServer(config, address=args.listen)
+    server.start()
+    tune_gc_for_serving()
+    stopped = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopped.set()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    assert server.broker is not None
+    print(f"teelab key broker listening on {server.target}", flush=True)
+    print(f"  state:       {state}")
+    print(f"  database:    {safe_url(config.database_url)}")
+    print(f"  collateral:  {server.broker.source.description}")
+    print(f"  admin token: {state / ADMIN_TOKEN_FILE}")
+    print(f"  gateway token: {state / GATEWAY_TOKEN_FILE}")
+    print(f"  signing key: {server.broker.keys.signing_public_key.hex()} (pin it for `teelab audit verify`)")
+    print("Ctrl-C stops it.", flush=True)
+    try:
+        while not stopped.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.stop(grace=5)
+    print("key broker stopped", file=sys.stderr)
+    return 0
+
+
+# -- teelab audit ----------------------------------------------------------------------------------------
+
+
+class _Source:
+    """Where the audit entries come from: the database directly, or a running KBS."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from teelab.sealed_store.kbs.config import DB_FILE, default_state_dir
+
+        self.args = args
+        self.state: Path = (args.state or default_state_dir()).expanduser()
+        self.url: str = args.db or f"sqlite:///{self.state / DB_FILE}"
+        if args.kbs and args.db:
+            raise UsageError("give --kbs or --db, not both")
+        if args.kbs and not args.token_file:
+            raise UsageError("--kbs needs --token-file (the KBS's admin-token)")
+
+    def records(self, since: int = 0) -> Iterator[AuditRecord]:
+        """Entries after ``since``, in order, a page at a time."""
+        if self.args.kbs:
+            from teelab.sealed_store.kbs.client import KbsClient
+
+            with KbsClient.with_token_file(self.args.kbs, self.args.token_file) as client:
+                yield from client.iter_audit(since_seq=since)
+            return
+        from teelab.sealed_store.kbs.store import Store
+
+        store = Store.reader(self.url)
+        try:
+            yield from store.iter_audit(since_seq=since)
+        finally:
+            store.close()
+
+    def head_seq(self) -> int:
+        if self.args.kbs:
+            from teelab.sealed_store.kbs.client import KbsClient
+
+            with KbsClient.with_token_file(self.args.kbs, self.args.token_file) as client:
+                return client.audit(limit=1).head_seq
+        from teelab.sealed_store.kbs.store import Store
+
+        store = Store.reader(self.url)
+        try:
+            return store.audit_head()[0]
+        finally:
+            store.close()
+
+    def public_key(self) -> bytes:
+        from teelab.sealed_store.kbs.crypto import SIGNING_PUBLIC_FILE, load_signing_public_key
+
+        if self.args.public_key:
+            return load_signing_public_key(self.args.public_key)
+        if self.args.kbs:
+            from teelab.sealed_store.kbs.client import KbsClient
+
+            with KbsClient(self.args.kbs) as client:
+                return client.info().signing_public_key
+        path = self.state / SIGNING_PUBLIC_FILE
+        if not path.exists():
+            raise UsageError(
+                f"no signing key to verify with at {path}",
+                hint="pass --public-key FILE (the KBS's signing.pub)",
+            )
+        return load_signing_public_key(path)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from teelab.sealed_store.kbs.audit import render_table
+
+    source = _Source(args)
+    since = args.since or 0
+    if args.since is None and args.limit > 0:  # the newest entries
+        since = max(0, source.head_seq() - args.limit)
+    records: list[AuditRecord] = []
+    for record in source.records(since):
+        records.append(record)
+        if args.limit > 0 and len(records) >= args.limit:
+            break
+    if args.json:
+        for record in records:
+            line = {
+                "seq": record.seq,
+                "body": record.entry(),
+                "hash": record.hash.hex(),
+                "signature": record.signature.hex(),
+            }
+            print(json.dumps(line, sort_keys=True))
+        return 0
+    if not records:
+        print("the audit log is empty" if not args.since else f"no entries after {args.since}")
+        return 0
+    print(render_table(records))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from teelab.sealed_store.kbs.audit import verify_audit
+
+    head = _parse_head(args.head) if args.head else None
+    source = _Source(args)
+    key = source.public_key()
+    result = verify_audit(source.records(), key, trusted_head=head, min_count=args.min_count)
+    if result.ok:
+        print(result.summary())
+        print(f"  head to record for later checks: --head {result.head_seq}:{result.head_hash.hex()}")
+        return 0
+    print(result.summary(), file=sys.stderr)
+    print(
+        f"  entries 1..{result.head_seq} verify; not trustworthy from entry {result.first_bad_seq} on",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _parse_head(text: str) -> tuple[int, bytes]:
+    seq, sep, digest = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        value = (int(seq), bytes.fromhex(digest))
+    except ValueError:
+        raise UsageError(
+            f"--head {text!r}: expected SEQ:HASH (hex)", hint="`teelab audit verify` prints it"
+        ) from None
+    if value[0] < 1 or len(value[1]) != 32:
+        raise UsageError(f"--head {text!r}: expected a positive SEQ and a 64-digit SHA-256")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m teelab.sealed_store.kbs``: these commands without the rest of ``teelab``."""
+    from teelab.cli import HelpFormatter
+    from teelab.errors import TeelabError
+
+    parser = argparse.ArgumentParser(
+        prog="teelab", formatter_class=HelpFormatter, description=KBS_DESCRIPTION
+    )
+    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        getattr(args, "group_parser", parser).print_help(sys.stderr)
+        return 2
+    try:
+        result: int = handler(args)
+        return result
+    except TeelabError as error:
+        print(f"teelab: error: {error.message}", file=sys.stderr)
+        if error.hint:
+            print(f"  hint: {error.hint}", file=sys.stderr)
+        return error.exit_code

@@ -1,0 +1,91 @@
+"""The bytes both ends of ``teelab/kbs/v1`` compute (docs/protocols/kbs.md), defined once.
+
+The report_data binding, the HPKE suite and info strings, and the enclave-key hash. The kernel (client) and
+the key broker (server) import these, so a change to the binding is one change, seen by both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from teelab.sealed_store.kbs.reasons import Reason, denied
+
+PROTOCOL = "teelab/kbs/v1"
+SERVICE_NAME = "teelab.kbs.v1.KeyBroker"  # the gRPC service (protos/teelab/kbs/v1/kbs.proto)
+NONCE_SIZE = 32
+X25519_KEY_SIZE = 32
+DEK_SIZE = 32
+HPKE_SUITE_NAME = "X25519/HKDF-SHA256/AES-256-GCM"
+SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+_REPORT_DATA_LABEL = PROTOCOL.encode()
+RELEASE_INFO = PROTOCOL.encode() + b"/dek"
+REGISTER_INFO = PROTOCOL.encode() + b"/register"
+
+
+def release_report_data(nonce: bytes, enclave_key: bytes, grant: bytes) -> bytes:
+    """``SHA-512("teelab/kbs/v1" ‖ nonce ‖ E.pub ‖ SHA-256(grant))``: the evidence's report_data.
+
+    It binds the evidence to this challenge (freshness), to the key the data key is sealed to (only this
+    enclave can open the answer) and to the session grant (a grant is useless beside another enclave's
+    evidence). Every part has a fixed length, so the concatenation is unambiguous.
+    """
+    return hashlib.sha512(_REPORT_DATA_LABEL + nonce + enclave_key + hashlib.sha256(grant).digest()).digest()
+
+
+def enclave_key_sha256(enclave_key: bytes) -> str:
+    """Hex SHA-256 of E.pub: the ``ekh`` claim a session grant is bound to."""
+    return hashlib.sha256(enclave_key).hexdigest()
+
+
+def register_info(dataset: str, version: int) -> bytes:
+    """HPKE info for a data key sealed to the KBS: names the dataset version it is for, so a sealed key
+    captured for one version cannot be registered as another."""
+    return REGISTER_INFO + b"\x00" + dataset.encode() + b"\x00" + struct.pack(">I", version)
+
+
+def seal_dek_for_kbs(kbs_public_key: bytes, dataset: str, version: int, dek: bytes) -> bytes:
+    """Owner side of registration: the data key sealed to the KBS's HPKE key (never plaintext on the wire)."""
+    _check_dek(dek)
+    public = X25519PublicKey.from_public_bytes(kbs_public_key)
+    return SUITE.encrypt(dek, public, info=register_info(dataset, version))
+
+
+def open_registered_dek(kbs_secret: X25519PrivateKey, dataset: str, version: int, sealed: bytes) -> bytes:
+    try:
+        dek = SUITE.decrypt(sealed, kbs_secret, info=register_info(dataset, version))
+    except (InvalidTag, ValueError):
+        raise denied(
+            Reason.DEK_INVALID, f"the sealed data key does not open for {dataset} version {version}"
+        ) from None
+    _check_dek(dek)
+    return dek
+
+
+def seal_dek_for_enclave(enclave_key: bytes, nonce: bytes, dek: bytes) -> bytes:
+    """Server side of release: the data key sealed to the attested enclave's key E.pub."""
+    public = X25519PublicKey.from_public_bytes(enclave_key)
+    return SUITE.encrypt(dek, public, info=RELEASE_INFO + nonce)
+
+
+def open_released_dek(enclave_secret: X25519PrivateKey, nonce: bytes, sealed: bytes) -> bytes:
+    """Kernel side of release: only the holder of E's secret opens it."""
+    try:
+        dek = SUITE.decrypt(sealed, enclave_secret, info=RELEASE_INFO + nonce)
+    except (InvalidTag, ValueError):
+        raise denied(
+            Reason.PROTOCOL_ERROR, "the released data key does not open with this enclave's key"
+        ) from None
+    if len(dek) != DEK_SIZE:
+        raise denied(Reason.PROTOCOL_ERROR, f"the released data key is {len(dek)} bytes, not {DEK_SIZE}")
+    return dek
+
+
+def _check_dek(dek: bytes) -> None:
+    if len(dek) != DEK_SIZE:
+        raise denied(Reason.DEK_INVALID, f"a data key is {DEK_SIZE} bytes, not {len(dek)}")

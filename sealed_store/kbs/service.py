@@ -1,0 +1,395 @@
+"""The gRPC face of the key broker: decode, authorize, call :class:`KeyBroker`, encode, map errors.
+
+Every request is hostile until checked. Bytes that do not decode as the method's message are answered with
+INVALID_ARGUMENT (the deserializer never raises into gRPC, which would turn them into INTERNAL); every field
+is checked for shape and size before anything reads it; errors leave as a gRPC status plus the reason code
+in the trailing metadata ``teelab-reason``. An unexpected exception is logged here and answered with
+INTERNAL — the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from teelab.errors import KeyBrokerError
+from teelab.gateway.verifier import MAX_EVIDENCE_BYTES
+from teelab.sealed_store.kbs import validation
+from teelab.sealed_store.kbs.auth import Role
+from teelab.sealed_store.kbs.broker import KeyBroker
+from teelab.sealed_store.kbs.grants import MAX_GRANT_CHARS
+from teelab.sealed_store.kbs.model import UNSET, DatasetInfo, GrantInfo, VersionInfo
+from teelab.sealed_store.kbs.protocol import NONCE_SIZE, SERVICE_NAME
+from teelab.sealed_store.kbs.reasons import REASON_METADATA_KEY, STATUS, Reason, denied
+from teelab.sealed_store.kbs.release import ReleaseInput
+from teelab.sealed_store.kbs.v1 import kbs_pb2 as pb
+
+log = logging.getLogger("teelab.kbs")
+
+MAX_CERTIFICATES_BYTES = 256 * 1024
+MAX_COLLATERAL_BYTES = MAX_EVIDENCE_BYTES
+MAX_SEALED_DEK_BYTES = 1024
+MAX_POLICY_CHARS = 64 * 1024
+
+
+class Access(Enum):
+    PUBLIC = "public"
+    GATEWAY = "gateway"
+    ADMIN = "admin"
+    ADMIN_OR_GATEWAY = "admin or gateway"
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not decode."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+@dataclass(frozen=True)
+class _Method:
+    request: type[Message]
+    response: type[Message]
+    access: Access
+
+
+METHODS: dict[str, _Method] = {
+    "GetInfo": _Method(pb.GetInfoRequest, pb.GetInfoResponse, Access.PUBLIC),
+    "Challenge": _Method(pb.ChallengeRequest, pb.ChallengeResponse, Access.PUBLIC),
+    "Release": _Method(pb.ReleaseRequest, pb.ReleaseResponse, Access.PUBLIC),
+    "IssueSessionGrant": _Method(pb.IssueSessionGrantRequest, pb.IssueSessionGrantResponse, Access.GATEWAY),
+    "RegisterDataset": _Method(pb.RegisterDatasetRequest, pb.RegisterDatasetResponse, Access.ADMIN),
+    "SetReleasePolicy": _Method(pb.SetReleasePolicyRequest, pb.SetReleasePolicyResponse, Access.ADMIN),
+    "GetDataset": _Method(pb.GetDatasetRequest, pb.GetDatasetResponse, Access.ADMIN),
+    "ListDatasets": _Method(pb.ListDatasetsRequest, pb.ListDatasetsResponse, Access.ADMIN_OR_GATEWAY),
+    "DeleteDataset": _Method(pb.DeleteDatasetRequest, pb.DeleteDatasetResponse, Access.ADMIN),
+    "Grant": _Method(pb.GrantRequest, pb.GrantResponse, Access.ADMIN),
+    "Revoke": _Method(pb.RevokeRequest, pb.RevokeResponse, Access.ADMIN),
+    "AddMember": _Method(pb.AddMemberRequest, pb.AddMemberResponse, Access.ADMIN),
+    "RemoveMember": _Method(pb.RemoveMemberRequest, pb.RemoveMemberResponse, Access.ADMIN),
+    "ListGroups": _Method(pb.ListGroupsRequest, pb.ListGroupsResponse, Access.ADMIN),
+    "GetAudit": _Method(pb.GetAuditRequest, pb.GetAuditResponse, Access.ADMIN),
+}
+
+
+def _lenient(cls: type[Message]) -> Callable[[bytes], Message | _Malformed]:
+    def parse(data: bytes) -> Message | _Malformed:
+        try:
+            return cls.FromString(data)
+        except Exception as error:
+            return _Malformed(f"not a valid {cls.DESCRIPTOR.name}: {type(error).__name__}")
+
+    return parse
+
+
+# -- values in and out -------------------------------------------------------------------------------
+
+
+def ts_in(message: Message, name: str) -> datetime | None:
+    """An optional Timestamp field as an aware datetime, range-checked."""
+    if not message.HasField(name):
+        return None
+    value: Timestamp = getattr(message, name)
+    try:
+        at = value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise validation.invalid(name, "is not a valid time") from None
+    return validation.timestamp(at, name)
+
+
+def ts_out(target: Timestamp, at: datetime) -> None:
+    target.FromDatetime(at.astimezone(UTC))
+
+
+def _version_out(message: pb.VersionInfo, info: VersionInfo) -> None:
+    message.version = info.version
+    message.manifest_sha256 = info.manifest_sha256
+    ts_out(message.registered_at, info.registered_at)
+    if info.deleted_at is not None:
+        ts_out(message.deleted_at, info.deleted_at)
+
+
+def _grant_out(message: pb.GrantInfo, info: GrantInfo) -> None:
+    message.dataset = info.dataset
+    message.principal = info.principal
+    ts_out(message.granted_at, info.granted_at)
+    if info.expires_at is not None:
+        ts_out(message.expires_at, info.expires_at)
+
+
+def _dataset_out(message: pb.DatasetInfo, info: DatasetInfo) -> None:
+    message.name = info.name
+    message.owner = info.owner
+    message.current_version = info.current_version or 0
+    message.policy_id = info.policy_id
+    message.policy_sha256 = info.policy_sha256
+    ts_out(message.created_at, info.created_at)
+    if info.release_expires_at is not None:
+        ts_out(message.release_expires_at, info.release_expires_at)
+    for version in info.versions:
+        _version_out(message.versions.add(), version)
+    for grant in info.grants:
+        _grant_out(message.grants.add(), grant)
+
+
+def _optional_uint(message: Message, name: str) -> int | None:
+    return int(getattr(message, name)) if message.HasField(name) else None
+
+
+# -- the service -------------------------------------------------------------------------------------
+
+
+class KbsService:
+    def __init__(self, broker: KeyBroker) -> None:
+        self.broker = broker
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._behaviour(name, method),
+                request_deserializer=_lenient(method.request),
+                response_serializer=lambda message: message.SerializeToString(),
+            )
+            for name, method in METHODS.items()
+        }
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+    def _behaviour(self, name: str, method: _Method) -> Callable[[Any, grpc.ServicerContext], Message]:
+        implementation: Callable[[Any, Role | None], Message] = getattr(self, f"_{name}")
+
+        def behaviour(request: Any, context: grpc.ServicerContext) -> Message:
+            error: KeyBrokerError
+            try:
+                role = self._authorize(method.access, context)
+                if isinstance(request, _Malformed):
+                    if name == "Release":
+                        self.broker.releases.refuse_malformed(None, request.error)
+                    raise validation.invalid("request", request.error)
+                return implementation(request, role)
+            except KeyBrokerError as raised:
+                error = raised
+            except Exception:
+                log.exception("KBS %s failed", name)
+                error = denied(Reason.INTERNAL)
+            code = _status(error.reason)
+            context.set_trailing_metadata(((REASON_METADATA_KEY, str(error.reason)),))
+            context.abort(code, error.message)
+            raise AssertionError("context.abort returns only by raising")
+
+        return behaviour
+
+    def _authorize(self, access: Access, context: grpc.ServicerContext) -> Role | None:
+        if access is Access.PUBLIC:
+            return None
+        metadata = [(str(m.key), m.value) for m in context.invocation_metadata()]
+        role = self.broker.tokens.role_of(metadata)
+        if role is None:
+            log.warning("KBS: a call without a valid token from %s", context.peer())
+            raise denied(Reason.UNAUTHENTICATED)
+        allowed = {
+            Access.ADMIN: {Role.ADMIN},
+            Access.GATEWAY: {Role.GATEWAY},
+            Access.ADMIN_OR_GATEWAY: {Role.ADMIN, Role.GATEWAY},
+        }[access]
+        if role not in allowed:
+            raise denied(
+                Reason.FORBIDDEN, f"the {role.value} token may not make this call ({access.value} only)"
+            )
+        return role
+
+    # -- public -------------------------------------------------------------------------------------
+
+    def _GetInfo(self, request: pb.GetInfoRequest, role: Role | None) -> pb.GetInfoResponse:
+        info = self.broker.info()
+        response = pb.GetInfoResponse(
+            protocol=info.protocol,
+            hpke_public_key=info.hpke_public_key,
+            hpke_suite=info.hpke_suite,
+            signing_public_key=info.signing_public_key,
+            signing_key_id=info.signing_key_id,
+        )
+        if info.server_time is not None:
+            ts_out(response.server_time, info.server_time)
+        return response
+
+    def _Challenge(self, request: pb.ChallengeRequest, role: Role | None) -> pb.ChallengeResponse:
+        challenge = self.broker.releases.challenge()
+        response = pb.ChallengeResponse(nonce=challenge.nonce)
+        ts_out(response.expires_at, challenge.expires_at)
+        return response
+
+    def _Release(self, request: pb.ReleaseRequest, role: Role | None) -> pb.ReleaseResponse:
+        try:
+            parsed = release_input(request)
+        except KeyBrokerError as error:
+            self.broker.releases.refuse_malformed(bytes(request.nonce), error.message)
+            raise
+        output = self.broker.releases.release(parsed)
+        return pb.ReleaseResponse(
+            dataset=output.dataset,
+            version=output.version,
+            manifest_sha256=output.manifest_sha256,
+            sealed_dek=output.sealed_dek,
+        )
+
+    # -- gateway ------------------------------------------------------------------------------------
+
+    def _IssueSessionGrant(
+        self, request: pb.IssueSessionGrantRequest, role: Role | None
+    ) -> pb.IssueSessionGrantResponse:
+        ttl = _optional_uint(request, "ttl_seconds")
+        issued = self.broker.issue_session_grant(
+            user=request.user,
+            enclave_key_sha256=request.enclave_key_sha256,
+            ttl=None if ttl is None else timedelta(seconds=ttl),
+            actor="gateway",
+        )
+        response = pb.IssueSessionGrantResponse(grant=issued.token, grant_id=issued.grant_id)
+        ts_out(response.expires_at, issued.expires_at)
+        return response
+
+    # -- datasets -----------------------------------------------------------------------------------
+
+    def _RegisterDataset(
+        self, request: pb.RegisterDatasetRequest, role: Role | None
+    ) -> pb.RegisterDatasetResponse:
+        info = self.broker.register_dataset(
+            dataset=request.dataset,
+            version=request.version,
+            manifest_sha256=request.manifest_sha256,
+            sealed_dek=validation.bounded_bytes(request.sealed_dek, MAX_SEALED_DEK_BYTES, "sealed_dek"),
+            release_policy_toml=validation.bounded_text(
+                request.release_policy_toml, MAX_POLICY_CHARS, "release_policy_toml", required=False
+            ),
+            owner=request.owner,
+            release_expires_at=ts_in(request, "release_expires_at")
+            if request.HasField("release_expires_at")
+            else UNSET,
+            actor="admin",
+        )
+        response = pb.RegisterDatasetResponse()
+        _dataset_out(response.dataset, info)
+        return response
+
+    def _SetReleasePolicy(
+        self, request: pb.SetReleasePolicyRequest, role: Role | None
+    ) -> pb.SetReleasePolicyResponse:
+        if request.clear_release_expiry and request.HasField("release_expires_at"):
+            raise validation.invalid("clear_release_expiry", "cannot be combined with release_expires_at")
+        expiry = (
+            None
+            if request.clear_release_expiry
+            else ts_in(request, "release_expires_at")
+            if request.HasField("release_expires_at")
+            else UNSET
+        )
+        text = (
+            validation.bounded_text(
+                request.release_policy_toml, MAX_POLICY_CHARS, "release_policy_toml", required=False
+            )
+            if request.HasField("release_policy_toml")
+            else None
+        )
+        info = self.broker.set_release_policy(
+            dataset=request.dataset, release_policy_toml=text, release_expires_at=expiry, actor="admin"
+        )
+        response = pb.SetReleasePolicyResponse()
+        _dataset_out(response.dataset, info)
+        return response
+
+    def _GetDataset(self, request: pb.GetDatasetRequest, role: Role | None) -> pb.GetDatasetResponse:
+        info = self.broker.get_dataset(request.dataset)
+        response = pb.GetDatasetResponse(release_policy_toml=info.release_policy_toml or "")
+        _dataset_out(response.dataset, info)
+        return response
+
+    def _ListDatasets(self, request: pb.ListDatasetsRequest, role: Role | None) -> pb.ListDatasetsResponse:
+        if role is Role.GATEWAY and not request.user:
+            raise validation.invalid("user", "is required with the gateway token (whose datasets to list)")
+        found = self.broker.list_datasets(request.user or None)
+        response = pb.ListDatasetsResponse()
+        for info in found:
+            _dataset_out(response.datasets.add(), info)
+        return response
+
+    def _DeleteDataset(self, request: pb.DeleteDatasetRequest, role: Role | None) -> pb.DeleteDatasetResponse:
+        deleted = self.broker.delete_dataset(
+            request.dataset, _optional_uint(request, "version"), actor="admin"
+        )
+        return pb.DeleteDatasetResponse(deleted_versions=deleted)
+
+    # -- grants and groups --------------------------------------------------------------------------
+
+    def _Grant(self, request: pb.GrantRequest, role: Role | None) -> pb.GrantResponse:
+        info = self.broker.grant(
+            request.dataset, request.principal, expires_at=ts_in(request, "expires_at"), actor="admin"
+        )
+        response = pb.GrantResponse()
+        _grant_out(response.grant, info)
+        return response
+
+    def _Revoke(self, request: pb.RevokeRequest, role: Role | None) -> pb.RevokeResponse:
+        return pb.RevokeResponse(
+            revoked=self.broker.revoke(request.dataset, request.principal, actor="admin")
+        )
+
+    def _AddMember(self, request: pb.AddMemberRequest, role: Role | None) -> pb.AddMemberResponse:
+        return pb.AddMemberResponse(added=self.broker.add_member(request.group, request.user, actor="admin"))
+
+    def _RemoveMember(self, request: pb.RemoveMemberRequest, role: Role | None) -> pb.RemoveMemberResponse:
+        return pb.RemoveMemberResponse(
+            removed=self.broker.remove_member(request.group, request.user, actor="admin")
+        )
+
+    def _ListGroups(self, request: pb.ListGroupsRequest, role: Role | None) -> pb.ListGroupsResponse:
+        response = pb.ListGroupsResponse()
+        for group in self.broker.list_groups(request.group or None):
+            response.groups.add(name=group.name, members=list(group.members))
+        return response
+
+    # -- audit --------------------------------------------------------------------------------------
+
+    def _GetAudit(self, request: pb.GetAuditRequest, role: Role | None) -> pb.GetAuditResponse:
+        records, (head_seq, head_hash) = self.broker.audit(since_seq=request.since_seq, limit=request.limit)
+        response = pb.GetAuditResponse(head_seq=head_seq, head_hash=head_hash)
+        for record in records:
+            response.entries.add(
+                seq=record.seq, body=record.body, hash=record.hash, signature=record.signature
+            )
+        return response
+
+
+def release_input(request: pb.ReleaseRequest) -> ReleaseInput:
+    """Shape checks for a release request; raises ``invalid_argument`` naming the field."""
+    version = _optional_uint(request, "version")
+    return ReleaseInput(
+        nonce=validation.exact_bytes(bytes(request.nonce), NONCE_SIZE, "nonce"),
+        dataset=validation.dataset_name(request.dataset),
+        version=None if version is None else validation.version(version),
+        enclave_key=validation.x25519_public_key(bytes(request.enclave_key)),
+        grant=validation.bounded_text(request.grant, MAX_GRANT_CHARS, "grant"),
+        evidence=validation.bounded_bytes(bytes(request.evidence), MAX_EVIDENCE_BYTES, "evidence"),
+        certificates=validation.bounded_bytes(
+            bytes(request.certificates), MAX_CERTIFICATES_BYTES, "certificates", required=False
+        )
+        or None,
+        collateral=validation.bounded_bytes(
+            bytes(request.collateral), MAX_COLLATERAL_BYTES, "collateral", required=False
+        )
+        or None,
+    )
+
+
+def _status(reason: str) -> grpc.StatusCode:
+    try:
+        return STATUS[Reason(reason)]
+    except ValueError:
+        return grpc.StatusCode.INTERNAL

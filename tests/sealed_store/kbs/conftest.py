@@ -1,0 +1,142 @@
+"""A real key broker on loopback, a fake clock, and simulated enclaves that produce real SGX quotes.
+
+``kbs`` starts a :class:`KbsServer` on ``127.0.0.1:0`` with its state in the test's temporary folder and a
+clock the test moves by hand (it starts at the real time once, then only moves when told: no assertion
+depends on the wall clock). Enclaves are :class:`SimRuntime` instances over the test's own simulated
+platform, with a measurement the test picks, and an ephemeral X25519 key E like a kernel session's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from teelab.enclave_runtime.backend import Evidence
+from teelab.enclave_runtime.sim.identity import SimIdentity
+from teelab.enclave_runtime.sim.platform import SimPlatform, default_path
+from teelab.enclave_runtime.sim.runtime import SimRuntime
+from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE, read_token
+from teelab.sealed_store.kbs.client import KbsClient
+from teelab.sealed_store.kbs.config import KbsConfig
+from teelab.sealed_store.kbs.model import ReleasedKey
+from teelab.sealed_store.kbs.server import KbsServer
+
+GOOD = hashlib.sha256(b"the analysts' kernel image").hexdigest()
+OTHER = hashlib.sha256(b"someone else's kernel image").hexdigest()
+
+
+def policy_for(*mrenclaves: str) -> str:
+    pins = ", ".join(f'"{m}"' for m in mrenclaves)
+    return f'id = "sales-release"\nallow_simulation = true\n\n[sgx]\nmrenclave = [{pins}]\n'
+
+
+class FakeClock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@dataclass
+class Enclave:
+    """A simulated kernel session: its measured identity and its attested ephemeral key E."""
+
+    runtime: SimRuntime
+    secret: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
+
+    @property
+    def public(self) -> bytes:
+        return self.secret.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    def attest(self, report_data: bytes) -> Evidence:
+        return self.runtime.evidence(report_data)
+
+
+@dataclass
+class Kbs:
+    server: KbsServer
+    state: Path
+    clock: FakeClock
+    platform: SimPlatform
+    admin: KbsClient
+    gateway: KbsClient
+    anon: KbsClient
+
+    def enclave(self, mrenclave: str = GOOD, *, debug: bool = False) -> Enclave:
+        identity = SimIdentity(
+            platform=self.platform.path,
+            mrenclave=bytes.fromhex(mrenclave),
+            mrsigner=hashlib.sha256(b"teelab").digest(),
+            isv_prod_id=0,
+            isv_svn=0,
+            attributes=0x05 | (0x02 if debug else 0),
+        )
+        return Enclave(SimRuntime(identity, self.platform))
+
+    def register(
+        self, name: str, version: int = 1, *, policy: str | None = None, owner: str = "olivia"
+    ) -> bytes:
+        dek = secrets.token_bytes(32)
+        self.admin.register_dataset(
+            name,
+            version,
+            manifest_sha256=hashlib.sha256(f"{name}/{version}".encode()).hexdigest(),
+            dek=dek,
+            release_policy_toml=policy if policy is not None else policy_for(GOOD),
+            owner=owner,
+        )
+        return dek
+
+    def session(self, user: str, enclave: Enclave) -> str:
+        """What the gateway does after attesting the session: a grant for (user, SHA-256(E.pub))."""
+        return self.gateway.issue_session_grant(user, enclave_key=enclave.public).token
+
+    def fetch(self, dataset: str, enclave: Enclave, grant: str, version: int | None = None) -> ReleasedKey:
+        return self.anon.fetch_key(
+            dataset, enclave_secret=enclave.secret, grant=grant, attest=enclave.attest, version=version
+        )
+
+
+def start_kbs(state: Path, clock: FakeClock, **config: object) -> KbsServer:
+    server = KbsServer(KbsConfig(state_dir=state, **config), address="127.0.0.1:0", clock=clock)  # type: ignore[arg-type]
+    server.start()
+    return server
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+def kbs(tmp_path: Path, clock: FakeClock) -> Iterator[Kbs]:
+    # The simulated platform at the default place, so default_anchors() knows its root (as in production).
+    platform = SimPlatform.open(default_path(), now=clock.now - timedelta(hours=1))
+    state = tmp_path / "kbs-state"
+    server = start_kbs(state, clock)
+    clients = [
+        KbsClient(server.target, read_token(state / ADMIN_TOKEN_FILE), timeout=20),
+        KbsClient(server.target, read_token(state / GATEWAY_TOKEN_FILE), timeout=20),
+        KbsClient(server.target, timeout=20),
+    ]
+    try:
+        yield Kbs(server, state, clock, platform, *clients)
+    finally:
+        for client in clients:
+            client.close()
+        server.stop(grace=0)
