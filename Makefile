@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.teelab-installed
 PYTEST_ARGS ?=
 
-.PHONY: help demo test lint format bench protos clean venv system-deps typecheck-tree
+.PHONY: help demo test lint format bench protos clean venv system-deps typecheck-tree labextension
 
 help:
 	@echo "make demo    start the demo (simulated TEE, attested kernel, key broker, sample sealed dataset)"
@@ -18,12 +18,33 @@ help:
 
 venv: $(STAMP)
 
+# The JupyterLab extension: TypeScript in labextension/, built into extension/labextension/.
+LABEXT_BUILT   := extension/labextension/package.json
+LABEXT_SOURCES := $(wildcard labextension/package.json labextension/yarn.lock labextension/.yarnrc.yml \
+                    labextension/tsconfig.json labextension/src/*.ts labextension/src/*/*.ts labextension/style/*)
+PIP_STAMP      := $(VENV)/.teelab-pip-installed
+
+# Ready when the venv has the project installed (editable) and the built JupyterLab extension linked in.
+$(STAMP): $(PIP_STAMP) $(LABEXT_BUILT)
+	$(PY) labextension/develop.py
+	@touch $@
+
 # Re-runs whenever the project's dependency list changes.
-$(STAMP): pyproject.toml setup.py
+$(PIP_STAMP): pyproject.toml setup.py
+	@scripts/install-system-deps.sh  # node: the install builds the JupyterLab extension
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
+
+# Rebuilt when a source changed or the output is gone; build.py compares digests, so a mere touch is cheap.
+$(LABEXT_BUILT): $(PIP_STAMP) $(LABEXT_SOURCES)
+	$(PY) labextension/build.py
+
+# Rebuild the JupyterLab extension even if nothing changed, and link it into the venv.
+labextension: $(PIP_STAMP)
+	$(PY) labextension/build.py --force
+	$(PY) labextension/develop.py
 
 # Debian and npm packages the tests and the demo use (Chromium for UI tests, configurable-http-proxy for JupyterHub).
 system-deps:

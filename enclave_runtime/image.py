@@ -11,11 +11,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from teelab.enclave_runtime.files import replace_atomically
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.manifest import EnclaveManifest, ImageSpec, ProgressCallback, expand
 from teelab.enclave_runtime.signing import Sigstruct, load_or_create_key, sign
 from teelab.errors import EnclaveError
+from teelab.files import replace_atomically
 from teelab.paths import data_dir
 
 IMAGE_FILE = "image.json"

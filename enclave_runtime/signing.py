@@ -17,8 +17,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from teelab.enclave_runtime.files import write_private
 from teelab.errors import EnclaveError
+from teelab.files import write_private
 from teelab.paths import data_dir
 from teelab.timeutil import isoformat, utcnow
 

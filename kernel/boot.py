@@ -111,7 +111,9 @@ def boot() -> Any:
         attestation, extras = bundle.get("attestation"), bundle.get("extras")
         if not isinstance(attestation, dict) or not isinstance(extras, dict):
             raise HandshakeError("the session bundle lacks the attestation result")
-        teelab.session.install(attestation=attestation, enclave_key=secret, extras=extras)
+        teelab.session.install(
+            attestation=attestation, enclave_key=secret, extras=extras, attest=runtime.evidence
+        )
         try:
             app = TeeKernelApp.instance(config=config)
             # Not configurable traits upstream (they normally come from the connection file).

@@ -17,11 +17,11 @@ from pathlib import Path
 from jupyter_client.kernelspec import KernelSpecManager
 
 from teelab.enclave_runtime.backends import get_backend
-from teelab.enclave_runtime.files import replace_atomically
 from teelab.enclave_runtime.image import EnclaveImage
 from teelab.enclave_runtime.images import kernel_image_spec
 from teelab.enclave_runtime.manifest import ProgressCallback
 from teelab.errors import ConfigError, UsageError
+from teelab.files import replace_atomically
 from teelab.gateway.policy import load_policy, parse_policy
 from teelab.kernel.policy_files import sys_prefix_policy_dir, user_policy_dir
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import getpass
+import os
 import secrets
 import subprocess
 import threading
@@ -86,6 +88,28 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         120.0, config=True, help="Seconds to wait for the kernel's evidence and readiness."
     )
     response_host = Unicode("127.0.0.1", config=True, help="Where the kernel boot answers the gateway.")
+    kbs_address = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="The key broker (HOST:PORT) that releases dataset keys to this server's kernels "
+        "(default: $TEELAB_KBS, or the local broker started by `teelab kbs serve`).",
+    )
+    kbs_token_file = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="The key broker's gateway token (default: the local broker's).",
+    )
+    dataset_store = Unicode(
+        None, allow_none=True, config=True, help="Where sealed datasets are (an fsspec URL; default: local)."
+    )
+    kbs_user = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="Whom the session grants name (default: $JUPYTERHUB_USER under JupyterHub, else the login name).",
+    )
 
     def __init__(self, **kwargs: Any) -> None:
         # The factory passes a kernelspec's `metadata.kernel_provisioner.config` as keyword arguments.
@@ -364,8 +388,36 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             )
 
     async def session_extras(self, enclave_key: bytes, result: AttestationResult) -> dict[str, object]:
-        """More for the sealed bundle (the key broker's session grant); nothing by default."""
-        return {}
+        """The key broker's session grant for this user and this attested key, delivered sealed.
+
+        Only after the evidence was accepted; the grant names SHA-256(E.pub), so it is useless to any other
+        enclave. Without a reachable broker the kernel still starts — reading datasets then says why not.
+        """
+        from teelab.sealed_store import services
+        from teelab.sealed_store.kbs.client import KbsClient
+
+        token_file = services.gateway_token_file(Path(self.kbs_token_file) if self.kbs_token_file else None)
+        if not (self.kbs_address or os.environ.get("TEELAB_KBS") or services.local_kbs_running()):
+            return {}
+        address = services.kbs_address(self.kbs_address)
+        user = self.kbs_user or os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+        def issue() -> dict[str, object]:
+            with KbsClient.with_token_file(address, token_file, timeout=10) as client:
+                grant = client.issue_session_grant(user, enclave_key=enclave_key)
+            return {
+                "kbs": address,
+                "store": services.store_url(self.dataset_store),
+                "user": user,
+                "grant": grant.token,
+                "grant_expires_at": grant.expires_at.isoformat(),
+            }
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, issue)
+        except (TeelabError, OSError) as error:
+            self.log.warning("teelab: no session grant from the key broker at %s: %s", address, error)
+            return {"kbs": address, "store": services.store_url(self.dataset_store), "user": user}
 
     async def _abort(self) -> None:
         if self.process is not None:

@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from teelab.sealed_store.folder import SealedDataset
     from teelab.sealed_store.manifest import Manifest, PartEntry
+    from teelab.sealed_store.notebook import read_dataset
     from teelab.sealed_store.reader import SealedReader, open_sealed, read_sealed, read_sealed_table
     from teelab.sealed_store.seal import SealResult, seal_dataset
     from teelab.sealed_store.storage import DatasetStore, DatasetVersion, default_store_url
     from teelab.sealed_store.upload import UploadResult
 
 _EXPORTS = {
+    "read_dataset": "notebook",
     "Manifest": "manifest",
     "PartEntry": "manifest",
     "SealedReader": "reader",
@@ -44,6 +46,7 @@ __all__ = [
     "UploadResult",
     "default_store_url",
     "open_sealed",
+    "read_dataset",
     "read_sealed",
     "read_sealed_table",
     "seal_dataset",

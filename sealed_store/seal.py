@@ -32,7 +32,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pyarrow.parquet.encryption as pe
 
-from teelab.enclave_runtime.files import replace_atomically
+from teelab.files import replace_atomically
 from teelab.sealed_store.errors import SealInputError, SealOutputError
 from teelab.sealed_store.folder import SealedDataset
 from teelab.sealed_store.format import (

@@ -80,37 +80,42 @@ def add_seal_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compression", choices=COMPRESSIONS, default="snappy", help="default: snappy")
 
 
-def seal_command(args: argparse.Namespace, *, key_sink: KeySink) -> int:
-    """Seal ``args.input``; hand the data key to ``key_sink``; print where it went and the manifest digest.
-
-    If ``key_sink`` fails, the sealed folder is removed again: without its key it could never be read.
-    """
+def seal_options(args: argparse.Namespace) -> tuple[str, int | None, Path | None, dict[str, object]]:
+    """(name, version, out folder, keyword arguments for ``seal_dataset``) from parsed arguments."""
     try:
         name = check_name(args.name)
-        version = check_version(args.version)
+        version = None if getattr(args, "version", None) is None else check_version(args.version)
     except InvalidNameError as error:
         raise UsageError(error.message, hint=error.hint) from None
-    part_size = args.part_size
+    part_size = getattr(args, "part_size", DEFAULT_PART_SIZE)
     if isinstance(part_size, str):
         try:
             part_size = parse_size(part_size)
         except argparse.ArgumentTypeError as error:
             raise UsageError(str(error)) from None
-    out = Path(args.out) if getattr(args, "out", None) is not None else Path(f"{name}-v{version}.sealed")
-    result = seal_dataset(
-        Path(args.input),
-        name=name,
-        version=version,
-        out=out,
-        part_size=part_size,
-        input_format=getattr(args, "input_format", "auto"),
-        compression=getattr(args, "compression", "snappy"),
-    )
+    out = Path(args.out) if getattr(args, "out", None) is not None else None
+    options: dict[str, object] = {
+        "part_size": part_size,
+        "input_format": getattr(args, "input_format", "auto"),
+        "compression": getattr(args, "compression", "snappy"),
+    }
+    return name, version, out, options
+
+
+def seal_command(args: argparse.Namespace, *, key_sink: KeySink) -> int:
+    """Seal ``args.input``; hand the data key to ``key_sink``; print where it went and the manifest digest.
+
+    If ``key_sink`` fails, the sealed folder is removed again: without its key it could never be read.
+    """
+    name, maybe_version, out_arg, options = seal_options(args)
+    version = maybe_version or 1
+    out = out_arg or Path(f"{name}-v{version}.sealed")
+    result = seal_dataset(Path(args.input), name=name, version=version, out=out, **options)  # type: ignore[arg-type]
     sealed, dek = result
     try:
         key_sink(name, version, dek)
     except BaseException:
-        _discard(sealed)
+        discard(sealed)
         raise
     manifest = sealed.manifest
     print(
@@ -121,7 +126,7 @@ def seal_command(args: argparse.Namespace, *, key_sink: KeySink) -> int:
     return 0
 
 
-def _discard(sealed: SealedDataset) -> None:
+def discard(sealed: SealedDataset) -> None:
     with contextlib.suppress(OSError):
         (sealed.folder / MANIFEST_NAME).unlink()
     for entry in sealed.manifest.parts:

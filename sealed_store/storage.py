@@ -28,7 +28,7 @@ import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from teelab.enclave_runtime.files import replace_atomically
+from teelab.files import replace_atomically
 from teelab.paths import data_dir
 from teelab.sealed_store.errors import DatasetNotFoundError, StorageError
 from teelab.sealed_store.format import MANIFEST_NAME, check_name, check_version, part_name

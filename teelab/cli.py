@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "teelab.enclave_runtime.cli",
     "teelab.gateway.cli",
     "teelab.kernel.cli",
+    "teelab.sealed_store.cli",
+    "teelab.sealed_store.kbs.cli",
 )
 
 DESCRIPTION = """\

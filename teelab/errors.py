@@ -23,7 +23,9 @@ class TeelabError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return self.message
+        # Notebooks and tracebacks show str(error); the hint belongs there too. The CLI prints .message and
+        # .hint on lines of their own.
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
 
 
 class UsageError(TeelabError):

@@ -7,7 +7,7 @@ ephemeral key that the key broker releases data keys to; nothing here is ever wr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,17 +73,28 @@ class _SessionState:
     attestation: Attestation
     enclave_key: object  # the X25519 private key E whose public half the evidence binds
     extras: dict[str, Any]
+    # The TEE's evidence function (report_data -> evidence), for fresh evidence bound to E (key release).
+    attest: Callable[[bytes], Any] | None = None
 
 
 _state: _SessionState | None = None
 
 
 def install(
-    attestation: Mapping[str, Any], enclave_key: object, extras: Mapping[str, Any] | None = None
+    attestation: Mapping[str, Any],
+    enclave_key: object,
+    extras: Mapping[str, Any] | None = None,
+    attest: Callable[[bytes], Any] | None = None,
 ) -> None:
     """Called once by the kernel boot after it opened the session bundle."""
     global _state
-    _state = _SessionState(Attestation(attestation), enclave_key, dict(extras or {}))
+    _state = _SessionState(Attestation(attestation), enclave_key, dict(extras or {}), attest)
+
+
+def services() -> dict[str, Any]:
+    """Where this session's data services are (key broker, dataset store), as the gateway configured them."""
+    state = _current()
+    return {key: state.extras.get(key) for key in ("kbs", "store", "user")}
 
 
 def attestation() -> Attestation:

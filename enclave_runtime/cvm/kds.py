@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from teelab.enclave_runtime.cvm.http import Fetcher, get, urllib_fetcher
-from teelab.enclave_runtime.files import replace_atomically
 from teelab.errors import EvidenceError, PlatformError
+from teelab.files import replace_atomically
 from teelab.paths import cache_dir
 
 KDS = "https://kdsintf.amd.com"

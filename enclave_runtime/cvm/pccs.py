@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from teelab.enclave_runtime.cvm.http import Fetcher, get, urllib_fetcher
-from teelab.enclave_runtime.files import replace_atomically
 from teelab.errors import EvidenceError, PlatformError
+from teelab.files import replace_atomically
 from teelab.paths import cache_dir
 
 IntelTee = Literal["sgx", "tdx"]

@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess
-from teelab.enclave_runtime.files import replace_atomically, write_private
 from teelab.enclave_runtime.gramine.sigstruct import SgxSigstruct, load_author_key, parse_sigstruct
 from teelab.enclave_runtime.gramine.template import STATE_FOLDER, GramineOptions, render_template
 from teelab.enclave_runtime.gramine.tools import (
@@ -48,6 +47,7 @@ from teelab.enclave_runtime.manifest import (
 )
 from teelab.enclave_runtime.signing import Sigstruct, sign
 from teelab.errors import EnclaveError
+from teelab.files import replace_atomically, write_private
 
 DIRECT_WARNING = (
     "teelab: WARNING: gramine-direct runs the kernel as an ordinary process: no SGX enclave, no memory "

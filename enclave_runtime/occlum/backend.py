@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess
-from teelab.enclave_runtime.files import replace_atomically, write_private
 from teelab.enclave_runtime.gramine.sigstruct import load_author_key
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import IMAGE_FILE, EnclaveImage, default_image_dir
@@ -40,6 +39,7 @@ from teelab.enclave_runtime.occlum.config import (
 )
 from teelab.enclave_runtime.signing import Sigstruct, mrsigner_of, sign
 from teelab.errors import EnclaveError, UsageError
+from teelab.files import replace_atomically, write_private
 
 INSTALL_HINT = (
     "install Occlum ≥ 0.30 (its Docker image occlum/occlum, or the occlum packages from Occlum's apt "

@@ -30,7 +30,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from teelab.enclave_runtime.files import replace_atomically, write_private
 from teelab.enclave_runtime.sim import certs
 from teelab.enclave_runtime.sim.collateral import Collateral, QeIdentityValues, issue_collateral
 from teelab.enclave_runtime.sim.sgx_extension import PlatformTcb
@@ -45,6 +44,7 @@ from teelab.enclave_runtime.sim.sgx_structs import (
     raw_signature,
 )
 from teelab.errors import PlatformError
+from teelab.files import replace_atomically, write_private
 from teelab.paths import data_dir
 from teelab.timeutil import isoformat, parse_time, utcnow
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from teelab.enclave_runtime.files import write_private
 from teelab.errors import ConfigError
+from teelab.files import write_private
 from teelab.sealed_store.kbs.crypto import private_dir, read_secret
 
 # File names, not tokens: the tokens are random and created on first start.

@@ -7,6 +7,7 @@ teelab.sealed_store.kbs`` runs them on their own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -156,10 +157,12 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from teelab.files import replace_atomically
     from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE
     from teelab.sealed_store.kbs.config import KbsConfig, default_state_dir
     from teelab.sealed_store.kbs.server import KbsServer, tune_gc_for_serving
     from teelab.sealed_store.kbs.store import safe_url
+    from teelab.sealed_store.services import ENDPOINT_FILE
 
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
@@ -174,6 +177,9 @@ def _serve(args: argparse.Namespace) -> int:
     server = KbsServer(config, address=args.listen)
     server.start()
     tune_gc_for_serving()
+    # Clients on this machine (the gateway, `teelab dataset`) find the broker here without configuration.
+    endpoint = state / ENDPOINT_FILE
+    replace_atomically(endpoint, server.target.encode(), mode=0o644)
     stopped = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -196,6 +202,9 @@ def _serve(args: argparse.Namespace) -> int:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        with contextlib.suppress(OSError):
+            if endpoint.read_text() == server.target:
+                endpoint.unlink()
         server.stop(grace=5)
     print("key broker stopped", file=sys.stderr)
     return 0

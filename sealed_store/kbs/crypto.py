@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from filelock import FileLock
 
-from teelab.enclave_runtime.files import write_private
 from teelab.errors import ConfigError
+from teelab.files import write_private
 from teelab.sealed_store.kbs.protocol import DEK_SIZE, PROTOCOL
 
 MASTER_KEY_FILE = "master.key"

@@ -1,8 +1,8 @@
 """The key broker on PostgreSQL: a throwaway cluster in a temporary folder, on a free loopback port.
 
 The cluster runs as the current user, or as ``nobody`` when the tests run as root (PostgreSQL refuses to run
-as root). The binaries come from Debian's ``postgresql`` package (``/usr/lib/postgresql/<major>/bin``); the
-test is skipped, saying so, only when they are absent.
+as root). The binaries come from Debian's ``postgresql`` package (``/usr/lib/postgresql/<major>/bin``), which
+scripts/install-system-deps.sh installs; without them the test fails and says what to install.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def _free_port() -> int:
 def postgres_url() -> Iterator[str]:
     binaries = _binaries()
     if binaries is None:
-        pytest.skip(f"PostgreSQL server binaries not found: {PACKAGE_HINT}")
+        # scripts/install-system-deps.sh (run by `make test`) installs them; their absence is a setup bug.
+        pytest.fail(f"PostgreSQL server binaries not found: {PACKAGE_HINT}")
     run_as: dict[str, Any] = {}
     root = Path(tempfile.mkdtemp(prefix="teelab-pg-"))
     if os.geteuid() == 0:

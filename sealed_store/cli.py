@@ -1,0 +1,288 @@
+"""``teelab dataset seal|upload|list|show|grant|revoke|delete`` — the data owner's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from teelab.errors import UsageError
+from teelab.timeutil import parse_time, utcnow
+
+GROUP_EPILOG = """\
+A data owner seals a dataset on their own machine (the data key never touches a disk), registers the key
+with the key broker, uploads the sealed parts, and grants users or groups. Only an attested kernel of a
+granted user — one whose evidence passes the dataset's release policy — ever gets the key.
+
+examples:
+  teelab kbs serve &                                      the local key broker (embedded defaults)
+  teelab dataset upload sales.csv --name sales --policy ~/.config/teelab/policies/teelab-sim.toml \\
+      --grant alice --grant group:analysts
+  teelab dataset list
+  teelab dataset show sales
+  teelab dataset grant sales bob --expires 7d
+  teelab dataset revoke sales bob
+in a notebook on the teelab kernel:
+  from teelab.sealed_store import read_dataset
+  df = read_dataset("sales", columns=["region", "amount"])
+"""
+
+POLICY_HELP = (
+    "release policy: the appraisal policy TOML a kernel's evidence must pass (docs/policy.md); default: "
+    "teelab's built-in policy (real, up-to-date hardware only). For the simulated kernel use its installed "
+    "policy, e.g. ~/.config/teelab/policies/teelab-sim.toml"
+)
+
+
+def _connection_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("where (defaults: the local broker and store)")
+    group.add_argument(
+        "--kbs", metavar="HOST:PORT", help="key broker address (default: $TEELAB_KBS, or local)"
+    )
+    group.add_argument("--token-file", type=Path, metavar="FILE", help="key broker admin token")
+    group.add_argument("--store", metavar="URL", help="dataset store, any fsspec URL (default: local folder)")
+
+
+def _owner(args: argparse.Namespace) -> Any:
+    from teelab.sealed_store.owner import DataOwner
+
+    return DataOwner.connect(
+        kbs=args.kbs, token_file=args.token_file, store=args.store, owner=getattr(args, "owner", None)
+    )
+
+
+def _expiry(text: str | None) -> datetime | None:
+    """An ISO-8601 time, or a duration from now such as 7d, 12h, 30m."""
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+)([dhm])", text.strip())
+    if match:
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[match[2]]
+        return utcnow() + timedelta(**{unit: int(match[1])})
+    return parse_time(text)
+
+
+def _policy(path: Path | None) -> str:
+    if path is None:
+        return ""
+    from teelab.gateway.policy import parse_policy
+
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UsageError(f"cannot read the release policy {path}: {error.strerror or error}") from None
+    parse_policy(text, source=str(path))  # refuse a broken policy before anything is sealed
+    return text
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    return None  # a bar on stderr when it is a terminal (the sealed store's default)
+
+
+def _seal(args: argparse.Namespace) -> int:
+    from teelab.sealed_store.seal_cli import seal_options
+
+    name, version, out, options = seal_options(args)
+    with _owner(args) as owner:
+        version = version or owner.next_version(name)
+        sealed = owner.seal(
+            Path(args.input),
+            name=name,
+            version=version,
+            out=out or Path(f"{name}-v{version}.sealed"),
+            policy_toml=_policy(args.policy),
+            release_expires_at=_expiry(args.release_until),
+            progress=_progress(args),
+            **options,
+        )
+    print(f"sealed         {sealed.name} v{sealed.version} → {sealed.folder}")
+    print(f"parts          {len(sealed.manifest.parts)} ({sealed.manifest.total_size:,} bytes)")
+    print(f"manifest       sha256 {sealed.manifest_sha256}")
+    print("key            registered with the key broker (never written to disk)")
+    print(f"next           teelab dataset upload {sealed.folder}")
+    return 0
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from teelab.sealed_store.folder import SealedDataset
+    from teelab.sealed_store.format import MANIFEST_NAME
+
+    source = Path(args.input)
+    grants = [(who, _expiry(args.expires)) for who in args.grant]
+    with _owner(args) as owner:
+        if (source / MANIFEST_NAME).is_file():  # an already sealed (and registered) folder: upload or resume
+            sealed = SealedDataset.open(source)
+            result = owner.upload(sealed, progress=_progress(args))
+            for who, until in grants:
+                owner.grant(sealed.name, who, expires_at=until)
+            state = "already there" if result.already_present else f"{result.parts_uploaded} part(s) uploaded"
+            if result.parts_skipped:
+                state += f", {result.parts_skipped} resumed"
+            print(f"uploaded       {sealed.name} v{sealed.version}: {state}")
+            return 0
+        if not args.name:
+            raise UsageError("--name is required when INPUT is not a sealed folder")
+        from teelab.sealed_store.seal_cli import seal_options
+
+        args.out = None
+        name, version, _, options = seal_options(args)
+        published = owner.publish(
+            source,
+            name=name,
+            version=version,
+            policy_toml=_policy(args.policy),
+            grants=grants,
+            release_expires_at=_expiry(args.release_until),
+            progress=_progress(args),
+            **options,
+        )
+    print(
+        f"published      {published.name} v{published.version} ({published.parts} part(s), {published.size:,} bytes)"
+    )
+    print(f"manifest       sha256 {published.manifest_sha256}")
+    for grant in published.grants:
+        suffix = f" until {grant.expires_at.isoformat()}" if grant.expires_at else ""
+        print(f"granted        {grant.principal}{suffix}")
+    print(f'read it        read_dataset("{published.name}")  — in a notebook on a teelab kernel')
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    with _owner(args) as owner:
+        views = owner.list()
+    if args.json:
+        print(json.dumps([v.to_json() for v in views], indent=1))
+        return 0
+    if not views:
+        print("no datasets yet — `teelab dataset upload FILE --name NAME` publishes one")
+        return 0
+    print(f"{'name':<24} {'current':>7}  {'uploaded':<12} {'grants':<30} owner")
+    for view in views:
+        data = view.to_json()
+        uploaded = ",".join(f"v{v['version']}" for v in data["versions"] if v["uploaded"]) or "-"
+        grants = ",".join(g["principal"] for g in data["grants"]) or "-"
+        current = f"v{data['current_version']}" if data["current_version"] else "-"
+        print(f"{data['name']:<24} {current:>7}  {uploaded:<12} {grants:<30} {data['owner']}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    with _owner(args) as owner:
+        view = owner.show(args.name)
+    print(json.dumps(view.to_json(), indent=1))
+    return 0
+
+
+def _grant(args: argparse.Namespace) -> int:
+    with _owner(args) as owner:
+        grant = owner.grant(args.name, args.principal, expires_at=_expiry(args.expires))
+    until = f" until {grant.expires_at.isoformat()}" if grant.expires_at else ""
+    print(f"granted {grant.principal} on {args.name}{until}")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from teelab.sealed_store.owner import principal
+
+    who = principal(args.principal)
+    with _owner(args) as owner:
+        removed = owner.revoke(args.name, who)
+    print(f"revoked {who} on {args.name}" if removed else f"{who} had no grant on {args.name}")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    what = f"{args.name} v{args.version}" if args.version else f"every version of {args.name}"
+    if not args.yes:
+        raise UsageError(f"this erases the key of {what}: the data can never be read again", hint="add --yes")
+    with _owner(args) as owner:
+        erased = owner.delete(args.name, args.version)
+    print(f"deleted {what} (keys erased: {', '.join(f'v{v}' for v in erased) or 'none'})")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from teelab.cli import HelpFormatter
+    from teelab.sealed_store.seal_cli import add_seal_arguments
+
+    dataset = subparsers.add_parser(
+        "dataset",
+        help="seal, upload and share datasets only attested kernels can read",
+        description="Sealed datasets: decrypted only inside an attested kernel, for the users you grant.",
+        epilog=GROUP_EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    dataset.set_defaults(group_parser=dataset)
+    commands = dataset.add_subparsers(dest="dataset_command", metavar="COMMAND")
+
+    def command(
+        name: str, help_text: str, handler: Any, epilog: str | None = None
+    ) -> argparse.ArgumentParser:
+        parser = commands.add_parser(
+            name, help=help_text, description=help_text, epilog=epilog, formatter_class=HelpFormatter
+        )
+        _connection_arguments(parser)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    seal = command(
+        "seal",
+        "seal a CSV or Parquet input into a folder and register its key (upload it afterwards)",
+        _seal,
+        "example:\n  teelab dataset seal sales.csv --name sales --policy policy.toml\n"
+        "  teelab dataset upload sales-v1.sealed",
+    )
+    add_seal_arguments(seal)
+    seal.add_argument("--policy", type=Path, metavar="FILE", help=POLICY_HELP)
+    seal.add_argument(
+        "--release-until", metavar="TIME", help="no key release after this (ISO-8601 or e.g. 90d)"
+    )
+    seal.add_argument("--owner", help="owner name recorded with the dataset (default: your login)")
+    for action in seal._actions:
+        if action.dest == "version":
+            action.default, action.help = None, "version (default: one more than any registered)"
+
+    upload = command(
+        "upload",
+        "publish a dataset (seal + register + upload + grant), or upload/resume a sealed folder",
+        _upload,
+        "examples:\n  teelab dataset upload sales.csv --name sales --grant alice --grant group:analysts\n"
+        "  teelab dataset upload sales-v1.sealed          (resumes an interrupted upload)",
+    )
+    upload.add_argument(
+        "input", metavar="INPUT", help="CSV/Parquet input, or a folder made by `dataset seal`"
+    )
+    upload.add_argument("--name", help="dataset name (required for a CSV/Parquet input)")
+    upload.add_argument("--version", type=int, default=None, help="version (default: the next one)")
+    upload.add_argument("--policy", type=Path, metavar="FILE", help=POLICY_HELP)
+    upload.add_argument(
+        "--grant", action="append", default=[], metavar="WHO", help="user:NAME or group:NAME (repeatable)"
+    )
+    upload.add_argument("--expires", metavar="TIME", help="the grants' expiry (ISO-8601 or e.g. 30d)")
+    upload.add_argument("--release-until", metavar="TIME", help="no key release after this")
+    upload.add_argument("--owner", help="owner name recorded with the dataset (default: your login)")
+    from teelab.sealed_store.seal import COMPRESSIONS, DEFAULT_PART_SIZE
+    from teelab.sealed_store.seal_cli import parse_size
+
+    upload.add_argument("--part-size", type=parse_size, default=DEFAULT_PART_SIZE, help="default 128MiB")
+    upload.add_argument("--input-format", choices=("auto", "csv", "parquet"), default="auto")
+    upload.add_argument("--compression", choices=COMPRESSIONS, default="snappy")
+
+    listing = command("list", "datasets, their versions and who may read them", _list)
+    listing.add_argument("--json", action="store_true")
+    show = command("show", "one dataset in detail (JSON)", _show)
+    show.add_argument("name")
+    grant = command("grant", "let a user or group read a dataset", _grant)
+    grant.add_argument("name")
+    grant.add_argument("principal", metavar="WHO", help="user:NAME, group:NAME, or a bare user name")
+    grant.add_argument("--expires", metavar="TIME", help="ISO-8601, or a duration such as 7d, 12h")
+    revoke = command("revoke", "withdraw a grant (takes effect at the next key release)", _revoke)
+    revoke.add_argument("name")
+    revoke.add_argument("principal", metavar="WHO")
+    delete = command("delete", "erase a dataset's keys and sealed parts", _delete)
+    delete.add_argument("name")
+    delete.add_argument("--version", type=int, help="only this version")
+    delete.add_argument("--yes", action="store_true", help="really erase it")

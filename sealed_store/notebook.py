@@ -1,0 +1,87 @@
+"""``read_dataset`` — the one call an analyst makes, inside an attested kernel.
+
+1. fresh evidence from this kernel's TEE, bound to the key broker's nonce, the session's attested key ``E``
+   and the session grant the gateway obtained after attesting the kernel;
+2. the broker checks the evidence against the dataset's release policy and the grant against the dataset's
+   grants, and answers with the current version's data key sealed to ``E``;
+3. the sealed parts are read from the store and decrypted here — only the columns and row groups asked for.
+
+Nothing leaves the kernel: the data key lives in this call's memory only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from teelab.errors import KeyBrokerError
+from teelab.session import NotAttested, _current
+
+_HINTS = {
+    "not_granted": "ask the dataset's owner for access (`teelab dataset grant NAME user:YOU`)",
+    "evidence_rejected": "this kernel's attestation does not satisfy the dataset's release policy; ask the "
+    "owner which kernel image and TEE it accepts",
+    "dataset_unknown": "check the name with the dataset browser or `teelab dataset list`",
+    "grant_expired": "the session grant expired: restart the kernel to attest again and get a fresh one",
+    "grant_invalid": "restart the kernel to attest again and get a fresh session grant",
+    "release_expired": "the owner stopped releasing this dataset's key",
+    "unavailable": "the key broker cannot be reached",
+}
+
+
+def read_dataset(
+    name: str,
+    columns: Sequence[str] | None = None,
+    filters: Any = None,
+    *,
+    version: int | None = None,
+) -> Any:
+    """Read sealed dataset ``name`` into a pandas DataFrame, decrypting only what is asked for.
+
+    ``columns``: the columns to read; ``filters``: row filters in pyarrow's form, e.g.
+    ``[("region", "==", "EU")]`` (row groups that cannot match are never decrypted); ``version``: a specific
+    version instead of the current one (the key broker decides whether it still releases it).
+    """
+    from teelab.sealed_store.kbs.client import KbsClient
+    from teelab.sealed_store.reader import read_sealed
+    from teelab.sealed_store.storage import DatasetStore
+
+    try:
+        session = _current()
+    except NotAttested:
+        raise NotAttested(
+            "read_dataset works only inside an attested teelab kernel",
+            hint='switch this notebook to a teelab kernel, e.g. "Python 3 (teelab · simulated TEE)"',
+        ) from None
+    grant, kbs, store = (session.extras.get(key) for key in ("grant", "kbs", "store"))
+    if not grant or not kbs or not store or session.attest is None:
+        raise KeyBrokerError(
+            "no_session_grant",
+            "this kernel has no session grant: no key broker was reachable when the session was attested",
+            hint="start the key broker (`teelab kbs serve`), then restart the kernel",
+        )
+    try:
+        with KbsClient(str(kbs)) as client:
+            key = client.fetch_key(
+                name,
+                enclave_secret=session.enclave_key,  # type: ignore[arg-type]
+                grant=str(grant),
+                attest=session.attest,
+                version=version,
+            )
+    except KeyBrokerError as error:
+        raise KeyBrokerError(
+            error.reason,
+            f"the key broker refused {name!r}: {error.message}",
+            hint=error.hint or _HINTS.get(error.reason),
+        ) from None
+    # Tampering, a missing part or a rollback surfaces as a SealedDataError naming the part and the problem.
+    return read_sealed(
+        DatasetStore(str(store)),
+        name,
+        version=key.version,
+        manifest_sha256=key.manifest_sha256,
+        dek=key.dek,
+        columns=list(columns) if columns is not None else None,
+        filters=filters,
+    )

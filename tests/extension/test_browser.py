@@ -1,0 +1,210 @@
+"""teelab in a real JupyterLab, in a real (headless) Chromium, as a user sees it.
+
+The user starts a notebook on the simulated TEE kernel from the Launcher, sees the amber badge, opens the
+attestation panel (the measurement and every check), runs a cell, restarts (a restart re-attests), and a
+screenshot of each state is kept in tests/artifacts/.
+
+Dataset steps (upload a CSV, grant it, run a cell reading it) slot in after ``attested_notebook`` with
+:class:`~tests.extension.lab.DatasetBrowserPage`; until the dataset handlers exist, the browser's half of that
+contract is exercised against an in-memory stand-in (``dataset_contract_stub``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from .conftest import KernelEnv, copy_kernelspec, write_policy
+from .lab import LabPage, LabServer, chromium, jupyter_lab
+
+pytestmark = pytest.mark.slow
+
+DISPLAY_NAME = "Python 3 (teelab · simulated TEE)"
+SIMULATED = "Simulated TEE — not confidential"
+HERE = Path(__file__).resolve().parent
+ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+
+
+def lab_env(kernel_env: KernelEnv, workdir: Path) -> dict[str, str]:
+    """The kernel tests' installed kernel and policy; everything else of Jupyter's in a scratch folder."""
+    config = workdir / "jupyter-config"
+    config.mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        **kernel_env.environ(),
+        "JUPYTER_CONFIG_DIR": str(config),
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
+@pytest.fixture
+def lab(kernel_env: KernelEnv, tmp_path: Path) -> Iterator[LabServer]:
+    with jupyter_lab(tmp_path, lab_env(kernel_env, tmp_path), "jupyter-lab") as server:
+        yield server
+
+
+@pytest.fixture
+def lab_page(lab: LabServer, tmp_path: Path) -> Iterator[LabPage]:
+    with chromium(tmp_path / "chromium-profile") as context:
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        yield LabPage(page, lab)
+
+
+def attested_notebook(lab_page: LabPage) -> None:
+    lab_page.open()
+    lab_page.new_notebook(DISPLAY_NAME)
+    expect(lab_page.badge).to_have_text(SIMULATED, timeout=60_000)
+    expect(lab_page.badge).to_have_attribute("data-level", "simulated")
+
+
+def test_simulated_kernel_badge_panel_and_restart(lab_page: LabPage, kernel_env: KernelEnv) -> None:
+    attested_notebook(lab_page)
+    # Amber (the theme's warning colour): the status-bar item must never look like a confidential kernel.
+    shown, amber = lab_page.badge.evaluate(
+        """node => {
+            const probe = document.body.appendChild(document.createElement('div'));
+            probe.style.background = 'var(--jp-warn-color1)';
+            const amber = getComputedStyle(probe).backgroundColor;
+            probe.remove();
+            return [getComputedStyle(node).backgroundColor, amber];
+        }"""
+    )
+    assert shown == amber, (shown, amber)
+
+    panel = lab_page.open_attestation_panel()
+    expect(panel.banner).to_contain_text(SIMULATED)
+    expect(panel.simulated_warning).to_be_visible()
+    expect(panel.simulated_warning).to_contain_text("without hardware isolation")
+    expect(panel.measurement).to_have_text(kernel_env.mrenclave)
+    expect(panel.fact("TCB status")).to_have_text("UpToDate")
+    expect(panel.fact("Policy")).to_contain_text("teelab-sim")
+    expect(panel.fact("Verified at")).to_have_text(ISO_TIME)
+    expect(panel.checks.first).to_be_visible()
+    names = panel.checks.evaluate_all("rows => rows.map(r => r.dataset.check)")
+    assert len(names) >= 5 and "policy.expected_report_data" in names
+    assert panel.root.locator(".teelab-check-failed").count() == 0
+    lab_page.screenshot("jupyterlab-attestation-panel")
+
+    assert lab_page.run_cell("print(6 * 7)").strip() == "42"
+
+    started = panel.fact("Started").inner_text()
+    lab_page.restart_kernel()
+    # The record is fetched again after the restart's fresh handshake.
+    expect(panel.fact("Started")).not_to_have_text(started, timeout=60_000)
+    expect(lab_page.badge).to_have_text(SIMULATED)
+    lab_page.wait_idle()
+    assert lab_page.run_cell("print('after restart')").strip() == "after restart"
+    lab_page.screenshot("jupyterlab-after-restart")
+
+
+@pytest.fixture
+def stub_lab(kernel_env: KernelEnv, tmp_path: Path) -> Iterator[LabServer]:
+    env = lab_env(kernel_env, tmp_path)
+    config = Path(env["JUPYTER_CONFIG_DIR"]) / "jupyter_server_config.d" / "dataset-contract-stub.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps({"ServerApp": {"jpserver_extensions": {"dataset_contract_stub": True}}}))
+    with jupyter_lab(tmp_path, env, "jupyter-lab-datasets") as server:
+        yield server
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("teelab.extension.datasets") is not None,
+    reason="the real dataset handlers exist; the dataset steps run against them",
+)
+def test_dataset_browser_speaks_the_contract(stub_lab: LabServer, tmp_path: Path) -> None:
+    csv = tmp_path / "patients 2024.csv"
+    csv.write_text("id,age\n" + "".join(f"{i},{20 + i % 50}\n" for i in range(200_000)))
+    with chromium(tmp_path / "chromium-profile") as context:
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        lab_page = LabPage(page, stub_lab)
+        lab_page.open()
+        lab_page.new_notebook(DISPLAY_NAME)
+        browser = lab_page.open_datasets()
+        expect(browser.row("seed")).to_be_visible()
+        expect(browser.row("seed").locator('[data-teelab="access"]')).to_have_text("your access: read, admin")
+
+        # A slow uplink, so the progress bar has something to show.
+        cdp = context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.send(
+            "Network.emulateNetworkConditions",
+            {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 400_000},
+        )
+        browser.start_upload(csv, "patients")
+        expect(browser.progress).to_be_visible()
+        page.wait_for_function(
+            "el => el.value > 0 && el.value < el.max", arg=browser.progress.element_handle(), timeout=30_000
+        )
+        expect(browser.root.locator(".teelab-progress-text")).to_contain_text("% of 1.")
+        expect(browser.row("patients")).to_be_visible(timeout=60_000)
+        cdp.send(
+            "Network.emulateNetworkConditions",
+            {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+        )
+        expect(browser.message).to_contain_text("Uploaded patients version 1 (200000 rows)")
+        expect(browser.progress).to_be_hidden()
+        uploads: Any = stub_lab.api("teelab/api/stub/uploads")
+        assert uploads[-1]["content_type"] == "text/csv" and uploads[-1]["bytes"] == csv.stat().st_size
+
+        browser.grant("patients", "group:analysts", expires="2030-01-31T12:00")
+        listing: Any = stub_lab.api("teelab/api/datasets")
+        (patients,) = [d for d in listing["datasets"] if d["name"] == "patients"]
+        assert patients["grants"][0]["principal"] == "group:analysts"
+        assert patients["grants"][0]["expires_at"].startswith("2030-01-31T")
+
+        browser.row("patients").locator('[data-teelab="grant"] .teelab-revoke').click()
+        expect(browser.row("patients").locator('[data-teelab="grant"]')).to_have_count(0)
+
+        browser.start_upload(csv, "too-big")  # the stub refuses names starting with "too": 413, a message
+        expect(browser.message).to_contain_text("Upload failed: over the size limit")
+
+        browser.insert_read_dataset("patients")
+        source = page.locator(".jp-NotebookPanel .jp-Cell .cm-content").last
+        expect(source).to_contain_text('df = read_dataset("patients")')
+        expect(page.locator(".jp-NotebookPanel .jp-Cell .cm-content").last).to_contain_text(
+            "from teelab.sealed_store import read_dataset"
+        )
+        lab_page.screenshot("jupyterlab-dataset-browser")
+
+
+def test_artifacts_folder_is_ignored_by_git() -> None:
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git not installed")
+    root = HERE.parents[1]
+    result = subprocess.run([git, "check-ignore", "-q", "tests/artifacts/x.png"], cwd=root)
+    assert result.returncode == 0
+
+
+def test_a_restart_the_policy_refuses_turns_the_badge_red(lab_page: LabPage, kernel_env: KernelEnv) -> None:
+    # A kernel of its own, whose operator tightens the policy while it runs: the restart re-attests, fails.
+    name, display_name = "teelab-tightened", "teelab · policy tightened later"
+    spec_dir = copy_kernelspec(kernel_env, kernel_env.jupyter_data, name=name)
+    spec = json.loads((spec_dir / "kernel.json").read_text())
+    (spec_dir / "kernel.json").write_text(json.dumps({**spec, "display_name": display_name}))
+    policy = write_policy(kernel_env, name, kernel_env.policy.read_text())
+    try:
+        lab_page.open()
+        lab_page.new_notebook(display_name)
+        expect(lab_page.badge).to_have_text(SIMULATED, timeout=60_000)
+
+        policy.write_text(policy.read_text().replace("allow_simulation = true", "allow_simulation = false"))
+        lab_page.restart_kernel()
+        expect(lab_page.badge).to_have_text("Attestation failed: policy.simulation", timeout=60_000)
+        expect(lab_page.badge).to_have_attribute("data-level", "failed")
+        lab_page.screenshot("jupyterlab-refused-restart")
+    finally:
+        shutil.rmtree(spec_dir)
+        policy.unlink()
