@@ -7,7 +7,7 @@ ordinary Jupyter configuration, e.g. ``c.TeelabExtensionApp.max_upload_bytes = 1
 from __future__ import annotations
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Int
+from traitlets import Int, Unicode
 
 from teelab.extension.handlers import routes
 
@@ -22,6 +22,14 @@ class TeelabExtensionApp(ExtensionApp):
         8 << 30,
         config=True,
         help="The largest dataset upload accepted, in bytes; larger uploads are refused with HTTP 413.",
+    )
+
+    release_policy_kernel = Unicode(
+        "teelab-sim",
+        allow_none=True,
+        config=True,
+        help="Datasets uploaded from JupyterLab are released to kernels that this kernelspec's policy accepts "
+        "(None: teelab's built-in policy, real up-to-date hardware only).",
     )
 
     def initialize_handlers(self) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import getpass
 import os
 import secrets
 import subprocess
@@ -130,6 +129,7 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         # What the TEE process wrote to its stdout/stderr: the host sees exactly this much.
         self.host_output: collections.deque[str] = collections.deque(maxlen=200)
         self.result: AttestationResult | None = None
+        self._pump: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -171,21 +171,39 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         try:
             await self._handshake()
         except BaseException as error:
+            failure = await self._explain(error)
             await self._abort()
-            if isinstance(error, KernelRefused | KernelMisconfigured):
+            if failure is None:
                 raise
-            if isinstance(error, ConfigError):
-                raise KernelMisconfigured(error.message, hint=error.hint) from None
-            if isinstance(error, TimeoutError):
-                raise self._failure(
-                    "timeout", f"no answer from the kernel within {self.launch_timeout:.0f} s"
-                ) from None
-            if isinstance(error, EnclaveError):
-                raise self._failure("enclave_image", error.message, hint=error.hint) from None
-            if isinstance(error, TeelabError):
-                raise self._failure("handshake", error.message, hint=error.hint) from None
-            raise
+            raise failure from None
         return self.connection_info
+
+    async def _explain(self, error: BaseException) -> BaseException | None:
+        """The error to raise for a failed launch (None: re-raise ``error`` as it is)."""
+        if isinstance(error, KernelRefused | KernelMisconfigured):
+            return error
+        if isinstance(error, ConfigError):
+            return KernelMisconfigured(error.message, hint=error.hint)
+        if not isinstance(error, TeelabError | TimeoutError):
+            return None
+        # A boot that gives up says why on its way out; let it finish before quoting it.
+        await self._settle()
+        if isinstance(error, TimeoutError):
+            return self._failure("timeout", f"no answer from the kernel within {self.launch_timeout:.0f} s")
+        if isinstance(error, EnclaveError):
+            return self._failure("enclave_image", error.message, hint=error.hint)
+        assert isinstance(error, TeelabError)
+        return self._failure("handshake", error.message, hint=error.hint)
+
+    async def _settle(self, timeout: float = 1.0) -> None:
+        """Give the TEE process up to ``timeout`` to exit by itself, and its output pump time to drain."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.process is not None and self.process.poll() is None:
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.05)
+        if self._pump is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._pump.join, timeout)
 
     async def poll(self) -> int | None:
         return self.process.poll() if self.process is not None else 0
@@ -285,7 +303,8 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             for line in iter(stream.readline, b""):
                 self.host_output.append(line.decode("utf-8", "replace"))
 
-        threading.Thread(target=pump, name="teelab-boot-output", daemon=True).start()
+        self._pump = threading.Thread(target=pump, name="teelab-boot-output", daemon=True)
+        self._pump.start()
 
     async def _handshake(self) -> None:
         backend = self._backend()
@@ -329,7 +348,7 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         deadline = asyncio.get_running_loop().time() + self.launch_timeout
         while not connection.done():
             if self.process is not None and self.process.poll() is not None:
-                await asyncio.sleep(0.1)  # let the stderr pump catch the boot's last words
+                await self._settle()  # let the output pump catch the boot's last words
                 raise self._failure("boot", f"the kernel boot exited with status {self.process.returncode}")
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError
@@ -400,7 +419,7 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if not (self.kbs_address or os.environ.get("TEELAB_KBS") or services.local_kbs_running()):
             return {}
         address = services.kbs_address(self.kbs_address)
-        user = self.kbs_user or os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+        user = services.session_user(self.kbs_user)
 
         def issue() -> dict[str, object]:
             with KbsClient.with_token_file(address, token_file, timeout=10) as client:

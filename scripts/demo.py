@@ -4,10 +4,11 @@
 2. the kernel's enclave image: built, signed and measured;
 3. a simulated quote over it, verified by the same verifier that checks Intel's quotes;
 4. the attested kernel installed into this environment ("Python 3 (teelab · simulated TEE)");
-5. JupyterLab, with the example notebooks.
+5. the key broker, and a sample sealed dataset (`sample-sales`) granted to you;
+6. JupyterLab, with the example notebooks and the teelab extension (attestation badge, dataset browser).
 
-`--check` runs every step, starts JupyterLab headless, runs one attested cell through its REST/websocket API,
-and exits — the test suite runs the demo that way.
+`--check` runs every step, starts JupyterLab headless, runs attested cells (including reading the sealed
+dataset) through its REST/websocket API, and exits — the test suite runs the demo that way.
 """
 
 from __future__ import annotations
@@ -71,6 +72,72 @@ def walk_through_the_platform() -> None:
 def install_kernel(user: bool) -> None:
     step("4. the attested kernel")
     print(teelab("kernel", "install", "--user" if user else "--sys-prefix"))
+
+
+def start_key_broker() -> subprocess.Popen[bytes]:
+    """The local key broker (or the one already running, found through its endpoint file)."""
+    from teelab.sealed_store.services import ENDPOINT_FILE, kbs_state_dir
+
+    step("5. the key broker and a sample sealed dataset")
+    endpoint = kbs_state_dir() / ENDPOINT_FILE
+    endpoint.unlink(missing_ok=True)  # a broker that died uncleanly leaves it behind
+    broker = subprocess.Popen(
+        [str(BIN / "teelab"), "kbs", "serve", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while not endpoint.exists():
+        if broker.poll() is not None or time.monotonic() > deadline:
+            sys.exit(
+                "the key broker did not start:\n" + (broker.stdout.read().decode() if broker.stdout else "")
+            )
+        time.sleep(0.1)
+    print(f"key broker     listening on {endpoint.read_text().strip()} (state in {kbs_state_dir()})")
+    return broker
+
+
+def publish_sample_dataset() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from teelab.kernel.policy_files import find_policy
+
+    if (
+        subprocess.run([BIN / "teelab", "dataset", "show", "sample-sales"], capture_output=True).returncode
+        == 0
+    ):
+        print("sample-sales   already published")
+        return
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(
+        {
+            "region": rng.choice(["EU", "US", "APAC"], size=50_000),
+            "amount": rng.gamma(2.0, 40.0, size=50_000).round(2),
+            "day": pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 365, 50_000), unit="D"),
+        }
+    )
+    policy = find_policy("teelab-sim", allow_user=True)
+    assert policy is not None, "the teelab-sim kernel's policy was just installed"
+    with tempfile.TemporaryDirectory() as scratch:
+        csv = Path(scratch) / "sample-sales.csv"
+        frame.to_csv(csv, index=False)
+        # Released to kernels the teelab-sim kernelspec's policy accepts, for you (the session user).
+        from teelab.sealed_store.services import session_user
+
+        print(
+            teelab(
+                "dataset",
+                "upload",
+                str(csv),
+                "--name",
+                "sample-sales",
+                "--policy",
+                str(policy),
+                "--grant",
+                session_user(),
+            )
+        )
 
 
 def start_lab(port: int, token: str, headless: bool) -> subprocess.Popen[bytes]:
@@ -153,7 +220,9 @@ def check_attested_kernel(port: int, token: str) -> None:
                     "metadata": {},
                     "buffers": [],
                     "content": {
-                        "code": "import teelab.session as s; print(s.attestation().summary())",
+                        "code": "import teelab.session as s; print(s.attestation().summary())\n"
+                        "from teelab.sealed_store import read_dataset\n"
+                        "df = read_dataset('sample-sales'); print(f'sample-sales: {len(df):,} rows')",
                         "silent": False,
                         "store_history": False,
                         "user_expressions": {},
@@ -170,6 +239,11 @@ def check_attested_kernel(port: int, token: str) -> None:
                 continue
             if message["msg_type"] == "stream":
                 out.append(message["content"]["text"])
+            if message["msg_type"] == "error":
+                ws.close()
+                sys.exit(
+                    f"the attested kernel failed: {message['content']['ename']}: {message['content']['evalue']}"
+                )
             if message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
                 ws.close()
                 return "".join(out)
@@ -193,18 +267,22 @@ def main() -> int:
 
     walk_through_the_platform()
     install_kernel(user=args.user_install)
-    step("5. JupyterLab")
+    broker = start_key_broker()
     port = args.port or (free_port() if args.check else 8888)
     token = secrets.token_hex(24)
-    lab = start_lab(port, token, headless=args.check)
+    lab: subprocess.Popen[bytes] | None = None
     try:
+        publish_sample_dataset()
+        step("6. JupyterLab")
+        lab = start_lab(port, token, headless=args.check)
         wait_until_up(port, token, lab)
         if args.check:
             check_attested_kernel(port, token)
             print("demo check passed")
             return 0
         print(f"\nJupyterLab is running: http://127.0.0.1:{port}/lab?token={token}")
-        print('Open 01-attested-session.ipynb; its kernel is "Python 3 (teelab · simulated TEE)".')
+        print("Open 01-attested-session.ipynb and 02-sealed-dataset.ipynb; their kernel is")
+        print('"Python 3 (teelab · simulated TEE)". The lock icon on the left opens the dataset browser.')
         print("The simulated TEE runs the real protocol without isolation: it is NOT confidential.")
         print("Press Ctrl-C to stop.")
         lab.wait()
@@ -212,12 +290,13 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        if lab.poll() is None:
-            lab.send_signal(signal.SIGINT)
-            try:
-                lab.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                lab.kill()
+        for process in (lab, broker):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGINT if process is lab else signal.SIGTERM)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
 
 
 if __name__ == "__main__":

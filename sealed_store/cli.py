@@ -98,11 +98,12 @@ def _seal(args: argparse.Namespace) -> int:
             progress=_progress(args),
             **options,
         )
-    print(f"sealed         {sealed.name} v{sealed.version} → {sealed.folder}")
-    print(f"parts          {len(sealed.manifest.parts)} ({sealed.manifest.total_size:,} bytes)")
-    print(f"manifest       sha256 {sealed.manifest_sha256}")
+    dataset = sealed.dataset
+    print(f"sealed         {dataset.name} v{dataset.version} → {dataset.folder} ({sealed.rows:,} rows)")
+    print(f"parts          {len(dataset.manifest.parts)} ({dataset.manifest.total_size:,} bytes)")
+    print(f"manifest       sha256 {dataset.manifest_sha256}")
     print("key            registered with the key broker (never written to disk)")
-    print(f"next           teelab dataset upload {sealed.folder}")
+    print(f"next           teelab dataset upload {dataset.folder}")
     return 0
 
 

@@ -44,12 +44,21 @@ def principal(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class SealedVersion:
+    """A sealed folder whose key the broker now holds, and how many rows went in."""
+
+    dataset: SealedDataset
+    rows: int
+
+
+@dataclass(frozen=True)
 class Published:
     name: str
     version: int
     manifest_sha256: str
     parts: int
     size: int
+    rows: int
     grants: tuple[GrantInfo, ...]
 
 
@@ -144,7 +153,7 @@ class DataOwner:
         release_expires_at: datetime | None = None,
         progress: Any = None,
         **seal_options: Any,
-    ) -> SealedDataset:
+    ) -> SealedVersion:
         """Seal ``source`` into ``out`` and register its key; the key never touches a disk."""
         from teelab.sealed_store.seal import seal_dataset
         from teelab.sealed_store.seal_cli import discard
@@ -164,7 +173,7 @@ class DataOwner:
         except BaseException:
             discard(result.dataset)
             raise
-        return result.dataset
+        return SealedVersion(result.dataset, result.rows)
 
     def upload(self, sealed: SealedDataset | Path, *, progress: Any = None) -> UploadResult:
         dataset = sealed if isinstance(sealed, SealedDataset) else SealedDataset.open(sealed)
@@ -199,7 +208,7 @@ class DataOwner:
         staging.mkdir(parents=True, exist_ok=True, mode=0o700)
         folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=staging))
         try:
-            sealed = self.seal(
+            sealed_version = self.seal(
                 source,
                 name=name,
                 out=folder / "sealed",
@@ -209,6 +218,7 @@ class DataOwner:
                 progress=progress,
                 **seal_options,
             )
+            sealed = sealed_version.dataset
             self.upload(sealed, progress=progress)
             granted = tuple(self.grant(name, who, expires_at=until) for who, until in grants)
             return Published(
@@ -217,6 +227,7 @@ class DataOwner:
                 manifest_sha256=sealed.manifest_sha256,
                 parts=len(sealed.manifest.parts),
                 size=sealed.manifest.total_size,
+                rows=sealed_version.rows,
                 grants=granted,
             )
         finally:

@@ -68,9 +68,10 @@ class SealResult(NamedTuple):
 
     dataset: SealedDataset
     dek: bytes
+    rows: int = 0  # how many rows went in (not in the manifest: row counts would be visible to the store)
 
     def __repr__(self) -> str:
-        return f"SealResult(dataset={self.dataset!r}, dek=<{len(self.dek)} bytes, hidden>)"
+        return f"SealResult(dataset={self.dataset!r}, dek=<{len(self.dek)} bytes, hidden>, rows={self.rows})"
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ def seal_dataset(
     except BaseException:
         writer.abort()
         raise
-    return SealResult(SealedDataset(folder=folder, manifest=manifest), dek)
+    return SealResult(SealedDataset(folder=folder, manifest=manifest), dek, layout.num_rows)
 
 
 def _prepare_folder(folder: Path) -> Path:

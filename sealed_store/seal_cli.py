@@ -111,7 +111,7 @@ def seal_command(args: argparse.Namespace, *, key_sink: KeySink) -> int:
     version = maybe_version or 1
     out = out_arg or Path(f"{name}-v{version}.sealed")
     result = seal_dataset(Path(args.input), name=name, version=version, out=out, **options)  # type: ignore[arg-type]
-    sealed, dek = result
+    sealed, dek = result.dataset, result.dek
     try:
         key_sink(name, version, dek)
     except BaseException:

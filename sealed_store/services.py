@@ -54,3 +54,10 @@ def store_url(explicit: str | None = None) -> str:
     from teelab.sealed_store.storage import default_store_url
 
     return default_store_url()
+
+
+def session_user(configured: str | None = None) -> str:
+    """Whom a Jupyter server's sessions act for: configured, else the hub user, else the login name."""
+    import getpass
+
+    return configured or os.environ.get("JUPYTERHUB_USER") or getpass.getuser()

@@ -34,4 +34,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "SIMULATED" in out  # the quote step says what it is
     assert "simulated TEE — not confidential" in out  # the verifier's summary
     assert "simulated TEE — NOT confidential" in out  # the kernel's own attestation, via JupyterLab
+    assert "published      sample-sales v1" in out  # the key broker and the sample dataset
+    assert "sample-sales: 50,000 rows" in out  # read inside the attested kernel, through JupyterLab
     assert "demo check passed" in out

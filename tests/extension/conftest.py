@@ -11,13 +11,22 @@ import pytest
 from ..kernel.conftest import (
     KERNEL,
     KernelEnv,
+    broker,
     copy_kernelspec,
     kernel_env,
     kernel_env_session,
     write_policy,
 )
 
-__all__ = ["KERNEL", "KernelEnv", "copy_kernelspec", "kernel_env", "kernel_env_session", "write_policy"]
+__all__ = [
+    "KERNEL",
+    "KernelEnv",
+    "broker",
+    "copy_kernelspec",
+    "kernel_env",
+    "kernel_env_session",
+    "write_policy",
+]
 
 EXTENSION = "teelab.extension"
 

@@ -209,6 +209,17 @@ class LabPage:
         expect(output.first).to_be_visible(timeout=60_000)
         return output.first.inner_text()
 
+    def run_active_cell(self, timeout: float = 120_000) -> None:
+        """Run the last cell as it stands (e.g. one a command inserted) and wait until it has run."""
+        self.focus_notebook()
+        cells = self.page.locator(".jp-NotebookPanel .jp-Cell")
+        cell = cells.nth(cells.count() - 1)
+        cell.locator(".cm-content").click()
+        self.page.keyboard.press("Shift+Enter")
+        expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]"), timeout=timeout)
+        errors = cell.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        assert errors.count() == 0, errors.first.inner_text()
+
     def restart_kernel(self) -> None:
         self.focus_notebook()
         self.page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").click()

@@ -166,4 +166,18 @@ async def test_health_lists_the_backends(jp_fetch: Any) -> None:
     assert backends["sim"]["available"] is True
     assert {"gramine", "occlum", "cvm"} <= set(backends)
     assert all({"name", "available", "summary", "found", "missing"} <= set(b) for b in backends.values())
-    assert "key_broker" in health
+
+
+async def test_health_reports_an_unreachable_key_broker_with_what_to_do(
+    jp_fetch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEELAB_KBS", "127.0.0.1:9")  # nothing listens on the discard port
+    broker = body(await jp_fetch("teelab", "api", "health"))["key_broker"]
+    assert broker["address"] == "127.0.0.1:9" and broker["reachable"] is False
+    assert "teelab kbs serve" in broker["hint"]
+
+
+async def test_health_reports_a_running_key_broker(jp_fetch: Any, spec: KernelEnv, broker: object) -> None:
+    health = body(await jp_fetch("teelab", "api", "health"))
+    assert health["key_broker"]["reachable"] is True
+    assert health["key_broker"]["address"] == broker.target  # type: ignore[attr-defined]

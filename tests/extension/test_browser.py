@@ -4,14 +4,12 @@ The user starts a notebook on the simulated TEE kernel from the Launcher, sees t
 attestation panel (the measurement and every check), runs a cell, restarts (a restart re-attests), and a
 screenshot of each state is kept in tests/artifacts/.
 
-Dataset steps (upload a CSV, grant it, run a cell reading it) slot in after ``attested_notebook`` with
-:class:`~tests.extension.lab.DatasetBrowserPage`; until the dataset handlers exist, the browser's half of that
-contract is exercised against an in-memory stand-in (``dataset_contract_stub``).
+A data owner uploads a CSV from the dataset browser (with a progress bar), grants access, inserts
+``read_dataset(...)`` into the notebook and runs it in the attested kernel; revoking stops the next read.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -19,7 +17,6 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import expect
@@ -108,75 +105,55 @@ def test_simulated_kernel_badge_panel_and_restart(lab_page: LabPage, kernel_env:
     lab_page.screenshot("jupyterlab-after-restart")
 
 
-@pytest.fixture
-def stub_lab(kernel_env: KernelEnv, tmp_path: Path) -> Iterator[LabServer]:
-    env = lab_env(kernel_env, tmp_path)
-    config = Path(env["JUPYTER_CONFIG_DIR"]) / "jupyter_server_config.d" / "dataset-contract-stub.json"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps({"ServerApp": {"jpserver_extensions": {"dataset_contract_stub": True}}}))
-    with jupyter_lab(tmp_path, env, "jupyter-lab-datasets") as server:
-        yield server
+def test_upload_grant_and_read_a_dataset(lab_page: LabPage, broker: object, tmp_path: Path) -> None:
+    """A data owner uploads a CSV and grants themselves; the notebook reads it inside the attested kernel."""
+    from teelab.sealed_store.services import session_user
 
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("teelab.extension.datasets") is not None,
-    reason="the real dataset handlers exist; the dataset steps run against them",
-)
-def test_dataset_browser_speaks_the_contract(stub_lab: LabServer, tmp_path: Path) -> None:
+    me = f"user:{session_user()}"
     csv = tmp_path / "patients 2024.csv"
     csv.write_text("id,age\n" + "".join(f"{i},{20 + i % 50}\n" for i in range(200_000)))
-    with chromium(tmp_path / "chromium-profile") as context:
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        lab_page = LabPage(page, stub_lab)
-        lab_page.open()
-        lab_page.new_notebook(DISPLAY_NAME)
-        browser = lab_page.open_datasets()
-        expect(browser.row("seed")).to_be_visible()
-        expect(browser.row("seed").locator('[data-teelab="access"]')).to_have_text("your access: read, admin")
+    attested_notebook(lab_page)
+    page = lab_page.page
+    browser = lab_page.open_datasets()
 
-        # A slow uplink, so the progress bar has something to show.
-        cdp = context.new_cdp_session(page)
-        cdp.send("Network.enable")
-        cdp.send(
-            "Network.emulateNetworkConditions",
-            {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 400_000},
-        )
-        browser.start_upload(csv, "patients")
-        expect(browser.progress).to_be_visible()
-        page.wait_for_function(
-            "el => el.value > 0 && el.value < el.max", arg=browser.progress.element_handle(), timeout=30_000
-        )
-        expect(browser.root.locator(".teelab-progress-text")).to_contain_text("% of 1.")
-        expect(browser.row("patients")).to_be_visible(timeout=60_000)
-        cdp.send(
-            "Network.emulateNetworkConditions",
-            {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
-        )
-        expect(browser.message).to_contain_text("Uploaded patients version 1 (200000 rows)")
-        expect(browser.progress).to_be_hidden()
-        uploads: Any = stub_lab.api("teelab/api/stub/uploads")
-        assert uploads[-1]["content_type"] == "text/csv" and uploads[-1]["bytes"] == csv.stat().st_size
+    # A slow uplink, so the progress bar has something to show.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 400_000},
+    )
+    browser.start_upload(csv, "patients")
+    expect(browser.progress).to_be_visible()
+    page.wait_for_function(
+        "el => el.value > 0 && el.value < el.max", arg=browser.progress.element_handle(), timeout=30_000
+    )
+    expect(browser.root.locator(".teelab-progress-text")).to_contain_text("% of 1.")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+    )
+    expect(browser.row("patients")).to_be_visible(timeout=120_000)
+    expect(browser.message).to_contain_text("Uploaded patients version 1 (200000 rows)")
+    expect(browser.progress).to_be_hidden()
+    expect(browser.row("patients").locator('[data-teelab="access"]')).to_contain_text("admin")
 
-        browser.grant("patients", "group:analysts", expires="2030-01-31T12:00")
-        listing: Any = stub_lab.api("teelab/api/datasets")
-        (patients,) = [d for d in listing["datasets"] if d["name"] == "patients"]
-        assert patients["grants"][0]["principal"] == "group:analysts"
-        assert patients["grants"][0]["expires_at"].startswith("2030-01-31T")
+    browser.grant("patients", me, expires="2031-01-31T12:00")
+    expect(browser.row("patients").locator('[data-teelab="access"]')).to_contain_text("read")
 
-        browser.row("patients").locator('[data-teelab="grant"] .teelab-revoke').click()
-        expect(browser.row("patients").locator('[data-teelab="grant"]')).to_have_count(0)
+    browser.insert_read_dataset("patients")
+    source = page.locator(".jp-NotebookPanel .jp-Cell .cm-content").last
+    expect(source).to_contain_text('df = read_dataset("patients")')
+    lab_page.run_active_cell()
+    assert lab_page.run_cell("print(df.shape, int(df['age'].max()))").strip() == "(200000, 2) 69"
+    lab_page.screenshot("jupyterlab-dataset-read")
 
-        browser.start_upload(csv, "too-big")  # the stub refuses names starting with "too": 413, a message
-        expect(browser.message).to_contain_text("Upload failed: over the size limit")
-
-        browser.insert_read_dataset("patients")
-        source = page.locator(".jp-NotebookPanel .jp-Cell .cm-content").last
-        expect(source).to_contain_text('df = read_dataset("patients")')
-        expect(page.locator(".jp-NotebookPanel .jp-Cell .cm-content").last).to_contain_text(
-            "from teelab.sealed_store import read_dataset"
-        )
-        lab_page.screenshot("jupyterlab-dataset-browser")
+    browser.row("patients").locator(f'[data-teelab="grant"][data-principal="{me}"] .teelab-revoke').click()
+    expect(browser.row("patients").locator('[data-teelab="grant"]')).to_have_count(0)
+    output = lab_page.run_cell(
+        "try:\n    read_dataset('patients')\nexcept Exception as e:\n    print(type(e).__name__)"
+    )
+    assert output.strip() == "KeyBrokerError"
 
 
 def test_artifacts_folder_is_ignored_by_git() -> None:

@@ -101,3 +101,20 @@ def write_policy(env: KernelEnv, name: str, text: str) -> Path:
     path = env.config / "policies" / f"{name}.toml"
     path.write_text(text)
     return path
+
+
+@pytest.fixture
+def broker(kernel_env: KernelEnv) -> Iterator[object]:
+    """A real key broker (gRPC on loopback) in the kernel environment, found by the gateway and the owner's
+    commands the way `teelab kbs serve` makes itself found (its endpoint file)."""
+    from teelab.sealed_store.kbs.config import KbsConfig
+    from teelab.sealed_store.kbs.server import KbsServer
+    from teelab.sealed_store.services import ENDPOINT_FILE
+
+    state = kernel_env.data / "kbs"
+    server = KbsServer(KbsConfig(state_dir=state), address="127.0.0.1:0")
+    server.start()
+    (state / ENDPOINT_FILE).write_text(server.target)
+    yield server
+    (state / ENDPOINT_FILE).unlink(missing_ok=True)
+    server.stop(grace=1)

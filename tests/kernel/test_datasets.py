@@ -11,8 +11,6 @@ import pytest
 from jupyter_client.manager import KernelManager
 from traitlets.config import Config
 
-from teelab.sealed_store.kbs.config import KbsConfig
-from teelab.sealed_store.kbs.server import KbsServer
 from teelab.sealed_store.owner import DataOwner
 from teelab.sealed_store.services import ENDPOINT_FILE
 
@@ -29,18 +27,7 @@ FRAME = pd.DataFrame(
 
 
 @pytest.fixture
-def broker(kernel_env: KernelEnv) -> Iterator[KbsServer]:
-    state = kernel_env.data / "kbs"
-    server = KbsServer(KbsConfig(state_dir=state), address="127.0.0.1:0")
-    server.start()
-    (state / ENDPOINT_FILE).write_text(server.target)  # what `teelab kbs serve` does for local clients
-    yield server
-    (state / ENDPOINT_FILE).unlink()
-    server.stop(grace=1)
-
-
-@pytest.fixture
-def owner(broker: KbsServer, kernel_env: KernelEnv) -> Iterator[DataOwner]:
+def owner(broker: object, kernel_env: KernelEnv) -> Iterator[DataOwner]:
     with DataOwner.connect(owner="dana") as data_owner:
         yield data_owner
 

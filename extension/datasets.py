@@ -1,0 +1,278 @@
+"""The dataset API under ``/teelab/api/datasets`` (the contract is in :mod:`teelab.extension.handlers`).
+
+The Jupyter server is in its user's trust domain (ARCHITECTURE §1): an upload arrives here in the clear over
+the user's own connection, is sealed in this process — its key goes straight to the key broker — and only
+ciphertext reaches the store. The request body is streamed to a private temporary file and never held whole
+in memory; an upload over ``max_upload_bytes`` is refused with 413 and leaves nothing behind.
+
+Who acts: the same identity the kernel provisioner gives the key broker for this server's sessions
+(``c.TeeProvisioner.kbs_user``, the hub user, or the login name), so what the browser shows matches what a
+notebook can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from teelab.errors import KeyBrokerError, SealedDataError, TeelabError, UsageError
+from teelab.extension.base import TeelabAPIHandler, bad_request
+from teelab.timeutil import parse_time
+
+_FORMATS = {
+    "text/csv": "csv",
+    "application/vnd.apache.parquet": "parquet",
+    "application/x-parquet": "parquet",
+}
+_STATUS = {
+    "unauthenticated": 403,
+    "forbidden": 403,
+    "not_granted": 403,
+    "owner_mismatch": 403,
+    "dataset_unknown": 404,
+    "version_unknown": 404,
+    "invalid_argument": 400,
+    "policy_invalid": 400,
+    "unavailable": 503,
+    "timeout": 504,
+}
+
+
+def _user(handler: TeelabAPIHandler) -> str:
+    from teelab.sealed_store.services import session_user
+
+    configured = handler.settings.get("teelab_kbs_user") or _provisioner_setting(handler, "kbs_user")
+    return session_user(configured)
+
+
+def _provisioner_setting(handler: TeelabAPIHandler, name: str) -> Any:
+    config = handler.config.get("TeeProvisioner", {}) if handler.config else {}
+    value = config.get(name) if hasattr(config, "get") else None
+    return value if isinstance(value, str) else None
+
+
+def _owner(handler: TeelabAPIHandler) -> Any:
+    from teelab.sealed_store.owner import DataOwner
+
+    try:
+        return DataOwner.connect(
+            kbs=_provisioner_setting(handler, "kbs_address"),
+            store=_provisioner_setting(handler, "dataset_store"),
+            owner=_user(handler),
+        )
+    except UsageError as error:
+        raise web.HTTPError(503, f"datasets are not available on this server: {error.message}") from None
+
+
+def _http_error(error: TeelabError) -> web.HTTPError:
+    # jupyter_server shows log_message as is; tornado's logging %-formats it, hence the doubled %.
+    text = (f"{error.message} — {error.hint}" if error.hint else error.message).replace("%", "%%")
+    if isinstance(error, KeyBrokerError):
+        return web.HTTPError(_STATUS.get(error.reason, 502), text)
+    if isinstance(error, UsageError):
+        return web.HTTPError(400, text)
+    if isinstance(error, SealedDataError):
+        return web.HTTPError(422, text)
+    return web.HTTPError(500, text)
+
+
+def _release_policy(handler: TeelabAPIHandler) -> str:
+    """What a browser upload releases to: this server's teelab kernels (the policy of its kernelspec)."""
+    from teelab.kernel.policy_files import find_policy
+
+    kernel = handler.teelab_app.release_policy_kernel
+    path = find_policy(kernel, allow_user=True) if kernel else None
+    return path.read_text() if path is not None else ""
+
+
+class DatasetsHandler(TeelabAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        user = _user(self)
+        owner = _owner(self)
+        try:
+            views = await asyncio.get_running_loop().run_in_executor(None, owner.list)
+            groups = await asyncio.get_running_loop().run_in_executor(None, owner.kbs.list_groups)
+        except TeelabError as error:
+            raise _http_error(error) from None
+        finally:
+            owner.close()
+        mine = {f"user:{user}"} | {f"group:{g.name}" for g in groups if user in g.members}
+        datasets = []
+        for view in views:
+            data = view.to_json()
+            can_admin = data["owner"] == user
+            entry = {
+                "name": data["name"],
+                "current_version": data["current_version"],
+                "versions": [v["version"] for v in data["versions"] if not v["deleted"]],
+                "owner": data["owner"],
+                "created_at": data["created_at"],
+                "can_read": any(g["principal"] in mine for g in data["grants"]),
+                "can_admin": can_admin,
+            }
+            if can_admin:
+                entry["grants"] = data["grants"]
+            if entry["can_read"] or can_admin:
+                datasets.append(entry)
+        self.reply({"datasets": datasets, "user": user})
+
+
+@web.stream_request_body
+class DatasetCollectionHandler(DatasetsHandler):
+    """``GET /datasets``, and ``POST /datasets?name=NAME`` with the file as the body, streamed to a private
+    temporary file — only after the caller is authenticated and authorized to write."""
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        self._spool: Any = None
+        self._received = 0
+        await super().prepare()
+        if self.request.method != "POST":
+            return
+        user = self.current_user
+        if not user:
+            raise web.HTTPError(403, "log in to upload datasets")
+        if not self.authorizer.is_authorized(self, user, "write", self.auth_resource):
+            raise web.HTTPError(403, "you are not allowed to upload datasets on this server")
+        limit = self.teelab_app.max_upload_bytes
+        # Tornado buffers nothing for streaming handlers; its own limit must not be lower than ours.
+        self.request.connection.set_max_body_size(limit + 1)  # type: ignore[union-attr]
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise web.HTTPError(413, f"the upload is {int(declared):,} bytes; this server accepts {limit:,}")
+        staging = Path(tempfile.gettempdir()) / "teelab-uploads"
+        staging.mkdir(mode=0o700, exist_ok=True)
+        self._spool = tempfile.NamedTemporaryFile(dir=staging, delete=False)
+        os.chmod(self._spool.name, 0o600)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._spool is None:
+            return
+        self._received += len(chunk)
+        if self._received > self.teelab_app.max_upload_bytes:
+            self._discard()
+            raise web.HTTPError(413, f"the upload exceeds {self.teelab_app.max_upload_bytes:,} bytes")
+        self._spool.write(chunk)
+
+    def on_finish(self) -> None:
+        self._discard()
+
+    def on_connection_close(self) -> None:
+        self._discard()
+        super().on_connection_close()
+
+    def _discard(self) -> None:
+        if self._spool is not None:
+            with contextlib.suppress(OSError):
+                self._spool.close()
+                os.unlink(self._spool.name)
+            self._spool = None
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        name = self.get_query_argument("name", default="").strip()
+        if not name:
+            raise bad_request("give the dataset a name: POST /teelab/api/datasets?name=NAME")
+        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        input_format = _FORMATS.get(content_type)
+        if input_format is None:
+            raise web.HTTPError(415, f"upload a CSV (text/csv) or Parquet file, not {content_type or 'this'}")
+        if self._spool is None or self._received == 0:
+            raise bad_request("the upload is empty")
+        self._spool.close()
+        source = Path(self._spool.name)
+        owner = _owner(self)
+        policy = _release_policy(self)
+
+        def publish() -> Any:
+            return owner.publish(
+                source, name=name, policy_toml=policy, input_format=input_format, progress=False
+            )
+
+        try:
+            published = await asyncio.get_running_loop().run_in_executor(None, publish)
+        except TeelabError as error:
+            raise _http_error(error) from None
+        finally:
+            owner.close()
+        self.reply(
+            {
+                "name": published.name,
+                "version": published.version,
+                "manifest_sha256": published.manifest_sha256,
+                "rows": published.rows,
+            },
+            status=201,
+        )
+
+
+class GrantsHandler(TeelabAPIHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, name: str) -> None:
+        body = self.get_json_body()
+        if not isinstance(body, dict) or not isinstance(body.get("principal"), str):
+            raise bad_request('send {"principal": "user:NAME" | "group:NAME", "expires_at": ISO-8601 | null}')
+        expires = body.get("expires_at")
+        try:
+            expires_at = parse_time(expires) if isinstance(expires, str) and expires else None
+        except UsageError as error:
+            raise bad_request(error.message) from None
+        owner = _owner(self)
+        try:
+            await self._check_owner(owner, name)
+            grant = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: owner.grant(name, body["principal"], expires_at=expires_at)
+            )
+        except TeelabError as error:
+            raise _http_error(error) from None
+        finally:
+            owner.close()
+        self.reply(
+            {
+                "dataset": grant.dataset,
+                "principal": grant.principal,
+                "granted_at": grant.granted_at.isoformat(),
+                "expires_at": grant.expires_at.isoformat() if grant.expires_at else None,
+            },
+            status=201,
+        )
+
+    async def _check_owner(self, owner: Any, name: str) -> None:
+        info = await asyncio.get_running_loop().run_in_executor(None, owner.kbs.get_dataset, name)
+        if info.owner != owner.owner:
+            raise web.HTTPError(403, f"only the owner of {name!r} ({info.owner}) manages its grants")
+
+
+class GrantHandler(GrantsHandler):
+    @web.authenticated
+    @authorized
+    async def delete(self, name: str, principal: str) -> None:
+        owner = _owner(self)
+        try:
+            await self._check_owner(owner, name)
+            await asyncio.get_running_loop().run_in_executor(None, owner.revoke, name, principal)
+        except TeelabError as error:
+            raise _http_error(error) from None
+        finally:
+            owner.close()
+        self.set_status(204)
+        self.finish()
+
+
+_NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})"
+ROUTES = [
+    (r"/datasets", DatasetCollectionHandler),
+    (rf"/datasets/{_NAME}/grants", GrantsHandler),
+    # Tornado matches the still-escaped path (clients send user%3Aalice) and unescapes the captured groups.
+    (rf"/datasets/{_NAME}/grants/(?P<principal>(?:user|group)(?::|%3[Aa])[^/]+)", GrantHandler),
+]
