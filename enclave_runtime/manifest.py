@@ -12,6 +12,7 @@ kernel image points ``PYTHONPYCACHEPREFIX`` into the TEE's own storage instead.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -83,8 +84,9 @@ class EnclaveManifest:
         }
         return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
-    @property
+    @functools.cached_property
     def mrenclave(self) -> bytes:
+        # Cached: a launcher reads it on every launch, and a Python environment has ~20,000 trusted files.
         return hashlib.sha256(self.canonical()).digest()
 
     @property

@@ -19,10 +19,6 @@ from teelab.errors import EvidenceError
 
 def current_runtime(root: Path = Path("/"), env: Mapping[str, str] | None = None) -> TeeRuntime:
     """The runtime of the TEE this process runs in; an EvidenceError when it runs in none."""
-    from teelab.enclave_runtime.cvm.runtime import CvmRuntime
-    from teelab.enclave_runtime.gramine.runtime import GramineRuntime
-    from teelab.enclave_runtime.occlum.runtime import OcclumRuntime
-
     env = os.environ if env is None else env
     # The simulated backend says so explicitly. Honouring it first is safe: Gramine and Occlum let no host
     # variable but the boot request into the enclave, and inside a CVM the launcher itself is in the guest —
@@ -31,6 +27,10 @@ def current_runtime(root: Path = Path("/"), env: Mapping[str, str] | None = None
         from teelab.enclave_runtime.sim.runtime import SimRuntime
 
         return SimRuntime.from_environment()
+    from teelab.enclave_runtime.cvm.runtime import CvmRuntime
+    from teelab.enclave_runtime.gramine.runtime import GramineRuntime
+    from teelab.enclave_runtime.occlum.runtime import OcclumRuntime
+
     if GramineRuntime.detect(root):
         return GramineRuntime(root)
     if OcclumRuntime.detect(root):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import os
 import secrets
 import subprocess
@@ -327,11 +328,16 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             port = server.sockets[0].getsockname()[1]
             request = BootRequest(nonce=self._nonce, host=self.response_host, port=port)
             # Everything the TEE writes to stdout/stderr is host-visible; keep the tail for error messages.
-            self.process = backend.launch(
-                image,
-                inputs={"TEELAB_BOOT_REQUEST": request.to_env()},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+            # Off the event loop: launching checks every trusted file, and the server has other work.
+            self.process = await asyncio.get_running_loop().run_in_executor(
+                None,
+                functools.partial(
+                    backend.launch,
+                    image,
+                    inputs={"TEELAB_BOOT_REQUEST": request.to_env()},
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                ),
             )
             self._collect_output(self.process)
             reader, writer = await self._await_boot(connection)
