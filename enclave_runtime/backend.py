@@ -194,5 +194,18 @@ class EnclaveBackend(ABC):
         return self.collateral_path(at)
 
 
+class PccsCollateral:
+    """Mixin for backends whose Intel quotes need collateral chosen by the quote's FMSPC and PCK CA: fetched
+    from the configured PCCS (and cached) per piece of evidence, rather than one path per platform."""
+
+    def collateral_path(self, at: datetime | None = None) -> Path | None:
+        return None
+
+    def collateral_for(self, evidence: bytes, at: datetime) -> Path | None:
+        from teelab.enclave_runtime.cvm.pccs import PccsClient
+
+        return PccsClient().collateral_for_quote(evidence, at)
+
+
 def encode_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)

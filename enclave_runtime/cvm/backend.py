@@ -9,20 +9,15 @@ measured boot makes them trustworthy) and ``launch`` starts the boot as a proces
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
-from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess
+from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess, PccsCollateral
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import EnclaveImage, build_image, default_image_dir
+from teelab.enclave_runtime.launching import prepare_local_launch, refuse_unlisted_inputs, start_process
 from teelab.enclave_runtime.manifest import (
-    TEE_STATE,
-    TEE_TMP,
     ImageSpec,
     ProgressCallback,
     check_trusted_files,
@@ -41,7 +36,7 @@ MEASURE_HINT = (
 )
 
 
-class CvmBackend(EnclaveBackend):
+class CvmBackend(PccsCollateral, EnclaveBackend):
     name = "cvm"
 
     @classmethod
@@ -86,49 +81,27 @@ class CvmBackend(EnclaveBackend):
         stderr: int | None = None,
     ) -> EnclaveProcess:
         manifest = image.manifest
-        unknown = sorted(set(inputs) - set(manifest.passthrough_env))
-        if unknown:
-            raise EnclaveError(f"the image does not let {', '.join(unknown)} in from the launcher")
+        refuse_unlisted_inputs(manifest, inputs)
         with HashCache() as cache:
             check_trusted_files(manifest, cache)
-        state = image.path / "tee-state"
-        state.mkdir(mode=0o700, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix="teelab-cvm-"))
-
-        def place(value: str) -> str:
-            return value.replace(TEE_TMP, str(scratch)).replace(TEE_STATE, str(state))
-
-        env = {name: place(value) for name, value in manifest.env}
-        for folder in ("HOME", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "MPLCONFIGDIR"):
-            if folder in env:
-                os.makedirs(env[folder], mode=0o700, exist_ok=True)
-        env.update({name: inputs[name] for name in manifest.passthrough_env if name in inputs})
-        env["TEELAB_TEE"] = self.name
+        launch = prepare_local_launch(image, inputs, backend=self.name, scratch_prefix="teelab-cvm-")
         try:
-            popen = subprocess.Popen(
-                [place(a) for a in manifest.argv],
+            popen = start_process(
+                launch.argv,
                 executable=manifest.entrypoint,
-                env=env,
-                cwd=scratch,
-                stdin=subprocess.DEVNULL,
+                env=launch.env,
+                cwd=launch.scratch,
                 stdout=stdout,
                 stderr=stderr,
-                start_new_session=True,
-                close_fds=True,
             )
-        except OSError as error:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise EnclaveError(f"cannot start {manifest.entrypoint}: {error.strerror}") from None
-        return EnclaveProcess(popen, scratch)
-
-    def collateral_path(self, at: datetime | None = None) -> Path | None:
-        """None: SNP certificates travel with the evidence; TDX collateral depends on the quote (collateral_for)."""
-        return None
+        except EnclaveError:
+            launch.discard()
+            raise
+        return EnclaveProcess(popen, launch.scratch)
 
     def collateral_for(self, evidence: bytes, at: datetime) -> Path | None:
-        """Intel collateral for a TDX quote (from the configured PCCS, cached); None for an SNP report."""
-        from teelab.enclave_runtime.cvm.pccs import PccsClient
-
+        """Intel collateral for a TDX quote (from the configured PCCS, cached); None for an SNP report,
+        whose certificates travel with the evidence."""
         if len(evidence) >= 8 and evidence[4:8] == (0x81).to_bytes(4, "little"):
-            return PccsClient().collateral_for_quote(evidence, at)
+            return super().collateral_for(evidence, at)
         return None

@@ -19,13 +19,12 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess
+from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess, PccsCollateral
 from teelab.enclave_runtime.gramine.sigstruct import SgxSigstruct, load_author_key, parse_sigstruct
 from teelab.enclave_runtime.gramine.template import STATE_FOLDER, GramineOptions, render_template
 from teelab.enclave_runtime.gramine.tools import (
@@ -37,6 +36,7 @@ from teelab.enclave_runtime.gramine.tools import (
 )
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import IMAGE_FILE, EnclaveImage, default_image_dir
+from teelab.enclave_runtime.launching import passthrough, refuse_unlisted_inputs, start_process
 from teelab.enclave_runtime.manifest import (
     EnclaveManifest,
     ImageSpec,
@@ -149,7 +149,7 @@ def _options_from_json(data: Mapping[str, object]) -> GramineOptions:
     )
 
 
-class GramineBackend(EnclaveBackend):
+class GramineBackend(PccsCollateral, EnclaveBackend):
     name = "gramine"
 
     def __init__(self, *, tools: GramineTools | None = None, insecure_direct: bool = False) -> None:
@@ -305,12 +305,7 @@ class GramineBackend(EnclaveBackend):
         if not isinstance(image, GramineImage):
             raise EnclaveError(f"{image.path} is a {image.backend} image, not a Gramine one")
         manifest = image.manifest
-        unknown = sorted(set(inputs) - set(manifest.passthrough_env))
-        if unknown:
-            raise EnclaveError(
-                f"the enclave manifest does not let {', '.join(unknown)} in from the host",
-                hint="only variables listed as passthrough reach the enclave",
-            )
+        refuse_unlisted_inputs(manifest, inputs)
         if not image.file(".manifest.sgx").exists():
             raise EnclaveError(f"{image.file('.manifest.sgx')} is missing", hint="rebuild the image")
         # Gramine refuses a changed trusted file when it is opened; checking first names the file up front.
@@ -324,29 +319,6 @@ class GramineBackend(EnclaveBackend):
         (image.path / STATE_FOLDER).mkdir(mode=0o700, exist_ok=True)
         # The loader gets PATH to find its helpers; the enclave itself sees only the manifest's environment
         # plus the passthrough inputs.
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        env.update({name: inputs[name] for name in manifest.passthrough_env if name in inputs})
-        try:
-            popen = subprocess.Popen(
-                [program, image.app],
-                env=env,
-                cwd=image.path,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as error:
-            raise EnclaveError(f"cannot start {launcher}: {error.strerror}") from None
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **passthrough(manifest, inputs)}
+        popen = start_process([program, image.app], env=env, cwd=image.path, stdout=stdout, stderr=stderr)
         return EnclaveProcess(popen)
-
-    def collateral_path(self, at: datetime | None = None) -> Path | None:
-        """None: Intel collateral depends on the quote's platform; see :meth:`collateral_for`."""
-        return None
-
-    def collateral_for(self, evidence: bytes, at: datetime) -> Path:
-        """Intel collateral for ``evidence`` (its FMSPC and PCK CA), from the configured PCCS, cached."""
-        from teelab.enclave_runtime.cvm.pccs import PccsClient
-
-        return PccsClient().collateral_for_quote(evidence, at)

@@ -17,17 +17,17 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess
+from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess, PccsCollateral
 from teelab.enclave_runtime.gramine.sigstruct import load_author_key
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import IMAGE_FILE, EnclaveImage, default_image_dir
+from teelab.enclave_runtime.launching import passthrough, refuse_unlisted_inputs, start_process
 from teelab.enclave_runtime.manifest import EnclaveManifest, ImageSpec, ProgressCallback, expand
 from teelab.enclave_runtime.occlum.config import (
     TEE_STATE_PATH,
@@ -81,7 +81,7 @@ def _public_der(key: rsa.RSAPrivateKey) -> bytes:
     )
 
 
-class OcclumBackend(EnclaveBackend):
+class OcclumBackend(PccsCollateral, EnclaveBackend):
     name = "occlum"
 
     def __init__(self, *, which: Which = shutil.which, occlum_prefix: Path = DEFAULT_OCCLUM_PREFIX) -> None:
@@ -304,33 +304,15 @@ class OcclumBackend(EnclaveBackend):
     ) -> EnclaveProcess:
         if not isinstance(image, OcclumImage):
             raise EnclaveError(f"{image.path} is a {image.backend} image, not an Occlum one")
-        unknown = sorted(set(inputs) - set(image.manifest.passthrough_env))
-        if unknown:
-            raise EnclaveError(f"the Occlum image does not let {', '.join(unknown)} in from the host")
+        refuse_unlisted_inputs(image.manifest, inputs)
         if not (image.instance / "build").is_dir():
             raise EnclaveError(f"{image.instance} has not been built", hint="rebuild the image")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        env.update({name: inputs[name] for name in image.manifest.passthrough_env if name in inputs})
-        try:
-            popen = subprocess.Popen(
-                [self._tool("occlum"), "run", launcher_name(image.manifest)],
-                env=env,
-                cwd=image.instance,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as error:
-            raise EnclaveError(f"cannot start occlum: {error.strerror}") from None
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **passthrough(image.manifest, inputs)}
+        popen = start_process(
+            [self._tool("occlum"), "run", launcher_name(image.manifest)],
+            env=env,
+            cwd=image.instance,
+            stdout=stdout,
+            stderr=stderr,
+        )
         return EnclaveProcess(popen)
-
-    def collateral_path(self, at: datetime | None = None) -> Path | None:
-        """None: Intel collateral depends on the quote's platform; see :meth:`collateral_for`."""
-        return None
-
-    def collateral_for(self, evidence: bytes, at: datetime) -> Path:
-        from teelab.enclave_runtime.cvm.pccs import PccsClient
-
-        return PccsClient().collateral_for_quote(evidence, at)

@@ -8,10 +8,7 @@ memory and files. Every surface that shows a simulated result says so.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -19,9 +16,8 @@ from pathlib import Path
 from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import EnclaveImage, build_image, default_image_dir
+from teelab.enclave_runtime.launching import prepare_local_launch, refuse_unlisted_inputs, start_process
 from teelab.enclave_runtime.manifest import (
-    TEE_STATE,
-    TEE_TMP,
     ImageSpec,
     ProgressCallback,
     check_trusted_files,
@@ -91,52 +87,32 @@ class SimBackend(EnclaveBackend):
         stderr: int | None = None,
     ) -> EnclaveProcess:
         manifest = image.manifest
-        unknown = sorted(set(inputs) - set(manifest.passthrough_env))
-        if unknown:
-            raise EnclaveError(
-                f"the enclave manifest does not let {', '.join(unknown)} in from the host",
-                hint="only variables listed in passthrough_env reach the enclave",
-            )
+        refuse_unlisted_inputs(manifest, inputs)
         if not any(f.path == manifest.entrypoint for f in manifest.trusted_files):
             raise EnclaveError(f"the entrypoint {manifest.entrypoint} is not a trusted file of the image")
         platform = self.platform
-        state = image.path / "tee-state"
-        state.mkdir(mode=0o700, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix="teelab-tee-"))
-
-        def place(value: str) -> str:
-            return value.replace(TEE_TMP, str(scratch)).replace(TEE_STATE, str(state))
-
-        env = {name: place(value) for name, value in manifest.env}
-        for folder in ("HOME", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "MPLCONFIGDIR"):
-            if folder in env:
-                os.makedirs(env[folder], mode=0o700, exist_ok=True)
-        env.update({name: inputs[name] for name in manifest.passthrough_env if name in inputs})
-        env["TEELAB_TEE"] = self.name
+        launch = prepare_local_launch(image, inputs, backend=self.name, scratch_prefix="teelab-tee-")
         # Like a LibOS, the loader checks the trusted files while the enclave loads. The enclave receives
         # its identity — without which it can produce no evidence — only after every file matched.
         identity_read, identity_write = os.pipe()
-        env[IDENTITY_FD_ENV] = str(identity_read)
+        launch.env[IDENTITY_FD_ENV] = str(identity_read)
         try:
-            popen = subprocess.Popen(
-                [place(a) for a in manifest.argv],
+            popen = start_process(
+                launch.argv,
                 executable=manifest.entrypoint,
-                env=env,
-                cwd=scratch,
-                stdin=subprocess.DEVNULL,
+                env=launch.env,
+                cwd=launch.scratch,
                 stdout=stdout,
                 stderr=stderr,
-                start_new_session=True,
-                close_fds=True,
                 pass_fds=(identity_read,),
             )
-        except OSError as error:
+        except EnclaveError:
             os.close(identity_write)
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise EnclaveError(f"cannot start {manifest.entrypoint}: {error.strerror}") from None
+            launch.discard()
+            raise
         finally:
             os.close(identity_read)
-        process = EnclaveProcess(popen, scratch)
+        process = EnclaveProcess(popen, launch.scratch)
         try:
             cache = self.hash_cache()
             check_trusted_files(manifest, cache)

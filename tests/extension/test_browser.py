@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,12 +156,9 @@ def test_upload_grant_and_read_a_dataset(lab_page: LabPage, broker: object, tmp_
 
 
 def test_artifacts_folder_is_ignored_by_git() -> None:
-    git = shutil.which("git")
-    if git is None:
-        pytest.skip("git not installed")
     root = HERE.parents[1]
-    result = subprocess.run([git, "check-ignore", "-q", "tests/artifacts/x.png"], cwd=root)
-    assert result.returncode == 0
+    ignored = [line.strip() for line in (root / ".gitignore").read_text().splitlines()]
+    assert "tests/artifacts/" in ignored  # screenshots and logs never end up in a commit
 
 
 def test_a_restart_the_policy_refuses_turns_the_badge_red(lab_page: LabPage, kernel_env: KernelEnv) -> None:

@@ -15,7 +15,9 @@ from teelab.sealed_store.services import session_user
 from .conftest import KernelEnv, server_config
 from .test_auth import DenyTeelab
 
-CSV = b"region,amount\n" + b"".join(b"EU,%d\n" % i for i in range(500))
+# A long, distinctive plaintext token: ciphertext can contain any short byte string by chance.
+MARKER = b"plaintext-marker-7f3a9c"
+CSV = b"region,amount\n" + b"".join(MARKER + b",%d\n" % i for i in range(500))
 
 
 async def upload(jp_fetch: Any, name: str, body: bytes = CSV, content_type: str = "text/csv") -> Any:
@@ -45,7 +47,7 @@ async def test_upload_list_grant_revoke(jp_fetch: Any, spec: KernelEnv, broker: 
     assert len(created["manifest_sha256"]) == 64
     # Only ciphertext in the store; the release policy is the sim kernel's (what this server's kernels pass).
     parts = list((spec.data / "datasets" / "api-sales" / "v1").glob("part-*.parquet"))
-    assert parts and all(b"EU" not in p.read_bytes() for p in parts)
+    assert parts and all(MARKER not in p.read_bytes() for p in parts)
     with DataOwner.connect() as owner:
         assert owner.kbs.get_dataset("api-sales").release_policy_toml == spec.policy.read_text()
 

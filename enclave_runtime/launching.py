@@ -1,0 +1,98 @@
+"""What every backend's ``launch`` does the same way.
+
+- only the manifest's passthrough variables come in from the host (:func:`refuse_unlisted_inputs`);
+- the process runs in its own session, with no inherited descriptors but those asked for, and a failure to
+  start is an :class:`~teelab.errors.EnclaveError` naming the program (:func:`start_process`);
+- backends whose TEE is a local process (the simulated TEE, a process inside a confidential VM) lay out its
+  scratch space and environment identically (:func:`prepare_local_launch`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from teelab.enclave_runtime.image import EnclaveImage
+from teelab.enclave_runtime.manifest import TEE_STATE, TEE_TMP, EnclaveManifest
+from teelab.errors import EnclaveError
+
+# Folders the kernel image points into its scratch space; they must exist before Python starts.
+_PRIVATE_FOLDERS = ("HOME", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "MPLCONFIGDIR")
+
+
+def refuse_unlisted_inputs(manifest: EnclaveManifest, inputs: Mapping[str, str]) -> None:
+    unknown = sorted(set(inputs) - set(manifest.passthrough_env))
+    if unknown:
+        raise EnclaveError(
+            f"the enclave manifest does not let {', '.join(unknown)} in from the host",
+            hint="only variables listed in passthrough_env reach the enclave",
+        )
+
+
+def passthrough(manifest: EnclaveManifest, inputs: Mapping[str, str]) -> dict[str, str]:
+    return {name: inputs[name] for name in manifest.passthrough_env if name in inputs}
+
+
+def start_process(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    stdout: int | None,
+    stderr: int | None,
+    executable: str | None = None,
+    pass_fds: Sequence[int] = (),
+) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(
+            list(argv),
+            executable=executable,
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,  # so kill() reaches the whole process group
+            close_fds=True,
+            pass_fds=tuple(pass_fds),
+        )
+    except OSError as error:
+        raise EnclaveError(f"cannot start {executable or argv[0]}: {error.strerror}") from None
+
+
+@dataclass(frozen=True)
+class LocalLaunch:
+    """argv and environment of a TEE that is a local process, with its private scratch folder."""
+
+    argv: list[str]
+    env: dict[str, str]
+    scratch: Path
+
+    def discard(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def prepare_local_launch(
+    image: EnclaveImage, inputs: Mapping[str, str], *, backend: str, scratch_prefix: str
+) -> LocalLaunch:
+    """``{tee_tmp}`` becomes a fresh 0700 folder, ``{tee_state}`` the image's own state folder."""
+    manifest = image.manifest
+    state = image.path / "tee-state"
+    state.mkdir(mode=0o700, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix))
+
+    def place(value: str) -> str:
+        return value.replace(TEE_TMP, str(scratch)).replace(TEE_STATE, str(state))
+
+    env = {name: place(value) for name, value in manifest.env}
+    for folder in _PRIVATE_FOLDERS:
+        if folder in env:
+            os.makedirs(env[folder], mode=0o700, exist_ok=True)
+    env.update(passthrough(manifest, inputs))
+    env["TEELAB_TEE"] = backend
+    return LocalLaunch([place(a) for a in manifest.argv], env, scratch)
