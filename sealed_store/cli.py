@@ -272,18 +272,39 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     upload.add_argument("--input-format", choices=("auto", "csv", "parquet"), default="auto")
     upload.add_argument("--compression", choices=COMPRESSIONS, default="snappy")
 
-    listing = command("list", "datasets, their versions and who may read them", _list)
+    listing = command(
+        "list",
+        "datasets, their versions and who may read them",
+        _list,
+        "examples:\n  teelab dataset list\n  teelab dataset list --json | jq '.[].name'",
+    )
     listing.add_argument("--json", action="store_true")
-    show = command("show", "one dataset in detail (JSON)", _show)
+    show = command("show", "one dataset in detail (JSON)", _show, "example:\n  teelab dataset show sales")
     show.add_argument("name")
-    grant = command("grant", "let a user or group read a dataset", _grant)
+    grant = command(
+        "grant",
+        "let a user or group read a dataset",
+        _grant,
+        "examples:\n  teelab dataset grant sales alice\n  teelab dataset grant sales group:analysts --expires 30d\n"
+        "  teelab dataset grant sales user:bob --expires 2026-12-31T23:59:59Z",
+    )
     grant.add_argument("name")
     grant.add_argument("principal", metavar="WHO", help="user:NAME, group:NAME, or a bare user name")
     grant.add_argument("--expires", metavar="TIME", help="ISO-8601, or a duration such as 7d, 12h")
-    revoke = command("revoke", "withdraw a grant (takes effect at the next key release)", _revoke)
+    revoke = command(
+        "revoke",
+        "withdraw a grant (takes effect at the next key release)",
+        _revoke,
+        "examples:\n  teelab dataset revoke sales alice\n  teelab dataset revoke sales group:analysts",
+    )
     revoke.add_argument("name")
     revoke.add_argument("principal", metavar="WHO")
-    delete = command("delete", "erase a dataset's keys and sealed parts", _delete)
+    delete = command(
+        "delete",
+        "erase a dataset's keys and sealed parts",
+        _delete,
+        "examples:\n  teelab dataset delete sales --version 1 --yes\n  teelab dataset delete sales --yes",
+    )
     delete.add_argument("name")
     delete.add_argument("--version", type=int, help="only this version")
     delete.add_argument("--yes", action="store_true", help="really erase it")
