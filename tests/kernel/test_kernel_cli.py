@@ -79,5 +79,7 @@ def test_a_broken_policy_is_refused_before_anything_is_installed(tmp_path: Path)
     bad = tmp_path / "bad.toml"
     bad.write_text("allow_simulaton = true\n")  # a typo must not silently weaken the policy
     result = run(tmp_path, "install", "--policy", str(bad))
-    assert result.returncode == 2 and "allow_simulaton" in result.stderr and "allow_simulation" in result.stderr
+    assert (
+        result.returncode == 2 and "allow_simulaton" in result.stderr and "allow_simulation" in result.stderr
+    )
     assert not (tmp_path / "jupyter-data" / "kernels").exists()
