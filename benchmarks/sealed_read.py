@@ -173,10 +173,17 @@ def _attested_session(root: Path, store: object, sealed: SealResult) -> object:
         admin.grant("bench", "user:analyst")
     with KbsClient.with_token_file(broker.target, root / "kbs" / "gateway-token") as gateway:
         grant = gateway.issue_session_grant("analyst", enclave_key=enclave_key)
+        gateway_key = gateway.kbs_public_key()
     teelab.session.install(
         attestation={"verdict": "warning", "simulated": True},
         enclave_key=secret,
-        extras={"kbs": broker.target, "store": store.url, "grant": grant.token, "user": "analyst"},  # type: ignore[attr-defined]
+        extras={
+            "kbs": broker.target,
+            "kbs_key": gateway_key.hex(),
+            "store": store.url,  # type: ignore[attr-defined]
+            "grant": grant.token,
+            "user": "analyst",
+        },
         attest=runtime.evidence,
     )
     return broker

@@ -13,11 +13,15 @@ What the boot writes to stderr is read by the host: it says what step failed, ne
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
+import signal
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -81,6 +85,46 @@ def _make_private_dirs() -> None:
                 os.makedirs(folder, mode=0o700, exist_ok=True)
 
 
+def _scratch() -> str | None:
+    """The TEE's own scratch space (``{tee_tmp}``), when this process was launched into one."""
+    folder = os.environ.get("TMPDIR", "")
+    return folder if os.path.basename(folder).startswith(("teelab-tee-", "teelab-cvm-")) else None
+
+
+def _clean_up_scratch() -> None:
+    folder = _scratch()
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _end_with_the_launcher() -> None:
+    """Stop when the process that launched this kernel is gone.
+
+    A kernel whose gateway died would otherwise keep its keys, and whatever data it decrypted, in memory
+    with nobody able to reach it. On hardware the launcher is the gateway's process or the LibOS loader;
+    either way a new parent means the session is over.
+    """
+    launcher = os.getppid()
+    if launcher == 1:
+        return
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(1.0)
+        _clean_up_scratch()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="teelab-launcher-watch", daemon=True).start()
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    def stop(signum: int, frame: object) -> None:
+        _clean_up_scratch()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def boot() -> Any:
     """Run the handshake and return the initialised kernel app (not yet started)."""
     _make_private_dirs()
@@ -129,6 +173,9 @@ def boot() -> Any:
 
 
 def main() -> int:
+    atexit.register(_clean_up_scratch)
+    _exit_cleanly_on_sigterm()
+    _end_with_the_launcher()
     try:
         app = boot()
     except TeelabError as error:

@@ -430,8 +430,12 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         def issue() -> dict[str, object]:
             with KbsClient.with_token_file(address, token_file, timeout=10) as client:
                 grant = client.issue_session_grant(user, enclave_key=enclave_key)
+                kbs_key = client.kbs_public_key()
             return {
                 "kbs": address,
+                # Pinned for the kernel: it seals the grant to this key at every release, and its own
+                # connection to the broker crosses the untrusted host.
+                "kbs_key": kbs_key.hex(),
                 "store": services.store_url(self.dataset_store),
                 "user": user,
                 "grant": grant.token,

@@ -53,15 +53,17 @@ def read_dataset(
             "read_dataset works only inside an attested teelab kernel",
             hint='switch this notebook to a teelab kernel, e.g. "Python 3 (teelab · simulated TEE)"',
         ) from None
-    grant, kbs, store = (session.extras.get(key) for key in ("grant", "kbs", "store"))
-    if not grant or not kbs or not store or session.attest is None:
+    if not isinstance(name, str):
+        raise TypeError(f"the dataset name must be a string, not {type(name).__name__}")
+    grant, kbs, store, kbs_key = (session.extras.get(key) for key in ("grant", "kbs", "store", "kbs_key"))
+    if not grant or not kbs or not store or not kbs_key or session.attest is None:
         raise KeyBrokerError(
             "no_session_grant",
             "this kernel has no session grant: no key broker was reachable when the session was attested",
             hint="start the key broker (`teelab kbs serve`), then restart the kernel",
         )
     try:
-        with KbsClient(str(kbs)) as client:
+        with KbsClient(str(kbs), kbs_public_key=bytes.fromhex(str(kbs_key))) as client:
             key = client.fetch_key(
                 name,
                 enclave_secret=session.enclave_key,  # type: ignore[arg-type]

@@ -49,6 +49,7 @@ from teelab.sealed_store.kbs.protocol import (
     open_released_dek,
     release_report_data,
     seal_dek_for_kbs,
+    seal_grant_for_kbs,
 )
 from teelab.sealed_store.kbs.reasons import HINTS, REASON_METADATA_KEY, Reason
 from teelab.sealed_store.kbs.v1 import kbs_pb2 as pb
@@ -255,7 +256,8 @@ class KbsClient:
             nonce=nonce,
             dataset=dataset,
             enclave_key=enclave_key,
-            grant=grant,
+            # The grant crosses the TEE host: sealed to the broker (whose key the gateway pinned for us).
+            sealed_grant=seal_grant_for_kbs(self.kbs_public_key(), nonce, grant),
             evidence=evidence,
             certificates=certificates or b"",
             collateral=collateral or b"",

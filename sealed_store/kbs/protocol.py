@@ -26,6 +26,7 @@ SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 _REPORT_DATA_LABEL = PROTOCOL.encode()
 RELEASE_INFO = PROTOCOL.encode() + b"/dek"
 REGISTER_INFO = PROTOCOL.encode() + b"/register"
+GRANT_INFO = PROTOCOL.encode() + b"/grant"
 
 
 def release_report_data(nonce: bytes, enclave_key: bytes, grant: bytes) -> bytes:
@@ -84,6 +85,19 @@ def open_released_dek(enclave_secret: X25519PrivateKey, nonce: bytes, sealed: by
     if len(dek) != DEK_SIZE:
         raise denied(Reason.PROTOCOL_ERROR, f"the released data key is {len(dek)} bytes, not {DEK_SIZE}")
     return dek
+
+
+def seal_grant_for_kbs(kbs_public_key: bytes, nonce: bytes, grant: str) -> bytes:
+    """The session grant as it travels in a release: sealed to the broker, bound to this release's nonce."""
+    public = X25519PublicKey.from_public_bytes(kbs_public_key)
+    return SUITE.encrypt(grant.encode(), public, info=GRANT_INFO + nonce)
+
+
+def open_sealed_grant(kbs_secret: X25519PrivateKey, nonce: bytes, sealed: bytes) -> str:
+    try:
+        return SUITE.decrypt(sealed, kbs_secret, info=GRANT_INFO + nonce).decode()
+    except (InvalidTag, ValueError, UnicodeDecodeError):
+        raise ValueError("it does not open with this key broker's key for this nonce") from None
 
 
 def _check_dek(dek: bytes) -> None:

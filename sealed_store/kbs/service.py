@@ -17,6 +17,7 @@ from enum import Enum
 from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -27,7 +28,7 @@ from teelab.sealed_store.kbs.auth import Role
 from teelab.sealed_store.kbs.broker import KeyBroker
 from teelab.sealed_store.kbs.grants import MAX_GRANT_CHARS
 from teelab.sealed_store.kbs.model import UNSET, DatasetInfo, GrantInfo, VersionInfo
-from teelab.sealed_store.kbs.protocol import NONCE_SIZE, SERVICE_NAME
+from teelab.sealed_store.kbs.protocol import NONCE_SIZE, SERVICE_NAME, open_sealed_grant
 from teelab.sealed_store.kbs.reasons import REASON_METADATA_KEY, STATUS, Reason, denied
 from teelab.sealed_store.kbs.release import ReleaseInput
 from teelab.sealed_store.kbs.v1 import kbs_pb2 as pb
@@ -228,7 +229,7 @@ class KbsService:
 
     def _Release(self, request: pb.ReleaseRequest, role: Role | None) -> pb.ReleaseResponse:
         try:
-            parsed = release_input(request)
+            parsed = release_input(request, self.broker.keys.hpke_key)
         except KeyBrokerError as error:
             self.broker.releases.refuse_malformed(bytes(request.nonce), error.message)
             raise
@@ -367,15 +368,27 @@ class KbsService:
         return response
 
 
-def release_input(request: pb.ReleaseRequest) -> ReleaseInput:
-    """Shape checks for a release request; raises ``invalid_argument`` naming the field."""
+# A sealed grant: the JWT plus HPKE's encapsulated key (32) and tag (16).
+MAX_SEALED_GRANT_BYTES = 4 * MAX_GRANT_CHARS + 64
+
+
+def release_input(request: pb.ReleaseRequest, hpke_key: X25519PrivateKey) -> ReleaseInput:
+    """Shape checks for a release request, and the sealed grant opened; ``invalid_argument`` names the field."""
     version = _optional_uint(request, "version")
+    nonce = validation.exact_bytes(bytes(request.nonce), NONCE_SIZE, "nonce")
+    sealed_grant = validation.bounded_bytes(
+        bytes(request.sealed_grant), MAX_SEALED_GRANT_BYTES, "sealed_grant"
+    )
+    try:
+        grant = open_sealed_grant(hpke_key, nonce, sealed_grant)
+    except ValueError as error:
+        raise validation.invalid("sealed_grant", str(error)) from None
     return ReleaseInput(
-        nonce=validation.exact_bytes(bytes(request.nonce), NONCE_SIZE, "nonce"),
+        nonce=nonce,
         dataset=validation.dataset_name(request.dataset),
         version=None if version is None else validation.version(version),
         enclave_key=validation.x25519_public_key(bytes(request.enclave_key)),
-        grant=validation.bounded_text(request.grant, MAX_GRANT_CHARS, "grant"),
+        grant=validation.bounded_text(grant, MAX_GRANT_CHARS, "grant"),
         evidence=validation.bounded_bytes(bytes(request.evidence), MAX_EVIDENCE_BYTES, "evidence"),
         certificates=validation.bounded_bytes(
             bytes(request.certificates), MAX_CERTIFICATES_BYTES, "certificates", required=False

@@ -121,3 +121,41 @@ class EvilHostBackend(SimBackend):
             )
         self.launched.append(process)
         return process
+
+
+@dataclass
+class RecordingTcpProxy:
+    """Forwards one TCP service through the host and keeps every byte that passes, both ways."""
+
+    target: tuple[str, int]
+    seen: bytearray = field(default_factory=bytearray)
+
+    def __post_init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            try:
+                chunk = source.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                sink.close()
+                return
+            self.seen.extend(chunk)
+            try:
+                sink.sendall(chunk)
+            except OSError:
+                return

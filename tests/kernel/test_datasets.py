@@ -177,3 +177,34 @@ def test_session_grant_is_in_the_sealed_bundle_not_on_the_host(
         assert grant.encode() not in "".join(km.provisioner.host_output).encode()  # type: ignore[union-attr]
     finally:
         km.shutdown_kernel(now=True)
+
+
+def test_the_session_grant_never_crosses_the_host_in_the_clear(
+    owner: DataOwner, kernel_env: KernelEnv, broker: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel reaches the key broker through the host, which records every byte of the release."""
+    from teelab.kernel.provisioner import TeeProvisioner
+
+    from .evil_host import RecordingTcpProxy
+
+    host, _, port = broker.target.rpartition(":")  # type: ignore[attr-defined]
+    proxy = RecordingTcpProxy((host, int(port)))
+    issue = TeeProvisioner.session_extras
+
+    async def through_the_host(self: TeeProvisioner, enclave_key: bytes, result: object) -> dict[str, object]:
+        extras = await issue(self, enclave_key, result)  # type: ignore[arg-type]
+        return {**extras, "kbs": proxy.address}
+
+    monkeypatch.setattr(TeeProvisioner, "session_extras", through_the_host)
+    publish(owner, kernel_env, "wire", "user:alice")
+    km = kernel_for("alice")
+    try:
+        assert read_in_kernel(km, "print(len(read_dataset('wire')))")[1] == "200\n"
+        grant = read_in_kernel(km, "import teelab.session as s; print(s._current().extras['grant'])")[
+            1
+        ].strip()
+    finally:
+        km.shutdown_kernel(now=True)
+    assert len(proxy.seen) > 1000  # the release went through the host
+    for piece in [grant, *grant.split(".")]:
+        assert piece.encode() not in proxy.seen, "the session grant crossed the host in the clear"

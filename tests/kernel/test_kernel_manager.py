@@ -129,3 +129,43 @@ def test_shutdown_leaves_no_process_file_or_port(kernel_env: KernelEnv) -> None:
     assert not scratch.exists()
     assert all(_port_free(port) for port in ports)
     assert REGISTRY.get(kernel_id) is None
+
+
+GATEWAY = """
+import json, sys, time
+from jupyter_client.manager import KernelManager
+km = KernelManager(kernel_name="teelab-sim")
+km.start_kernel()
+process = km.provisioner.process
+print(json.dumps({"pid": process.pid, "scratch": str(process.scratch)}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_kernel_does_not_outlive_its_gateway(kernel_env: KernelEnv) -> None:
+    """kill -9 of the gateway (the Jupyter server): its kernel stops and removes its scratch space."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    gateway = subprocess.Popen([sys.executable, "-c", GATEWAY], stdout=subprocess.PIPE, text=True)
+    assert gateway.stdout is not None
+    started = json.loads(gateway.stdout.readline())
+    kernel_pid, scratch = started["pid"], Path(started["scratch"])
+    assert scratch.exists()
+    os.kill(kernel_pid, 0)
+    gateway.send_signal(signal.SIGKILL)
+    gateway.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(kernel_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(kernel_pid, signal.SIGKILL)
+        pytest.fail("the kernel outlived its gateway")
+    assert not scratch.exists()

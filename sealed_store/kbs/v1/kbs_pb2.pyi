@@ -46,12 +46,12 @@ class ChallengeResponse(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("nonce", "dataset", "version", "enclave_key", "grant", "evidence", "certificates", "collateral")
+    __slots__ = ("nonce", "dataset", "version", "enclave_key", "sealed_grant", "evidence", "certificates", "collateral")
     NONCE_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ENCLAVE_KEY_FIELD_NUMBER: _ClassVar[int]
-    GRANT_FIELD_NUMBER: _ClassVar[int]
+    SEALED_GRANT_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
     COLLATERAL_FIELD_NUMBER: _ClassVar[int]
@@ -59,11 +59,11 @@ class ReleaseRequest(_message.Message):
     dataset: str
     version: int
     enclave_key: bytes
-    grant: str
+    sealed_grant: bytes
     evidence: bytes
     certificates: bytes
     collateral: bytes
-    def __init__(self, nonce: _Optional[bytes] = ..., dataset: _Optional[str] = ..., version: _Optional[int] = ..., enclave_key: _Optional[bytes] = ..., grant: _Optional[str] = ..., evidence: _Optional[bytes] = ..., certificates: _Optional[bytes] = ..., collateral: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, nonce: _Optional[bytes] = ..., dataset: _Optional[str] = ..., version: _Optional[int] = ..., enclave_key: _Optional[bytes] = ..., sealed_grant: _Optional[bytes] = ..., evidence: _Optional[bytes] = ..., certificates: _Optional[bytes] = ..., collateral: _Optional[bytes] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
     __slots__ = ("dataset", "version", "manifest_sha256", "sealed_dek")
