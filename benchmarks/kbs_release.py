@@ -20,7 +20,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import platform
 import secrets
 import shutil
 import statistics
@@ -30,6 +29,8 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from common import machine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kbs_release.json"
 MRENCLAVE = hashlib.sha256(b"benchmark kernel image").hexdigest()
@@ -231,11 +232,9 @@ def main() -> int:
         "benchmark": "kbs_release",
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {
-            "cpus": os.cpu_count(),
+            **machine(),
             # Other work on the machine competes with the server and the clients for the same 2 cores.
             "load_average_1m_before_and_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
         },
         "config": {
             "clients": args.clients,

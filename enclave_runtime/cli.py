@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -73,6 +74,11 @@ def _spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     for name in ("isv_prod_id", "isv_svn"):
         if not 0 <= getattr(args, name) <= 0xFFFF:
             raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 65535")
+    if args.python and not os.access(args.python, os.X_OK):
+        raise UsageError(f"--python {args.python} is not an executable interpreter")
+    signing_key = getattr(args, "signing_key", None)
+    if signing_key is not None and not Path(signing_key).is_file():
+        raise UsageError(f"--signing-key {signing_key} does not exist", hint="give the author's PEM key file")
     return kernel_image_spec(args.python, isv_prod_id=args.isv_prod_id, isv_svn=args.isv_svn)
 
 
@@ -215,9 +221,12 @@ def _sim_quote(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "quote.bin").write_bytes(platform.quote(body))
-    platform.collateral(at).write_folder(out / "collateral")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "quote.bin").write_bytes(platform.quote(body))
+        platform.collateral(at).write_folder(out / "collateral")
+    except OSError as error:
+        raise UsageError(f"cannot write the quote into --out {out}: {error.strerror or error}") from None
     print(f"quote          {out / 'quote.bin'} (SGX ECDSA quote v3, SIMULATED — not confidential)")
     print(f"collateral     {out / 'collateral'}/ (valid 30 days)")
     print(f"mrenclave      {mrenclave.hex()}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from tornado import web
 
 from teelab.errors import KeyBrokerError, SealedDataError, TeelabError, UsageError
 from teelab.extension.base import TeelabAPIHandler, bad_request
+from teelab.paths import data_dir
 from teelab.timeutil import parse_time
 
 _FORMATS = {
@@ -88,7 +90,10 @@ def _release_policy(handler: TeelabAPIHandler) -> str:
     from teelab.kernel.policy_files import find_policy
 
     kernel = handler.teelab_app.release_policy_kernel
-    path = find_policy(kernel, allow_user=True) if kernel else None
+    # The same folders the provisioner searches: an operator who turned off user policies means it here too.
+    provisioner = handler.config.get("TeeProvisioner", {}) if handler.config else {}
+    allow_user = provisioner.get("allow_user_policies", True) if hasattr(provisioner, "get") else True
+    path = find_policy(kernel, allow_user=bool(allow_user)) if kernel else None
     return path.read_text() if path is not None else ""
 
 
@@ -148,10 +153,10 @@ class DatasetCollectionHandler(DatasetsHandler):
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise web.HTTPError(413, f"the upload is {int(declared):,} bytes; this server accepts {limit:,}")
-        staging = Path(tempfile.gettempdir()) / "teelab-uploads"
-        staging.mkdir(mode=0o700, exist_ok=True)
-        self._spool = tempfile.NamedTemporaryFile(dir=staging, delete=False)
-        os.chmod(self._spool.name, 0o600)
+        # The plaintext waits in the user's private data folder (0700), never in a shared /tmp.
+        staging = data_dir() / "staging" / "uploads"
+        staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._spool = tempfile.NamedTemporaryFile(dir=staging, delete=False)  # created 0600
 
     def data_received(self, chunk: bytes) -> None:
         if self._spool is None:
@@ -182,6 +187,8 @@ class DatasetCollectionHandler(DatasetsHandler):
         name = self.get_query_argument("name", default="").strip()
         if not name:
             raise bad_request("give the dataset a name: POST /teelab/api/datasets?name=NAME")
+        if not _NAME_RE.fullmatch(name):
+            raise bad_request(f"not a dataset name: {name!r} (letters, digits, '.', '_', '-'; at most 128)")
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         input_format = _FORMATS.get(content_type)
         if input_format is None:
@@ -223,8 +230,11 @@ class GrantsHandler(TeelabAPIHandler):
         if not isinstance(body, dict) or not isinstance(body.get("principal"), str):
             raise bad_request('send {"principal": "user:NAME" | "group:NAME", "expires_at": ISO-8601 | null}')
         expires = body.get("expires_at")
+        if expires is not None and not isinstance(expires, str):
+            # A mistyped expiry must not quietly become a grant without one.
+            raise bad_request("expires_at must be an ISO-8601 time or null")
         try:
-            expires_at = parse_time(expires) if isinstance(expires, str) and expires else None
+            expires_at = parse_time(expires) if expires else None
         except UsageError as error:
             raise bad_request(error.message) from None
         owner = _owner(self)
@@ -270,6 +280,7 @@ class GrantHandler(GrantsHandler):
 
 
 _NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ROUTES = [
     (r"/datasets", DatasetCollectionHandler),
     (rf"/datasets/{_NAME}/grants", GrantsHandler),

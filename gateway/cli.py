@@ -83,7 +83,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--certs",
         metavar="PATH",
         type=Path,
-        help="SEV-SNP certificates: VCEK/VLEK plus ASK/ARK (DER/PEM, file or folder)",
+        action="append",
+        help="SEV-SNP certificates: VCEK/VLEK plus ASK/ARK (DER/PEM, file or folder; repeat for several)",
     )
     verify.add_argument(
         "--policy", metavar="FILE", type=Path, help="appraisal policy (TOML, see docs/policy.md)"
@@ -145,7 +146,7 @@ def _verify(args: argparse.Namespace) -> int:
     anchors = default_anchors()
     for root in args.trust_root:
         anchors = _pin_root(anchors, root)
-    for path, what in ((args.collateral, "collateral"), (args.certs, "certificates")):
+    for path, what in ((args.collateral, "collateral"), *((p, "certificates") for p in args.certs or ())):
         if path is not None and not path.exists():
             raise UsageError(f"{what} not found: {path}")
     found = recognise(evidence)
@@ -162,7 +163,7 @@ def _verify(args: argparse.Namespace) -> int:
     result = verify_evidence(
         evidence,
         collateral=args.collateral,
-        certs=args.certs,
+        certs=_certificates(args.certs),
         at=at,
         anchors=anchors,
         policy=policy,
@@ -192,6 +193,22 @@ def _ear_key(args: argparse.Namespace) -> int:
 
     print(public_key_pem(), end="")
     return 0
+
+
+def _certificates(paths: list[Path] | None) -> Path | list[bytes] | None:
+    """One --certs as given (a path the verifier loads); several merged into one set."""
+    if not paths:
+        return None
+    if len(paths) == 1:
+        return paths[0]
+    from teelab.gateway.snp.certs import certificate_files
+
+    blobs = []
+    for path in paths:
+        for file in certificate_files(path) if path.is_dir() else [path]:
+            blobs.append(_read_input(file, "certificates"))
+    # Bytes: the verifier parses them, and a malformed certificate becomes a rejection naming the check.
+    return blobs
 
 
 def _read_input(path: Path, what: str) -> bytes:

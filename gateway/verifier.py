@@ -9,7 +9,7 @@ not exist) are raised, because they are the caller's to fix, not the evidence's 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,7 +111,7 @@ def verify_evidence(
     evidence: bytes,
     *,
     collateral: IntelCollateral | str | Path | bytes | None = None,
-    certs: SnpCertificates | str | Path | bytes | None = None,
+    certs: SnpCertificates | str | Path | bytes | Sequence[bytes] | None = None,
     at: datetime,
     anchors: TrustAnchors | None = None,
     policy: AppraisalPolicy,
@@ -193,7 +193,7 @@ def _verify(
     found: Recognised,
     *,
     collateral: IntelCollateral | str | Path | bytes | None,
-    certs: SnpCertificates | str | Path | bytes | None,
+    certs: SnpCertificates | str | Path | bytes | Sequence[bytes] | None,
     at: datetime,
     anchors: TrustAnchors,
     log: CheckLog,
@@ -217,11 +217,16 @@ def _verify(
             "an SEV-SNP report is verified with its VCEK/VLEK and the AMD chain and none was given; pass "
             "--certs PATH (DER/PEM file or folder)",
         )
-    if isinstance(certs, bytes):
-        certs = snp.load_certificates(certs)
+    loaded: SnpCertificates
+    if isinstance(certs, SnpCertificates):
+        loaded = certs
+    elif isinstance(certs, bytes):
+        loaded = snp.load_certificates(certs)
     elif isinstance(certs, str | Path):
-        certs = snp.load_certificates(_existing(certs, "certificates"))
-    return snp.verify_snp_report(found.data, certs, at=at, anchors=anchors, log=log)
+        loaded = snp.load_certificates(_existing(certs, "certificates"))
+    else:  # several blobs (e.g. a VCEK file and a chain file)
+        loaded = snp.SnpCertificates.from_bytes(*(bytes(blob) for blob in certs))
+    return snp.verify_snp_report(found.data, loaded, at=at, anchors=anchors, log=log)
 
 
 def _existing(path: str | Path, what: str) -> Path:

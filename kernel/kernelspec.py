@@ -9,6 +9,7 @@ shows its result says *simulated — not confidential*.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -74,6 +75,18 @@ def kernel_json(name: str, backend: str, display_name: str | None) -> dict[str, 
     }
 
 
+_KERNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_kernel_name(name: str) -> str:
+    """A kernelspec name Jupyter accepts, which also names the policy file: no path of any kind."""
+    if not _KERNEL_NAME.fullmatch(name):
+        raise UsageError(
+            f"not a kernel name: {name!r}", hint="use letters, digits, '.', '_' and '-' (e.g. teelab-sim)"
+        )
+    return name
+
+
 def install(
     *,
     backend: str = "sim",
@@ -85,7 +98,7 @@ def install(
     progress: ProgressCallback | None = None,
 ) -> InstalledKernel:
     engine = get_backend(backend)
-    name = name or default_name(backend)
+    name = check_kernel_name(name or default_name(backend))
     if policy is not None:
         load_policy(policy)  # refuse a broken policy before anything is installed
     elif not engine.simulated:
@@ -114,6 +127,7 @@ def install(
 
 
 def uninstall(name: str) -> list[Path]:
+    check_kernel_name(name)
     removed: list[Path] = []
     manager = KernelSpecManager()
     try:

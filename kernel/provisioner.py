@@ -185,8 +185,16 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             return error
         if isinstance(error, ConfigError):
             return KernelMisconfigured(error.message, hint=error.hint)
-        if not isinstance(error, TeelabError | TimeoutError):
+        if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
             return None
+        if not isinstance(error, TeelabError | TimeoutError):
+            # A bug or hostile input we did not foresee: still refuse (the process is killed), say so, and keep
+            # the traceback in the server log.
+            self.log.error(
+                "teelab: unexpected error while attesting kernel %s", self.kernel_id, exc_info=error
+            )
+            await self._settle()
+            return self._failure("internal_error", f"unexpected {type(error).__name__} during the handshake")
         # A boot that gives up says why on its way out; let it finish before quoting it.
         await self._settle()
         if isinstance(error, TimeoutError):

@@ -14,9 +14,11 @@ dataset) through its REST/websocket API, and exits — the test suite runs the d
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -141,12 +143,17 @@ def publish_sample_dataset() -> None:
 
 
 def start_lab(port: int, token: str, headless: bool) -> subprocess.Popen[bytes]:
+    # The token goes in a private config file: a command line is readable by every local user.
+    config = Path(tempfile.mkdtemp(prefix="teelab-demo-")) / "jupyter_server_config.json"
+    config.touch(mode=0o600)
+    config.write_text(json.dumps({"IdentityProvider": {"token": token}}))
+    atexit.register(shutil.rmtree, config.parent, True)
     command = [
         str(BIN / "jupyter"),
         "lab",
         f"--port={port}",
         "--ip=127.0.0.1",
-        f"--IdentityProvider.token={token}",
+        f"--config={config}",
         f"--ServerApp.root_dir={ROOT / 'notebooks'}",
     ]
     if headless:

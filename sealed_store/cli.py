@@ -31,9 +31,13 @@ in a notebook on the teelab kernel:
 """
 
 POLICY_HELP = (
-    "release policy: the appraisal policy TOML a kernel's evidence must pass (docs/policy.md); default: "
-    "teelab's built-in policy (real, up-to-date hardware only). For the simulated kernel use its installed "
-    "policy, e.g. ~/.config/teelab/policies/teelab-sim.toml"
+    "release policy: the appraisal policy TOML a kernel's evidence must pass (docs/policy.md), e.g. the "
+    "simulated kernel's installed ~/.config/teelab/policies/teelab-sim.toml. Required, unless "
+    "--builtin-policy"
+)
+BUILTIN_POLICY_HELP = (
+    "release to any genuine, up-to-date, non-debug TEE, whatever it runs (teelab's built-in policy, no "
+    "measurement pinned)"
 )
 
 
@@ -65,9 +69,18 @@ def _expiry(text: str | None) -> datetime | None:
     return parse_time(text)
 
 
-def _policy(path: Path | None) -> str:
+def _policy(args: argparse.Namespace) -> str:
+    """The release policy's text. The choice is explicit: the built-in policy releases to every genuine,
+    up-to-date, non-debug TEE whatever code it runs, which must never happen by omission."""
+    path: Path | None = args.policy
     if path is None:
-        return ""
+        if getattr(args, "builtin_policy", False):
+            return ""
+        raise UsageError(
+            "choose who may receive this dataset's key: --policy FILE pins the kernels you trust",
+            hint="e.g. --policy ~/.config/teelab/policies/teelab-sim.toml (the simulated kernel's); "
+            "--builtin-policy releases to ANY measurement on up-to-date hardware",
+        )
     from teelab.gateway.policy import parse_policy
 
     try:
@@ -93,7 +106,7 @@ def _seal(args: argparse.Namespace) -> int:
             name=name,
             version=version,
             out=out or Path(f"{name}-v{version}.sealed"),
-            policy_toml=_policy(args.policy),
+            policy_toml=_policy(args),
             release_expires_at=_expiry(args.release_until),
             progress=_progress(args),
             **options,
@@ -134,7 +147,7 @@ def _upload(args: argparse.Namespace) -> int:
             source,
             name=name,
             version=version,
-            policy_toml=_policy(args.policy),
+            policy_toml=_policy(args),
             grants=grants,
             release_expires_at=_expiry(args.release_until),
             progress=_progress(args),
@@ -237,7 +250,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "  teelab dataset upload sales-v1.sealed",
     )
     add_seal_arguments(seal)
-    seal.add_argument("--policy", type=Path, metavar="FILE", help=POLICY_HELP)
+    seal_policy = seal.add_mutually_exclusive_group()
+    seal_policy.add_argument("--policy", type=Path, metavar="FILE", help=POLICY_HELP)
+    seal_policy.add_argument("--builtin-policy", action="store_true", help=BUILTIN_POLICY_HELP)
     seal.add_argument(
         "--release-until", metavar="TIME", help="no key release after this (ISO-8601 or e.g. 90d)"
     )
@@ -258,7 +273,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     upload.add_argument("--name", help="dataset name (required for a CSV/Parquet input)")
     upload.add_argument("--version", type=int, default=None, help="version (default: the next one)")
-    upload.add_argument("--policy", type=Path, metavar="FILE", help=POLICY_HELP)
+    upload_policy = upload.add_mutually_exclusive_group()
+    upload_policy.add_argument("--policy", type=Path, metavar="FILE", help=POLICY_HELP)
+    upload_policy.add_argument("--builtin-policy", action="store_true", help=BUILTIN_POLICY_HELP)
     upload.add_argument(
         "--grant", action="append", default=[], metavar="WHO", help="user:NAME or group:NAME (repeatable)"
     )

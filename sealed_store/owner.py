@@ -27,6 +27,7 @@ from teelab.errors import KeyBrokerError, UsageError
 from teelab.paths import data_dir
 from teelab.sealed_store import services
 from teelab.sealed_store.folder import SealedDataset
+from teelab.sealed_store.format import check_name
 from teelab.sealed_store.kbs.client import KbsClient
 from teelab.sealed_store.kbs.model import DatasetInfo, GrantInfo
 from teelab.sealed_store.storage import DatasetStore, DatasetVersion
@@ -133,6 +134,7 @@ class DataOwner:
     # -- versions ---------------------------------------------------------------------------------------
 
     def next_version(self, name: str) -> int:
+        name = check_name(name)
         """One more than any version the broker ever registered (numbers are never reused)."""
         try:
             info = self.kbs.get_dataset(name)
@@ -204,6 +206,7 @@ class DataOwner:
         **seal_options: Any,
     ) -> Published:
         """Seal, register, upload and grant in one go (the sealed folder is temporary)."""
+        name = check_name(name)  # before it names anything on disk
         staging = data_dir() / "staging"
         staging.mkdir(parents=True, exist_ok=True, mode=0o700)
         folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=staging))

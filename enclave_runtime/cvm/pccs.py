@@ -83,14 +83,19 @@ def quote_platform(quote: bytes) -> QuotePlatform:
     try:
         leaf = x509.load_pem_x509_certificate(pems[0])
         raw = leaf.extensions.get_extension_for_oid(SGX_EXTENSION_OID).value
-    except (ValueError, x509.ExtensionNotFound) as error:
-        raise EvidenceError(f"the quote's PCK certificate cannot be read: {error}") from None
+        issuer = " ".join(str(a.value) for a in leaf.issuer.get_attributes_for_oid(NameOID.COMMON_NAME))
+    except x509.ExtensionNotFound:
+        raise EvidenceError("the quote's PCK certificate has no SGX extension") from None
+    except Exception as error:
+        # Hostile bytes: cryptography raises several types for a malformed certificate, some of them only
+        # when a field is first read. This code runs before any verification, so all of them are evidence
+        # errors here; the verifier itself judges the certificate afterwards.
+        raise EvidenceError(f"the quote's PCK certificate cannot be read: {type(error).__name__}") from None
     data = raw.value if isinstance(raw, x509.UnrecognizedExtension) else b""
     at = data.find(_FMSPC_MARKER)
     if at < 0 or len(data) < at + len(_FMSPC_MARKER) + 6:
         raise EvidenceError("the quote's PCK certificate has no FMSPC in its SGX extension")
     fmspc = data[at + len(_FMSPC_MARKER) : at + len(_FMSPC_MARKER) + 6]
-    issuer = " ".join(str(a.value) for a in leaf.issuer.get_attributes_for_oid(NameOID.COMMON_NAME))
     ca: PckCa = "platform" if "Platform" in issuer else "processor"
     return QuotePlatform(tee, fmspc, ca)
 

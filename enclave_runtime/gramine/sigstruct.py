@@ -94,11 +94,14 @@ def parse_sigstruct(data: bytes, *, source: str = "SIGSTRUCT") -> SgxSigstruct:
     if exponent != 3:
         raise EnclaveError(f"{source}: RSA exponent {exponent}; SGX requires 3")
     signature = data[OFFSET_SIGNATURE : OFFSET_SIGNATURE + 384]
-    public = rsa.RSAPublicNumbers(3, int.from_bytes(modulus, "little")).public_key()
+    try:
+        public = rsa.RSAPublicNumbers(3, int.from_bytes(modulus, "little")).public_key()
+    except ValueError as error:  # e.g. a zero or even modulus
+        raise EnclaveError(f"{source}: the author's RSA modulus is not a valid key ({error})") from None
     try:
         # SGX stores the signature little-endian; RSA libraries take it big-endian.
         public.verify(signature[::-1], signed_bytes(data), padding.PKCS1v15(), hashes.SHA256())
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):
         raise EnclaveError(
             f"{source}: the author's signature does not verify — the file is damaged or was altered",
             hint="sign the enclave again with gramine-sgx-sign",
@@ -164,10 +167,11 @@ def load_author_key(path: Path | None, *, backend: str) -> rsa.RSAPrivateKey:
     with a default key (Gramine's per-user key, Occlum's public ``Enclave.pem``) would make it meaningless.
     """
     if path is None:
+        tool = " or `gramine-sgx-gen-private-key author.pem`" if backend.startswith("gramine") else ""
         raise UsageError(
             f"the {backend} backend signs the enclave with its author's key, and none was given",
             hint="pass --signing-key PEM (an RSA-3072 key with exponent 3, e.g. from "
-            "`openssl genrsa -3 -out author.pem 3072` or `gramine-sgx-gen-private-key author.pem`)",
+            f"`openssl genrsa -3 -out author.pem 3072`{tool})",
         )
     try:
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)

@@ -419,6 +419,22 @@ def _choose(candidates: Iterable[AmdCertificate], issuer_name: bytes) -> AmdCert
     return found[0] if found else None
 
 
+# Documentation beside the certificates; any other file must hold certificates (a stray report is named).
+_DOCUMENTS = frozenset({".md", ".txt", ".rst", ".json", ".toml", ".yaml", ".yml"})
+
+
+def certificate_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` that should hold certificates: all but hidden files and documentation."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and not p.name.startswith(".")
+        and not p.name.upper().startswith("README")
+        and p.suffix.lower() not in _DOCUMENTS
+    )
+
+
 @dataclass(frozen=True)
 class SnpCertificates:
     """A VCEK or VLEK and whatever of its chain was supplied (ASK/ASVK, ARK; several are allowed)."""
@@ -483,14 +499,18 @@ class SnpCertificates:
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> SnpCertificates:
-        """From a file, a folder of files (every visible file must hold certificates), or bytes."""
+        """From a file, a folder of files, or bytes.
+
+        In a folder every visible file must hold certificates, except documentation beside them (README, *.md,
+        *.txt, *.json …), which is skipped.
+        """
         if isinstance(source, bytes | bytearray | memoryview):
             return cls.from_bytes(bytes(source))
         if not isinstance(source, str | os.PathLike):
             raise _fail(f"certificates come from a path or bytes, not {type(source).__name__}")
         path = Path(source)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            files = certificate_files(path)
             if not files:
                 raise _fail(f"the folder {path} holds no certificate files")
             certs: list[AmdCertificate] = []

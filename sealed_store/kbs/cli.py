@@ -140,6 +140,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _source_arguments(verify)
     verify.add_argument("--public-key", type=Path, metavar="FILE", help="the pinned KBS signing key (hex)")
     verify.add_argument("--head", metavar="SEQ:HASH", help="a trusted head recorded earlier")
+    verify.add_argument(
+        "--forget",
+        action="store_true",
+        help="neither compare with nor remember the head this machine verified before",
+    )
     verify.add_argument("--min-count", type=int, metavar="N", help="the log must have at least N entries")
     verify.set_defaults(handler=_verify)
 
@@ -156,6 +161,27 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
 # -- kbs serve -----------------------------------------------------------------------------------------
 
 
+def _check_listen_address(listen: str) -> None:
+    """HOST:PORT with a real port that is free now, so a doomed start leaves no state behind."""
+    import socket
+
+    host, _, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UsageError(f"--listen {listen!r} is not HOST:PORT with a port from 0 to 65535")
+    if int(port_text) == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+    except OSError as error:
+        raise UsageError(
+            f"cannot listen on {listen}: {error.strerror or error}",
+            hint="another server may use the port; pick another with --listen HOST:PORT",
+        ) from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     from teelab.files import replace_atomically
     from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE
@@ -167,6 +193,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
     state = (args.state or default_state_dir()).expanduser().resolve()
+    if state.exists() and not state.is_dir():
+        raise UsageError(f"--state {state} is not a folder")
+    _check_listen_address(args.listen)  # before any key or token is created
     config = KbsConfig(
         state_dir=state,
         db_url=args.db,
@@ -305,14 +334,46 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace) -> int:
-    from teelab.sealed_store.kbs.audit import verify_audit
+_VERIFIED_HEADS = "audit-verified-heads.json"
 
-    head = _parse_head(args.head) if args.head else None
+
+def _remembered_heads() -> dict[str, list[object]]:
+    from teelab.paths import data_dir
+
+    try:
+        data = json.loads((data_dir() / _VERIFIED_HEADS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _remember_head(key_id: str, seq: int, digest: bytes) -> None:
+    from teelab.files import replace_atomically
+    from teelab.paths import data_dir
+
+    heads = _remembered_heads()
+    heads[key_id] = [seq, digest.hex()]
+    replace_atomically(data_dir() / _VERIFIED_HEADS, json.dumps(heads, indent=1).encode())
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Every entry, and the log's length against three witnesses: the broker's own head record, the head this
+    machine verified last time (unless --forget), and any --head / --min-count given."""
+    from teelab.sealed_store.kbs.audit import verify_audit
+    from teelab.sealed_store.kbs.crypto import key_id
+
     source = _Source(args)
     key = source.public_key()
-    result = verify_audit(source.records(), key, trusted_head=head, min_count=args.min_count)
+    kid = key_id(key)
+    head = _parse_head(args.head) if args.head else None
+    remembered = None if args.forget else _remembered_heads().get(kid)
+    if head is None and isinstance(remembered, list) and len(remembered) == 2:
+        head = (int(str(remembered[0])), bytes.fromhex(str(remembered[1])))
+    min_count = max(args.min_count or 0, source.head_seq(), head[0] if head else 0)
+    result = verify_audit(source.records(), key, trusted_head=head, min_count=min_count or None)
     if result.ok:
+        if not args.forget:
+            _remember_head(kid, result.head_seq, result.head_hash)
         print(result.summary())
         print(f"  head to record for later checks: --head {result.head_seq}:{result.head_hash.hex()}")
         return 0

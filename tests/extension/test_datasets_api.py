@@ -126,9 +126,7 @@ async def test_malformed_uploads_get_4xx_json(
 async def test_an_upload_over_the_limit_is_refused_and_leaves_nothing(
     jp_fetch: Any, spec: KernelEnv, broker: object, tmp_path: Path
 ) -> None:
-    import tempfile
-
-    spool = Path(tempfile.gettempdir()) / "teelab-uploads"
+    spool = spec.data / "staging" / "uploads"
     before = set(spool.glob("*")) if spool.exists() else set()
     status, text = await refused(
         jp_fetch,
@@ -233,3 +231,42 @@ async def test_an_authorizer_that_denies_teelab_blocks_datasets(
     )
     assert status == 403
     assert not (spec.data / "datasets" / "api-x").exists()
+
+
+@pytest.mark.parametrize("name", ["bad/name", "../../escape", "..", "a" * 200])
+async def test_path_like_names_are_refused_before_anything_is_written(
+    jp_fetch: Any, spec: KernelEnv, broker: object, name: str, tmp_path: Path
+) -> None:
+    status, text = await refused(
+        jp_fetch,
+        "teelab",
+        "api",
+        "datasets",
+        method="POST",
+        params={"name": name},
+        body=CSV,
+        headers={"Content-Type": "text/csv"},
+    )
+    assert status == 400 and "not a dataset name" in text
+    staging = spec.data / "staging"
+    assert not staging.exists() or not [p for p in staging.rglob("*") if p.is_file()]
+
+
+async def test_a_mistyped_expiry_is_refused_not_made_permanent(
+    jp_fetch: Any, spec: KernelEnv, broker: object
+) -> None:
+    await upload(jp_fetch, "api-expiry")
+    for expires in (12, ["2030"], {"at": "2030"}):
+        status, text = await refused(
+            jp_fetch,
+            "teelab",
+            "api",
+            "datasets",
+            "api-expiry",
+            "grants",
+            method="POST",
+            body=json.dumps({"principal": "user:bob", "expires_at": expires}),
+        )
+        assert status == 400 and "expires_at" in text
+    with DataOwner.connect() as owner:
+        assert owner.kbs.get_dataset("api-expiry").grants == ()

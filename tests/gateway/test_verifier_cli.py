@@ -710,3 +710,41 @@ def test_naive_times_are_utc_and_appraisal_faults_are_rejections(monkeypatch: py
     )
     assert not result.ok and result.error is not None and result.error.startswith("appraisal.internal_error")
     assert result.checks[0].name == "evidence.format"
+
+
+def test_snp_certificates_from_a_folder_with_a_readme_and_from_several_files(tmp_path: Path) -> None:
+    import shutil
+
+    vectors = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for name in ("README.md", "ask_ark_milan.pem", "vcek.der"):
+        shutil.copy(vectors / "snp-go-sev-guest" / name, certs / name)
+    report = vectors / "snp-go-sev-guest" / "attestation.bin"
+    folder = main(
+        [
+            "evidence",
+            "verify",
+            str(report),
+            "--certs",
+            str(certs),
+            "--at",
+            "2022-09-24T01:00:00Z",
+            "--allow-debug",
+        ]
+    )
+    assert folder == 0  # the README beside the certificates is skipped
+    several = main(
+        [
+            "evidence",
+            "verify",
+            str(vectors / "snp-virtee" / "report_milan.hex"),
+            "--certs",
+            str(vectors / "snp-virtee" / "vcek_milan.der"),
+            "--certs",
+            str(vectors / "snp-virtee" / "cert_chain_milan.pem"),
+            "--at",
+            "2024-01-01T00:00:00Z",
+        ]
+    )
+    assert several == 0  # the VCEK from one file, the chain from another

@@ -83,3 +83,13 @@ def test_a_broken_policy_is_refused_before_anything_is_installed(tmp_path: Path)
         result.returncode == 2 and "allow_simulaton" in result.stderr and "allow_simulation" in result.stderr
     )
     assert not (tmp_path / "jupyter-data" / "kernels").exists()
+
+
+@pytest.mark.parametrize("name", ["../../evil", "a/b", ".hidden", "x" * 100])
+def test_path_like_kernel_names_are_refused_before_anything_is_written(tmp_path: Path, name: str) -> None:
+    policy = tmp_path / "p.toml"
+    policy.write_text("allow_simulation = true\n")
+    result = run(tmp_path, "install", "--name", name, "--policy", str(policy))
+    assert result.returncode == 2 and "not a kernel name" in result.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p != policy]
+    assert written == []

@@ -133,3 +133,15 @@ def test_without_a_broker_the_commands_say_what_to_do(csv: Path, teelab_dirs: Pa
     assert result.returncode == 1
     assert "connection refused" in result.stderr.lower() and "is the key broker running" not in result.stderr
     assert "check that the key broker is running (teelab kbs serve)" in result.stderr
+
+
+def test_the_release_policy_is_an_explicit_choice(broker: Path, csv: Path, teelab_dirs: Path) -> None:
+    refused = run("dataset", "upload", str(csv), "--name", "open")
+    assert refused.returncode == 2
+    assert (
+        "--policy FILE pins the kernels you trust" in refused.stderr and "--builtin-policy" in refused.stderr
+    )
+    assert not (teelab_dirs / "datasets" / "open").exists()
+    chosen = run("dataset", "upload", str(csv), "--name", "open", "--builtin-policy")
+    assert chosen.returncode == 0, chosen.stderr
+    assert json.loads(run("dataset", "show", "open").stdout)["policy_id"]

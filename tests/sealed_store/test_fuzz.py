@@ -135,4 +135,9 @@ def test_fuzz_projections_on_mutated_parts(data: st.DataObject) -> None:
     finally:
         store.fs.pipe_file(path, originals[path])
     expected = FRAME.loc[FRAME["id"] < bound, columns]
+    if expected.empty:
+        # No row group matched, so nothing was decrypted; like pd.read_parquet, an empty categorical column
+        # then carries no categories.
+        assert frame.empty and list(frame.columns) == columns
+        return
     pd.testing.assert_frame_equal(frame.reset_index(drop=True), expected.reset_index(drop=True))

@@ -247,3 +247,32 @@ def test_audit_cli_reads_a_running_kbs(kbs: Kbs, capsys: pytest.CaptureFixture[s
     assert cli.main(["audit", "verify", *remote]) == 0
     assert "intact: 4 entries" in capsys.readouterr().out
     assert cli.main(["audit", "show", "--kbs", kbs.server.target]) == 2  # no token
+
+
+def test_audit_cli_notices_entries_cut_off_the_end(
+    logged: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Deleted trailing entries: caught by the broker's own head record, or — when the attacker rewrote that
+    too — by the head this machine verified before."""
+
+    def cut_only(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM kbs_audit WHERE seq > 7")
+
+    copy = tampered(logged, tmp_path, cut_only)
+    assert cli.main(["audit", "verify", "--state", str(copy), "--forget"]) == 1
+    assert "entry 8" in capsys.readouterr().err
+
+    assert cli.main(["audit", "verify", "--state", str(logged)]) == 0  # remembered: 9 entries
+    capsys.readouterr()
+
+    def cut_and_rewrite_head(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM kbs_audit WHERE seq > 7")
+        row = db.execute("SELECT seq, hash FROM kbs_audit WHERE seq = 7").fetchone()
+        db.execute("UPDATE kbs_audit_head SET seq = ?, hash = ?", row)
+
+    rewritten = tampered(logged, tmp_path, cut_and_rewrite_head)
+    assert cli.main(["audit", "verify", "--state", str(rewritten)]) == 1
+    capsys.readouterr()
+    # Without the remembered head nothing in the copy itself can tell (documented): a signed log that is
+    # merely shorter is still a valid log.
+    assert cli.main(["audit", "verify", "--state", str(rewritten), "--forget"]) == 0

@@ -108,7 +108,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_sigstruct_parsing_reads_mrenclave_and_checks_the_signature(author_key: Path) -> None:
+def test_os_boundary_sigstruct_parsing_reads_mrenclave_and_checks_the_signature(author_key: Path) -> None:
     key = serialization.load_pem_private_key(author_key.read_bytes(), None)
     assert isinstance(key, rsa.RSAPrivateKey)
     data = build_sigstruct(key, mrenclave=b"\xab" * 32, isv_prod_id=5, isv_svn=9, attribute_flags=0x06)
@@ -127,12 +127,12 @@ def test_sigstruct_parsing_reads_mrenclave_and_checks_the_signature(author_key: 
         parse_sigstruct(bytes(1808))
 
 
-def test_build_without_a_signing_key_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_os_boundary_build_without_a_signing_key_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "enclave", "build", "--backend", "gramine")
     assert code == 2 and "author's key" in err and "--signing-key" in err
 
 
-def test_build_without_gramine_renders_the_template_and_says_what_to_install(
+def test_os_boundary_build_without_gramine_renders_the_template_and_says_what_to_install(
     tmp_path: Path, author_key: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
@@ -155,7 +155,7 @@ def test_build_without_gramine_renders_the_template_and_says_what_to_install(
     assert code == 1 and "needs Gramine" in err
 
 
-def test_build_signs_with_the_authors_key_and_reports_the_sigstructs_mrenclave(
+def test_os_boundary_build_signs_with_the_authors_key_and_reports_the_sigstructs_mrenclave(
     tmp_path: Path, author_key: Path, stand_in_gramine: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "image"
@@ -188,7 +188,7 @@ def test_build_signs_with_the_authors_key_and_reports_the_sigstructs_mrenclave(
     assert image.sigstruct.mrenclave == sig.mrenclave  # teelab's record agrees with Gramine's structure
 
 
-def test_launch_runs_gramine_sgx_with_only_the_passthrough_environment(
+def test_os_boundary_launch_runs_gramine_sgx_with_only_the_passthrough_environment(
     tmp_path: Path, built: Path, stand_in_gramine: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "image"
@@ -213,7 +213,7 @@ def test_launch_runs_gramine_sgx_with_only_the_passthrough_environment(
         backend.load_image("python-kernel", out)
 
 
-def test_gramine_direct_is_a_separate_loud_backend(
+def test_os_boundary_gramine_direct_is_a_separate_loud_backend(
     built: Path, stand_in_gramine: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert not GramineBackend().insecure_direct
@@ -226,7 +226,7 @@ def test_gramine_direct_is_a_separate_loud_backend(
     assert "WARNING" in err and "no attestation" in err and "refuse" in err
 
 
-def test_measure_with_gramine_prints_the_mrenclave_alone_last(
+def test_os_boundary_measure_with_gramine_prints_the_mrenclave_alone_last(
     stand_in_gramine: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, stdout, err = run(capsys, "enclave", "measure", "--backend", "gramine")

@@ -63,7 +63,7 @@ def accepting(section: str) -> object:
     )
 
 
-def test_sgx_collateral_is_fetched_cached_and_verifies_the_real_quote(tmp_path: Path) -> None:
+def test_os_boundary_sgx_collateral_is_fetched_cached_and_verifies_the_real_quote(tmp_path: Path) -> None:
     quote = (VECTORS / "sgx-dcap-qvl" / "sgx_quote.bin").read_bytes()
     assert quote_platform(quote) == QuotePlatform("sgx", bytes.fromhex("00a067110000"), "processor")
     pccs = StandInPccs(VECTORS / "sgx-dcap-qvl" / "sgx_quote_collateral.json", "sgx", "processor")
@@ -89,7 +89,7 @@ def test_sgx_collateral_is_fetched_cached_and_verifies_the_real_quote(tmp_path: 
     assert len(pccs.urls) == 2 * fetched  # past nextUpdate: fetched again
 
 
-def test_tdx_collateral_comes_from_the_tdx_api_and_the_platform_ca(tmp_path: Path) -> None:
+def test_os_boundary_tdx_collateral_comes_from_the_tdx_api_and_the_platform_ca(tmp_path: Path) -> None:
     quote = (VECTORS / "tdx-dcap-qvl" / "tdx_quote.bin").read_bytes()
     platform = quote_platform(quote)
     assert (platform.tee, platform.fmspc.hex(), platform.ca) == ("tdx", "b0c06f000000", "platform")
@@ -106,7 +106,7 @@ def test_tdx_collateral_comes_from_the_tdx_api_and_the_platform_ca(tmp_path: Pat
     assert result.ok, result.error
 
 
-def test_pccs_errors_and_unusable_quotes_are_clear(tmp_path: Path) -> None:
+def test_os_boundary_pccs_errors_and_unusable_quotes_are_clear(tmp_path: Path) -> None:
     quote = (VECTORS / "sgx-dcap-qvl" / "sgx_quote.bin").read_bytes()
     client = PccsClient(BASE, cache=tmp_path, fetcher=lambda url: HttpResponse(404, b"FMSPC unknown"))
     with pytest.raises(PlatformError, match=r"TCB info: .* answered HTTP 404: FMSPC unknown"):
@@ -117,7 +117,7 @@ def test_pccs_errors_and_unusable_quotes_are_clear(tmp_path: Path) -> None:
         quote_platform(quote[:1000])
 
 
-def test_the_pccs_is_found_where_intels_quote_provider_looks(tmp_path: Path) -> None:
+def test_os_boundary_the_pccs_is_found_where_intels_quote_provider_looks(tmp_path: Path) -> None:
     assert configured_pccs(tmp_path, {"TEELAB_PCCS_URL": "https://p.example:8081/sgx/certification/v4/"}) == (
         "https://p.example:8081",
         True,

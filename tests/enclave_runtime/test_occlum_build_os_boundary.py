@@ -107,7 +107,7 @@ def small_spec(tmp_path: Path) -> ImageSpec:
     )
 
 
-def test_occlum_json_key_by_key_at_the_os_boundary(tmp_path: Path) -> None:
+def test_os_boundary_occlum_json_key_by_key_at_the_os_boundary(tmp_path: Path) -> None:
     with HashCache() as cache:
         manifest = expand(small_spec(tmp_path), cache)
     base = json.loads(json.dumps(TEMPLATE))
@@ -137,7 +137,7 @@ def test_occlum_json_key_by_key_at_the_os_boundary(tmp_path: Path) -> None:
         occlum_json(manifest, OcclumOptions(max_num_of_threads=32))
 
 
-def test_copy_bom_lists_every_trusted_file_at_its_own_path(tmp_path: Path) -> None:
+def test_os_boundary_copy_bom_lists_every_trusted_file_at_its_own_path(tmp_path: Path) -> None:
     with HashCache() as cache:
         manifest = expand(small_spec(tmp_path), cache)
     paths = [f.path for f in manifest.trusted_files]
@@ -153,7 +153,7 @@ def test_copy_bom_lists_every_trusted_file_at_its_own_path(tmp_path: Path) -> No
         assert (str(Path(path).parent), path) in listed
 
 
-def test_the_launcher_ignores_the_hosts_command_line(tmp_path: Path) -> None:
+def test_os_boundary_the_launcher_ignores_the_hosts_command_line(tmp_path: Path) -> None:
     """Occlum does not measure argv: whatever the host adds, the launcher runs the image's module only."""
     modules = tmp_path / "modules"
     modules.mkdir()
@@ -179,7 +179,7 @@ def test_the_launcher_ignores_the_hosts_command_line(tmp_path: Path) -> None:
     )
 
 
-def test_build_refuses_no_key_and_occlums_public_test_key(
+def test_os_boundary_build_refuses_no_key_and_occlums_public_test_key(
     tmp_path: Path, author_key: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["enclave", "build", "--backend", "occlum"]) == 2
@@ -192,7 +192,7 @@ def test_build_refuses_no_key_and_occlums_public_test_key(
         backend.build(small_spec(tmp_path), out=tmp_path / "image", signing_key=author_key)
 
 
-def test_build_without_occlum_writes_the_inputs_and_says_what_to_install(
+def test_os_boundary_build_without_occlum_writes_the_inputs_and_says_what_to_install(
     tmp_path: Path, author_key: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
@@ -207,7 +207,7 @@ def test_build_without_occlum_writes_the_inputs_and_says_what_to_install(
     assert "needs Occlum" in capsys.readouterr().err
 
 
-def test_build_and_launch_with_stand_in_occlum(
+def test_os_boundary_build_and_launch_with_stand_in_occlum(
     tmp_path: Path, author_key: Path, stand_in_bin: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", f"{stand_in_bin}:{os.environ['PATH']}")

@@ -84,7 +84,7 @@ def rendered(manifest: EnclaveManifest, options: GramineOptions) -> dict[str, An
     return tomllib.loads(preview_manifest(template, runtimedir=RUNTIMEDIR, libos=LIBOS))
 
 
-def test_rendered_manifest_key_by_key_at_the_os_boundary(tmp_path: Path) -> None:
+def test_os_boundary_rendered_manifest_key_by_key_at_the_os_boundary(tmp_path: Path) -> None:
     manifest, options = small_manifest(tmp_path)
     doc = rendered(manifest, options)
     python = str(tmp_path / "env" / "bin" / "python")
@@ -133,7 +133,7 @@ def test_rendered_manifest_key_by_key_at_the_os_boundary(tmp_path: Path) -> None
         )
 
 
-def test_debug_and_sizes_are_options_and_are_checked(tmp_path: Path) -> None:
+def test_os_boundary_debug_and_sizes_are_options_and_are_checked(tmp_path: Path) -> None:
     manifest, _ = small_manifest(tmp_path)
     doc = rendered(manifest, GramineOptions(debug=True, enclave_size="16G", max_threads=128))
     assert (
@@ -149,7 +149,7 @@ def test_debug_and_sizes_are_options_and_are_checked(tmp_path: Path) -> None:
         render_template(manifest, GramineOptions(enclave_size="8GB"))
 
 
-def test_the_venv_symlink_interpreter_is_trusted_under_its_real_path_too(tmp_path: Path) -> None:
+def test_os_boundary_the_venv_symlink_interpreter_is_trusted_under_its_real_path_too(tmp_path: Path) -> None:
     manifest, _ = small_manifest(tmp_path)
     doc = rendered(manifest, GramineOptions(real_entrypoint="/opt/python/bin/python3.11"))
     assert doc["libos"]["entrypoint"] == "/opt/python/bin/python3.11"
@@ -158,7 +158,7 @@ def test_the_venv_symlink_interpreter_is_trusted_under_its_real_path_too(tmp_pat
     assert {"path": "/opt/python/bin", "uri": "file:/opt/python/bin"} in doc["fs"]["mounts"]
 
 
-def test_values_cannot_inject_toml_or_jinja(tmp_path: Path) -> None:
+def test_os_boundary_values_cannot_inject_toml_or_jinja(tmp_path: Path) -> None:
     manifest, options = small_manifest(tmp_path)
     tricky = EnclaveManifest(
         **{**manifest.__dict__, "env": (*manifest.env, ("NOTE", 'a "quoted" \\ value\nsgx.debug = true'))}
@@ -174,7 +174,7 @@ def test_values_cannot_inject_toml_or_jinja(tmp_path: Path) -> None:
         render_template(EnclaveManifest(**{**manifest.__dict__, "passthrough_env": ("HOME",)}), options)
 
 
-def test_trusted_files_under_gramines_lib_mount_are_refused(tmp_path: Path) -> None:
+def test_os_boundary_trusted_files_under_gramines_lib_mount_are_refused(tmp_path: Path) -> None:
     manifest, options = small_manifest(tmp_path)
     hidden = EnclaveManifest(
         **{
@@ -186,14 +186,14 @@ def test_trusted_files_under_gramines_lib_mount_are_refused(tmp_path: Path) -> N
         render_template(hidden, options)
 
 
-def test_mount_roots_are_the_fewest_folders() -> None:
+def test_os_boundary_mount_roots_are_the_fewest_folders() -> None:
     assert mount_roots(
         ["/a/b/c.py", "/a/b/d/e.py", "/a/x.py", "/z/y/w.so", "/usr/lib/x86_64-linux-gnu/libz.so"],
         covered=["/usr/lib/x86_64-linux-gnu"],
     ) == ["/a", "/z/y"]
 
 
-def test_the_real_kernel_image_renders_to_a_valid_manifest() -> None:
+def test_os_boundary_the_real_kernel_image_renders_to_a_valid_manifest() -> None:
     """The kernel image of this very environment (its ~20k files), rendered as `teelab enclave build` does."""
     from teelab.enclave_runtime.gramine.backend import gramine_options
 

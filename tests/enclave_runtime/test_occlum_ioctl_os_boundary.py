@@ -88,7 +88,9 @@ def occlum_tree(tmp_path: Path) -> Path:
     return root
 
 
-def test_quote_ioctls_record_the_requests_and_return_a_real_quote_that_verifies(tmp_path: Path) -> None:
+def test_os_boundary_quote_ioctls_record_the_requests_and_return_a_real_quote_that_verifies(
+    tmp_path: Path,
+) -> None:
     device = StandInDevice()
     runtime = OcclumRuntime(occlum_tree(tmp_path), ioctl=device, sleep=lambda _: None)
     evidence = runtime.evidence(HELLO)
@@ -111,7 +113,7 @@ def test_quote_ioctls_record_the_requests_and_return_a_real_quote_that_verifies(
     assert result.ok, result.error
 
 
-def test_ebusy_is_retried_and_nothing_else_is(tmp_path: Path) -> None:
+def test_os_boundary_ebusy_is_retried_and_nothing_else_is(tmp_path: Path) -> None:
     sleeps: list[float] = []
     device = StandInDevice(busy=2)
     runtime = OcclumRuntime(occlum_tree(tmp_path), ioctl=device, sleep=sleeps.append)
@@ -132,7 +134,7 @@ def test_ebusy_is_retried_and_nothing_else_is(tmp_path: Path) -> None:
     assert sleeps == [1.0, 1.0]  # EIO was not retried
 
 
-def test_other_report_data_than_asked_for_is_refused(tmp_path: Path) -> None:
+def test_os_boundary_other_report_data_than_asked_for_is_refused(tmp_path: Path) -> None:
     device = StandInDevice()
     with pytest.raises(EvidenceError, match="other report data"):
         OcclumRuntime(occlum_tree(tmp_path), ioctl=device).evidence(bytes(64))
@@ -142,12 +144,12 @@ def test_other_report_data_than_asked_for_is_refused(tmp_path: Path) -> None:
     assert len(device.calls) == 2  # the short request never reached the device
 
 
-def test_missing_device_means_not_inside_occlum(tmp_path: Path) -> None:
+def test_os_boundary_missing_device_means_not_inside_occlum(tmp_path: Path) -> None:
     with pytest.raises(EvidenceError, match="not running inside Occlum"):
         OcclumRuntime(tmp_path, ioctl=StandInDevice()).evidence(HELLO)
 
 
-def test_sealing_key_request_binds_debug_and_the_current_svns(tmp_path: Path) -> None:
+def test_os_boundary_sealing_key_request_binds_debug_and_the_current_svns(tmp_path: Path) -> None:
     device = StandInDevice()
     runtime = OcclumRuntime(occlum_tree(tmp_path), ioctl=device)
     key = runtime.sealing_key(SealPolicy.MRENCLAVE, label=b"datasets")
@@ -170,7 +172,7 @@ def test_sealing_key_request_binds_debug_and_the_current_svns(tmp_path: Path) ->
     assert struct.unpack_from("<H", device.key_requests[1], 2) == (2,)
 
 
-def test_occlum_is_detected_by_its_device_and_a_host_folder_is_not(tmp_path: Path) -> None:
+def test_os_boundary_occlum_is_detected_by_its_device_and_a_host_folder_is_not(tmp_path: Path) -> None:
     assert isinstance(current_runtime(root=occlum_tree(tmp_path), env={}), OcclumRuntime)
     host = tmp_path / "host"
     (host / "dev" / "sgx").mkdir(parents=True)  # an SGX host's /dev/sgx/{enclave,provision} links

@@ -53,7 +53,9 @@ def stand_in(tmp_path: Path, *, kind: str | None = "dcap", quote: bool = True, k
     return root
 
 
-def test_evidence_writes_exactly_64_bytes_and_returns_a_real_quote_that_verifies(tmp_path: Path) -> None:
+def test_os_boundary_evidence_writes_exactly_64_bytes_and_returns_a_real_quote_that_verifies(
+    tmp_path: Path,
+) -> None:
     root = stand_in(tmp_path)
     runtime = current_runtime(root=root, env={})
     assert isinstance(runtime, GramineRuntime)
@@ -72,7 +74,7 @@ def test_evidence_writes_exactly_64_bytes_and_returns_a_real_quote_that_verifies
     assert result.tee == "sgx" and result.tcb_status == "ConfigurationAndSWHardeningNeeded"
 
 
-def test_a_quote_over_other_report_data_is_refused_after_the_write(tmp_path: Path) -> None:
+def test_os_boundary_a_quote_over_other_report_data_is_refused_after_the_write(tmp_path: Path) -> None:
     root = stand_in(tmp_path)
     wanted = bytes(range(64))
     with pytest.raises(EvidenceError, match="other report data"):
@@ -81,14 +83,16 @@ def test_a_quote_over_other_report_data_is_refused_after_the_write(tmp_path: Pat
 
 
 @pytest.mark.parametrize("size", [0, 32, 63, 65])
-def test_report_data_of_any_other_size_is_refused_before_writing(tmp_path: Path, size: int) -> None:
+def test_os_boundary_report_data_of_any_other_size_is_refused_before_writing(
+    tmp_path: Path, size: int
+) -> None:
     root = stand_in(tmp_path)
     with pytest.raises(EvidenceError, match="exactly 64 bytes"):
         GramineRuntime(root).evidence(b"\x01" * size)
     assert (root / "dev/attestation/user_report_data").read_bytes() == bytes(64)
 
 
-def test_gramine_direct_has_no_quote_and_says_so(tmp_path: Path) -> None:
+def test_os_boundary_gramine_direct_has_no_quote_and_says_so(tmp_path: Path) -> None:
     root = stand_in(tmp_path, kind=None)
     runtime = current_runtime(root=root, env={})
     assert isinstance(runtime, GramineRuntime)
@@ -99,13 +103,13 @@ def test_gramine_direct_has_no_quote_and_says_so(tmp_path: Path) -> None:
         runtime.sealing_key()
 
 
-def test_remote_attestation_none_is_refused(tmp_path: Path) -> None:
+def test_os_boundary_remote_attestation_none_is_refused(tmp_path: Path) -> None:
     root = stand_in(tmp_path, kind="none", quote=False)
     with pytest.raises(EvidenceError, match="'none', not 'dcap'"):
         GramineRuntime(root).evidence(HELLO)
 
 
-def test_a_failing_quote_read_points_at_aesmd(tmp_path: Path) -> None:
+def test_os_boundary_a_failing_quote_read_points_at_aesmd(tmp_path: Path) -> None:
     """Stand-in for aesmd being down: Gramine's read of ``quote`` fails with an OS error."""
     root = stand_in(tmp_path, quote=False)
     (root / "dev/attestation/quote").mkdir()  # reading it now fails (EISDIR), as a failed QE call does
@@ -114,7 +118,7 @@ def test_a_failing_quote_read_points_at_aesmd(tmp_path: Path) -> None:
     assert caught.value.hint is not None and "aesmd" in caught.value.hint
 
 
-def test_sealing_keys_are_hkdf_of_the_16_byte_keys_never_the_raw_key(tmp_path: Path) -> None:
+def test_os_boundary_sealing_keys_are_hkdf_of_the_16_byte_keys_never_the_raw_key(tmp_path: Path) -> None:
     root = stand_in(tmp_path)
     runtime = GramineRuntime(root)
     key = runtime.sealing_key(SealPolicy.MRENCLAVE, label=b"datasets")
@@ -129,7 +133,7 @@ def test_sealing_keys_are_hkdf_of_the_16_byte_keys_never_the_raw_key(tmp_path: P
         runtime.sealing_key()
 
 
-def test_attestation_calls_hold_the_process_wide_lock(
+def test_os_boundary_attestation_calls_hold_the_process_wide_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Gramine's interface is not thread-safe: the write and the read of one request happen under one lock."""

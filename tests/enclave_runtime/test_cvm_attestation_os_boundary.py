@@ -119,7 +119,9 @@ def guest_tree(tmp_path: Path, *devices: str, tsm: bool = True) -> Path:
     return root
 
 
-def test_snp_report_through_configfs_tsm_verifies_end_to_end_with_the_auxblob(tmp_path: Path) -> None:
+def test_os_boundary_snp_report_through_configfs_tsm_verifies_end_to_end_with_the_auxblob(
+    tmp_path: Path,
+) -> None:
     root = guest_tree(tmp_path, "/dev/sev-guest")
     configfs = StandInConfigfs("sev_guest", SNP_REPORT, milan_table())
     runtime = current_runtime(root=root, env={})
@@ -141,7 +143,7 @@ def test_snp_report_through_configfs_tsm_verifies_end_to_end_with_the_auxblob(tm
     assert result.tee == "sev-snp"
 
 
-def test_tdx_quote_through_configfs_tsm_verifies_end_to_end(tmp_path: Path) -> None:
+def test_os_boundary_tdx_quote_through_configfs_tsm_verifies_end_to_end(tmp_path: Path) -> None:
     root = guest_tree(tmp_path, "/dev/tdx_guest")
     configfs = StandInConfigfs("tdx_guest", TDX_QUOTE)
     evidence = CvmRuntime(root, tsm_files=configfs).evidence(TDX_DATA)
@@ -157,7 +159,9 @@ def test_tdx_quote_through_configfs_tsm_verifies_end_to_end(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("size", [0, 32, 63, 65, 128])
-def test_a_wrong_inblob_size_is_refused_before_anything_is_created(tmp_path: Path, size: int) -> None:
+def test_os_boundary_a_wrong_inblob_size_is_refused_before_anything_is_created(
+    tmp_path: Path, size: int
+) -> None:
     configfs = StandInConfigfs("sev_guest", SNP_REPORT)
     tsm = ConfigfsTsm(guest_tree(tmp_path), files=configfs)
     with pytest.raises(EvidenceError, match="exactly 64 bytes"):
@@ -165,7 +169,7 @@ def test_a_wrong_inblob_size_is_refused_before_anything_is_created(tmp_path: Pat
     assert configfs.created == [] and configfs.inblobs == []
 
 
-def test_provider_mismatch_is_refused_and_the_entry_removed(tmp_path: Path) -> None:
+def test_os_boundary_provider_mismatch_is_refused_and_the_entry_removed(tmp_path: Path) -> None:
     root = guest_tree(tmp_path, "/dev/sev-guest")
     configfs = StandInConfigfs("tdx_guest", TDX_QUOTE)
     with pytest.raises(EvidenceError, match="provider is 'tdx_guest', not the expected 'sev_guest'"):
@@ -176,7 +180,7 @@ def test_provider_mismatch_is_refused_and_the_entry_removed(tmp_path: Path) -> N
         ConfigfsTsm(guest_tree(tmp_path / "b"), files=unknown).report(bytes(64))
 
 
-def test_a_generation_change_mid_read_is_retried_on_a_fresh_entry(tmp_path: Path) -> None:
+def test_os_boundary_a_generation_change_mid_read_is_retried_on_a_fresh_entry(tmp_path: Path) -> None:
     configfs = StandInConfigfs("sev_guest", SNP_REPORT, racing_writes=1)
     report = ConfigfsTsm(guest_tree(tmp_path), files=configfs).report(SNP_DATA)
     assert report.outblob == SNP_REPORT
@@ -190,7 +194,7 @@ def test_a_generation_change_mid_read_is_retried_on_a_fresh_entry(tmp_path: Path
     assert len(always.created) == 3 and always.removed == always.created
 
 
-def test_report_data_the_report_does_not_carry_is_refused(tmp_path: Path) -> None:
+def test_os_boundary_report_data_the_report_does_not_carry_is_refused(tmp_path: Path) -> None:
     root = guest_tree(tmp_path, "/dev/sev-guest")
     runtime = CvmRuntime(root, tsm_files=StandInConfigfs("sev_guest", SNP_REPORT, milan_table()))
     with pytest.raises(EvidenceError, match="other report data"):
@@ -230,7 +234,7 @@ def fake_kds(calls: list[str]):  # type: ignore[no-untyped-def]
     return fetch
 
 
-def test_sev_guest_fallback_fetches_the_vcek_once_and_verifies_end_to_end(tmp_path: Path) -> None:
+def test_os_boundary_sev_guest_fallback_fetches_the_vcek_once_and_verifies_end_to_end(tmp_path: Path) -> None:
     """No configfs-tsm (a kernel before 6.7): SNP_GET_REPORT, and the VCEK from (a stand-in for) AMD KDS."""
     root = guest_tree(tmp_path, "/dev/sev-guest", tsm=False)
     device = StandInSevGuest()
@@ -259,7 +263,7 @@ def test_sev_guest_fallback_fetches_the_vcek_once_and_verifies_end_to_end(tmp_pa
     assert len(calls) == 2  # the cache answered the second time
 
 
-def test_sev_guest_errors_are_reported_with_the_firmware_status(tmp_path: Path) -> None:
+def test_os_boundary_sev_guest_errors_are_reported_with_the_firmware_status(tmp_path: Path) -> None:
     root = guest_tree(tmp_path, "/dev/sev-guest", tsm=False)
     with pytest.raises(EvidenceError, match=r"status 0x16 \(invalid parameter\)"):
         CvmRuntime(root, ioctl=StandInSevGuest(status=0x16), snp_product="Milan").evidence(SNP_DATA)
@@ -271,7 +275,7 @@ def test_sev_guest_errors_are_reported_with_the_firmware_status(tmp_path: Path) 
         ).evidence(SNP_DATA)
 
 
-def test_snp_sealing_key_binds_measurement_and_policy_and_tdx_has_none(tmp_path: Path) -> None:
+def test_os_boundary_snp_sealing_key_binds_measurement_and_policy_and_tdx_has_none(tmp_path: Path) -> None:
     root = guest_tree(tmp_path, "/dev/sev-guest", tsm=False)
     device = StandInSevGuest()
     key = CvmRuntime(root, ioctl=device).sealing_key(SealPolicy.MRENCLAVE, label=b"x")
@@ -288,20 +292,20 @@ def test_snp_sealing_key_binds_measurement_and_policy_and_tdx_has_none(tmp_path:
     assert caught.value.hint is not None and "key broker" in caught.value.hint
 
 
-def test_a_tdx_guest_without_configfs_tsm_cannot_quote(tmp_path: Path) -> None:
+def test_os_boundary_a_tdx_guest_without_configfs_tsm_cannot_quote(tmp_path: Path) -> None:
     root = guest_tree(tmp_path, "/dev/tdx_guest", tsm=False)
     with pytest.raises(EvidenceError, match=r"Linux ≥ 6\.7"):
         CvmRuntime(root).evidence(TDX_DATA)
 
 
-def test_outside_any_tee_the_runtime_says_so(tmp_path: Path) -> None:
+def test_os_boundary_outside_any_tee_the_runtime_says_so(tmp_path: Path) -> None:
     with pytest.raises(EvidenceError, match="not running inside a TEE"):
         current_runtime(root=tmp_path, env={})
     with pytest.raises(EvidenceError, match="not inside a confidential VM"):
         CvmRuntime(tmp_path).evidence(bytes(64))
 
 
-def test_measure_explains_where_the_cvm_reference_value_comes_from(
+def test_os_boundary_measure_explains_where_the_cvm_reference_value_comes_from(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["enclave", "measure", "--backend", "cvm"]) == 1
@@ -311,7 +315,7 @@ def test_measure_explains_where_the_cvm_reference_value_comes_from(
     assert main(["enclave", "build", "--backend", "cvm", "--debug"]) == 2
 
 
-def test_cvm_launch_is_a_local_process_with_only_the_passthrough_inputs(
+def test_os_boundary_cvm_launch_is_a_local_process_with_only_the_passthrough_inputs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import json
