@@ -130,9 +130,28 @@ def _section(name: str, data: dict[str, object]) -> list[str]:
             _row(["p99 latency, the Release call alone", f"{latency['release_rpc_p99']} ms", ""]),
             _row(["p50 latency, the whole release", f"{latency['flow_p50']} ms", ""]),
             "",
-            f"{data['releases']:,} releases in {data['seconds']} s, {data['errors']} errors; server CPU "
-            f"{data['server_cpu_ms_per_release']} ms per release; {config['database']}, evidence: "
-            f"{config['evidence']}.",
+            f"Medians of {config['runs']} runs of {config['seconds_per_run']} s against one server; "
+            f"{data['errors']} errors; server CPU {data['server_cpu_ms_per_release']} ms per release; "
+            f"{config['server']}; {config['database']}, evidence: {config['evidence']}.",
+            "",
+            _row(
+                ["run", "releases", "releases/s", "flow p50", "flow p99", "Release p99", "server CPU/release"]
+            ),
+            _row(["---"] * 7),
+            *(
+                _row(
+                    [
+                        i,
+                        f"{r['releases']:,}",
+                        r["releases_per_second"],
+                        f"{r['latency_ms']['flow_p50']} ms",
+                        f"{r['latency_ms']['flow_p99']} ms",
+                        f"{r['latency_ms']['release_rpc_p99']} ms",
+                        f"{r['server_cpu_ms_per_release']} ms",
+                    ]
+                )
+                for i, r in enumerate(data["runs"], 1)  # type: ignore[arg-type]
+            ),
         ]
         data = {**data, "meets_goal": data.get("goal_met")}
     else:

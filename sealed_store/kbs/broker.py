@@ -49,7 +49,7 @@ class KeyBroker:
         self.store = Store.open(
             config.database_url,
             self.keys.signing_key,
-            pool_size=config.threads + 4,
+            pool_size=max(config.threads, 1) + 4,
             durability=config.durability,
         )
         self.releases = KeyRelease(

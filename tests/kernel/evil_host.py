@@ -18,6 +18,14 @@ from teelab.enclave_runtime.sim.backend import SimBackend
 
 
 def read_frame(sock: socket.socket) -> bytes | None:
+    """The next length-prefixed frame; None when the peer closed (or reset) the connection."""
+    try:
+        return _read_frame(sock)
+    except OSError:  # the kernel refused the swapped bundle and reset the connection: the end of the stream
+        return None
+
+
+def _read_frame(sock: socket.socket) -> bytes | None:
     header = b""
     while len(header) < 4:
         chunk = sock.recv(4 - len(header))

@@ -6,6 +6,7 @@ exception out of the handler — and the server keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import namedtuple
 from collections.abc import Iterator
@@ -47,7 +48,7 @@ class Aborted(Exception):
 
 
 class FakeContext:
-    """Just what the service uses of a grpc.ServicerContext."""
+    """Just what the service uses of a grpc.aio.ServicerContext."""
 
     def __init__(self, metadata: list[tuple[str, str]]) -> None:
         self._metadata = [Metadatum(k, v) for k, v in metadata]
@@ -62,7 +63,7 @@ class FakeContext:
     def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self.trailing = metadata
 
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise Aborted(code, details)
 
 
@@ -159,6 +160,7 @@ def test_random_field_values_only_give_typed_refusals(
     svc, tokens, nonces = service
     spec = METHODS[method]
     behaviour = svc._behaviour(method, spec)
+    loop = asyncio.new_event_loop()
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(request=messages(spec.request, nonces), who=st.sampled_from(sorted(tokens)))
@@ -167,13 +169,16 @@ def test_random_field_values_only_give_typed_refusals(
         # What arrives is bytes: decode them the way the server does.
         parsed: Any = _lenient(spec.request)(request.SerializeToString())
         try:
-            response = behaviour(parsed, context)
+            response = loop.run_until_complete(behaviour(parsed, context))
         except Aborted as error:
             _check_answer(context, error)
         else:
             assert isinstance(response, spec.response)
 
-    run()
+    try:
+        run()
+    finally:
+        loop.close()
 
 
 def test_random_bytes_over_the_wire_never_break_the_server(kbs: Kbs) -> None:
@@ -251,6 +256,7 @@ def test_edge_values_of_every_field_with_every_token(
     svc, tokens, nonces = service
     spec = METHODS[method]
     behaviour = svc._behaviour(method, spec)
+    loop = asyncio.new_event_loop()
     edges: dict[int, list[Any]] = {
         FieldDescriptor.TYPE_UINT32: [0, 1, (1 << 31) - 1, 1 << 31, (1 << 32) - 1],
         FieldDescriptor.TYPE_UINT64: [0, 1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1],
@@ -272,6 +278,9 @@ def test_edge_values_of_every_field_with_every_token(
             for who in tokens:
                 context = FakeContext(tokens[who])
                 try:
-                    behaviour(_lenient(spec.request)(request.SerializeToString()), context)
+                    loop.run_until_complete(
+                        behaviour(_lenient(spec.request)(request.SerializeToString()), context)
+                    )
                 except Aborted as error:
                     _check_answer(context, error)
+    loop.close()

@@ -5,12 +5,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
+
+from teelab.enclave_runtime.sim.platform import SimPlatform, default_path
 from teelab.errors import KeyBrokerError
+from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE, read_token
+from teelab.sealed_store.kbs.client import KbsClient
 from teelab.sealed_store.kbs.protocol import open_released_dek, release_report_data
 
-from .conftest import GOOD, OTHER, Kbs, policy_for
+from .conftest import GOOD, OTHER, FakeClock, Kbs, policy_for, start_kbs
 
 
 class _Refused:
@@ -289,3 +296,64 @@ def test_collateral_can_come_with_the_request(kbs: Kbs) -> None:
         kbs.anon.fetch_key(
             "sales", enclave_secret=enclave.secret, grant=grant, attest=enclave.attest, collateral=b"{}"
         )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"workers": 4, "durability": "fsync"}],
+    ids=["requests-on-the-event-loop", "worker-threads-with-fsync"],
+)
+def test_concurrent_releases_each_get_their_key_and_a_raced_nonce_wins_once(
+    tmp_path: Path, clock: FakeClock, config: dict[str, object]
+) -> None:
+    """16 kernels at once, then 8 copies of one request racing: one release, seven nonce_invalid."""
+    SimPlatform.open(default_path(), now=clock.now - timedelta(hours=1))
+    state = tmp_path / "kbs"
+    server = start_kbs(state, clock, **config)
+    admin = KbsClient(server.target, read_token(state / ADMIN_TOKEN_FILE), timeout=20)
+    gateway = KbsClient(server.target, read_token(state / GATEWAY_TOKEN_FILE), timeout=20)
+    anon = KbsClient(server.target, timeout=20)
+    kbs = Kbs(server, state, clock, SimPlatform.load(default_path()), admin, gateway, anon)
+    try:
+        assert server.config.threads == (4 if config else 0)
+        dek = kbs.register("sales")
+        admin.grant("sales", "group:analysts")
+        enclaves = [kbs.enclave() for _ in range(16)]
+        grants = []
+        for i, enclave in enumerate(enclaves):
+            admin.add_member("analysts", f"u{i}")
+            grants.append(kbs.session(f"u{i}", enclave))
+        with ThreadPoolExecutor(16) as pool:
+            keys = list(
+                pool.map(lambda pair: kbs.fetch("sales", *pair).dek, zip(enclaves, grants, strict=True))
+            )
+        assert keys == [dek] * 16
+
+        enclave, grant = enclaves[0], grants[0]
+        challenge = anon.challenge()
+        evidence = enclave.attest(release_report_data(challenge.nonce, enclave.public, grant.encode()))
+
+        def attempt(_: int) -> str:
+            try:
+                anon.release(
+                    nonce=challenge.nonce,
+                    dataset="sales",
+                    enclave_key=enclave.public,
+                    grant=grant,
+                    evidence=evidence.blob,
+                )
+            except KeyBrokerError as error:
+                return error.reason
+            return "released"
+
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = sorted(pool.map(attempt, range(8)))
+        assert outcomes == ["nonce_invalid"] * 7 + ["released"]
+        page = admin.audit()
+        released = [r.entry() for r in page.records if r.entry()["event"] == "release"]
+        assert sum(e["outcome"] == "released" for e in released) == 17
+        assert sum(e["outcome"] == "denied" for e in released) == 7
+    finally:
+        for client in (admin, gateway, anon):
+            client.close()
+        server.stop(grace=0)
