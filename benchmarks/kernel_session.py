@@ -2,7 +2,8 @@
 
 - cold start: from creating the KernelManager to the first ``execute_reply`` (median of repeated starts,
   alternating plain and teelab so drift affects both alike);
-- round trip: ``execute_request`` → ``execute_reply`` for trivial cells (median and p99 over ≥ 200 cells).
+- round trip: ``execute_request`` → ``execute_reply`` for trivial cells (median and p99 over ≥ 200 cells),
+  both kernels running, one cell to each in turn.
 Baseline: ipykernel's own ``python3`` kernelspec over TCP, no encryption (what a stock install runs).
 teelab: the ``teelab-sim`` kernel — enclave image check, simulated quote, verification, HPKE bundle, CURVE on
 every socket and the ZAP allow-list. Goals: start ≤ 1.3× plain, round trip ≤ 1.1× plain.
@@ -38,30 +39,38 @@ def _start_to_first_reply(kernel_name: str) -> float:
         km.shutdown_kernel(now=True)
 
 
-def _round_trips(kernel_name: str, cells: int) -> list[float]:
+def _round_trips(kernel_names: dict[str, str], cells: int) -> dict[str, list[float]]:
+    """Every kernel started at once, then one cell each in turn, so drift on a shared machine hits all alike."""
     from jupyter_client.manager import KernelManager
 
-    km = KernelManager(kernel_name=kernel_name)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
+    managers = {key: KernelManager(kernel_name=name) for key, name in kernel_names.items()}
+    clients = {}
     try:
-        kc.wait_for_ready(timeout=120)
-        for _ in range(20):  # warm up
-            kc.execute_interactive("pass", timeout=60)
-        times = []
+        for key, km in managers.items():
+            km.start_kernel()
+            clients[key] = km.client()
+            clients[key].start_channels()
+            clients[key].wait_for_ready(timeout=120)
+        for kc in clients.values():
+            for _ in range(20):  # warm up
+                kc.execute_interactive("pass", timeout=60)
+        times: dict[str, list[float]] = {key: [] for key in clients}
         for _ in range(cells):
-            start = time.perf_counter()
-            msg_id = kc.execute("pass")
-            while kc.get_shell_msg(timeout=60)["parent_header"].get("msg_id") != msg_id:
-                pass
-            times.append(time.perf_counter() - start)
-            while kc.iopub_channel.msg_ready():  # keep iopub drained between cells
-                kc.get_iopub_msg(timeout=1)
+            for key, kc in clients.items():
+                start = time.perf_counter()
+                msg_id = kc.execute("pass")
+                while kc.get_shell_msg(timeout=60)["parent_header"].get("msg_id") != msg_id:
+                    pass
+                times[key].append(time.perf_counter() - start)
+                while kc.iopub_channel.msg_ready():  # keep iopub drained between cells
+                    kc.get_iopub_msg(timeout=1)
         return times
     finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+        for kc in clients.values():
+            kc.stop_channels()
+        for km in managers.values():
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
 
 
 def run(starts: int = 7, cells: int = 300) -> dict[str, object]:
@@ -76,7 +85,7 @@ def run(starts: int = 7, cells: int = 300) -> dict[str, object]:
         for _ in range(starts):
             for key, name in kernels.items():
                 start_times[key].append(_start_to_first_reply(name))
-        rtts = {key: _round_trips(name, cells) for key, name in kernels.items()}
+        rtts = _round_trips(kernels, cells)
     summary: dict[str, dict[str, float]] = {}
     for key in kernels:
         summary[key] = {
