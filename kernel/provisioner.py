@@ -92,7 +92,7 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         None,
         allow_none=True,
         config=True,
-        help="The key broker (HOST:PORT) that releases dataset keys to this server's kernels "
+        help="The key broker (HOST:PORT, or grpcs://HOST:PORT for TLS) that releases dataset keys to this server's kernels "
         "(default: $TEELAB_KBS, or the local broker started by `teelab kbs serve`).",
     )
     kbs_token_file = Unicode(
@@ -100,6 +100,13 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         allow_none=True,
         config=True,
         help="The key broker's gateway token (default: the local broker's).",
+    )
+    kbs_ca_file = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="PEM CA certificate of a key broker at grpcs://HOST:PORT with a private CA (default: "
+        "$TEELAB_KBS_CA; else the system's roots). The kernel receives it in its sealed session bundle.",
     )
     dataset_store = Unicode(
         None, allow_none=True, config=True, help="Where sealed datasets are (an fsspec URL; default: local)."
@@ -428,6 +435,7 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         """
         from teelab.sealed_store import services
         from teelab.sealed_store.kbs.client import KbsClient
+        from teelab.sealed_store.kbs.transport import ca_from_environment, read_ca
 
         token_file = services.gateway_token_file(Path(self.kbs_token_file) if self.kbs_token_file else None)
         if not (self.kbs_address or os.environ.get("TEELAB_KBS") or services.local_kbs_running()):
@@ -436,10 +444,13 @@ class TeeProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         user = services.session_user(self.kbs_user)
 
         def issue() -> dict[str, object]:
-            with KbsClient.with_token_file(address, token_file, timeout=10) as client:
+            ca = read_ca(Path(self.kbs_ca_file)) if self.kbs_ca_file else ca_from_environment()
+            with KbsClient.with_token_file(address, token_file, timeout=10, tls_ca=ca) as client:
                 grant = client.issue_session_grant(user, enclave_key=enclave_key)
                 kbs_key = client.kbs_public_key()
+            tls = {"kbs_ca": ca.decode("ascii")} if ca is not None and client.target.tls else {}
             return {
+                **tls,
                 "kbs": address,
                 # Pinned for the kernel: it seals the grant to this key at every release, and its own
                 # connection to the broker crosses the untrusted host.

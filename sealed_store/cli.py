@@ -44,7 +44,9 @@ BUILTIN_POLICY_HELP = (
 def _connection_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("where (defaults: the local broker and store)")
     group.add_argument(
-        "--kbs", metavar="HOST:PORT", help="key broker address (default: $TEELAB_KBS, or local)"
+        "--kbs",
+        metavar="[grpcs://]HOST:PORT",
+        help="key broker address, grpcs:// for TLS (default: $TEELAB_KBS, or local; a private CA: $TEELAB_KBS_CA)",
     )
     group.add_argument("--token-file", type=Path, metavar="FILE", help="key broker admin token")
     group.add_argument("--store", metavar="URL", help="dataset store, any fsspec URL (default: local folder)")

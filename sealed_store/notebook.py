@@ -63,7 +63,12 @@ def read_dataset(
             hint="start the key broker (`teelab kbs serve`), then restart the kernel",
         )
     try:
-        with KbsClient(str(kbs), kbs_public_key=bytes.fromhex(str(kbs_key))) as client:
+        ca = session.extras.get("kbs_ca")  # a private CA of a broker at grpcs://, from the sealed bundle
+        with KbsClient(
+            str(kbs),
+            kbs_public_key=bytes.fromhex(str(kbs_key)),
+            tls_ca=str(ca).encode("ascii") if ca else None,
+        ) as client:
             key = client.fetch_key(
                 name,
                 enclave_secret=session.enclave_key,  # type: ignore[arg-type]

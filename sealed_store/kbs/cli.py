@@ -38,8 +38,10 @@ examples:
   # one machine, simulated TEE: state in ~/.local/share/teelab/kbs, SQLite, sim collateral
   teelab kbs serve
 
-  # on all interfaces of a host (put TLS in front: tokens travel in the request metadata)
-  teelab kbs serve --listen 0.0.0.0:7443 --state /srv/teelab/kbs
+  # on all interfaces of a host, with TLS (the tokens travel in the request metadata);
+  # clients then use --kbs grpcs://kbs.example.org:7443, and TEELAB_KBS_CA=ca.pem for a private CA
+  teelab kbs serve --listen 0.0.0.0:7443 --state /srv/teelab/kbs \
+      --tls-cert /etc/teelab/kbs.crt --tls-key /etc/teelab/kbs.key
 
   # shared deployment: PostgreSQL, collateral fetched from Intel PCS into a folder by a cron job
   teelab kbs serve --db postgresql+psycopg://kbs@db.internal/kbs --collateral /srv/pcs-cache
@@ -109,6 +111,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="threads for requests that wait on the database (default: 16 on PostgreSQL, 4 on SQLite with "
         "--durability fsync; 0 on SQLite otherwise: requests run on the event loop, which is fastest there)",
     )
+    serve.add_argument(
+        "--tls-cert", metavar="PEM", type=Path, help="serve TLS with this certificate chain (with --tls-key)"
+    )
+    serve.add_argument(
+        "--tls-key", metavar="PEM", type=Path, help="the certificate's private key (mode 0600)"
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext on an address beyond loopback (the admin and gateway tokens would cross the "
+        "network readable; only behind a TLS-terminating proxy)",
+    )
     serve.set_defaults(handler=_serve)
 
     audit = subparsers.add_parser(
@@ -155,7 +169,11 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
         "--state", metavar="DIR", type=Path, help="the KBS state folder (default: <data dir>/kbs)"
     )
     parser.add_argument("--db", metavar="URL", help="read this database instead of the state folder's SQLite")
-    parser.add_argument("--kbs", metavar="HOST:PORT", help="ask a running KBS instead (admin token)")
+    parser.add_argument(
+        "--kbs",
+        metavar="[grpcs://]HOST:PORT",
+        help="ask a running KBS instead (admin token; grpcs:// for TLS)",
+    )
     parser.add_argument("--token-file", type=Path, metavar="FILE", help="admin token for --kbs")
 
 
@@ -183,6 +201,23 @@ def _check_listen_address(listen: str) -> None:
         ) from None
 
 
+def _check_transport(args: argparse.Namespace) -> None:
+    from teelab.sealed_store.kbs.transport import KbsTarget, ServerTls
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if args.tls_cert is not None:
+        ServerTls.load(args.tls_cert, args.tls_key)  # a clear error now, not a failed handshake later
+        return
+    if not KbsTarget.parse(args.listen).loopback and not args.insecure:
+        raise UsageError(
+            f"--listen {args.listen} is beyond loopback, and without TLS the admin and gateway tokens "
+            "would cross the network readable",
+            hint="give --tls-cert PEM --tls-key PEM (clients then use grpcs://HOST:PORT), or --insecure "
+            "behind a TLS-terminating proxy",
+        )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from teelab.files import replace_atomically
     from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE
@@ -197,12 +232,15 @@ def _serve(args: argparse.Namespace) -> int:
     if state.exists() and not state.is_dir():
         raise UsageError(f"--state {state} is not a folder")
     _check_listen_address(args.listen)  # before any key or token is created
+    _check_transport(args)
     config = KbsConfig(
         state_dir=state,
         db_url=args.db,
         collateral=args.collateral,
         durability=args.durability,
         workers=args.workers,
+        tls_certificate=args.tls_cert,
+        tls_key=args.tls_key,
     )
     server = KbsServer(config, address=args.listen)
     server.start()
@@ -221,6 +259,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  state:       {state}")
     print(f"  database:    {safe_url(config.database_url)}")
     print(f"  collateral:  {server.broker.source.description}")
+    print(f"  transport:   {'TLS (' + str(args.tls_cert) + ')' if args.tls_cert else 'plaintext gRPC'}")
     print(f"  admin token: {state / ADMIN_TOKEN_FILE}")
     print(f"  gateway token: {state / GATEWAY_TOKEN_FILE}")
     print(f"  signing key: {server.broker.keys.signing_public_key.hex()} (pin it for `teelab audit verify`)")

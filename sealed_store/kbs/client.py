@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from google.protobuf.message import Message
 
-from teelab.errors import KeyBrokerError
+from teelab.errors import ConfigError, KeyBrokerError
 from teelab.sealed_store.kbs.audit import AuditRecord
 from teelab.sealed_store.kbs.auth import read_token
 from teelab.sealed_store.kbs.model import (
@@ -52,6 +52,7 @@ from teelab.sealed_store.kbs.protocol import (
     seal_grant_for_kbs,
 )
 from teelab.sealed_store.kbs.reasons import HINTS, REASON_METADATA_KEY, Reason
+from teelab.sealed_store.kbs.transport import KbsTarget, ca_from_environment
 from teelab.sealed_store.kbs.v1 import kbs_pb2 as pb
 
 DEFAULT_TIMEOUT = 30.0
@@ -173,6 +174,10 @@ def _dataset_in(message: pb.DatasetInfo, policy: str | None = None) -> DatasetIn
 
 
 class KbsClient:
+    """``address``: ``HOST:PORT`` (plaintext) or ``grpcs://HOST:PORT`` (TLS; ``tls_ca`` or ``$TEELAB_KBS_CA``
+    names a private CA, else the system's roots are trusted). A token is never sent in plaintext beyond
+    loopback."""
+
     def __init__(
         self,
         address: str,
@@ -180,19 +185,30 @@ class KbsClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         kbs_public_key: bytes | None = None,
+        tls_ca: bytes | None = None,
     ) -> None:
+        target = KbsTarget.parse(address)
+        if token and not target.tls and not target.loopback:
+            raise ConfigError(
+                f"refusing to send a key broker token in plaintext to {target.address}",
+                hint="serve the broker with TLS (`teelab kbs serve --tls-cert PEM --tls-key PEM`) and "
+                f"address it as grpcs://{target.address}",
+            )
         self.address = address
+        self.target = target
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._kbs_public_key = kbs_public_key
         self._stubs: dict[str, Callable[..., Any]] = {}
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+        ]
+        if target.tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca or ca_from_environment())
+            self._channel = grpc.secure_channel(target.address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target.address, options=options)
 
     @classmethod
     def with_token_file(cls, address: str, token_file: Path, **kwargs: Any) -> KbsClient:

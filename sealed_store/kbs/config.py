@@ -44,6 +44,9 @@ class KbsConfig:
     # SQLite with "fsync" durability. SQLite with "process" durability needs none (see ``threads``).
     workers: int | None = None
     max_message_bytes: int = 4 * 1024 * 1024
+    # TLS: PEM certificate chain and private key; both or neither (plaintext, for loopback).
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def database_url(self) -> str:

@@ -7,8 +7,9 @@
 
 ``address`` with port 0 binds a free port; ``start`` returns the bound port. The clock is injectable: every
 time the broker judges (nonce and grant expiry, collateral validity, audit timestamps) comes from it.
-Plaintext gRPC is acceptable for the protocol's secrets (data keys travel HPKE-sealed, both ways), not for
-the bearer tokens: bind to loopback, or put TLS in front, for anything else.
+Plaintext gRPC is acceptable for the protocol's secrets (data keys and grants travel HPKE-sealed), not for
+the bearer tokens: beyond loopback, give ``KbsConfig.tls_certificate`` and ``tls_key`` (``target`` is then
+``grpcs://host:port``).
 
 The server is grpc.aio on an event loop in a thread of its own, so the caller's thread stays free (tests,
 the benchmark and ``teelab kbs serve`` all drive it from ordinary synchronous code). Measured against
@@ -31,6 +32,7 @@ from teelab.sealed_store.kbs.broker import KeyBroker
 from teelab.sealed_store.kbs.config import KbsConfig
 from teelab.sealed_store.kbs.release import Clock
 from teelab.sealed_store.kbs.service import KbsService
+from teelab.sealed_store.kbs.transport import TLS_SCHEME, ServerTls
 from teelab.timeutil import utcnow
 
 log = logging.getLogger("teelab.kbs")
@@ -66,6 +68,7 @@ class KbsServer:
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._executor: ThreadPoolExecutor | None = None
+        self._tls: ServerTls | None = None
 
     @property
     def target(self) -> str:
@@ -73,11 +76,15 @@ class KbsServer:
         if self.port is None:
             raise RuntimeError("the server is not started")
         host = self.address.rsplit(":", 1)[0]
-        return f"{host}:{self.port}"
+        return f"{TLS_SCHEME if self._tls else ''}{host}:{self.port}"
 
     def start(self) -> int:
         if self._server is not None:
             raise RuntimeError("the server is already started")
+        certificate, key = self.config.tls_certificate, self.config.tls_key
+        if (certificate is None) != (key is None):
+            raise ConfigError("TLS needs both a certificate and its private key")
+        self._tls = ServerTls.load(certificate, key) if certificate and key else None
         broker = KeyBroker(self.config, clock=self.clock)
         self._stopped.clear()
         threads = self.config.threads
@@ -110,7 +117,13 @@ class KbsServer:
         server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max(self.config.threads, 4) * 256)
         server.add_generic_rpc_handlers((KbsService(broker, self._executor).handler(),))
         try:
-            port: int = server.add_insecure_port(self.address)
+            if self._tls is not None:
+                credentials = grpc.ssl_server_credentials(
+                    [(self._tls.private_key, self._tls.certificate_chain)]
+                )
+                port: int = server.add_secure_port(self.address, credentials)
+            else:
+                port = server.add_insecure_port(self.address)
         except RuntimeError as error:
             raise ConfigError(f"cannot listen on {self.address}: {error}") from None
         if port == 0:

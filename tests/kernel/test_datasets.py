@@ -208,3 +208,37 @@ def test_the_session_grant_never_crosses_the_host_in_the_clear(
     assert len(proxy.seen) > 1000  # the release went through the host
     for piece in [grant, *grant.split(".")]:
         assert piece.encode() not in proxy.seen, "the session grant crossed the host in the clear"
+
+
+def test_a_kernel_reads_through_a_key_broker_served_over_tls(
+    kernel_env: KernelEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway reaches the broker at grpcs:// with a private CA and hands the CA to the kernel in the sealed
+    bundle; the kernel's own release goes over TLS too."""
+    from teelab.sealed_store.kbs.config import KbsConfig
+    from teelab.sealed_store.kbs.server import KbsServer
+
+    from ..sealed_store.kbs.pki import make_pki
+
+    ca, certificate, key = make_pki(tmp_path / "pki")
+    state = kernel_env.data / "kbs"
+    server = KbsServer(
+        KbsConfig(state_dir=state, tls_certificate=certificate, tls_key=key), address="127.0.0.1:0"
+    )
+    server.start()
+    (state / ENDPOINT_FILE).write_text(server.target)
+    monkeypatch.setenv("TEELAB_KBS_CA", str(ca))
+    try:
+        assert server.target.startswith("grpcs://")
+        with DataOwner.connect(owner="dana") as data_owner:
+            publish(data_owner, kernel_env, "sales", "user:alice")
+        km = kernel_for("alice")
+        try:
+            content, out = read_in_kernel(km, "print(len(read_dataset('sales')))")
+        finally:
+            km.shutdown_kernel(now=True)
+        assert content["status"] == "ok", out
+        assert out.strip() == "200"
+    finally:
+        (state / ENDPOINT_FILE).unlink(missing_ok=True)
+        server.stop(grace=1)

@@ -9,7 +9,10 @@ platform, with a measurement the test picks, and an ephemeral X25519 key E like 
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -140,3 +143,21 @@ def kbs(tmp_path: Path, clock: FakeClock) -> Iterator[Kbs]:
         for client in clients:
             client.close()
         server.stop(grace=0)
+
+
+def serve_in_a_process(*arguments: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """`teelab kbs serve ARGUMENTS` in its own process, once it says it is serving: (process, lines so far)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "teelab.sealed_store.kbs", "kbs", "serve", *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
+    )
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("Ctrl-C"):
+            break
+    return process, lines

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from teelab.sealed_store.kbs import cli
 from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE, read_token
+
+from .conftest import serve_in_a_process
 
 
 @pytest.mark.parametrize(
@@ -48,29 +47,7 @@ def test_registers_into_the_teelab_command_line() -> None:
 
 def test_serve_prints_where_tokens_are_never_the_tokens(tmp_path: Path) -> None:
     state = tmp_path / "kbs"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "teelab.sealed_store.kbs",
-            "kbs",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--state",
-            str(state),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=os.environ.copy(),
-    )
-    assert process.stdout is not None
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("Ctrl-C"):
-            break
+    process, lines = serve_in_a_process("--listen", "127.0.0.1:0", "--state", str(state))
     process.send_signal(signal.SIGTERM)
     rest, _ = process.communicate(timeout=30)
     output = "".join(lines) + rest
