@@ -465,6 +465,15 @@ def _judge_snp(judge: _Judgement) -> None:
     _judge_pin(judge, "host_data", ref.host_data, CONFIGURATION)
     if ref.min_tcb is not None:
         _judge_min_tcb(judge, ref.min_tcb.minimums())
+    if ref.require_crl:
+        checked = judge.evidence.details.get("amd_crl_checked") is True
+        detail = (
+            "the ASK/ASVK was checked against a current CRL of AMD's ARK"
+            if checked
+            else "revocation was not checked (no CRL of AMD's ARK came with the certificates) but the policy "
+            "requires snp.require_crl = true; supply AMD's CRL (https://kdsintf.amd.com/vcek/v1/<product>/crl)"
+        )
+        judge.record("policy.amd_crl", checked, detail, HARDWARE)
     constrained = not ref.allow_smt or not ref.allow_migration_agent or ref.require_single_socket
     if not constrained:
         return

@@ -84,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="PATH",
         type=Path,
         action="append",
-        help="SEV-SNP certificates: VCEK/VLEK plus ASK/ARK (DER/PEM, file or folder; repeat for several)",
+        help="SEV-SNP certificates: VCEK/VLEK plus ASK/ARK (DER/PEM, file or folder; repeat for several), "
+        "and AMD's CRL to check them against (a PEM X509 CRL block, or a *.crl file in the folder)",
     )
     verify.add_argument(
         "--policy", metavar="FILE", type=Path, help="appraisal policy (TOML, see docs/policy.md)"

@@ -277,6 +277,8 @@ class SnpReference:
     allow_smt: bool = True
     allow_migration_agent: bool = True
     require_single_socket: bool = False
+    # Refuse evidence whose ASK/ASVK was not checked against a current CRL of AMD's ARK.
+    require_crl: bool = False
 
     def __post_init__(self) -> None:
         with _built_in_code("SnpReference"):
@@ -284,7 +286,7 @@ class SnpReference:
                 self, "measurement", _hex_values("snp.measurement", self.measurement, _SNP_MEASUREMENT_BYTES)
             )
             _set(self, "host_data", _hex_values("snp.host_data", self.host_data, _SNP_HOST_DATA_BYTES))
-            for name in ("allow_smt", "allow_migration_agent", "require_single_socket"):
+            for name in ("allow_smt", "allow_migration_agent", "require_single_socket", "require_crl"):
                 _flag(f"snp.{name}", getattr(self, name))
 
 
@@ -387,6 +389,7 @@ _SNP_KEYS = (
     "allow_smt",
     "allow_migration_agent",
     "require_single_socket",
+    "require_crl",
 )
 
 
@@ -447,7 +450,7 @@ def _parse_snp(table: Mapping[str, object]) -> SnpReference:
         min_tcb = SnpMinTcb(**{name: _uint(f"snp.min_tcb.{name}", value, 8) for name, value in tcb.items()})
     flags = {
         name: _flag(f"snp.{name}", table[name])
-        for name in ("allow_smt", "allow_migration_agent", "require_single_socket")
+        for name in ("allow_smt", "allow_migration_agent", "require_single_socket", "require_crl")
         if name in table
     }
     return SnpReference(

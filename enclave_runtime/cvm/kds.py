@@ -7,7 +7,10 @@ Certificates are public and signed by AMD, so caching them needs no protection; 
 is what keeps repeated sessions fast.
 
 URL: ``https://kdsintf.amd.com/vcek/v1/{product}/{hwid}?blSPL=..&teeSPL=..&snpSPL=..&ucodeSPL=..`` (Turin adds
-``fmcSPL`` and uses an 8-byte hwid); chain: ``https://kdsintf.amd.com/vcek/v1/{product}/cert_chain``.
+``fmcSPL`` and uses an 8-byte hwid); chain: ``https://kdsintf.amd.com/vcek/v1/{product}/cert_chain``; the ARK's
+CRL: ``https://kdsintf.amd.com/vcek/v1/{product}/crl``, kept until its next update is due. The CRL is best
+effort: when KDS cannot be reached the table goes without it, and the verifier says revocation was not
+checked (a policy with ``snp.require_crl`` then refuses).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import re
 import struct
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from teelab.enclave_runtime.cvm.http import Fetcher, get, urllib_fetcher
 from teelab.errors import EvidenceError, PlatformError
 from teelab.files import replace_atomically
 from teelab.paths import cache_dir
+from teelab.timeutil import utcnow
 
 KDS = "https://kdsintf.amd.com"
 PRODUCTS = ("Milan", "Genoa", "Turin")
@@ -29,8 +34,11 @@ PRODUCTS = ("Milan", "Genoa", "Turin")
 VCEK_GUID = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd")
 ASK_GUID = uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782")
 ARK_GUID = uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae")
+CRL_GUID = uuid.UUID("92f81bc3-5811-4d3d-97ff-d19f88dc67ea")
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
 SNP_REPORT_SIZE = 0x4A0
+# After KDS gave no usable CRL, how long the guest goes without one before asking again.
+CRL_RETRY = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,18 @@ def build_cert_table(entries: list[tuple[uuid.UUID, bytes]]) -> bytes:
     return header + bytes(24) + body
 
 
+def _crl_current(data: bytes, at: datetime) -> bool:
+    """A DER CRL not past its next update (its signature is the verifier's to judge, against the pinned ARK)."""
+    from cryptography import x509
+
+    try:
+        crl = x509.load_der_x509_crl(data)
+        next_update = crl.next_update_utc
+        return crl.last_update_utc <= at and (next_update is None or at < next_update)
+    except Exception:  # whatever KDS (or whoever answered) sent is not a usable CRL
+        return False
+
+
 def _pem_to_der(pem: bytes) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
@@ -106,6 +126,7 @@ class KdsClient:
         self.cache = cache or cache_dir() / "amd-kds"
         self.fetch = fetcher or urllib_fetcher()
         self.base = base
+        self._crl_unavailable_since: dict[str, datetime] = {}
 
     def _cached(self, name: str, url: str, what: str) -> bytes:
         path = self.cache / name
@@ -133,6 +154,31 @@ class KdsClient:
             )
         return _pem_to_der(blocks[0]), _pem_to_der(blocks[1])
 
+    def crl(self, product: str, *, now: datetime | None = None) -> bytes | None:
+        """AMD's CRL for ``product`` (DER): the cached one while current, else a fresh one; None when neither."""
+        path = self.cache / f"{product}.crl"
+        at = now or utcnow()
+        try:
+            cached: bytes | None = path.read_bytes()
+        except OSError:
+            cached = None
+        if cached is not None and _crl_current(cached, at):
+            return cached
+        failed = self._crl_unavailable_since.get(product)
+        if failed is not None and timedelta(0) <= at - failed < CRL_RETRY:
+            return None  # KDS rate-limits: do not ask again at every session start
+        try:
+            data = get(self.fetch, f"{self.base}/vcek/v1/{product}/crl", "AMD CRL").body
+        except PlatformError:
+            data = b""
+        if not _crl_current(data, at):
+            self._crl_unavailable_since[product] = at
+            return None
+        self._crl_unavailable_since.pop(product, None)
+        self.cache.mkdir(parents=True, exist_ok=True, mode=0o755)
+        replace_atomically(path, data, mode=0o644)
+        return data
+
     def certificate_table(self, report: bytes, product: str | None = None) -> bytes:
         product = product or product_of(report)
         if product is None:
@@ -142,4 +188,6 @@ class KdsClient:
             )
         tcb = chip_tcb(report, product)
         ask, ark = self.chain(product)
-        return build_cert_table([(VCEK_GUID, self.vcek(tcb)), (ASK_GUID, ask), (ARK_GUID, ark)])
+        entries = [(VCEK_GUID, self.vcek(tcb)), (ASK_GUID, ask), (ARK_GUID, ark)]
+        crl = self.crl(product)
+        return build_cert_table(entries + ([(CRL_GUID, crl)] if crl is not None else []))

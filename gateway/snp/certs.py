@@ -36,7 +36,8 @@ from cryptography.x509.oid import NameOID
 from teelab.errors import VerificationError
 from teelab.gateway.snp import der, fallback
 from teelab.gateway.snp.amd_ca import AMD_CA_PEM, CaRole
-from teelab.gateway.snp.cert_table import CertTableEntry, parse_cert_table
+from teelab.gateway.snp.cert_table import CRL_GUID, CertTableEntry, parse_cert_table
+from teelab.gateway.snp.crl import AmdCrl, crls_in_pem, parse_crl, without_crls
 
 CERTS_CHECK = "snp_certificates"
 
@@ -399,6 +400,15 @@ def certificates_in(blob: bytes) -> list[AmdCertificate]:
     return [parse_certificate(data) for data in ders]
 
 
+def _certificates_and_crls(blob: bytes) -> tuple[list[AmdCertificate], list[AmdCrl]]:
+    """The certificates of ``blob`` (see :func:`certificates_in`) and the PEM CRL blocks beside them."""
+    if b"-----BEGIN X509 CRL-----" not in blob:
+        return certificates_in(blob), []
+    crls = crls_in_pem(blob)
+    rest = without_crls(blob)
+    return (certificates_in(rest) if rest.strip() else []), crls
+
+
 def _read_file(path: Path) -> bytes:
     try:
         with path.open("rb") as file:
@@ -442,6 +452,8 @@ class SnpCertificates:
     leaf: AmdCertificate
     intermediates: tuple[AmdCertificate, ...] = ()
     arks: tuple[AmdCertificate, ...] = ()
+    # AMD's CRLs supplied beside the certificates (PEM ``X509 CRL`` blocks, ``*.crl`` files, the table's entry).
+    crls: tuple[AmdCrl, ...] = ()
 
     @property
     def kind(self) -> LeafKind:
@@ -461,7 +473,9 @@ class SnpCertificates:
         return _choose(self.arks, intermediate.issuer_name if intermediate else b"")
 
     @classmethod
-    def from_certificates(cls, certs: Iterable[AmdCertificate]) -> SnpCertificates:
+    def from_certificates(
+        cls, certs: Iterable[AmdCertificate], crls: Iterable[AmdCrl] = ()
+    ) -> SnpCertificates:
         unique = list({cert.der: cert for cert in certs}.values())
         leaves = [cert for cert in unique if cert.role in ("vcek", "vlek")]
         if not leaves:
@@ -478,24 +492,30 @@ class SnpCertificates:
             leaf=leaves[0],
             intermediates=tuple(cert for cert in unique if cert.role in ("ask", "asvk")),
             arks=tuple(cert for cert in unique if cert.role == "ark"),
+            crls=tuple({crl.der: crl for crl in crls}.values()),
         )
 
     @classmethod
     def from_bytes(cls, *blobs: bytes) -> SnpCertificates:
         """From one or more blobs, each PEM, DER or a GHCB certificate table."""
         certs: list[AmdCertificate] = []
+        crls: list[AmdCrl] = []
         for blob in blobs:
             if not isinstance(blob, bytes | bytearray | memoryview):
                 raise _fail(f"certificates are bytes, got {type(blob).__name__}")
-            certs.extend(certificates_in(bytes(blob)))
-        return cls.from_certificates(certs)
+            found, revocations = _certificates_and_crls(bytes(blob))
+            certs.extend(found)
+            crls.extend(revocations)
+        return cls.from_certificates(certs, crls)
 
     @classmethod
     def from_cert_table(cls, table: bytes) -> SnpCertificates:
         """From the certificate table of an extended report; each entry must hold what its GUID says."""
         if not isinstance(table, bytes | bytearray | memoryview):
             raise _fail(f"a certificate table is bytes, got {type(table).__name__}")
-        return cls.from_certificates(_from_table(parse_cert_table(bytes(table))))
+        entries = parse_cert_table(bytes(table))
+        crls = [parse_crl(entry.data) for entry in entries if entry.guid == CRL_GUID and entry.data]
+        return cls.from_certificates(_from_table(entries), crls)
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> SnpCertificates:
@@ -514,12 +534,19 @@ class SnpCertificates:
             if not files:
                 raise _fail(f"the folder {path} holds no certificate files")
             certs: list[AmdCertificate] = []
+            crls: list[AmdCrl] = []
             for file in files:
                 try:
-                    certs.extend(certificates_in(_read_file(file)))
+                    data = _read_file(file)
+                    if file.suffix.lower() == ".crl":  # as AMD KDS serves it: DER (or PEM)
+                        crls.extend(crls_in_pem(data) if b"-----BEGIN" in data else [parse_crl(data)])
+                        continue
+                    found, revocations = _certificates_and_crls(data)
                 except VerificationError as exc:
-                    raise _fail(f"{file.name}: {exc.detail}") from None
-            return cls.from_certificates(certs)
+                    raise _fail(f"{file.name}: {exc.detail}", exc.hint) from None
+                certs.extend(found)
+                crls.extend(revocations)
+            return cls.from_certificates(certs, crls)
         return cls.from_bytes(_read_file(path))
 
     def with_builtin_chain(self) -> SnpCertificates:
@@ -536,7 +563,7 @@ class SnpCertificates:
             pem = AMD_CA_PEM.get((product, role))
             if pem is not None and not any(cert.role == role for cert in have):
                 extra.extend(parse_certificate(data) for data in split_certificates(pem.encode()))
-        return SnpCertificates.from_certificates([*self.certificates, *extra]) if extra else self
+        return SnpCertificates.from_certificates([*self.certificates, *extra], self.crls) if extra else self
 
 
 def clear_caches() -> None:

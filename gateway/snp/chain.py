@@ -19,6 +19,7 @@ from teelab.gateway.anchors import TrustAnchors
 from teelab.gateway.checks import CheckLog
 from teelab.gateway.snp import fallback
 from teelab.gateway.snp.certs import AmdCertificate, SnpCertificates
+from teelab.gateway.snp.crl import CRL_CHECK, AmdCrl, certificate_serial
 from teelab.gateway.snp.der import DerError
 from teelab.timeutil import isoformat
 
@@ -30,6 +31,7 @@ CHECK_INTERMEDIATE_SIGNATURE = "amd_intermediate_signature"
 CHECK_LEAF_SIGNATURE = "amd_leaf_signature"
 CHECK_PRODUCT = "amd_product"
 CHECK_VALIDITY = "amd_cert_validity"
+CHECK_CRL = CRL_CHECK
 
 _CACHE_SIZE = 256
 
@@ -47,6 +49,8 @@ class VerifiedChain:
     valid_until: datetime
     # True when the time-independent checks were answered from the cache.
     cached: bool
+    # True when a current CRL of the pinned ARK was checked (and did not list the ASK/ASVK).
+    crl_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,45 @@ def _links(certs: SnpCertificates, anchors: TrustAnchors, log: CheckLog) -> _Lin
     return _Links(intermediate, ark, product, tuple(passed))
 
 
+def _check_revocation(crls: tuple[AmdCrl, ...], links: _Links, at: datetime, log: CheckLog) -> bool:
+    """The ASK/ASVK against every supplied CRL of the pinned ARK (CRLs of other issuers are not this chain's)."""
+    ark, intermediate = links.ark, links.intermediate
+    mine = [crl for crl in crls if crl.issuer_name == ark.subject_name]
+    kind = "vlek" if intermediate.role == "asvk" else "vcek"
+    where = f"https://kdsintf.amd.com/{kind}/v1/{links.product}/crl"
+    if not mine:
+        log.passed(
+            CHECK_CRL,
+            f"not checked: no CRL of {ark.label} was supplied (AMD publishes it at {where}; give it with "
+            "the certificates)",
+        )
+        return False
+    serial = certificate_serial(intermediate.tbs)
+    for crl in mine:
+        if not crl.signed_by(ark.public_key):
+            log.fail(CHECK_CRL, f"the CRL naming {crl.issuer_cn} as its issuer is not signed by {ark.label}")
+        if at < crl.this_update or (crl.next_update is not None and at > crl.next_update):
+            log.fail(
+                CHECK_CRL,
+                f"the CRL of {ark.label} is not current at {isoformat(at)}: issued {isoformat(crl.this_update)}"
+                + (f", next update due {isoformat(crl.next_update)}" if crl.next_update else ""),
+                hint=f"fetch the current CRL from {where}",
+            )
+        if serial in crl.revoked:
+            log.fail(
+                CHECK_CRL,
+                f"{intermediate.label} (serial {serial:#x}) is revoked by AMD (CRL of {ark.label}, "
+                f"issued {isoformat(crl.this_update)})",
+            )
+    newest = max(mine, key=lambda crl: crl.this_update)
+    log.passed(
+        CHECK_CRL,
+        f"{intermediate.label} is not revoked (CRL of {ark.label}, issued {isoformat(newest.this_update)}, "
+        f"{len(newest.revoked)} revoked serials)",
+    )
+    return True
+
+
 def check_inputs(certs: object, at: object, anchors: object, log: CheckLog) -> None:
     if not isinstance(at, datetime):
         log.fail(CHECK_INPUT, f"the verification time is a datetime, got {type(at).__name__}")
@@ -214,6 +257,7 @@ def verify_snp_chain(
         CHECK_VALIDITY,
         f"all three certificates valid at {isoformat(at)} ({isoformat(valid_until)} at the latest)",
     )
+    crl_checked = _check_revocation(certs.crls, links, at, log)
     return VerifiedChain(
         leaf=certs.leaf,
         intermediate=links.intermediate,
@@ -222,4 +266,5 @@ def verify_snp_chain(
         valid_from=valid_from,
         valid_until=valid_until,
         cached=cached,
+        crl_checked=crl_checked,
     )

@@ -188,6 +188,7 @@ def _details(report: SnpReport, chain: VerifiedChain) -> dict[str, object]:
             "launch_mit_vector": report.launch_mit_vector,
             "current_mit_vector": report.current_mit_vector,
             "chain_cached": chain.cached,
+            "amd_crl_checked": chain.crl_checked,
         }
     )
     return details

@@ -229,6 +229,8 @@ def fake_kds(calls: list[str]):  # type: ignore[no-untyped-def]
         calls.append(url)
         if url.endswith("/cert_chain"):
             return HttpResponse(200, (VIRTEE / "cert_chain_milan.pem").read_bytes())
+        if url.endswith("/crl"):  # no public AMD CRL to answer with (shared/vectors/NOTES.md)
+            return HttpResponse(404, b"")
         return HttpResponse(200, (VIRTEE / "vcek_milan.der").read_bytes())
 
     return fetch
@@ -250,6 +252,7 @@ def test_os_boundary_sev_guest_fallback_fetches_the_vcek_once_and_verifies_end_t
     assert calls == [
         "https://kdsintf.amd.com/vcek/v1/Milan/cert_chain",
         f"https://kdsintf.amd.com/vcek/v1/Milan/{chip}?blSPL=3&teeSPL=0&snpSPL=8&ucodeSPL=115",
+        "https://kdsintf.amd.com/vcek/v1/Milan/crl",
     ]
     result = verify_evidence(
         evidence.blob,
@@ -259,8 +262,9 @@ def test_os_boundary_sev_guest_fallback_fetches_the_vcek_once_and_verifies_end_t
         expected_report_data=SNP_DATA,
     )
     assert result.ok, result.error
+    assert next(c.detail for c in result.checks if c.name == "amd_crl").startswith("not checked")
     runtime.evidence(SNP_DATA)
-    assert len(calls) == 2  # the cache answered the second time
+    assert len(calls) == 3  # the cache answered the second time (and the missing CRL is not asked again yet)
 
 
 def test_os_boundary_sev_guest_errors_are_reported_with_the_firmware_status(tmp_path: Path) -> None:
@@ -347,3 +351,59 @@ def test_os_boundary_cvm_launch_is_a_local_process_with_only_the_passthrough_inp
     assert seen["HOME"].startswith(seen["cwd"]) and os.path.isdir(seen["HOME"])
     process.cleanup()
     assert backend.collateral_for(SNP_REPORT, SNP_AT) is None
+
+
+def _crl(issued: datetime, next_update: datetime) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())  # the guest does not judge signatures; the verifier does
+    return (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ARK-Milan")]))
+        .last_update(issued)
+        .next_update(next_update)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+
+
+def test_os_boundary_amd_crl_is_fetched_kept_until_due_and_retried_sparingly(tmp_path: Path) -> None:
+    """The guest asks (a stand-in for) AMD KDS for the ARK's CRL, keeps it until its next update is due, puts
+    it in the certificate table, and after a failure does not ask again for ten minutes."""
+    from datetime import timedelta
+
+    from teelab.gateway.snp.certs import SnpCertificates
+
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    answers: list[HttpResponse] = [HttpResponse(200, _crl(now - timedelta(days=1), now + timedelta(days=7)))]
+    calls: list[str] = []
+
+    def fetch(url: str) -> HttpResponse:
+        calls.append(url)
+        return answers[-1]
+
+    kds = KdsClient(cache=tmp_path / "kds", fetcher=fetch)
+    first = kds.crl("Milan", now=now)
+    assert first is not None and calls == ["https://kdsintf.amd.com/vcek/v1/Milan/crl"]
+    assert kds.crl("Milan", now=now + timedelta(days=6)) == first and len(calls) == 1  # kept while current
+    answers.append(HttpResponse(200, _crl(now + timedelta(days=7), now + timedelta(days=14))))
+    second = kds.crl("Milan", now=now + timedelta(days=8))  # due: asked again
+    assert second is not None and second != first and len(calls) == 2
+    assert (tmp_path / "kds" / "Milan.crl").read_bytes() == second
+
+    answers.append(HttpResponse(503, b"busy"))
+    later = now + timedelta(days=20)
+    assert kds.crl("Milan", now=later) is None and len(calls) == 3
+    assert kds.crl("Milan", now=later + timedelta(minutes=5)) is None and len(calls) == 3
+    answers.append(HttpResponse(200, b"not a crl"))
+    assert kds.crl("Milan", now=later + timedelta(minutes=11)) is None and len(calls) == 4
+
+    # In the table the guest hands on, beside the certificates (the verifier reads it as AMD's CRL).
+    fresh = _crl(datetime.now(UTC) - timedelta(days=1), datetime.now(UTC) + timedelta(days=7))
+    kds = KdsClient(cache=tmp_path / "kds2", fetcher=fake_kds([]))
+    kds.crl = lambda product, now=None: fresh  # type: ignore[method-assign]
+    table = kds.certificate_table(SNP_REPORT, "Milan")
+    assert [crl.der for crl in SnpCertificates.from_cert_table(table).crls] == [fresh]

@@ -448,3 +448,14 @@ def test_reject_unverified_carries_checks_and_no_claims() -> None:
 
 def test_tiers() -> None:
     assert [tier(v) for v in (-1, 0, 1, 2, 31, 32, 95, 96, 127)] == [0, 0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_snp_require_crl() -> None:
+    required = AppraisalPolicy(snp=SnpReference(require_crl=True))
+    checked = snp(details={**snp().details, "amd_crl_checked": True})
+    unchecked = snp(details={**snp().details, "amd_crl_checked": False})
+    assert check(appraise(checked, required, at=AT), "policy.amd_crl").passed
+    refused = appraise(unchecked, required, at=AT)
+    assert not refused.ok and "snp.require_crl = true" in failed(refused)["policy.amd_crl"]
+    assert "policy.amd_crl" in failed(appraise(snp(), required, at=AT))  # no word on the CRL: fails closed
+    assert "policy.amd_crl" not in {c.name for c in appraise(unchecked, AppraisalPolicy(), at=AT).checks}

@@ -308,3 +308,9 @@ def test_fuzz_arbitrary_input_only_raises_config_error(data: bytes | str) -> Non
         parse_policy(data, source="fuzz.toml")
     except ConfigError:
         pass
+
+
+def test_snp_require_crl_is_read_and_checked() -> None:
+    assert parse_policy("[snp]\nrequire_crl = true\n").snp.require_crl is True  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="require_crl"):
+        parse_policy('[snp]\nrequire_crl = "yes"\n')

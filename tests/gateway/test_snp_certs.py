@@ -270,9 +270,12 @@ def test_table_round_trip_in_rfc4122_byte_order() -> None:
 def test_table_skips_entries_that_are_not_certificates() -> None:
     vcek = milan_parts()[0]
     other = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
-    table = build_cert_table([(CRL_GUID, b"not a certificate"), (VCEK_GUID, vcek), (other, b"")])
+    table = build_cert_table([(other, b"not a certificate"), (VCEK_GUID, vcek), (other, b"")])
     assert [entry.role for entry in parse_cert_table(table)] == [None, "vcek", None]
     assert roles(SnpCertificates.from_cert_table(table)) == ["vcek"]
+    # The CRL entry is read as AMD's CRL (tests/gateway/test_snp_crl.py); garbage there is refused.
+    with pytest.raises(VerificationError, match="amd_crl: not a DER certificate revocation list"):
+        SnpCertificates.from_cert_table(build_cert_table([(CRL_GUID, b"not a crl"), (VCEK_GUID, vcek)]))
 
 
 def test_table_entry_must_hold_what_its_guid_says() -> None:
@@ -467,7 +470,7 @@ def _load_or_refuse(*blobs: bytes) -> SnpCertificates | None:
     try:
         return SnpCertificates.from_bytes(*blobs)
     except VerificationError as exc:
-        assert exc.check in ("snp_certificates", "snp_cert_table")
+        assert exc.check in ("snp_certificates", "snp_cert_table", "amd_crl")
         return None
 
 
@@ -514,7 +517,7 @@ def test_fuzz_cert_table_arbitrary_bytes(data: bytes) -> None:
     try:
         SnpCertificates.from_cert_table(data)
     except VerificationError as exc:
-        assert exc.check in ("snp_certificates", "snp_cert_table")
+        assert exc.check in ("snp_certificates", "snp_cert_table", "amd_crl")
 
 
 GUIDS = [VCEK_GUID, VLEK_GUID, ASK_GUID, ARK_GUID, CRL_GUID, uuid.UUID(int=1)]
@@ -536,4 +539,4 @@ def test_fuzz_cert_table_structured(headers: list[tuple[uuid.UUID, int, int]], s
     try:
         SnpCertificates.from_cert_table(table)
     except VerificationError as exc:
-        assert exc.check in ("snp_certificates", "snp_cert_table")
+        assert exc.check in ("snp_certificates", "snp_cert_table", "amd_crl")
