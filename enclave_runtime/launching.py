@@ -17,9 +17,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from teelab.enclave_runtime.image import EnclaveImage
 from teelab.enclave_runtime.manifest import TEE_STATE, TEE_TMP, EnclaveManifest
 from teelab.errors import EnclaveError
+from teelab.files import write_private
 
 # Folders the kernel image points into its scratch space; they must exist before Python starts.
 _PRIVATE_FOLDERS = ("HOME", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "MPLCONFIGDIR")
@@ -96,3 +100,17 @@ def prepare_local_launch(
     env.update(passthrough(manifest, inputs))
     env["TEELAB_TEE"] = backend
     return LocalLaunch([place(a) for a in manifest.argv], env, scratch)
+
+
+def throwaway_signing_key(folder: Path) -> tuple[rsa.RSAPrivateKey, Path]:
+    """An enclave signing key for measuring only (RSA-3072, e = 3, as SIGSTRUCT demands), written 0600 into a
+    scratch ``folder``: MRENCLAVE does not depend on the signer, so any key yields the value to pin."""
+    key = rsa.generate_private_key(public_exponent=3, key_size=3072)
+    path = folder / "throwaway-key.pem"
+    write_private(
+        path,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+    return key, path

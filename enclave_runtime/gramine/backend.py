@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess, PccsCollateral
@@ -36,7 +35,12 @@ from teelab.enclave_runtime.gramine.tools import (
 )
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import IMAGE_FILE, EnclaveImage, default_image_dir
-from teelab.enclave_runtime.launching import passthrough, refuse_unlisted_inputs, start_process
+from teelab.enclave_runtime.launching import (
+    passthrough,
+    refuse_unlisted_inputs,
+    start_process,
+    throwaway_signing_key,
+)
 from teelab.enclave_runtime.manifest import (
     EnclaveManifest,
     ImageSpec,
@@ -47,7 +51,7 @@ from teelab.enclave_runtime.manifest import (
 )
 from teelab.enclave_runtime.signing import Sigstruct, sign
 from teelab.errors import EnclaveError
-from teelab.files import replace_atomically, write_private
+from teelab.files import replace_atomically
 
 DIRECT_WARNING = (
     "teelab: WARNING: gramine-direct runs the kernel as an ordinary process: no SGX enclave, no memory "
@@ -256,16 +260,7 @@ class GramineBackend(PccsCollateral, EnclaveBackend):
             )
         with tempfile.TemporaryDirectory(prefix="teelab-gramine-measure-") as scratch:
             folder = Path(scratch)
-            throwaway = rsa.generate_private_key(public_exponent=3, key_size=3072)
-            key_path = folder / "throwaway-key.pem"
-            write_private(
-                key_path,
-                throwaway.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                ),
-            )
+            throwaway, key_path = throwaway_signing_key(folder)
             manifest, options, template = self.render(spec, folder / "image", debug=False, progress=progress)
             return self._sign(manifest, options, template, folder / "image", throwaway, key_path).mrenclave
 

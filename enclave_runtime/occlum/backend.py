@@ -27,7 +27,12 @@ from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, Enclav
 from teelab.enclave_runtime.gramine.sigstruct import load_author_key
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import IMAGE_FILE, EnclaveImage, default_image_dir
-from teelab.enclave_runtime.launching import passthrough, refuse_unlisted_inputs, start_process
+from teelab.enclave_runtime.launching import (
+    passthrough,
+    refuse_unlisted_inputs,
+    start_process,
+    throwaway_signing_key,
+)
 from teelab.enclave_runtime.manifest import EnclaveManifest, ImageSpec, ProgressCallback, expand
 from teelab.enclave_runtime.occlum.config import (
     TEE_STATE_PATH,
@@ -39,7 +44,7 @@ from teelab.enclave_runtime.occlum.config import (
 )
 from teelab.enclave_runtime.signing import Sigstruct, mrsigner_of, sign
 from teelab.errors import EnclaveError, UsageError
-from teelab.files import replace_atomically, write_private
+from teelab.files import replace_atomically
 
 INSTALL_HINT = (
     "install Occlum ≥ 0.30 (its Docker image occlum/occlum, or the occlum packages from Occlum's apt "
@@ -256,16 +261,7 @@ class OcclumBackend(PccsCollateral, EnclaveBackend):
             )
         with tempfile.TemporaryDirectory(prefix="teelab-occlum-measure-") as scratch:
             folder = Path(scratch)
-            throwaway = rsa.generate_private_key(public_exponent=3, key_size=3072)
-            key_path = folder / "throwaway-key.pem"
-            write_private(
-                key_path,
-                throwaway.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                ),
-            )
+            _, key_path = throwaway_signing_key(folder)
             return self.build(spec, out=folder / "image", signing_key=key_path, progress=progress).mrenclave
 
     def _print(self, instance: Path, what: str) -> bytes:
