@@ -12,6 +12,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -30,6 +31,21 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
+def speed_probe() -> float:
+    """Milliseconds for a fixed piece of pure-Python work (median of 5): how fast this shared machine ran when
+    the benchmark was measured. Absolute numbers (verifications/s, releases/s) are only comparable between
+    runs with similar probes; the ratios against a baseline measured in the same run are robust to it."""
+
+    def once() -> float:
+        start = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i * i
+        return time.perf_counter() - start
+
+    return round(statistics.median(once() for _ in range(5)) * 1000, 1)
+
+
 def machine() -> dict[str, object]:
     try:
         cpu = next(
@@ -44,6 +60,7 @@ def machine() -> dict[str, object]:
         "cores": os.cpu_count(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "speed_probe_ms": speed_probe(),
     }
 
 
