@@ -99,10 +99,19 @@ def isolated_teelab(root: Path) -> Iterator[dict[str, str]]:
                 os.environ[key] = value
 
 
-def pin_to_one_core() -> None:
-    """Benchmarks that claim "per core" run on one core."""
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+@contextmanager
+def one_core() -> Iterator[None]:
+    """Benchmarks that claim "per core" run on one core; the cores are given back afterwards (affinity is
+    inherited: left pinned, `make bench` once ran every later benchmark and its children on one core)."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)
 
 
 def git_revision() -> str:

@@ -178,11 +178,10 @@ def write_report() -> Path:
         "teelab with its plain baseline measured in the same run; timings are medians of repeated runs. "
         "Timings never appear in pass/fail tests.",
         "",
-        "The machine is a shared 2-core VM whose speed varies between runs by up to 1.5× (the same code measured "
-        "5,400 and 8,200 SGX verifications/s, 350 and 650 key releases/s, an hour apart). Each section gives "
-        "the **speed probe** taken with it: the milliseconds of a fixed piece of Python work, lower is faster "
-        "(about 32 ms in a fast period). Ratios against a baseline measured in the same run are robust to it; "
-        "absolute numbers are not.",
+        "The machine is a shared 2-core VM whose speed varies between runs (the same code measured 5,400 and "
+        "8,200 SGX verifications/s an hour apart). Each section gives the **speed probe** taken with it: the "
+        "milliseconds of a fixed piece of Python work, lower is faster (about 32 ms in a fast period). Ratios "
+        "against a baseline measured in the same run are robust to it; absolute numbers are not.",
         "",
     ]
     for name in BENCHMARKS:

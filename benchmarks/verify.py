@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import median, pin_to_one_core, write_result
+from common import median, one_core, write_result
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
 
@@ -28,11 +28,15 @@ def _rate(fn: object, seconds: float = 2.0) -> float:
 
 
 def run(repeats: int = 5) -> dict[str, object]:
+    with one_core():
+        return _measure(repeats)
+
+
+def _measure(repeats: int) -> dict[str, object]:
     from teelab.gateway.anchors import TrustAnchors
     from teelab.gateway.dcap import clear_collateral_cache, load_collateral, verify_intel_quote
     from teelab.gateway.snp import SnpCertificates, verify_snp_report
 
-    pin_to_one_core()
     anchors = TrustAnchors()
     quote = (VECTORS / "sgx-dcap-qvl" / "sgx_quote.bin").read_bytes()
     bundle = VECTORS / "sgx-dcap-qvl" / "sgx_quote_collateral.json"
