@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from teelab.gateway.asn1 import DerError as DerError  # re-exported: callers use der.DerError
+from teelab.gateway.asn1 import decode_oid as decode_oid  # re-exported: callers use der.decode_oid
+
 BOOLEAN = 0x01
 INTEGER = 0x02
 OCTET_STRING = 0x04
@@ -18,10 +21,6 @@ SEQUENCE = 0x30
 
 # Four length bytes allow 4 GiB, far beyond any certificate; longer forms are only seen in hostile input.
 _MAX_LENGTH_BYTES = 4
-
-
-class DerError(ValueError):
-    """Malformed DER; callers turn it into a VerificationError naming what they were reading."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,27 +82,6 @@ def read_single(data: bytes, tag: int) -> Tlv:
 def expect(item: Tlv, tag: int) -> None:
     if item.tag != tag:
         raise DerError(f"expected tag 0x{tag:02x}, found 0x{item.tag:02x}")
-
-
-def decode_oid(value: bytes) -> str:
-    if not value:
-        raise DerError("empty OBJECT IDENTIFIER")
-    if value[-1] & 0x80:
-        raise DerError("truncated OBJECT IDENTIFIER")
-    arcs: list[int] = []
-    current = 0
-    fresh = True
-    for byte in value:
-        if fresh and byte == 0x80:
-            raise DerError("OBJECT IDENTIFIER arc with leading 0x80 (not DER)")
-        current = (current << 7) | (byte & 0x7F)
-        fresh = not byte & 0x80
-        if fresh:
-            arcs.append(current)
-            current = 0
-    first = arcs[0]
-    head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
-    return ".".join(str(arc) for arc in head + arcs[1:])
 
 
 def decode_integer(value: bytes) -> int:

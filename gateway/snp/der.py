@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from teelab.gateway.asn1 import DerError as DerError  # re-exported: callers use der.DerError
+from teelab.gateway.asn1 import decode_oid as decode_oid  # re-exported: callers use der.decode_oid
+
 BOOLEAN = 0x01
 INTEGER = 0x02
 BIT_STRING = 0x03
@@ -35,10 +38,6 @@ def context(number: int) -> int:
 _MAX_LENGTH_BYTES = 4
 # Certificates nest about six levels deep; a bound keeps hostile nesting from costing anything.
 _MAX_CHILDREN = 4096
-
-
-class DerError(ValueError):
-    """Malformed DER; callers turn it into a VerificationError naming what they were reading."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,27 +116,6 @@ def read_single(buf: bytes, tag: int, what: str) -> Element:
     if item.end != len(buf):
         raise DerError(f"{what}: {len(buf) - item.end} bytes after the element")
     return item.expect(tag, what)
-
-
-def decode_oid(value: bytes) -> str:
-    if not value:
-        raise DerError("empty OBJECT IDENTIFIER")
-    if value[-1] & 0x80:
-        raise DerError("truncated OBJECT IDENTIFIER")
-    arcs: list[int] = []
-    current = 0
-    fresh = True
-    for byte in value:
-        if fresh and byte == 0x80:
-            raise DerError("OBJECT IDENTIFIER arc with a leading 0x80 (not DER)")
-        current = (current << 7) | (byte & 0x7F)
-        fresh = not byte & 0x80
-        if fresh:
-            arcs.append(current)
-            current = 0
-    first = arcs[0]
-    head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
-    return ".".join(str(arc) for arc in head + arcs[1:])
 
 
 def decode_unsigned(value: bytes, what: str, *, max_bytes: int = 8) -> int:
