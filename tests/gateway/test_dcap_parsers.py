@@ -15,6 +15,8 @@ from teelab.gateway.dcap.chain import pck_chain_from_pem
 from teelab.gateway.dcap.pck import extension_bytes
 from teelab.gateway.dcap.pem import load_certificates, load_crl
 
+from .test_dcap_synthetic import _oid, _tlv
+
 SGX_EXT = "1.2.840.113741.1.13.1"
 
 
@@ -54,27 +56,6 @@ def test_pck_extension_of_the_intel_sample(vector_dir: Path) -> None:
     assert ext.fmspc.hex() == "00707f000000"
     assert ext.sgx_type_name == "Standard"
     assert ext.platform_instance_id is None and ext.configuration == ()
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes([tag, n]) + content
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(body)]) + body + content
-
-
-def _oid(dotted: str) -> bytes:
-    arcs = [int(a) for a in dotted.split(".")]
-    out = bytearray([40 * arcs[0] + arcs[1]])
-    for arc in arcs[2:]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        out += bytes(reversed(chunk))
-    return _tlv(der.OID, bytes(out))
 
 
 def _int(value: int) -> bytes:
