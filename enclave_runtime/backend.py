@@ -177,10 +177,14 @@ class EnclaveBackend(ABC):
         image: EnclaveImage,
         *,
         inputs: Mapping[str, str],
+        controller: bytes | None = None,
         stdout: int | None = None,
         stderr: int | None = None,
     ) -> EnclaveProcess:
-        """Start the image's entrypoint inside the TEE; ``inputs`` are its passthrough (untrusted) env."""
+        """Start the image's entrypoint inside the TEE; ``inputs`` are its passthrough (untrusted) env.
+
+        ``controller`` (32 bytes, ``SHA-256(G.pub)`` of the launching gateway) is bound into every evidence the
+        TEE produces (see :mod:`~teelab.enclave_runtime.controller`); None leaves the fields zero."""
 
     @abstractmethod
     def collateral_path(self, at: datetime | None = None) -> Path | None:

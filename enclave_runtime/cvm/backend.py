@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess, PccsCollateral
+from teelab.enclave_runtime.controller import check_controller
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import EnclaveImage, build_image, default_image_dir
 from teelab.enclave_runtime.launching import prepare_local_launch, refuse_unlisted_inputs, start_process
@@ -77,9 +78,12 @@ class CvmBackend(PccsCollateral, EnclaveBackend):
         image: EnclaveImage,
         *,
         inputs: Mapping[str, str],
+        controller: bytes | None = None,
         stdout: int | None = None,
         stderr: int | None = None,
     ) -> EnclaveProcess:
+        if check_controller(controller) is not None:
+            raise EnclaveError("the cvm backend does not bind a controller at launch yet")
         manifest = image.manifest
         refuse_unlisted_inputs(manifest, inputs)
         with HashCache() as cache:

@@ -24,6 +24,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess, PccsCollateral
+from teelab.enclave_runtime.controller import check_controller
 from teelab.enclave_runtime.gramine.sigstruct import SgxSigstruct, load_author_key, parse_sigstruct
 from teelab.enclave_runtime.gramine.template import STATE_FOLDER, GramineOptions, render_template
 from teelab.enclave_runtime.gramine.tools import (
@@ -294,9 +295,12 @@ class GramineBackend(PccsCollateral, EnclaveBackend):
         image: EnclaveImage,
         *,
         inputs: Mapping[str, str],
+        controller: bytes | None = None,
         stdout: int | None = None,
         stderr: int | None = None,
     ) -> EnclaveProcess:
+        if check_controller(controller) is not None:
+            raise EnclaveError("the Gramine backend does not bind a controller at launch yet")
         if not isinstance(image, GramineImage):
             raise EnclaveError(f"{image.path} is a {image.backend} image, not a Gramine one")
         manifest = image.manifest

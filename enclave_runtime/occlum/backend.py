@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess, PccsCollateral
+from teelab.enclave_runtime.controller import check_controller
 from teelab.enclave_runtime.gramine.sigstruct import load_author_key
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import IMAGE_FILE, EnclaveImage, default_image_dir
@@ -295,9 +296,12 @@ class OcclumBackend(PccsCollateral, EnclaveBackend):
         image: EnclaveImage,
         *,
         inputs: Mapping[str, str],
+        controller: bytes | None = None,
         stdout: int | None = None,
         stderr: int | None = None,
     ) -> EnclaveProcess:
+        if check_controller(controller) is not None:
+            raise EnclaveError("the Occlum backend does not bind a controller at launch yet")
         if not isinstance(image, OcclumImage):
             raise EnclaveError(f"{image.path} is a {image.backend} image, not an Occlum one")
         refuse_unlisted_inputs(image.manifest, inputs)

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess
+from teelab.enclave_runtime.controller import check_controller, sgx_config_id
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import EnclaveImage, build_image, default_image_dir
 from teelab.enclave_runtime.launching import prepare_local_launch, refuse_unlisted_inputs, start_process
@@ -83,9 +84,11 @@ class SimBackend(EnclaveBackend):
         image: EnclaveImage,
         *,
         inputs: Mapping[str, str],
+        controller: bytes | None = None,
         stdout: int | None = None,
         stderr: int | None = None,
     ) -> EnclaveProcess:
+        controller = check_controller(controller)
         manifest = image.manifest
         refuse_unlisted_inputs(manifest, inputs)
         if not any(f.path == manifest.entrypoint for f in manifest.trusted_files):
@@ -130,6 +133,7 @@ class SimBackend(EnclaveBackend):
             isv_prod_id=image.sigstruct.isv_prod_id,
             isv_svn=image.sigstruct.isv_svn,
             attributes=image.sigstruct.attributes,
+            config_id=sgx_config_id(controller),
         )
         with os.fdopen(identity_write, "w") as pipe:
             try:

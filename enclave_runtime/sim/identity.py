@@ -29,6 +29,10 @@ class SimIdentity:
     isv_prod_id: int
     isv_svn: int
     attributes: int
+    # SGX KSS CONFIGID: on hardware the launcher sets it in SECS at EINIT and the CPU puts it in every report;
+    # here the loader sets it, and the runtime reads it once at start-up (a model of what the platform
+    # enforces: the simulated TEE is not confidential, so nothing stops the process from lying about it).
+    config_id: bytes = bytes(64)
 
     @property
     def debug(self) -> bool:
@@ -43,6 +47,7 @@ class SimIdentity:
                 "isv_prod_id": self.isv_prod_id,
                 "isv_svn": self.isv_svn,
                 "attributes": self.attributes,
+                "config_id": self.config_id.hex(),
             }
         )
 
@@ -67,16 +72,20 @@ class SimIdentity:
     def from_text(cls, value: str) -> SimIdentity:
         try:
             data = json.loads(value)
-            return cls(
+            identity = cls(
                 platform=Path(data["platform"]),
                 mrenclave=bytes.fromhex(data["mrenclave"]),
                 mrsigner=bytes.fromhex(data["mrsigner"]),
                 isv_prod_id=int(data["isv_prod_id"]),
                 isv_svn=int(data["isv_svn"]),
                 attributes=int(data["attributes"]),
+                config_id=bytes.fromhex(data["config_id"]),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise EvidenceError(f"malformed enclave identity: {error}") from None
+        if len(identity.config_id) != 64:
+            raise EvidenceError("malformed enclave identity: CONFIGID is not 64 bytes")
+        return identity
 
     def sealing_identity(self, policy: SealPolicy) -> bytes:
         """The bytes a sealing key is bound to; the DEBUG attribute is always part of it, as on SGX."""

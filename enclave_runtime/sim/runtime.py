@@ -43,6 +43,7 @@ class SimRuntime(TeeRuntime):
             isv_svn=self.identity.isv_svn,
             report_data=report_data,
             attributes_flags=flags,
+            config_id=self.identity.config_id,
         )
 
     def evidence(self, report_data: bytes) -> Evidence:

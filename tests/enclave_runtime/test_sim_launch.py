@@ -3,6 +3,7 @@ manifest's environment and its declared inputs, and gets quotes over its own ide
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -13,6 +14,9 @@ import pytest
 from teelab.enclave_runtime.manifest import TEE_TMP, ImageSpec
 from teelab.enclave_runtime.sim.backend import SimBackend
 from teelab.errors import EnclaveError
+from teelab.gateway.policy import AppraisalPolicy
+from teelab.gateway.verifier import verify_evidence
+from teelab.timeutil import utcnow
 
 PROBE = """
 import json, os, sys
@@ -94,3 +98,47 @@ def test_damaged_image_file_is_reported(image_spec: ImageSpec, tmp_path: Path) -
     (image.path / "image.json").write_text(json.dumps(document))
     with pytest.raises(EnclaveError, match="measures differently"):
         backend.load_image("probe", image.path)
+
+
+def test_controller_is_bound_into_the_configid_of_every_quote(image_spec: ImageSpec, tmp_path: Path) -> None:
+    backend = SimBackend()
+    image = backend.build(image_spec, out=tmp_path / "image")
+    controller = hashlib.sha256(b"gateway identity key G.pub").digest()
+    report_data = bytes(range(64))
+    process = backend.launch(
+        image, inputs={"PROBE_INPUT": report_data.hex()}, controller=controller, stdout=subprocess.PIPE
+    )
+    out, _ = process.popen.communicate(timeout=60)
+    assert process.wait() == 0
+    process.cleanup()
+    quote = bytes.fromhex(json.loads(out)["quote"])
+    assert quote[48 + 192 : 48 + 256] == controller + bytes(32)  # the report body's CONFIGID
+    result = verify_evidence(
+        quote,
+        collateral=backend.collateral_path(),
+        at=utcnow(),
+        policy=AppraisalPolicy(allow_simulation=True),
+        expected_report_data=report_data,
+    )
+    assert result.ok, result.error
+    assert result.claims["config_id"] == (controller + bytes(32)).hex()
+
+
+def test_without_a_controller_the_configid_stays_zero(image_spec: ImageSpec, tmp_path: Path) -> None:
+    backend = SimBackend()
+    image = backend.build(image_spec, out=tmp_path / "image")
+    process = backend.launch(image, inputs={"PROBE_INPUT": "00" * 64}, stdout=subprocess.PIPE)
+    out, _ = process.popen.communicate(timeout=60)
+    assert process.wait() == 0
+    process.cleanup()
+    assert bytes.fromhex(json.loads(out)["quote"])[240:304] == bytes(64)
+
+
+@pytest.mark.parametrize("controller", [b"", bytes(31), bytes(33), bytes(64)])
+def test_a_controller_that_is_not_a_32_byte_hash_is_refused(
+    image_spec: ImageSpec, tmp_path: Path, controller: bytes
+) -> None:
+    backend = SimBackend()
+    image = backend.build(image_spec, out=tmp_path / "image")
+    with pytest.raises(EnclaveError, match="32-byte SHA-256"):
+        backend.launch(image, inputs={}, controller=controller)
