@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from teelab.gateway.checks import Check
+from teelab.gateway.controller import judge_controller
 from teelab.gateway.policy import TDX_PINS, AppraisalPolicy, SnpReference
 from teelab.gateway.result import NOT_CONFIDENTIAL, AttestationResult, Verdict
 from teelab.gateway.verified import Tee, VerifiedEvidence
@@ -126,11 +127,14 @@ def appraise(
     *,
     at: datetime,
     expected_report_data: bytes | None = None,
+    expected_controller: bytes | None = None,
 ) -> AttestationResult:
     """Judge authentic evidence against ``policy`` at time ``at``.
 
     ``expected_report_data`` is what the caller requires in the evidence's report_data (e.g. the session's
     nonce binding); it is compared in constant time, zero-padded on the right like the policy's value.
+    ``expected_controller`` is the caller's controller hash (SHA-256 of its gateway identity key); when given,
+    the check ``controller`` requires the evidence to name that controller (see :mod:`.controller`).
     """
     at = at if at.tzinfo else at.replace(tzinfo=UTC)  # a naive time is UTC, as everywhere in teelab
     judge = _Judgement(evidence, policy, at)
@@ -155,6 +159,9 @@ def appraise(
         _judge_report_data(
             judge, "policy.expected_report_data", expected_report_data, "the expected report_data"
         )
+    if expected_controller is not None:
+        check = judge_controller(evidence, policy, expected_controller)
+        judge.record(check.name, check.passed, check.detail, INSTANCE_IDENTITY)
     checks = (*evidence.checks, *judge.checks)
     return AttestationResult(
         verdict=_verdict(checks, evidence),

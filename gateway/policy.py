@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from teelab.errors import ConfigError
 from teelab.gateway.verified import TCB_STATUSES, Tee
@@ -47,6 +48,10 @@ _DURATION = re.compile(r"(\d+)([wdhms])")
 _DURATION_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _ADVISORY_ID = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,63}")
 _POLICY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,159}")
+# How a TEE's evidence names the gateway that controls it (ARCHITECTURE §3, the controller rule):
+# "platform" — a launch-time field (SGX CONFIGID, TDX MRCONFIGID, SEV-SNP HOST_DATA) carries the controller
+# hash; "measurement" — the measured image pins the controller, so only a pinned identity binds it.
+CONTROLLER_BINDINGS = ("platform", "measurement")
 
 
 class _Invalid(Exception):
@@ -158,6 +163,18 @@ def _advisories(key: str, values: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(ids))
 
 
+def _binding(key: str, value: object, *, pinned: bool, pins: str) -> str:
+    if value not in CONTROLLER_BINDINGS:
+        raise _Invalid(key, f'expected "platform" or "measurement", got {_describe(value)}')
+    if value == "measurement" and not pinned:
+        raise _Invalid(
+            key,
+            f'"measurement" means the measured image pins the controller, so the policy must pin the image '
+            f'identity ({pins}); pin it with `teelab enclave measure`, or use "platform"',
+        )
+    return str(value)
+
+
 def _policy_id(key: str, value: object) -> str:
     if not isinstance(value, str) or not _POLICY_ID.fullmatch(value):
         raise _Invalid(
@@ -207,6 +224,7 @@ class SgxReference:
     mrsigner: tuple[str, ...] = ()
     isv_prod_id: int | None = None
     min_isv_svn: int | None = None
+    controller_binding: str = "platform"
 
     def __post_init__(self) -> None:
         with _built_in_code("SgxReference"):
@@ -216,6 +234,18 @@ class SgxReference:
                 _uint("sgx.isv_prod_id", self.isv_prod_id, 16)
             if self.min_isv_svn is not None:
                 _uint("sgx.min_isv_svn", self.min_isv_svn, 16)
+            _binding(
+                "sgx.controller_binding",
+                self.controller_binding,
+                pinned=self.pins_identity,
+                pins=SGX_IDENTITY_PINS,
+            )
+
+    @property
+    def pins_identity(self) -> bool:
+        """Whether only one enclave image (or one signer's one product) passes: MRENCLAVE, or MRSIGNER with
+        ISVPRODID. MRSIGNER alone admits every enclave that key ever signed."""
+        return bool(self.mrenclave) or (bool(self.mrsigner) and self.isv_prod_id is not None)
 
 
 @dataclass(frozen=True)
@@ -228,14 +258,29 @@ class TdxReference:
     rtmr2: tuple[str, ...] = ()
     rtmr3: tuple[str, ...] = ()
     mrconfigid: tuple[str, ...] = ()
+    controller_binding: str = "platform"
 
     def __post_init__(self) -> None:
         with _built_in_code("TdxReference"):
             for name in TDX_PINS:
                 _set(self, name, _hex_values(f"tdx.{name}", getattr(self, name), _TDX_MEASUREMENT_BYTES))
+            _binding(
+                "tdx.controller_binding",
+                self.controller_binding,
+                pinned=self.pins_identity,
+                pins=TDX_IDENTITY_PINS,
+            )
+
+    @property
+    def pins_identity(self) -> bool:
+        """Whether the TD's initial image is pinned (MRTD); without it the host boots firmware of its own."""
+        return bool(self.mrtd)
 
 
 TDX_PINS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid")
+SGX_IDENTITY_PINS = "sgx.mrenclave, or sgx.mrsigner with sgx.isv_prod_id"
+TDX_IDENTITY_PINS = "tdx.mrtd"
+SNP_IDENTITY_PINS = "snp.measurement"
 SNP_TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 
 
@@ -279,6 +324,7 @@ class SnpReference:
     require_single_socket: bool = False
     # Refuse evidence whose ASK/ASVK was not checked against a current CRL of AMD's ARK.
     require_crl: bool = False
+    controller_binding: str = "platform"
 
     def __post_init__(self) -> None:
         with _built_in_code("SnpReference"):
@@ -288,6 +334,17 @@ class SnpReference:
             _set(self, "host_data", _hex_values("snp.host_data", self.host_data, _SNP_HOST_DATA_BYTES))
             for name in ("allow_smt", "allow_migration_agent", "require_single_socket", "require_crl"):
                 _flag(f"snp.{name}", getattr(self, name))
+            _binding(
+                "snp.controller_binding",
+                self.controller_binding,
+                pinned=self.pins_identity,
+                pins=SNP_IDENTITY_PINS,
+            )
+
+    @property
+    def pins_identity(self) -> bool:
+        """Whether the guest's launch image is pinned (MEASUREMENT)."""
+        return bool(self.measurement)
 
 
 @dataclass(frozen=True)
@@ -381,7 +438,8 @@ _TOP_KEYS = (
     "tdx",
     "snp",
 )
-_SGX_KEYS = ("mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn")
+_SGX_KEYS = ("mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn", "controller_binding")
+_TDX_KEYS = (*TDX_PINS, "controller_binding")
 _SNP_KEYS = (
     "measurement",
     "host_data",
@@ -390,6 +448,7 @@ _SNP_KEYS = (
     "allow_migration_agent",
     "require_single_socket",
     "require_crl",
+    "controller_binding",
 )
 
 
@@ -415,7 +474,7 @@ def _non_empty_hexes(key: str, value: object, nbytes: int) -> tuple[str, ...]:
 
 def _parse_sgx(table: Mapping[str, object]) -> SgxReference:
     _check_keys("sgx", table, _SGX_KEYS)
-    return SgxReference(
+    ref = SgxReference(
         mrenclave=_non_empty_hexes("sgx.mrenclave", table["mrenclave"], _SGX_MEASUREMENT_BYTES)
         if "mrenclave" in table
         else (),
@@ -425,16 +484,29 @@ def _parse_sgx(table: Mapping[str, object]) -> SgxReference:
         isv_prod_id=_uint("sgx.isv_prod_id", table["isv_prod_id"], 16) if "isv_prod_id" in table else None,
         min_isv_svn=_uint("sgx.min_isv_svn", table["min_isv_svn"], 16) if "min_isv_svn" in table else None,
     )
+    return _with_binding("sgx", table, ref, SGX_IDENTITY_PINS)
 
 
 def _parse_tdx(table: Mapping[str, object]) -> TdxReference:
-    _check_keys("tdx", table, TDX_PINS)
+    _check_keys("tdx", table, _TDX_KEYS)
     pins = {
         name: _non_empty_hexes(f"tdx.{name}", table[name], _TDX_MEASUREMENT_BYTES)
         for name in TDX_PINS
         if name in table
     }
-    return TdxReference(**pins)
+    return _with_binding("tdx", table, TdxReference(**pins), TDX_IDENTITY_PINS)
+
+
+_Reference = TypeVar("_Reference", SgxReference, TdxReference, SnpReference)
+
+
+def _with_binding(section: str, table: Mapping[str, object], ref: _Reference, pins: str) -> _Reference:
+    # Checked here, against the section's parsed pins, so the error names the policy file.
+    if "controller_binding" not in table:
+        return ref
+    key = f"{section}.controller_binding"
+    binding = _binding(key, table["controller_binding"], pinned=ref.pins_identity, pins=pins)
+    return replace(ref, controller_binding=binding)
 
 
 def _parse_snp(table: Mapping[str, object]) -> SnpReference:
@@ -453,7 +525,7 @@ def _parse_snp(table: Mapping[str, object]) -> SnpReference:
         for name in ("allow_smt", "allow_migration_agent", "require_single_socket", "require_crl")
         if name in table
     }
-    return SnpReference(
+    ref = SnpReference(
         measurement=_non_empty_hexes("snp.measurement", table["measurement"], _SNP_MEASUREMENT_BYTES)
         if "measurement" in table
         else (),
@@ -463,6 +535,7 @@ def _parse_snp(table: Mapping[str, object]) -> SnpReference:
         min_tcb=min_tcb,
         **flags,
     )
+    return _with_binding("snp", table, ref, SNP_IDENTITY_PINS)
 
 
 def policy_from_mapping(

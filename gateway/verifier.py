@@ -20,6 +20,7 @@ from teelab.gateway import dcap, snp
 from teelab.gateway.anchors import TrustAnchors
 from teelab.gateway.appraisal import appraise, reject_unverified
 from teelab.gateway.checks import Check, CheckLog
+from teelab.gateway.controller import check_controller_hash
 from teelab.gateway.dcap import IntelCollateral
 from teelab.gateway.policy import AppraisalPolicy
 from teelab.gateway.result import AttestationResult
@@ -116,12 +117,17 @@ def verify_evidence(
     anchors: TrustAnchors | None = None,
     policy: AppraisalPolicy,
     expected_report_data: bytes | None = None,
+    expected_controller: bytes | None = None,
 ) -> AttestationResult:
     """Verify and appraise ``evidence`` (an Intel DCAP quote or an SEV-SNP report, binary or hex text).
 
     ``collateral`` (Intel) and ``certs`` (SEV-SNP) are loaded objects, paths to load them from, or their
     bytes (a collateral JSON bundle; DER/PEM certificates or an SNP certificate table, e.g. the auxblob).
+    ``expected_controller`` is the caller's controller hash, ``SHA-256(G.pub)`` of its gateway identity key;
+    when given, the result has the check ``controller`` (:mod:`teelab.gateway.controller`).
     """
+    if expected_controller is not None:
+        check_controller_hash(expected_controller)
     anchors = anchors if anchors is not None else default_anchors()
     at = at if at.tzinfo else at.replace(tzinfo=UTC)  # a naive time is UTC, as everywhere in teelab
 
@@ -164,7 +170,13 @@ def verify_evidence(
         return rejected(log.checks, found.tee, "malfunction")
     verified = _with_format_check(verified, log.checks[0])
     try:
-        return appraise(verified, policy, at=at, expected_report_data=expected_report_data)
+        return appraise(
+            verified,
+            policy,
+            at=at,
+            expected_report_data=expected_report_data,
+            expected_controller=expected_controller,
+        )
     except Exception as error:
         # Claims come from the evidence; a shape the appraisal did not expect is still only a rejection.
         detail = (

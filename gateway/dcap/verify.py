@@ -399,6 +399,7 @@ def _claims(quote: Quote) -> dict[str, ClaimValue]:
             "mrsigner": _h(body.mrsigner),
             "isv_prod_id": body.isv_prod_id,
             "isv_svn": body.isv_svn,
+            "config_id": _h(body.config_id),
             "report_data": _h(body.report_data),
             "debug": body.debug,
         }

@@ -226,6 +226,8 @@ class Platform:
         seam_attributes: bytes = bytes(8),
         debug: bool = False,
         trailing: bytes = b"",
+        config_id: bytes = bytes(64),
+        mrconfigid: bytes = bytes(48),
     ) -> bytes:
         tdx = tee == "tdx"
         header = struct.pack(
@@ -245,12 +247,14 @@ class Platform:
             body[112:120] = seam_attributes
             body[120] = 1 if debug else 0
             body[136:184] = b"T" * 48
+            body[184:232] = mrconfigid
             body[520:584] = b"R" * 64
         else:
             body = bytearray(384)
             body[48] = 0x07 if debug else 0x05
             body[64:96] = b"E" * 32
             body[128:160] = b"S" * 32
+            body[192:256] = config_id
             body[256:260] = struct.pack("<HH", 7, 3)
             body[320:384] = b"R" * 64
         if version == 5:

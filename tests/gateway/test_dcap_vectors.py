@@ -212,7 +212,17 @@ def test_sgx_claims(vector_dir: Path, read_vector: Callable[[str], bytes]) -> No
         at=_time("2025-07-01T00:00:00Z"),
         anchors=TrustAnchors(),
     )
-    assert set(evidence.claims) == {"mrenclave", "mrsigner", "isv_prod_id", "isv_svn", "report_data", "debug"}
+    assert set(evidence.claims) == {
+        "mrenclave",
+        "mrsigner",
+        "isv_prod_id",
+        "isv_svn",
+        "config_id",
+        "report_data",
+        "debug",
+    }
+    # CONFIGID names the controlling gateway (the controller rule); this quote predates it: all zero.
+    assert evidence.claims["config_id"] == "00" * 64
     assert bytes.fromhex(str(evidence.claims["report_data"])).startswith(b"Hello, world!")
     # TCB matching uses the PCK certificate's SVNs, which differ from the report's CPUSVN here.
     assert evidence.details["pck_tcb_svns"] == [11, 11, 2, 2, 255, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
