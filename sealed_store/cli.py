@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from argparse import ArgumentParser
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from teelab.cli_support import Handler, Subparsers
 from teelab.errors import UsageError
 from teelab.timeutil import parse_time, utcnow
 
@@ -220,31 +222,43 @@ def _delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from teelab.cli import HelpFormatter
-    from teelab.sealed_store.seal_cli import add_seal_arguments
+def register(subparsers: Subparsers) -> None:
+    from teelab.cli_support import command_group
 
-    dataset = subparsers.add_parser(
+    _, commands = command_group(
+        subparsers,
         "dataset",
-        help="seal, upload and share datasets only attested kernels can read",
+        help_text="seal, upload and share datasets only attested kernels can read",
         description="Sealed datasets: decrypted only inside an attested kernel, for the users you grant.",
         epilog=GROUP_EPILOG,
-        formatter_class=HelpFormatter,
     )
-    dataset.set_defaults(group_parser=dataset)
-    commands = dataset.add_subparsers(dest="dataset_command", metavar="COMMAND")
+    _register_seal(commands)
+    _register_upload(commands)
+    _register_reading(commands)
+    _register_sharing(commands)
 
-    def command(
-        name: str, help_text: str, handler: Any, epilog: str | None = None
-    ) -> argparse.ArgumentParser:
-        parser = commands.add_parser(
-            name, help=help_text, description=help_text, epilog=epilog, formatter_class=HelpFormatter
-        )
-        _connection_arguments(parser)
-        parser.set_defaults(handler=handler)
-        return parser
 
-    seal = command(
+def _command(
+    commands: Subparsers, name: str, help_text: str, handler: Handler, epilog: str
+) -> ArgumentParser:
+    from teelab.cli_support import add_command
+
+    parser = add_command(commands, name, handler, help_text=help_text, epilog=epilog)
+    _connection_arguments(parser)
+    return parser
+
+
+def _policy_arguments(parser: ArgumentParser) -> None:
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--policy", type=Path, metavar="FILE", help=POLICY_HELP)
+    choice.add_argument("--builtin-policy", action="store_true", help=BUILTIN_POLICY_HELP)
+
+
+def _register_seal(commands: Subparsers) -> None:
+    from teelab.sealed_store.seal_cli import add_seal_arguments
+
+    seal = _command(
+        commands,
         "seal",
         "seal a CSV or Parquet input into a folder and register its key (upload it afterwards)",
         _seal,
@@ -252,9 +266,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "  teelab dataset upload sales-v1.sealed",
     )
     add_seal_arguments(seal)
-    seal_policy = seal.add_mutually_exclusive_group()
-    seal_policy.add_argument("--policy", type=Path, metavar="FILE", help=POLICY_HELP)
-    seal_policy.add_argument("--builtin-policy", action="store_true", help=BUILTIN_POLICY_HELP)
+    _policy_arguments(seal)
     seal.add_argument(
         "--release-until", metavar="TIME", help="no key release after this (ISO-8601 or e.g. 90d)"
     )
@@ -263,7 +275,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         if action.dest == "version":
             action.default, action.help = None, "version (default: one more than any registered)"
 
-    upload = command(
+
+def _register_upload(commands: Subparsers) -> None:
+    from teelab.sealed_store.seal import COMPRESSIONS, DEFAULT_PART_SIZE
+    from teelab.sealed_store.seal_cli import parse_size
+
+    upload = _command(
+        commands,
         "upload",
         "publish a dataset (seal + register + upload + grant), or upload/resume a sealed folder",
         _upload,
@@ -275,32 +293,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     upload.add_argument("--name", help="dataset name (required for a CSV/Parquet input)")
     upload.add_argument("--version", type=int, default=None, help="version (default: the next one)")
-    upload_policy = upload.add_mutually_exclusive_group()
-    upload_policy.add_argument("--policy", type=Path, metavar="FILE", help=POLICY_HELP)
-    upload_policy.add_argument("--builtin-policy", action="store_true", help=BUILTIN_POLICY_HELP)
+    _policy_arguments(upload)
     upload.add_argument(
         "--grant", action="append", default=[], metavar="WHO", help="user:NAME or group:NAME (repeatable)"
     )
     upload.add_argument("--expires", metavar="TIME", help="the grants' expiry (ISO-8601 or e.g. 30d)")
     upload.add_argument("--release-until", metavar="TIME", help="no key release after this")
     upload.add_argument("--owner", help="owner name recorded with the dataset (default: your login)")
-    from teelab.sealed_store.seal import COMPRESSIONS, DEFAULT_PART_SIZE
-    from teelab.sealed_store.seal_cli import parse_size
-
     upload.add_argument("--part-size", type=parse_size, default=DEFAULT_PART_SIZE, help="default 128MiB")
     upload.add_argument("--input-format", choices=("auto", "csv", "parquet"), default="auto")
     upload.add_argument("--compression", choices=COMPRESSIONS, default="snappy")
 
-    listing = command(
+
+def _register_reading(commands: Subparsers) -> None:
+    listing = _command(
+        commands,
         "list",
         "datasets, their versions and who may read them",
         _list,
         "examples:\n  teelab dataset list\n  teelab dataset list --json | jq '.[].name'",
     )
     listing.add_argument("--json", action="store_true")
-    show = command("show", "one dataset in detail (JSON)", _show, "example:\n  teelab dataset show sales")
+    show = _command(
+        commands, "show", "one dataset in detail (JSON)", _show, "example:\n  teelab dataset show sales"
+    )
     show.add_argument("name")
-    grant = command(
+
+
+def _register_sharing(commands: Subparsers) -> None:
+    grant = _command(
+        commands,
         "grant",
         "let a user or group read a dataset",
         _grant,
@@ -310,7 +332,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     grant.add_argument("name")
     grant.add_argument("principal", metavar="WHO", help="user:NAME, group:NAME, or a bare user name")
     grant.add_argument("--expires", metavar="TIME", help="ISO-8601, or a duration such as 7d, 12h")
-    revoke = command(
+    revoke = _command(
+        commands,
         "revoke",
         "withdraw a grant (takes effect at the next key release)",
         _revoke,
@@ -318,7 +341,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     revoke.add_argument("name")
     revoke.add_argument("principal", metavar="WHO")
-    delete = command(
+    delete = _command(
+        commands,
         "delete",
         "erase a dataset's keys and sealed parts",
         _delete,

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 from teelab import __version__
-from teelab.errors import TeelabError
+from teelab.cli_support import HelpFormatter, Subparsers
+from teelab.cli_support import run as run_command
+
+__all__ = ["DESCRIPTION", "HelpFormatter", "build_parser", "main", "run"]
 
 # (module, description) of each part that contributes commands; imported lazily so `teelab --help` stays fast.
 COMMAND_MODULES = (
@@ -39,11 +42,7 @@ Start with:
 
 
 class _Registrar(Protocol):
-    def register(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None: ...
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the examples in descriptions and epilogs as written."""
+    def register(self, subparsers: Subparsers) -> None: ...
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,24 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
-    if handler is None:
-        # A group such as `teelab enclave` without its subcommand: teach instead of failing silently.
-        target = getattr(args, "group_parser", parser)
-        target.print_help(sys.stderr)
-        return 2
-    try:
-        return handler(args)
-    except TeelabError as error:
-        print(f"teelab: error: {error.message}", file=sys.stderr)
-        if error.hint:
-            print(f"  hint: {error.hint}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("teelab: interrupted", file=sys.stderr)
-        return 130
+    return run_command(build_parser(), argv)
 
 
 def run() -> None:

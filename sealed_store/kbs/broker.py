@@ -2,23 +2,27 @@
 
 It owns the lifecycle of the KBS's state (keys, tokens, database) and validates every value it is given,
 whatever the caller (the gRPC layer has already checked shapes; this checks meaning: names, ranges, times).
-Authorization — which token may call what — is the service's job; ``actor`` here is only recorded.
+Authorization — which token may call what — is the service's job; ``actor`` here is only recorded. The rules
+about a dataset's state (who may register the next version, which numbers are free, whether the dataset is
+live) are decided here: the store reports the state inside its transaction and applies what these rules admit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from teelab.sealed_store.kbs import validation
 from teelab.sealed_store.kbs.appraisal import EvidenceAppraiser, parse_release_policy
 from teelab.sealed_store.kbs.audit import AuditRecord
-from teelab.sealed_store.kbs.auth import AccessTokens
+from teelab.sealed_store.kbs.auth import AccessTokens, Role
 from teelab.sealed_store.kbs.collateral import collateral_source
 from teelab.sealed_store.kbs.config import KbsConfig
 from teelab.sealed_store.kbs.crypto import KbsKeys, private_dir
 from teelab.sealed_store.kbs.grants import issue_session_grant
 from teelab.sealed_store.kbs.model import (
     UNSET,
+    Challenge,
     DatasetInfo,
     GrantInfo,
     GroupInfo,
@@ -26,9 +30,15 @@ from teelab.sealed_store.kbs.model import (
     KbsInfo,
     Unset,
 )
-from teelab.sealed_store.kbs.protocol import HPKE_SUITE_NAME, PROTOCOL, open_registered_dek
-from teelab.sealed_store.kbs.release import Clock, KeyRelease
-from teelab.sealed_store.kbs.store import PolicyText, Store
+from teelab.sealed_store.kbs.protocol import (
+    HPKE_SUITE_NAME,
+    PROTOCOL,
+    open_registered_dek,
+    open_sealed_grant,
+)
+from teelab.sealed_store.kbs.reasons import Reason, denied
+from teelab.sealed_store.kbs.release import Clock, KeyRelease, ReleaseInput, ReleaseOutput
+from teelab.sealed_store.kbs.store import DatasetState, PolicyText, Store
 from teelab.timeutil import utcnow
 
 MAX_AUDIT_PAGE = 1000
@@ -74,6 +84,26 @@ class KeyBroker:
             signing_key_id=self.keys.signing_key_id,
             server_time=self.clock(),
         )
+
+    def role_of(self, metadata: Iterable[tuple[str, str | bytes]]) -> Role | None:
+        """The role a request's bearer token proves, or None."""
+        return self.tokens.role_of(metadata)
+
+    # -- release ------------------------------------------------------------------------------------
+
+    def challenge(self) -> Challenge:
+        return self.releases.challenge()
+
+    def release(self, request: ReleaseInput) -> ReleaseOutput:
+        return self.releases.release(request)
+
+    def open_sealed_grant(self, nonce: bytes, sealed: bytes) -> str:
+        """The session grant a kernel sealed to this broker's HPKE key for this nonce (ValueError if not)."""
+        return open_sealed_grant(self.keys.hpke_key, nonce, sealed)
+
+    def refuse_malformed_release(self, nonce: bytes | None, detail: str) -> None:
+        """Record a release request that did not parse (an authentic nonce in it is spent)."""
+        self.releases.refuse_malformed(nonce, detail)
 
     # -- gateway ------------------------------------------------------------------------------------
 
@@ -144,6 +174,7 @@ class KeyBroker:
             release_expires_at=release_expires_at,
             actor=actor,
             at=self.clock(),
+            admit=lambda state: _may_register(state, version, owner),
         )
 
     def set_release_policy(
@@ -164,6 +195,7 @@ class KeyBroker:
             release_expires_at=release_expires_at,
             actor=actor,
             at=self.clock(),
+            admit=_live,
         )
 
     def _policy(self, dataset: str, text: str) -> PolicyText:
@@ -184,7 +216,9 @@ class KeyBroker:
         dataset = validation.dataset_name(dataset)
         if version is not None:
             version = validation.version(version)
-        return self.store.delete_dataset(dataset=dataset, version=version, actor=actor, at=self.clock())
+        return self.store.delete_dataset(
+            dataset=dataset, version=version, actor=actor, at=self.clock(), admit=_live
+        )
 
     # -- grants and groups --------------------------------------------------------------------------
 
@@ -199,13 +233,15 @@ class KeyBroker:
             if expires_at <= at:
                 raise validation.invalid("expires_at", "is not in the future")
         return self.store.grant(
-            dataset=dataset, principal=str(who), expires_at=expires_at, actor=actor, at=at
+            dataset=dataset, principal=str(who), expires_at=expires_at, actor=actor, at=at, admit=_live
         )
 
     def revoke(self, dataset: str, principal: str, *, actor: str = "admin") -> bool:
         dataset = validation.dataset_name(dataset)
         who = validation.principal(principal)
-        return self.store.revoke(dataset=dataset, principal=str(who), actor=actor, at=self.clock())
+        return self.store.revoke(
+            dataset=dataset, principal=str(who), actor=actor, at=self.clock(), admit=_anything
+        )
 
     def add_member(self, group: str, user: str, *, actor: str = "admin") -> bool:
         return self.store.add_member(
@@ -231,3 +267,34 @@ class KeyBroker:
         limit = MAX_AUDIT_PAGE if limit <= 0 else min(limit, MAX_AUDIT_PAGE)
         head = self.store.audit_head()
         return self.store.audit_records(since_seq=since_seq, limit=limit), head
+
+
+# -- rules about a dataset's state (called by the store inside the transaction that acts on them) --------
+
+
+def _may_register(state: DatasetState, version: int, owner: str) -> None:
+    """A new version: by the dataset's owner (a deleted dataset's name is free), with a number never used."""
+    if state.live and state.owner != owner:
+        raise denied(
+            Reason.OWNER_MISMATCH, f"dataset {state.name} is owned by {state.owner!r}, not {owner!r}"
+        )
+    newest = state.newest_version
+    if version in state.versions:
+        raise denied(
+            Reason.VERSION_EXISTS,
+            f"{state.name} version {version} is already registered (versions are never reused)",
+        )
+    if newest is not None and version <= newest:
+        raise denied(
+            Reason.VERSION_NOT_NEWER,
+            f"{state.name} already has version {newest}; a new version must be higher",
+        )
+
+
+def _live(state: DatasetState) -> None:
+    if not state.live:
+        raise denied(Reason.DATASET_UNKNOWN, f"no dataset named {state.name}")
+
+
+def _anything(state: DatasetState) -> None:
+    """Revoking needs no live dataset: removing a grant that is not there is recorded as such."""

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
+from teelab.cli_support import Subparsers
 from teelab.errors import UsageError
 from teelab.sealed_store.kbs.audit import AuditRecord
 
@@ -78,20 +79,24 @@ exit status:
 """
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from teelab.cli import HelpFormatter
+def register(subparsers: Subparsers) -> None:
+    _register_serve(subparsers)
+    _register_audit(subparsers)
 
-    kbs = subparsers.add_parser(
-        "kbs", help="run the key broker", description=KBS_DESCRIPTION, formatter_class=HelpFormatter
+
+def _register_serve(subparsers: Subparsers) -> None:
+    from teelab.cli_support import add_command, command_group
+
+    _, kbs_commands = command_group(
+        subparsers, "kbs", help_text="run the key broker", description=KBS_DESCRIPTION
     )
-    kbs.set_defaults(group_parser=kbs)
-    kbs_commands = kbs.add_subparsers(dest="kbs_command", metavar="COMMAND")
-    serve = kbs_commands.add_parser(
+    serve = add_command(
+        kbs_commands,
         "serve",
-        help="serve the key broker over gRPC",
+        _serve,
+        help_text="serve the key broker over gRPC",
         description=SERVE_DESCRIPTION,
         epilog=SERVE_EPILOG,
-        formatter_class=HelpFormatter,
     )
     serve.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:7443", help="default %(default)s")
     serve.add_argument("--state", metavar="DIR", type=Path, help="state folder (default: <data dir>/kbs)")
@@ -123,34 +128,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="allow plaintext on an address beyond loopback (the admin and gateway tokens would cross the "
         "network readable; only behind a TLS-terminating proxy)",
     )
-    serve.set_defaults(handler=_serve)
 
-    audit = subparsers.add_parser(
+
+def _register_audit(subparsers: Subparsers) -> None:
+    from teelab.cli_support import add_command, command_group
+
+    _, audit_commands = command_group(
+        subparsers,
         "audit",
-        help="show or verify the key broker's audit log",
+        help_text="show or verify the key broker's audit log",
         description=AUDIT_DESCRIPTION,
-        formatter_class=HelpFormatter,
     )
-    audit.set_defaults(group_parser=audit)
-    audit_commands = audit.add_subparsers(dest="audit_command", metavar="COMMAND")
-    show = audit_commands.add_parser(
+    show = add_command(
+        audit_commands,
         "show",
-        help="print audit entries as a table",
+        _show,
+        help_text="print audit entries as a table",
         description=AUDIT_DESCRIPTION,
         epilog=SHOW_EPILOG,
-        formatter_class=HelpFormatter,
     )
     _source_arguments(show)
     show.add_argument("--since", type=int, default=None, metavar="SEQ", help="entries after SEQ")
     show.add_argument("--limit", type=int, default=50, metavar="N", help="at most N entries (0: all; 50)")
     show.add_argument("--json", action="store_true", help="JSON lines: seq, body, hash, signature")
-    show.set_defaults(handler=_show)
-    verify = audit_commands.add_parser(
+    verify = add_command(
+        audit_commands,
         "verify",
-        help="check the hash chain and every signature",
+        _verify,
+        help_text="check the hash chain and every signature",
         description=AUDIT_DESCRIPTION,
         epilog=VERIFY_EPILOG,
-        formatter_class=HelpFormatter,
     )
     _source_arguments(verify)
     verify.add_argument("--public-key", type=Path, metavar="FILE", help="the pinned KBS signing key (hex)")
@@ -161,7 +168,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="neither compare with nor remember the head this machine verified before",
     )
     verify.add_argument("--min-count", type=int, metavar="N", help="the log must have at least N entries")
-    verify.set_defaults(handler=_verify)
 
 
 def _source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -442,23 +448,10 @@ def _parse_head(text: str) -> tuple[int, bytes]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m teelab.sealed_store.kbs``: these commands without the rest of ``teelab``."""
-    from teelab.cli import HelpFormatter
-    from teelab.errors import TeelabError
+    from teelab.cli_support import HelpFormatter, run
 
     parser = argparse.ArgumentParser(
         prog="teelab", formatter_class=HelpFormatter, description=KBS_DESCRIPTION
     )
     register(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        getattr(args, "group_parser", parser).print_help(sys.stderr)
-        return 2
-    try:
-        result: int = handler(args)
-        return result
-    except TeelabError as error:
-        print(f"teelab: error: {error.message}", file=sys.stderr)
-        if error.hint:
-            print(f"  hint: {error.hint}", file=sys.stderr)
-        return error.exit_code
+    return run(parser, argv)

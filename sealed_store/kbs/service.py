@@ -19,7 +19,6 @@ from enum import Enum
 from typing import Any
 
 import grpc
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -30,7 +29,7 @@ from teelab.sealed_store.kbs.auth import Role
 from teelab.sealed_store.kbs.broker import KeyBroker
 from teelab.sealed_store.kbs.grants import MAX_GRANT_CHARS
 from teelab.sealed_store.kbs.model import UNSET, DatasetInfo, GrantInfo, VersionInfo
-from teelab.sealed_store.kbs.protocol import NONCE_SIZE, SERVICE_NAME, open_sealed_grant
+from teelab.sealed_store.kbs.protocol import NONCE_SIZE, SERVICE_NAME
 from teelab.sealed_store.kbs.reasons import REASON_METADATA_KEY, STATUS, Reason, denied
 from teelab.sealed_store.kbs.release import ReleaseInput
 from teelab.sealed_store.kbs.v1 import kbs_pb2 as pb
@@ -208,7 +207,7 @@ class KbsService:
     ) -> Message:
         if isinstance(request, _Malformed):
             if name == "Release":
-                self.broker.releases.refuse_malformed(None, request.error)
+                self.broker.refuse_malformed_release(None, request.error)
             raise validation.invalid("request", request.error)
         return implementation(request, role)
 
@@ -216,7 +215,7 @@ class KbsService:
         if access is Access.PUBLIC:
             return None
         metadata = [(str(m.key), m.value) for m in context.invocation_metadata()]
-        role = self.broker.tokens.role_of(metadata)
+        role = self.broker.role_of(metadata)
         if role is None:
             log.warning("KBS: a call without a valid token from %s", context.peer())
             raise denied(Reason.UNAUTHENTICATED)
@@ -247,18 +246,18 @@ class KbsService:
         return response
 
     def _Challenge(self, request: pb.ChallengeRequest, role: Role | None) -> pb.ChallengeResponse:
-        challenge = self.broker.releases.challenge()
+        challenge = self.broker.challenge()
         response = pb.ChallengeResponse(nonce=challenge.nonce)
         ts_out(response.expires_at, challenge.expires_at)
         return response
 
     def _Release(self, request: pb.ReleaseRequest, role: Role | None) -> pb.ReleaseResponse:
         try:
-            parsed = release_input(request, self.broker.keys.hpke_key)
+            parsed = release_input(request, self.broker.open_sealed_grant)
         except KeyBrokerError as error:
-            self.broker.releases.refuse_malformed(bytes(request.nonce), error.message)
+            self.broker.refuse_malformed_release(bytes(request.nonce), error.message)
             raise
-        output = self.broker.releases.release(parsed)
+        output = self.broker.release(parsed)
         return pb.ReleaseResponse(
             dataset=output.dataset,
             version=output.version,
@@ -397,7 +396,7 @@ class KbsService:
 MAX_SEALED_GRANT_BYTES = 4 * MAX_GRANT_CHARS + 64
 
 
-def release_input(request: pb.ReleaseRequest, hpke_key: X25519PrivateKey) -> ReleaseInput:
+def release_input(request: pb.ReleaseRequest, open_grant: Callable[[bytes, bytes], str]) -> ReleaseInput:
     """Shape checks for a release request, and the sealed grant opened; ``invalid_argument`` names the field."""
     version = _optional_uint(request, "version")
     nonce = validation.exact_bytes(bytes(request.nonce), NONCE_SIZE, "nonce")
@@ -405,7 +404,7 @@ def release_input(request: pb.ReleaseRequest, hpke_key: X25519PrivateKey) -> Rel
         bytes(request.sealed_grant), MAX_SEALED_GRANT_BYTES, "sealed_grant"
     )
     try:
-        grant = open_sealed_grant(hpke_key, nonce, sealed_grant)
+        grant = open_grant(nonce, sealed_grant)
     except ValueError as error:
         raise validation.invalid("sealed_grant", str(error)) from None
     return ReleaseInput(

@@ -139,7 +139,7 @@ def service(
         "gateway": [("authorization", f"Bearer {read_token(tmp_path / 'fuzz-kbs' / GATEWAY_TOKEN_FILE)}")],
         "garbage": [("authorization", "Bearer \u00e9\u00e9"), ("authorization", "Basic x")],
     }
-    nonces = [broker.releases.challenge().nonce for _ in range(4)]
+    nonces = [broker.challenge().nonce for _ in range(4)]
     yield KbsService(broker), tokens, nonces
     broker.close()
 
