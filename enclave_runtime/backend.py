@@ -25,8 +25,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar
 
+from teelab.enclave_runtime.controller import ControllerBinding, check_controller
+from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import EnclaveImage
-from teelab.enclave_runtime.manifest import ImageSpec, ProgressCallback
+from teelab.enclave_runtime.launching import LaunchPlan, refuse_unlisted_inputs, start_process
+from teelab.enclave_runtime.manifest import EnclaveManifest, ImageSpec, ProgressCallback, check_trusted_files
 from teelab.errors import EvidenceError
 
 REPORT_DATA_SIZE = 64
@@ -145,11 +148,44 @@ class EnclaveProcess:
             self.scratch = None
 
 
+@dataclass(frozen=True)
+class RootPin:
+    """A root certificate this backend's evidence chains to, beyond the production roots every verifier pins
+    (Intel's SGX root, AMD's ARKs): its SHA-256 fingerprint (hex, of the DER) and a label for messages.
+
+    ``simulated`` roots make evidence authentic *as a simulation* only; the verifier marks such evidence
+    ``simulated`` and only a policy that allows simulation accepts it. enclave_runtime imports no other part,
+    so the gateway turns these into its trust anchors (``teelab.gateway.verifier.default_anchors``).
+    """
+
+    sha256: str
+    label: str
+    simulated: bool = True
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What ``measure`` found: the MRENCLAVE a verifier will see, and the expanded manifest it covers."""
+
+    mrenclave: bytes
+    manifest: EnclaveManifest
+
+
 class EnclaveBackend(ABC):
-    """The host side of a TEE backend."""
+    """The host side of a TEE backend.
+
+    Who calls what: ``teelab doctor`` calls :meth:`status`; ``teelab enclave build`` and ``teelab kernel
+    install`` call :meth:`build`; ``teelab enclave measure`` calls :meth:`measure`; the kernel provisioner calls
+    :meth:`load_image`, :meth:`launch` (with its gateway's controller), and for verifying the kernel's evidence
+    :meth:`collateral_for` and :meth:`root_pins`. A backend implements the abstract methods and the launch hooks
+    (:meth:`check_image`, :meth:`check_files`, :meth:`plan_launch`, :meth:`started`); :meth:`launch` itself is
+    the same for all.
+    """
 
     name: ClassVar[str]
     simulated: ClassVar[bool] = False
+    # How this backend binds the launching gateway's controller into its evidence (see .controller).
+    binding: ClassVar[ControllerBinding]
 
     @classmethod
     @abstractmethod
@@ -169,9 +205,30 @@ class EnclaveBackend(ABC):
         """Build (and sign) the image; its MRENCLAVE is the value a verifier will see."""
 
     @abstractmethod
-    def load_image(self, name: str, path: Path | None = None) -> EnclaveImage: ...
+    def measure(self, spec: ImageSpec, *, progress: ProgressCallback | None = None) -> Measurement:
+        """The MRENCLAVE ``spec`` will have under this backend, without the author's key (the value to pin);
+        an EnclaveError saying where the reference value comes from when the backend cannot compute it."""
 
     @abstractmethod
+    def load_image(self, name: str, path: Path | None = None) -> EnclaveImage: ...
+
+    def describe(self) -> str:
+        """Where this backend's TEEs come from, for messages and audit records."""
+        return f"the {self.name} backend"
+
+    @classmethod
+    def known_root_pins(cls) -> tuple[RootPin, ...]:
+        """Extra roots this backend's evidence on this machine chains to, found without creating anything
+        (verifiers with no backend at hand call this through ``backends.known_root_pins``)."""
+        return ()
+
+    def root_pins(self) -> tuple[RootPin, ...]:
+        """Extra roots the evidence of TEEs this backend launches chains to (none for real hardware, whose
+        roots are the production ones every verifier pins)."""
+        return self.known_root_pins()
+
+    # -- launch: one template; the hooks below are what differs between backends --------------------------
+
     def launch(
         self,
         image: EnclaveImage,
@@ -184,7 +241,62 @@ class EnclaveBackend(ABC):
         """Start the image's entrypoint inside the TEE; ``inputs`` are its passthrough (untrusted) env.
 
         ``controller`` (32 bytes, ``SHA-256(G.pub)`` of the launching gateway) is bound into every evidence the
-        TEE produces (see :mod:`~teelab.enclave_runtime.controller`); None leaves the fields zero."""
+        TEE produces, in the way :attr:`binding` names (see :mod:`~teelab.enclave_runtime.controller`); None
+        leaves the platform field zero. The steps: check the inputs, check the image and its trusted files,
+        the backend's own command and environment, start the process, and what the backend does once it runs.
+        """
+        controller = check_controller(controller)
+        refuse_unlisted_inputs(image.manifest, inputs)
+        self.check_image(image, controller)
+        self.check_files(image)
+        plan = self.plan_launch(image, inputs, controller)
+        try:
+            popen = start_process(
+                plan.argv,
+                executable=plan.executable,
+                env=plan.env,
+                cwd=plan.cwd,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=plan.pass_fds,
+            )
+        except BaseException:
+            plan.discard()
+            raise
+        finally:
+            for fd in plan.pass_fds:
+                os.close(fd)  # the child's ends: the child has its own copies now
+        process = EnclaveProcess(popen, plan.scratch)
+        try:
+            self.started(process, image, plan, controller)
+        except BaseException:
+            process.kill()
+            process.wait()
+            process.cleanup()
+            raise
+        return process
+
+    def check_image(self, image: EnclaveImage, controller: bytes | None) -> None:
+        """Refuse an image this backend cannot launch (another backend's, not built, or not bound to
+        ``controller`` where the measured image is what binds it)."""
+        return None
+
+    def check_files(self, image: EnclaveImage) -> None:
+        """Check every trusted file against the measured manifest before launching (a changed file is named)."""
+        with HashCache() as cache:
+            check_trusted_files(image.manifest, cache)
+
+    @abstractmethod
+    def plan_launch(
+        self, image: EnclaveImage, inputs: Mapping[str, str], controller: bytes | None
+    ) -> LaunchPlan:
+        """The program, environment and folder that start ``image`` in this TEE, bound to ``controller``."""
+
+    def started(
+        self, process: EnclaveProcess, image: EnclaveImage, plan: LaunchPlan, controller: bytes | None
+    ) -> None:
+        """What the launcher does once the process runs; raising kills it."""
+        return None
 
     @abstractmethod
     def collateral_path(self, at: datetime | None = None) -> Path | None:

@@ -6,7 +6,9 @@ and no attestation, for checking that an image starts. It exists only under its 
 
 from __future__ import annotations
 
-from teelab.enclave_runtime.backend import EnclaveBackend
+from pathlib import Path
+
+from teelab.enclave_runtime.backend import EnclaveBackend, RootPin
 from teelab.errors import UsageError
 
 HARDWARE_BACKENDS = ("gramine", "occlum", "cvm")
@@ -16,11 +18,12 @@ def backend_names() -> tuple[str, ...]:
     return ("sim", *HARDWARE_BACKENDS, "gramine-direct")
 
 
-def get_backend(name: str) -> EnclaveBackend:
+def get_backend(name: str, *, sim_platform: Path | None = None) -> EnclaveBackend:
+    """The backend called ``name``; ``sim_platform`` is the simulated platform's folder (default: the user's)."""
     if name == "sim":
         from teelab.enclave_runtime.sim.backend import SimBackend
 
-        return SimBackend()
+        return SimBackend(sim_platform)
     if name in ("gramine", "gramine-direct"):
         from teelab.enclave_runtime.gramine.backend import GramineBackend
 
@@ -34,3 +37,12 @@ def get_backend(name: str) -> EnclaveBackend:
 
         return CvmBackend()
     raise UsageError(f"unknown TEE backend {name!r}", hint=f"choose one of: {', '.join(backend_names())}")
+
+
+def known_root_pins() -> tuple[RootPin, ...]:
+    """The extra roots evidence from TEEs on this machine chains to, for a verifier with no backend at hand:
+    each backend's :meth:`~teelab.enclave_runtime.backend.EnclaveBackend.known_root_pins` (today only the
+    simulated platform's, if one exists). Nothing is created."""
+    from teelab.enclave_runtime.sim.backend import SimBackend
+
+    return SimBackend.known_root_pins()

@@ -7,15 +7,13 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from teelab.errors import UsageError
 
 if TYPE_CHECKING:
-    from teelab.enclave_runtime.backend import EnclaveBackend
-    from teelab.enclave_runtime.manifest import ImageSpec
+    pass
 
 BUILD_EPILOG = """\
 examples:
@@ -84,17 +82,12 @@ def _spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _measure(args: argparse.Namespace) -> int:
     from teelab.enclave_runtime.backends import get_backend
-    from teelab.enclave_runtime.hashcache import HashCache
-    from teelab.enclave_runtime.manifest import expand
     from teelab.enclave_runtime.progress import hashing_progress
 
     backend = get_backend(args.backend)
-    spec = _spec(args)
-    if not backend.simulated:
-        return _measure_hardware(args, backend, spec)
-    with HashCache() as cache, hashing_progress("measuring") as progress:
-        manifest = expand(spec, cache, progress)
-    mrenclave = manifest.mrenclave.hex()
+    with hashing_progress("measuring") as progress:
+        measured = backend.measure(_spec(args), progress=progress)
+    manifest, mrenclave = measured.manifest, measured.mrenclave.hex()
     if args.json:
         print(
             json.dumps(
@@ -118,27 +111,9 @@ def _measure(args: argparse.Namespace) -> int:
     print(f"argv           {' '.join(manifest.argv)}")
     print(f"trusted files  {len(manifest.trusted_files):,} files, {manifest.total_size / 1e6:,.1f} MB")
     print(f"isv ids        product {manifest.isv_prod_id}, svn {manifest.isv_svn}")
-    print(f"mrenclave      {mrenclave}")
+    signer = "" if backend.simulated else "  (MRSIGNER depends on the key given to `enclave build`)"
+    print(f"mrenclave      {mrenclave}{signer}")
     print(mrenclave)
-    return 0
-
-
-def _measure_hardware(args: argparse.Namespace, backend: EnclaveBackend, spec: ImageSpec) -> int:
-    """MRENCLAVE as the hardware backend computes it (Gramine's signer, Occlum's build), or why it cannot."""
-    from teelab.enclave_runtime.progress import hashing_progress
-    from teelab.errors import EnclaveError
-
-    measure: Callable[..., bytes] | None = getattr(backend, "measure", None)
-    if measure is None:
-        raise EnclaveError(f"the {args.backend} backend cannot measure an image")
-    with hashing_progress("measuring") as progress:
-        mrenclave = measure(spec, progress=progress)
-    if args.json:
-        print(json.dumps({"image": spec.name, "backend": args.backend, "mrenclave": mrenclave.hex()}))
-    else:
-        print(f"image          {spec.name} (backend {args.backend})")
-        print(f"mrenclave      {mrenclave.hex()}  (MRSIGNER depends on the key given to `enclave build`)")
-    print(mrenclave.hex())
     return 0
 
 

@@ -15,8 +15,12 @@ before the rule existed.
 
 from __future__ import annotations
 
+import dataclasses
+import hmac
+from collections.abc import Iterable
 from enum import StrEnum
 
+from teelab.enclave_runtime.manifest import EnclaveManifest, ImageSpec
 from teelab.errors import EnclaveError
 
 CONTROLLER_SIZE = 32
@@ -42,6 +46,42 @@ def check_controller(controller: bytes | None) -> bytes | None:
         size = len(controller) if isinstance(controller, bytes) else type(controller).__name__
         raise EnclaveError(f"a controller is the 32-byte SHA-256 of the gateway's key, not {size}")
     return controller
+
+
+def pinned_controller(env: Iterable[tuple[str, str]]) -> bytes | None:
+    """The controller a measured manifest's environment pins (None: it pins none)."""
+    value = dict(env).get(CONTROLLER_ENV)
+    if value is None:
+        return None
+    try:
+        return check_controller(bytes.fromhex(value))
+    except ValueError:
+        raise EnclaveError(f"the image pins a malformed controller {value!r}") from None
+
+
+def pin_controller(spec: ImageSpec, controller: bytes) -> ImageSpec:
+    """``spec`` with ``controller`` pinned in its measured environment (the "measurement" binding: for TEEs whose
+    launcher cannot set a platform field, e.g. upstream Gramine, build the gateway's image this way)."""
+    if check_controller(controller) is None:
+        raise EnclaveError("pinning needs a controller")
+    return dataclasses.replace(spec, env={**spec.env, CONTROLLER_ENV: controller.hex()})
+
+
+def refuse_other_controller(manifest: EnclaveManifest, controller: bytes | None, *, backend: str) -> None:
+    """For backends whose measured image binds the controller: launching for ``controller`` needs an image
+    that pins exactly it, since the image, not the launcher, puts it into the evidence."""
+    if controller is None:
+        return
+    if CONTROLLER_ENV in manifest.passthrough_env:
+        raise EnclaveError(f"the image lets {CONTROLLER_ENV} in from the host, so it pins no controller")
+    pinned = pinned_controller(manifest.env)
+    if pinned is None or not hmac.compare_digest(pinned, controller):
+        said = "pins no controller" if pinned is None else f"pins the controller {pinned.hex()[:16]}…"
+        raise EnclaveError(
+            f"this {backend} image {said}, not this gateway's {controller.hex()[:16]}…: a {backend} TEE cannot "
+            "be bound to its controller at launch, so its measured image must name it",
+            hint=f"rebuild the image with {CONTROLLER_ENV}={controller.hex()} in its environment",
+        )
 
 
 def _padded(controller: bytes | None, size: int) -> bytes:

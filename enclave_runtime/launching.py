@@ -4,11 +4,15 @@
 - the process runs in its own session, with no inherited descriptors but those asked for, and a failure to
   start is an :class:`~teelab.errors.EnclaveError` naming the program (:func:`start_process`);
 - backends whose TEE is a local process (the simulated TEE, a process inside a confidential VM) lay out its
-  scratch space and environment identically (:func:`prepare_local_launch`).
+  scratch space and environment identically (:func:`local_launch_plan`).
+
+The order of the steps is :meth:`~teelab.enclave_runtime.backend.EnclaveBackend.launch`'s; a backend describes
+its own part as a :class:`LaunchPlan`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -69,21 +73,34 @@ def start_process(
         raise EnclaveError(f"cannot start {executable or argv[0]}: {error.strerror}") from None
 
 
-@dataclass(frozen=True)
-class LocalLaunch:
-    """argv and environment of a TEE that is a local process, with its private scratch folder."""
+@dataclass
+class LaunchPlan:
+    """What one backend adds to the common launch: its program, environment and working folder.
+
+    ``pass_fds`` are the child's ends of pipes (closed in the launcher once the process started);
+    ``keep_fds`` the launcher's ends, closed by :meth:`discard` when the launch fails; ``scratch`` a folder
+    the launch created on the host, removed with the process.
+    """
 
     argv: list[str]
     env: dict[str, str]
-    scratch: Path
+    cwd: Path
+    executable: str | None = None
+    pass_fds: tuple[int, ...] = ()
+    keep_fds: tuple[int, ...] = ()
+    scratch: Path | None = None
 
     def discard(self) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        for fd in self.keep_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def prepare_local_launch(
+def local_launch_plan(
     image: EnclaveImage, inputs: Mapping[str, str], *, backend: str, scratch_prefix: str
-) -> LocalLaunch:
+) -> LaunchPlan:
     """``{tee_tmp}`` becomes a fresh 0700 folder, ``{tee_state}`` the image's own state folder."""
     manifest = image.manifest
     state = image.path / "tee-state"
@@ -99,7 +116,9 @@ def prepare_local_launch(
             os.makedirs(env[folder], mode=0o700, exist_ok=True)
     env.update(passthrough(manifest, inputs))
     env["TEELAB_TEE"] = backend
-    return LocalLaunch([place(a) for a in manifest.argv], env, scratch)
+    return LaunchPlan(
+        [place(a) for a in manifest.argv], env, scratch, executable=manifest.entrypoint, scratch=scratch
+    )
 
 
 def throwaway_signing_key(folder: Path) -> tuple[rsa.RSAPrivateKey, Path]:

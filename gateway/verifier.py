@@ -9,12 +9,13 @@ not exist) are raised, because they are the caller's to fix, not the evidence's 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from teelab.enclave_runtime.backend import RootPin
 from teelab.errors import ConfigError, UsageError, VerificationError
 from teelab.gateway import dcap, snp
 from teelab.gateway.anchors import TrustAnchors
@@ -83,28 +84,22 @@ def _recognise_binary(data: bytes) -> Recognised | None:
     return None
 
 
-def default_anchors() -> TrustAnchors:
-    """The production roots, plus the roots of simulated platforms on this machine (marked simulated).
+def default_anchors(pins: Iterable[RootPin] = ()) -> TrustAnchors:
+    """The production roots, the roots the TEE backends know on this machine, and ``pins`` (a backend's
+    ``root_pins()``): a simulated pin becomes a root marked simulated.
 
     Trusting a local simulated root is safe by default because evidence that chains to it is marked
     ``simulated`` and the default policy rejects simulated evidence; the sim root only lets that rejection
     say "simulated" instead of "unknown root".
     """
+    from teelab.enclave_runtime.backends import known_root_pins
+
     anchors = TrustAnchors()
-    try:
-        from teelab.enclave_runtime.sim.platform import known_root_fingerprints
-    except ImportError:
-        return anchors
-    try:
-        roots: object = known_root_fingerprints()
-    except Exception:
-        return anchors
-    if isinstance(roots, Mapping):
-        for fingerprint, label in roots.items():
-            anchors = anchors.with_simulated_root(str(fingerprint), str(label))
-    elif isinstance(roots, list | tuple | set | frozenset):
-        for fingerprint in roots:
-            anchors = anchors.with_simulated_root(str(fingerprint), "teelab simulated platform")
+    for pin in (*known_root_pins(), *pins):
+        if pin.simulated:
+            anchors = anchors.with_simulated_root(pin.sha256, pin.label)
+        else:
+            anchors = anchors.with_intel_root(pin.sha256, pin.label)
     return anchors
 
 

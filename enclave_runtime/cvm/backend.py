@@ -13,15 +13,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
-from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess, PccsCollateral
-from teelab.enclave_runtime.controller import check_controller
-from teelab.enclave_runtime.hashcache import HashCache
+from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, Measurement, PccsCollateral
+from teelab.enclave_runtime.controller import ControllerBinding
 from teelab.enclave_runtime.image import EnclaveImage, build_image, default_image_dir
-from teelab.enclave_runtime.launching import prepare_local_launch, refuse_unlisted_inputs, start_process
+from teelab.enclave_runtime.launching import LaunchPlan, local_launch_plan
 from teelab.enclave_runtime.manifest import (
     ImageSpec,
     ProgressCallback,
-    check_trusted_files,
 )
 from teelab.errors import EnclaveError, UsageError
 
@@ -39,6 +37,9 @@ MEASURE_HINT = (
 
 class CvmBackend(PccsCollateral, EnclaveBackend):
     name = "cvm"
+    # The VMM sets HOST_DATA (SEV-SNP) or MRCONFIGID (TDX) when it creates the VM (cvm.vmm); this backend runs
+    # kernels inside that VM, whose field the gateway checks against its controller.
+    binding = ControllerBinding.HOST_DATA
 
     @classmethod
     def status(cls) -> BackendStatus:
@@ -67,41 +68,16 @@ class CvmBackend(PccsCollateral, EnclaveBackend):
             progress=progress,
         )
 
-    def measure(self, spec: ImageSpec, *, progress: ProgressCallback | None = None) -> bytes:
+    def measure(self, spec: ImageSpec, *, progress: ProgressCallback | None = None) -> Measurement:
         raise EnclaveError(MEASURE_EXPLANATION, hint=MEASURE_HINT)
 
     def load_image(self, name: str, path: Path | None = None) -> EnclaveImage:
         return EnclaveImage.load(path or default_image_dir(name, self.name), self.name)
 
-    def launch(
-        self,
-        image: EnclaveImage,
-        *,
-        inputs: Mapping[str, str],
-        controller: bytes | None = None,
-        stdout: int | None = None,
-        stderr: int | None = None,
-    ) -> EnclaveProcess:
-        if check_controller(controller) is not None:
-            raise EnclaveError("the cvm backend does not bind a controller at launch yet")
-        manifest = image.manifest
-        refuse_unlisted_inputs(manifest, inputs)
-        with HashCache() as cache:
-            check_trusted_files(manifest, cache)
-        launch = prepare_local_launch(image, inputs, backend=self.name, scratch_prefix="teelab-cvm-")
-        try:
-            popen = start_process(
-                launch.argv,
-                executable=manifest.entrypoint,
-                env=launch.env,
-                cwd=launch.scratch,
-                stdout=stdout,
-                stderr=stderr,
-            )
-        except EnclaveError:
-            launch.discard()
-            raise
-        return EnclaveProcess(popen, launch.scratch)
+    def plan_launch(
+        self, image: EnclaveImage, inputs: Mapping[str, str], controller: bytes | None
+    ) -> LaunchPlan:
+        return local_launch_plan(image, inputs, backend=self.name, scratch_prefix="teelab-cvm-")
 
     def collateral_for(self, evidence: bytes, at: datetime) -> Path | None:
         """Intel collateral for a TDX quote (from the configured PCCS, cached); None for an SNP report,

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess, PccsCollateral
-from teelab.enclave_runtime.controller import check_controller
+from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, Measurement, PccsCollateral
+from teelab.enclave_runtime.controller import ControllerBinding, refuse_other_controller
 from teelab.enclave_runtime.gramine.sigstruct import SgxSigstruct, load_author_key, parse_sigstruct
 from teelab.enclave_runtime.gramine.template import STATE_FOLDER, GramineOptions, render_template
 from teelab.enclave_runtime.gramine.tools import (
@@ -36,18 +36,12 @@ from teelab.enclave_runtime.gramine.tools import (
 )
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import IMAGE_FILE, EnclaveImage, default_image_dir
-from teelab.enclave_runtime.launching import (
-    passthrough,
-    refuse_unlisted_inputs,
-    start_process,
-    throwaway_signing_key,
-)
+from teelab.enclave_runtime.launching import LaunchPlan, passthrough, throwaway_signing_key
 from teelab.enclave_runtime.manifest import (
     EnclaveManifest,
     ImageSpec,
     ProgressCallback,
     TrustedFile,
-    check_trusted_files,
     expand,
 )
 from teelab.enclave_runtime.signing import Sigstruct, sign
@@ -156,6 +150,9 @@ def _options_from_json(data: Mapping[str, object]) -> GramineOptions:
 
 class GramineBackend(PccsCollateral, EnclaveBackend):
     name = "gramine"
+    # Upstream Gramine (v1.9) lets the launcher set no CONFIGID (its SECS keeps KSS off), so the measured
+    # manifest pins the controller (docs/backends.md).
+    binding = ControllerBinding.MEASUREMENT
 
     def __init__(self, *, tools: GramineTools | None = None, insecure_direct: bool = False) -> None:
         self.tools = tools or GramineTools()
@@ -246,7 +243,7 @@ class GramineBackend(PccsCollateral, EnclaveBackend):
             )
         return sgx
 
-    def measure(self, spec: ImageSpec, *, progress: ProgressCallback | None = None) -> bytes:
+    def measure(self, spec: ImageSpec, *, progress: ProgressCallback | None = None) -> Measurement:
         """MRENCLAVE of ``spec`` under this host's Gramine, without the author's key.
 
         MRENCLAVE covers Gramine's own loader (libpal), so only Gramine can compute it; the signing key only
@@ -263,7 +260,8 @@ class GramineBackend(PccsCollateral, EnclaveBackend):
             folder = Path(scratch)
             throwaway, key_path = throwaway_signing_key(folder)
             manifest, options, template = self.render(spec, folder / "image", debug=False, progress=progress)
-            return self._sign(manifest, options, template, folder / "image", throwaway, key_path).mrenclave
+            image = self._sign(manifest, options, template, folder / "image", throwaway, key_path)
+            return Measurement(image.mrenclave, manifest)
 
     def load_image(self, name: str, path: Path | None = None) -> GramineImage:
         path = path or default_image_dir(name, self.name)
@@ -290,26 +288,18 @@ class GramineBackend(PccsCollateral, EnclaveBackend):
 
     # -- launch ---------------------------------------------------------------------------------------
 
-    def launch(
-        self,
-        image: EnclaveImage,
-        *,
-        inputs: Mapping[str, str],
-        controller: bytes | None = None,
-        stdout: int | None = None,
-        stderr: int | None = None,
-    ) -> EnclaveProcess:
-        if check_controller(controller) is not None:
-            raise EnclaveError("the Gramine backend does not bind a controller at launch yet")
+    def check_image(self, image: EnclaveImage, controller: bytes | None) -> None:
+        refuse_other_controller(image.manifest, controller, backend=self.name)
         if not isinstance(image, GramineImage):
             raise EnclaveError(f"{image.path} is a {image.backend} image, not a Gramine one")
-        manifest = image.manifest
-        refuse_unlisted_inputs(manifest, inputs)
         if not image.file(".manifest.sgx").exists():
             raise EnclaveError(f"{image.file('.manifest.sgx')} is missing", hint="rebuild the image")
-        # Gramine refuses a changed trusted file when it is opened; checking first names the file up front.
-        with HashCache() as cache:
-            check_trusted_files(manifest, cache)
+        # Gramine refuses a changed trusted file when it is opened; check_files names it up front.
+
+    def plan_launch(
+        self, image: EnclaveImage, inputs: Mapping[str, str], controller: bytes | None
+    ) -> LaunchPlan:
+        assert isinstance(image, GramineImage)  # check_image
         launcher = SGX_LAUNCHER
         if self.insecure_direct:
             launcher = DIRECT_LAUNCHER
@@ -318,6 +308,5 @@ class GramineBackend(PccsCollateral, EnclaveBackend):
         (image.path / STATE_FOLDER).mkdir(mode=0o700, exist_ok=True)
         # The loader gets PATH to find its helpers; the enclave itself sees only the manifest's environment
         # plus the passthrough inputs.
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **passthrough(manifest, inputs)}
-        popen = start_process([program, image.app], env=env, cwd=image.path, stdout=stdout, stderr=stderr)
-        return EnclaveProcess(popen)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **passthrough(image.manifest, inputs)}
+        return LaunchPlan([program, image.app], env, image.path)

@@ -23,17 +23,12 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess, PccsCollateral
-from teelab.enclave_runtime.controller import check_controller
+from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, Measurement, PccsCollateral
+from teelab.enclave_runtime.controller import ControllerBinding, refuse_other_controller
 from teelab.enclave_runtime.gramine.sigstruct import load_author_key
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import IMAGE_FILE, EnclaveImage, default_image_dir
-from teelab.enclave_runtime.launching import (
-    passthrough,
-    refuse_unlisted_inputs,
-    start_process,
-    throwaway_signing_key,
-)
+from teelab.enclave_runtime.launching import LaunchPlan, passthrough, throwaway_signing_key
 from teelab.enclave_runtime.manifest import EnclaveManifest, ImageSpec, ProgressCallback, expand
 from teelab.enclave_runtime.occlum.config import (
     TEE_STATE_PATH,
@@ -89,6 +84,7 @@ def _public_der(key: rsa.RSAPrivateKey) -> bytes:
 
 class OcclumBackend(PccsCollateral, EnclaveBackend):
     name = "occlum"
+    binding = ControllerBinding.MEASUREMENT  # until step 4 binds CONFIGID with KSS
 
     def __init__(self, *, which: Which = shutil.which, occlum_prefix: Path = DEFAULT_OCCLUM_PREFIX) -> None:
         self.which = which
@@ -247,7 +243,7 @@ class OcclumBackend(PccsCollateral, EnclaveBackend):
         replace_atomically(out / IMAGE_FILE, json.dumps(document, indent=1).encode(), mode=0o644)
         return OcclumImage(out, self.name, manifest, sigstruct, mrenclave, mrsigner)
 
-    def measure(self, spec: ImageSpec, *, progress: ProgressCallback | None = None) -> bytes:
+    def measure(self, spec: ImageSpec, *, progress: ProgressCallback | None = None) -> Measurement:
         """MRENCLAVE of ``spec`` under this host's Occlum: a scratch build signed with a throwaway key.
 
         MRENCLAVE covers the LibOS build and the sealed image, so only ``occlum build`` can compute it; the key
@@ -263,7 +259,8 @@ class OcclumBackend(PccsCollateral, EnclaveBackend):
         with tempfile.TemporaryDirectory(prefix="teelab-occlum-measure-") as scratch:
             folder = Path(scratch)
             _, key_path = throwaway_signing_key(folder)
-            return self.build(spec, out=folder / "image", signing_key=key_path, progress=progress).mrenclave
+            image = self.build(spec, out=folder / "image", signing_key=key_path, progress=progress)
+            return Measurement(image.mrenclave, image.manifest)
 
     def _print(self, instance: Path, what: str) -> bytes:
         output = self._run(["occlum", "print", what], cwd=instance)
@@ -291,28 +288,20 @@ class OcclumBackend(PccsCollateral, EnclaveBackend):
             raise EnclaveError(f"the Occlum image at {path} is inconsistent", hint="rebuild it")
         return OcclumImage(path, self.name, manifest, sigstruct, mrenclave, mrsigner)
 
-    def launch(
-        self,
-        image: EnclaveImage,
-        *,
-        inputs: Mapping[str, str],
-        controller: bytes | None = None,
-        stdout: int | None = None,
-        stderr: int | None = None,
-    ) -> EnclaveProcess:
-        if check_controller(controller) is not None:
-            raise EnclaveError("the Occlum backend does not bind a controller at launch yet")
+    def check_image(self, image: EnclaveImage, controller: bytes | None) -> None:
+        refuse_other_controller(image.manifest, controller, backend=self.name)
         if not isinstance(image, OcclumImage):
             raise EnclaveError(f"{image.path} is a {image.backend} image, not an Occlum one")
-        refuse_unlisted_inputs(image.manifest, inputs)
         if not (image.instance / "build").is_dir():
             raise EnclaveError(f"{image.instance} has not been built", hint="rebuild the image")
+
+    def check_files(self, image: EnclaveImage) -> None:
+        """Nothing to check on the host: ``occlum build`` copied the files into the instance's image, which
+        the LibOS checks against its measured hashes as it reads them."""
+
+    def plan_launch(
+        self, image: EnclaveImage, inputs: Mapping[str, str], controller: bytes | None
+    ) -> LaunchPlan:
+        assert isinstance(image, OcclumImage)  # check_image
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **passthrough(image.manifest, inputs)}
-        popen = start_process(
-            [self._tool("occlum"), "run", launcher_name(image.manifest)],
-            env=env,
-            cwd=image.instance,
-            stdout=stdout,
-            stderr=stderr,
-        )
-        return EnclaveProcess(popen)
+        return LaunchPlan([self._tool("occlum"), "run", launcher_name(image.manifest)], env, image.instance)

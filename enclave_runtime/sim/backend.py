@@ -13,18 +13,30 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
-from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, EnclaveProcess
-from teelab.enclave_runtime.controller import check_controller, sgx_config_id
+from teelab.enclave_runtime.backend import (
+    BackendStatus,
+    EnclaveBackend,
+    EnclaveProcess,
+    Measurement,
+    RootPin,
+)
+from teelab.enclave_runtime.controller import ControllerBinding, sgx_config_id
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import EnclaveImage, build_image, default_image_dir
-from teelab.enclave_runtime.launching import prepare_local_launch, refuse_unlisted_inputs, start_process
+from teelab.enclave_runtime.launching import LaunchPlan, local_launch_plan
 from teelab.enclave_runtime.manifest import (
     ImageSpec,
     ProgressCallback,
     check_trusted_files,
+    expand,
 )
 from teelab.enclave_runtime.sim.identity import IDENTITY_FD_ENV, SimIdentity
-from teelab.enclave_runtime.sim.platform import COLLATERAL_CACHE, SimPlatform, default_path
+from teelab.enclave_runtime.sim.platform import (
+    COLLATERAL_CACHE,
+    SimPlatform,
+    default_path,
+    known_root_fingerprints,
+)
 from teelab.errors import EnclaveError
 from teelab.timeutil import utcnow
 
@@ -32,6 +44,7 @@ from teelab.timeutil import utcnow
 class SimBackend(EnclaveBackend):
     name = "sim"
     simulated = True
+    binding = ControllerBinding.CONFIGID
 
     def __init__(self, platform_path: Path | None = None) -> None:
         self.platform_path = platform_path or default_path()
@@ -76,56 +89,60 @@ class SimBackend(EnclaveBackend):
             progress=progress,
         )
 
+    def measure(self, spec: ImageSpec, *, progress: ProgressCallback | None = None) -> Measurement:
+        """MRENCLAVE of a simulated image is the hash of its expanded manifest: no signer, no loader."""
+        with HashCache() as cache:
+            manifest = expand(spec, cache, progress)
+        return Measurement(manifest.mrenclave, manifest)
+
+    def describe(self) -> str:
+        return f"simulated platform at {self.platform_path}"
+
+    @classmethod
+    def known_root_pins(cls) -> tuple[RootPin, ...]:
+        """The default simulated platform's root, if it exists (never creates one)."""
+        return tuple(RootPin(fp, label, simulated=True) for fp, label in known_root_fingerprints().items())
+
+    def root_pins(self) -> tuple[RootPin, ...]:
+        """This backend's platform root (created on first use), pinned as a *simulated* root."""
+        label = f"teelab simulated platform ({self.platform_path})"
+        return (RootPin(self.platform.root_fingerprint, label, simulated=True),)
+
     def load_image(self, name: str, path: Path | None = None) -> EnclaveImage:
         return EnclaveImage.load(path or default_image_dir(name, self.name), self.name)
 
-    def launch(
-        self,
-        image: EnclaveImage,
-        *,
-        inputs: Mapping[str, str],
-        controller: bytes | None = None,
-        stdout: int | None = None,
-        stderr: int | None = None,
-    ) -> EnclaveProcess:
-        controller = check_controller(controller)
+    def check_image(self, image: EnclaveImage, controller: bytes | None) -> None:
         manifest = image.manifest
-        refuse_unlisted_inputs(manifest, inputs)
         if not any(f.path == manifest.entrypoint for f in manifest.trusted_files):
             raise EnclaveError(f"the entrypoint {manifest.entrypoint} is not a trusted file of the image")
-        platform = self.platform
-        launch = prepare_local_launch(image, inputs, backend=self.name, scratch_prefix="teelab-tee-")
-        # Like a LibOS, the loader checks the trusted files while the enclave loads. The enclave receives
-        # its identity — without which it can produce no evidence — only after every file matched.
+
+    def check_files(self, image: EnclaveImage) -> None:
+        """Nothing before the start: like a LibOS, the loader checks the trusted files while the enclave
+        loads (:meth:`started`), and the enclave gets its identity only once every file matched."""
+
+    def plan_launch(
+        self, image: EnclaveImage, inputs: Mapping[str, str], controller: bytes | None
+    ) -> LaunchPlan:
+        plan = local_launch_plan(image, inputs, backend=self.name, scratch_prefix="teelab-tee-")
         identity_read, identity_write = os.pipe()
-        launch.env[IDENTITY_FD_ENV] = str(identity_read)
+        plan.env[IDENTITY_FD_ENV] = str(identity_read)
+        plan.pass_fds, plan.keep_fds = (identity_read,), (identity_write,)
+        return plan
+
+    def started(
+        self, process: EnclaveProcess, image: EnclaveImage, plan: LaunchPlan, controller: bytes | None
+    ) -> None:
+        (identity_write,) = plan.keep_fds
         try:
-            popen = start_process(
-                launch.argv,
-                executable=manifest.entrypoint,
-                env=launch.env,
-                cwd=launch.scratch,
-                stdout=stdout,
-                stderr=stderr,
-                pass_fds=(identity_read,),
-            )
-        except EnclaveError:
-            os.close(identity_write)
-            launch.discard()
-            raise
-        finally:
-            os.close(identity_read)
-        process = EnclaveProcess(popen, launch.scratch)
-        try:
+            platform = self.platform
             cache = self.hash_cache()
-            check_trusted_files(manifest, cache)
+            check_trusted_files(image.manifest, cache)
             cache.flush()
         except BaseException:
             os.close(identity_write)
-            process.kill()
-            process.wait()
-            process.cleanup()
             raise
+        # On hardware the launcher sets CONFIGID in the enclave's SECS and the CPU reports it; here the loader
+        # hands it over with the identity, and the runtime reads it once at start-up (see sim.identity).
         identity = SimIdentity(
             platform=platform.path,
             mrenclave=image.mrenclave,
@@ -140,7 +157,6 @@ class SimBackend(EnclaveBackend):
                 pipe.write(identity.to_env())
             except BrokenPipeError:
                 pass  # the process already exited; its exit status tells the caller
-        return process
 
     def collateral_path(self, at: datetime | None = None) -> Path:
         """The platform's collateral bundle, re-issued when it has expired (the sim plays Intel's PCS)."""

@@ -21,6 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from teelab.enclave_runtime.backend import EnclaveBackend, RootPin
+from teelab.enclave_runtime.backends import get_backend
 from teelab.errors import ConfigError, VerificationError
 from teelab.gateway.dcap import IntelCollateral, load_collateral
 
@@ -73,36 +75,36 @@ class _SimCached:
     valid_until: datetime
     loaded_at: float
     collateral: IntelCollateral
-    root_fingerprint: str
+    pins: tuple[RootPin, ...]
 
 
 class SimCollateral:
-    """The simulated platform's collateral (created on first use, like ``SimBackend``)."""
+    """The simulated platform's collateral, through the sim backend (which plays Intel's PCS): the platform is
+    created on first use, like ``SimBackend``'s."""
 
-    def __init__(self, platform_path: Path | None = None) -> None:
-        from teelab.enclave_runtime.sim.platform import default_path
-
-        self.platform_path = platform_path or default_path()
-        self.description = f"simulated platform at {self.platform_path} (NOT confidential)"
+    def __init__(self, backend: EnclaveBackend) -> None:
+        self.backend = backend
+        self.description = f"{backend.describe()} (NOT confidential)"
         self._lock = threading.Lock()
         self._cached: _SimCached | None = None
 
     def _current(self, at: datetime) -> _SimCached:
-        from teelab.enclave_runtime.sim.platform import SimPlatform
-
         with self._lock:
             cached = self._cached
             fresh = cached is not None and time.monotonic() - cached.loaded_at < _SIM_RECHECK_SECONDS
             if cached is not None and fresh and cached.valid_from <= at < cached.valid_until:
                 return cached
-            platform = SimPlatform.open(self.platform_path, now=at)
-            issued = platform.collateral(at)  # valid at `at`; re-issued (as PCS would) when expired
+            path = self.backend.collateral_path(at)  # valid at `at`; re-issued (as PCS would) when expired
+            if path is None:
+                raise ConfigError(f"the {self.backend.name} backend serves no collateral")
+            collateral = load_collateral(path)
+            documents = [d.body for d in collateral.tcb_infos] + [d.body for d in collateral.qe_identities]
             cached = _SimCached(
-                valid_from=issued.issued,
-                valid_until=issued.next_update,
+                valid_from=max(d.issue_date for d in documents),
+                valid_until=min(d.next_update for d in documents),
                 loaded_at=time.monotonic(),
-                collateral=IntelCollateral.from_bundle_json(issued.to_json(), source=self.description),
-                root_fingerprint=platform.root_fingerprint,
+                collateral=collateral,
+                pins=self.backend.root_pins(),
             )
             self._cached = cached
             return cached
@@ -114,7 +116,7 @@ class SimCollateral:
         cached = self._cached
         if cached is None:
             return {}
-        return {cached.root_fingerprint: f"teelab simulated platform ({self.platform_path})"}
+        return {pin.sha256: pin.label for pin in cached.pins if pin.simulated}
 
 
 def collateral_source(spec: str | Path | None, *, sim_platform: Path | None = None) -> CollateralSource:
@@ -122,5 +124,5 @@ def collateral_source(spec: str | Path | None, *, sim_platform: Path | None = No
     if spec is None or str(spec) == "none":
         return NoCollateral()
     if str(spec) == "sim":
-        return SimCollateral(sim_platform)
+        return SimCollateral(get_backend("sim", sim_platform=sim_platform))
     return PathCollateral(Path(spec))
