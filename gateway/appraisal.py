@@ -21,7 +21,7 @@ from typing import Literal
 
 from teelab.gateway.checks import Check
 from teelab.gateway.controller import judge_controller
-from teelab.gateway.policy import TDX_PINS, AppraisalPolicy, SnpReference
+from teelab.gateway.policy import DEFAULT_SNP_MIN_TCB, TDX_PINS, AppraisalPolicy, SnpReference
 from teelab.gateway.result import NOT_CONFIDENTIAL, AttestationResult, Verdict
 from teelab.gateway.verified import Tee, VerifiedEvidence
 from teelab.timeutil import isoformat
@@ -144,6 +144,8 @@ def appraise(
     _judge_tee(judge)
     _judge_validity(judge)
     _judge_collateral_age(judge)
+    if evidence.tee in ("sgx", "tdx"):
+        _judge_tcb_evaluation(judge)
     _judge_tcb_status(judge)
     _judge_advisories(judge)
     _judge_debug(judge)
@@ -314,6 +316,26 @@ def _judge_collateral_age(judge: _Judgement) -> None:
         judge.record("policy.collateral_age", True, detail, HARDWARE)
 
 
+def _judge_tcb_evaluation(judge: _Judgement) -> None:
+    minimum = judge.policy.min_tcb_evaluation_data_number
+    numbers = {
+        "TCB info": judge.evidence.details.get("tcb_info_evaluation_data_number"),
+        "QE identity": judge.evidence.details.get("qe_identity_evaluation_data_number"),
+    }
+    shown = ", ".join(f"{name} {number}" for name, number in numbers.items())
+    low = [name for name, number in numbers.items() if not isinstance(number, int) or number < minimum]
+    if not low:
+        detail = f"TCB evaluation data numbers ({shown}) meet the policy's minimum {minimum}"
+        judge.record("policy.tcb_evaluation_data_number", True, detail, HARDWARE)
+        return
+    detail = (
+        f"the collateral predates the TCB recovery the policy requires ({shown}; minimum {minimum}): "
+        "collateral issued before a TCB recovery can make an unpatched platform look up to date; fetch "
+        "current collateral (Intel PCS/PCCS), or lower min_tcb_evaluation_data_number"
+    )
+    judge.record("policy.tcb_evaluation_data_number", False, detail, HARDWARE)
+
+
 def _duration(span: timedelta) -> str:
     seconds = int(span.total_seconds())
     days, rest = divmod(seconds, 86400)
@@ -327,12 +349,10 @@ def _judge_tcb_status(judge: _Judgement) -> None:
     status, accepted = judge.evidence.tcb_status, judge.policy.accepted_tcb_statuses
     if status is None:
         if judge.evidence.tee == "sev-snp":
-            judged = (
-                "judged by snp.min_tcb"
-                if _snp(judge).min_tcb
-                else "not judged: set snp.min_tcb to require one"
+            detail = (
+                "SEV-SNP reports carry TCB versions, not a TCB status; the reported TCB is judged by "
+                "policy.min_tcb"
             )
-            detail = f"SEV-SNP reports carry TCB versions, not a TCB status; the reported TCB is {judged}"
             judge.record("policy.tcb_status", True, detail, HARDWARE)
         else:
             judge.record("policy.tcb_status", False, "the verifier reported no TCB status", HARDWARE)
@@ -470,8 +490,7 @@ def _judge_snp(judge: _Judgement) -> None:
     ref = _snp(judge)
     _judge_pin(judge, "measurement", ref.measurement, EXECUTABLES)
     _judge_pin(judge, "host_data", ref.host_data, CONFIGURATION)
-    if ref.min_tcb is not None:
-        _judge_min_tcb(judge, ref.min_tcb.minimums())
+    _judge_snp_min_tcb(judge, ref)
     if ref.require_crl:
         checked = judge.evidence.details.get("amd_crl_checked") is True
         detail = (
@@ -481,6 +500,7 @@ def _judge_snp(judge: _Judgement) -> None:
             "requires snp.require_crl = true; supply AMD's CRL (https://kdsintf.amd.com/vcek/v1/<product>/crl)"
         )
         judge.record("policy.amd_crl", checked, detail, HARDWARE)
+    _judge_vmpl(judge, ref.max_vmpl)
     constrained = not ref.allow_smt or not ref.allow_migration_agent or ref.require_single_socket
     if not constrained:
         return
@@ -520,7 +540,40 @@ def _judge_snp(judge: _Judgement) -> None:
         judge.record("policy.single_socket", ok, detail, CONFIGURATION)
 
 
-def _judge_min_tcb(judge: _Judgement, minimums: dict[str, int]) -> None:
+def _judge_snp_min_tcb(judge: _Judgement, ref: SnpReference) -> None:
+    if ref.min_tcb is not None:
+        _judge_min_tcb(judge, ref.min_tcb.minimums())
+        return
+    product = judge.evidence.details.get("product")
+    default = DEFAULT_SNP_MIN_TCB.get(product) if isinstance(product, str) else None
+    if default is None:
+        detail = (
+            f"teelab has no default minimum TCB for {product or 'this product'} (TCB numbers differ per "
+            "product); set snp.min_tcb from AMD's security bulletins for your CPUs"
+        )
+        judge.record("policy.min_tcb", False, detail, HARDWARE)
+        return
+    _judge_min_tcb(judge, default.minimums(), source=f"teelab's default minimum for {product}")
+
+
+def _judge_vmpl(judge: _Judgement, maximum: int) -> None:
+    vmpl = judge.claim("vmpl")
+    if not isinstance(vmpl, int) or isinstance(vmpl, bool):
+        judge.record("policy.vmpl", False, "the evidence has no VMPL to compare", CONFIGURATION)
+    elif vmpl <= maximum:
+        judge.record("policy.vmpl", True, f"VMPL {vmpl} (the policy accepts up to {maximum})", CONFIGURATION)
+    else:
+        detail = (
+            f"the report was requested at VMPL {vmpl} but the policy accepts up to {maximum}: less privileged "
+            "code in the guest asked for it, not the measured firmware and kernel; raise snp.max_vmpl only "
+            "for a guest that runs under an SVSM"
+        )
+        judge.record("policy.vmpl", False, detail, CONFIGURATION)
+
+
+def _judge_min_tcb(
+    judge: _Judgement, minimums: dict[str, int], *, source: str = "the policy's minimum"
+) -> None:
     reported = judge.evidence.details.get("reported_tcb")
     if not isinstance(reported, dict):
         judge.record("policy.min_tcb", False, "the verifier reported no REPORTED_TCB to compare", HARDWARE)
@@ -535,12 +588,12 @@ def _judge_min_tcb(judge: _Judgement, minimums: dict[str, int]) -> None:
     shown = ", ".join(f"{name} {reported.get(name)}" for name in minimums)
     if shortfalls:
         detail = (
-            f"REPORTED_TCB is below the policy's minimum: {'; '.join(shortfalls)}; update the host's "
-            "SEV-SNP firmware / microcode, or lower snp.min_tcb"
+            f"REPORTED_TCB is below {source}: {'; '.join(shortfalls)}; the host needs newer "
+            "SEV-SNP firmware / microcode, or the policy a lower snp.min_tcb"
         )
         judge.record("policy.min_tcb", False, detail, HARDWARE)
     else:
-        judge.record("policy.min_tcb", True, f"REPORTED_TCB meets the policy's minimum ({shown})", HARDWARE)
+        judge.record("policy.min_tcb", True, f"REPORTED_TCB meets {source} ({shown})", HARDWARE)
 
 
 def _judge_report_data(judge: _Judgement, name: str, expected: bytes, what: str) -> None:

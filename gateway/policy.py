@@ -31,11 +31,18 @@ ACCEPT_ANY_ADVISORY = "*"
 MAX_POLICY_BYTES = 1 << 20
 # Collateral older than this is meaningless to accept, and the cap keeps timedelta arithmetic in range.
 MAX_COLLATERAL_AGE_CAP = timedelta(days=3650)
+# Safe defaults (issue 12; the reasons are in docs/policy.md, "Defaults against stale collateral"):
+# Intel's TCB info, QE identity and PCK CRLs are 30-day documents; a PCCS refreshes them daily.
+DEFAULT_MAX_COLLATERAL_AGE = timedelta(days=30)
+# Intel's TCB recovery that every TCB info served by PCS (update=standard) carried from early 2024 on; older
+# collateral predates it and lets an unpatched platform look UpToDate. Raise it after every TCB recovery.
+DEFAULT_MIN_TCB_EVALUATION_DATA_NUMBER = 17
 
 _SGX_MEASUREMENT_BYTES = 32
 _TDX_MEASUREMENT_BYTES = 48
 _SNP_MEASUREMENT_BYTES = 48
 _SNP_HOST_DATA_BYTES = 32
+_MAX_VMPL = 3
 _REPORT_DATA_BYTES = 64
 # Statuses the verifier itself treats as failures (Intel's QVL does too): no policy can accept them.
 _NEVER_ACCEPTED = {
@@ -308,22 +315,36 @@ class SnpMinTcb:
         return {name: value for name in SNP_TCB_COMPONENTS if (value := getattr(self, name)) is not None}
 
 
+# The minimum SEV-SNP TCB when the policy sets none, per product: the Milan level of AMD's 2023 firmware and
+# microcode (SNP firmware SVN 8, microcode SPL 115). TCB numbering differs per product, so a product without an
+# entry has no default and its evidence is refused until the policy sets snp.min_tcb.
+DEFAULT_SNP_MIN_TCB: dict[str, SnpMinTcb] = {
+    "Milan": SnpMinTcb(bootloader=3, tee=0, snp=8, microcode=115),
+}
+
+
 @dataclass(frozen=True)
 class SnpReference:
     """Reference values and guest-policy requirements for SEV-SNP.
 
-    The three policy-bit switches default to what accepts any non-debug guest; a hardened policy sets
-    ``allow_smt = false``, ``allow_migration_agent = false`` or ``require_single_socket = true``.
+    The defaults are the safe ones (docs/policy.md): a minimum TCB (``min_tcb = None`` means the product's
+    default, :data:`DEFAULT_SNP_MIN_TCB`), a CRL of AMD's ARK, VMPL 0 and no migration agent. SMT and
+    multiple sockets are allowed by default; a hardened policy sets ``allow_smt = false`` or
+    ``require_single_socket = true``.
     """
 
     measurement: tuple[str, ...] = ()
     host_data: tuple[str, ...] = ()
     min_tcb: SnpMinTcb | None = None
     allow_smt: bool = True
-    allow_migration_agent: bool = True
+    # A migration agent can move the guest, and read its memory on the way.
+    allow_migration_agent: bool = False
     require_single_socket: bool = False
     # Refuse evidence whose ASK/ASVK was not checked against a current CRL of AMD's ARK.
-    require_crl: bool = False
+    require_crl: bool = True
+    # The highest VMPL accepted: VMPL 0 is the guest's most privileged level; a report from a higher level
+    # was requested by less privileged code (under an SVSM, the guest OS), which is not what was measured.
+    max_vmpl: int = 0
     controller_binding: str = "platform"
 
     def __post_init__(self) -> None:
@@ -334,6 +355,8 @@ class SnpReference:
             _set(self, "host_data", _hex_values("snp.host_data", self.host_data, _SNP_HOST_DATA_BYTES))
             for name in ("allow_smt", "allow_migration_agent", "require_single_socket", "require_crl"):
                 _flag(f"snp.{name}", getattr(self, name))
+            if _uint("snp.max_vmpl", self.max_vmpl, 8) > _MAX_VMPL:
+                raise _Invalid("snp.max_vmpl", f"a VMPL is 0 to {_MAX_VMPL}")
             _binding(
                 "snp.controller_binding",
                 self.controller_binding,
@@ -362,7 +385,9 @@ class AppraisalPolicy:
     accepted_advisory_ids: tuple[str, ...] = ()
     allow_debug: bool = False
     allow_simulation: bool = False
-    max_collateral_age: timedelta | None = None
+    max_collateral_age: timedelta | None = DEFAULT_MAX_COLLATERAL_AGE
+    # Intel collateral (TCB info, QE identity) must be at least this TCB evaluation (TCB recovery) number.
+    min_tcb_evaluation_data_number: int = DEFAULT_MIN_TCB_EVALUATION_DATA_NUMBER
     # Expected report_data: up to 64 bytes, zero-padded on the right to the evidence's report_data length.
     report_data: bytes | None = None
     sgx: SgxReference | None = None
@@ -388,6 +413,7 @@ class AppraisalPolicy:
             _flag("allow_simulation", self.allow_simulation)
             if self.max_collateral_age is not None:
                 _duration("max_collateral_age", self.max_collateral_age)
+            _uint("min_tcb_evaluation_data_number", self.min_tcb_evaluation_data_number, 32)
             if self.report_data is not None:
                 if (
                     not isinstance(self.report_data, bytes)
@@ -433,6 +459,7 @@ _TOP_KEYS = (
     "allow_debug",
     "allow_simulation",
     "max_collateral_age",
+    "min_tcb_evaluation_data_number",
     "report_data",
     "sgx",
     "tdx",
@@ -448,6 +475,7 @@ _SNP_KEYS = (
     "allow_migration_agent",
     "require_single_socket",
     "require_crl",
+    "max_vmpl",
     "controller_binding",
 )
 
@@ -489,12 +517,19 @@ def _parse_sgx(table: Mapping[str, object]) -> SgxReference:
 
 def _parse_tdx(table: Mapping[str, object]) -> TdxReference:
     _check_keys("tdx", table, _TDX_KEYS)
-    pins = {
-        name: _non_empty_hexes(f"tdx.{name}", table[name], _TDX_MEASUREMENT_BYTES)
-        for name in TDX_PINS
-        if name in table
-    }
-    return _with_binding("tdx", table, TdxReference(**pins), TDX_IDENTITY_PINS)
+
+    def pin(name: str) -> tuple[str, ...]:
+        return _non_empty_hexes(f"tdx.{name}", table[name], _TDX_MEASUREMENT_BYTES) if name in table else ()
+
+    ref = TdxReference(
+        mrtd=pin("mrtd"),
+        rtmr0=pin("rtmr0"),
+        rtmr1=pin("rtmr1"),
+        rtmr2=pin("rtmr2"),
+        rtmr3=pin("rtmr3"),
+        mrconfigid=pin("mrconfigid"),
+    )
+    return _with_binding("tdx", table, ref, TDX_IDENTITY_PINS)
 
 
 _Reference = TypeVar("_Reference", SgxReference, TdxReference, SnpReference)
@@ -520,11 +555,14 @@ def _parse_snp(table: Mapping[str, object]) -> SnpReference:
                 "snp.min_tcb", f"an empty table sets no minimum; give any of {', '.join(SNP_TCB_COMPONENTS)}"
             )
         min_tcb = SnpMinTcb(**{name: _uint(f"snp.min_tcb.{name}", value, 8) for name, value in tcb.items()})
-    flags = {
-        name: _flag(f"snp.{name}", table[name])
-        for name in ("allow_smt", "allow_migration_agent", "require_single_socket", "require_crl")
-        if name in table
-    }
+    defaults = SnpReference()
+
+    def flag(name: str) -> bool:
+        return _flag(f"snp.{name}", table[name]) if name in table else bool(getattr(defaults, name))
+
+    max_vmpl = _uint("snp.max_vmpl", table["max_vmpl"], 8) if "max_vmpl" in table else defaults.max_vmpl
+    if max_vmpl > _MAX_VMPL:
+        raise _Invalid("snp.max_vmpl", f"a VMPL is 0 to {_MAX_VMPL}")
     ref = SnpReference(
         measurement=_non_empty_hexes("snp.measurement", table["measurement"], _SNP_MEASUREMENT_BYTES)
         if "measurement" in table
@@ -533,7 +571,11 @@ def _parse_snp(table: Mapping[str, object]) -> SnpReference:
         if "host_data" in table
         else (),
         min_tcb=min_tcb,
-        **flags,
+        allow_smt=flag("allow_smt"),
+        allow_migration_agent=flag("allow_migration_agent"),
+        require_single_socket=flag("require_single_socket"),
+        require_crl=flag("require_crl"),
+        max_vmpl=max_vmpl,
     )
     return _with_binding("snp", table, ref, SNP_IDENTITY_PINS)
 
@@ -558,6 +600,10 @@ def policy_from_mapping(
                 fields[name] = _flag(name, data[name])
         if "max_collateral_age" in data:
             fields["max_collateral_age"] = _duration("max_collateral_age", data["max_collateral_age"])
+        if "min_tcb_evaluation_data_number" in data:
+            fields["min_tcb_evaluation_data_number"] = _uint(
+                "min_tcb_evaluation_data_number", data["min_tcb_evaluation_data_number"], 32
+            )
         if "report_data" in data:
             fields["report_data"] = bytes.fromhex(
                 _hex("report_data", data["report_data"], _REPORT_DATA_BYTES, exact=False)

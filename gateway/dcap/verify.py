@@ -583,7 +583,9 @@ def _verify(
     tcb_status, advisories = _final_status(log, status)
 
     windows = [*chain.windows, *collateral_windows]
-    issued = [info.issue_date, identity.issue_date, collateral.root_ca_crl.this_update]
+    # The age policy judges the documents Intel reissues about daily; the root CA's CRL is a yearly document,
+    # judged by its own validity window (collateral_validity) only.
+    issued = [info.issue_date, identity.issue_date]
     pck_crl = collateral.pck_crl_for(chain.ca_subject_der)
     if pck_crl is not None:
         issued.append(pck_crl.this_update)

@@ -60,6 +60,7 @@ def sgx(**changes: object) -> VerifiedEvidence:
         valid_from=AT - timedelta(days=12),
         valid_until=AT + timedelta(days=18),
         collateral_issued_at=AT - timedelta(days=12),
+        details={"tcb_info_evaluation_data_number": 17, "qe_identity_evaluation_data_number": 17},
     )
     return replace(evidence, **changes)  # type: ignore[arg-type]
 
@@ -85,7 +86,12 @@ def snp(**changes: object) -> VerifiedEvidence:
             "debug": False,
         },
         checks=list(VERIFIER_CHECKS),
-        details={"reported_tcb": {"bootloader": 2, "tee": 0, "snp": 5, "microcode": 68}},
+        # At teelab's default minimum for Milan, with AMD's CRL checked: pristine under the default policy.
+        details={
+            "reported_tcb": {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115},
+            "product": "Milan",
+            "amd_crl_checked": True,
+        },
     )
     return replace(evidence, **changes)  # type: ignore[arg-type]
 
@@ -236,9 +242,10 @@ def test_tcb_status_accepted_when_listed() -> None:
 def test_tcb_status_missing_fails_for_intel_and_is_not_applicable_for_snp() -> None:
     assert "policy.tcb_status" in failed(appraise(sgx(tcb_status=None), AppraisalPolicy(), at=AT))
     result = appraise(snp(), AppraisalPolicy(), at=AT)
-    assert "not judged: set snp.min_tcb" in check(result, "policy.tcb_status").detail
+    assert "judged by policy.min_tcb" in check(result, "policy.tcb_status").detail
+    assert "teelab's default minimum for Milan" in check(result, "policy.min_tcb").detail
     pinned = AppraisalPolicy(snp=SnpReference(min_tcb=SnpMinTcb(snp=5)))
-    assert "judged by snp.min_tcb" in check(appraise(snp(), pinned, at=AT), "policy.tcb_status").detail
+    assert "judged by policy.min_tcb" in check(appraise(snp(), pinned, at=AT), "policy.tcb_status").detail
 
 
 def test_every_advisory_must_be_accepted_unless_star() -> None:
@@ -271,8 +278,15 @@ def test_collateral_age() -> None:
         in failed(appraise(sgx(collateral_issued_at=None), policy, at=AT))["policy.collateral_age"]
     )
     assert check(appraise(snp(), policy, at=AT), "policy.collateral_age").passed
-    # Without max_collateral_age there is no such check.
-    assert "policy.collateral_age" not in {c.name for c in appraise(sgx(), AppraisalPolicy(), at=AT).checks}
+    # Without max_collateral_age (only in code: a policy file cannot unset it) there is no such check.
+    unlimited = AppraisalPolicy(max_collateral_age=None)
+    assert "policy.collateral_age" not in {c.name for c in appraise(sgx(), unlimited, at=AT).checks}
+    # The default allows 30 days: Intel's documents live that long and a PCCS refreshes them daily.
+    assert check(appraise(sgx(), AppraisalPolicy(), at=AT), "policy.collateral_age").passed
+    stale = sgx(collateral_issued_at=AT - timedelta(days=31))
+    assert (
+        "the policy allows 30d" in failed(appraise(stale, AppraisalPolicy(), at=AT))["policy.collateral_age"]
+    )
 
 
 def test_validity_window_is_rechecked_at_the_appraisal_time() -> None:
@@ -383,14 +397,14 @@ def test_snp_measurement_and_host_data() -> None:
 
 
 def test_snp_min_tcb() -> None:
-    exact = AppraisalPolicy(snp=SnpReference(min_tcb=SnpMinTcb(bootloader=2, tee=0, snp=5, microcode=68)))
+    exact = AppraisalPolicy(snp=SnpReference(min_tcb=SnpMinTcb(bootloader=3, tee=0, snp=8, microcode=115)))
     assert (
-        "bootloader 2, tee 0, snp 5, microcode 68"
+        "bootloader 3, tee 0, snp 8, microcode 115"
         in check(appraise(snp(), exact, at=AT), "policy.min_tcb").detail
     )
-    higher = AppraisalPolicy(snp=SnpReference(min_tcb=SnpMinTcb(snp=6, microcode=70)))
+    higher = AppraisalPolicy(snp=SnpReference(min_tcb=SnpMinTcb(snp=9, microcode=116)))
     detail = failed(appraise(snp(), higher, at=AT))["policy.min_tcb"]
-    assert "snp 5 < 6; microcode 68 < 70" in detail and "firmware" in detail
+    assert "snp 8 < 9; microcode 115 < 116" in detail and "firmware" in detail
     fmc = AppraisalPolicy(snp=SnpReference(min_tcb=SnpMinTcb(fmc=1)))
     assert "fmc is not reported" in failed(appraise(snp(), fmc, at=AT))["policy.min_tcb"]
     assert "no REPORTED_TCB" in failed(appraise(snp(details={}), higher, at=AT))["policy.min_tcb"]
@@ -414,12 +428,12 @@ def test_snp_guest_policy_bits(reference: SnpReference, bits: int, name: str, ok
     assert result.ok is ok
 
 
-def test_snp_default_switches_add_no_checks_and_missing_policy_fails_closed() -> None:
-    names = {
-        c.name
-        for c in appraise(snp(claims={**snp().claims, "policy": 0x170000}), AppraisalPolicy(), at=AT).checks
-    }
-    assert not names & {"policy.smt", "policy.migration_agent", "policy.single_socket"}
+def test_snp_defaults_refuse_a_migration_agent_only_and_missing_policy_fails_closed() -> None:
+    result = appraise(snp(claims={**snp().claims, "policy": 0x170000}), AppraisalPolicy(), at=AT)
+    assert not {c.name for c in result.checks} & {"policy.smt", "policy.single_socket"}
+    assert "allow_migration_agent = false" in failed(result)["policy.migration_agent"]
+    allowed = AppraisalPolicy(snp=SnpReference(allow_migration_agent=True))
+    assert appraise(snp(claims={**snp().claims, "policy": 0x170000}), allowed, at=AT).ok
     no_policy = snp(claims={k: v for k, v in snp().claims.items() if k != "policy"})
     assert "policy.guest_policy" in failed(
         appraise(no_policy, AppraisalPolicy(snp=SnpReference(allow_smt=False)), at=AT)
@@ -457,5 +471,9 @@ def test_snp_require_crl() -> None:
     assert check(appraise(checked, required, at=AT), "policy.amd_crl").passed
     refused = appraise(unchecked, required, at=AT)
     assert not refused.ok and "snp.require_crl = true" in failed(refused)["policy.amd_crl"]
-    assert "policy.amd_crl" in failed(appraise(snp(), required, at=AT))  # no word on the CRL: fails closed
-    assert "policy.amd_crl" not in {c.name for c in appraise(unchecked, AppraisalPolicy(), at=AT).checks}
+    silent = {k: v for k, v in snp().details.items() if k != "amd_crl_checked"}
+    assert "policy.amd_crl" in failed(appraise(snp(details=silent), required, at=AT))  # no word: fails closed
+    # Required by default; a policy that accepts unchecked revocation says so.
+    assert "policy.amd_crl" in failed(appraise(unchecked, AppraisalPolicy(), at=AT))
+    optional = AppraisalPolicy(snp=SnpReference(require_crl=False))
+    assert "policy.amd_crl" not in {c.name for c in appraise(unchecked, optional, at=AT).checks}

@@ -40,7 +40,8 @@ def test_empty_file_is_the_default_policy() -> None:
     assert policy.accepted_advisory_ids == ()
     assert policy.allow_debug is False
     assert policy.allow_simulation is False
-    assert policy.max_collateral_age is None
+    assert policy.max_collateral_age == timedelta(days=30)  # the safe default (docs/policy.md)
+    assert policy.min_tcb_evaluation_data_number == 17
     assert policy.report_data is None
     assert policy.sgx is policy.tdx is policy.snp is None
     assert policy.pinned_tees == ()

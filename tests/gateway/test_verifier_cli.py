@@ -19,7 +19,7 @@ from teelab.errors import UsageError, VerificationError
 from teelab.gateway import dcap, ear
 from teelab.gateway.anchors import INTEL_SGX_ROOT_CA, TrustAnchors
 from teelab.gateway.checks import CheckLog
-from teelab.gateway.policy import AppraisalPolicy
+from teelab.gateway.policy import AppraisalPolicy, parse_policy
 from teelab.gateway.result import AttestationResult, render_summary
 from teelab.gateway.verifier import default_anchors, recognise, verify_evidence
 
@@ -36,6 +36,28 @@ TDX_MRTD = "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03
 SNP_REPORT = VECTORS / "snp-go-sev-guest" / "attestation.bin"
 SNP_AT = datetime(2022, 9, 24, 1, tzinfo=UTC)
 NONPROD = VECTORS / "sgx-intel-qvl-sample-nonprod"
+
+# The public vectors predate teelab's safe defaults (docs/policy.md): these policies state the choices the
+# defaults now require, so each test still checks what it is about. The 2022 SNP report is below the default
+# minimum TCB for Milan, and no vector comes with AMD's CRL.
+SNP_2022_POLICY = """
+id = "snp-2022-vector"
+[snp]
+min_tcb = { bootloader = 2, tee = 0, snp = 5, microcode = 68 }
+require_crl = false
+"""
+SNP_NO_CRL_POLICY = """
+id = "snp-no-crl"
+[snp]
+require_crl = false
+"""
+# Intel's non-production QVL sample has TCB evaluation data number 3 (and 0 for its QE identity), and its
+# documents, issued in 2019, stay valid for years.
+NONPROD_POLICY = """
+id = "qvl-sample"
+min_tcb_evaluation_data_number = 0
+max_collateral_age = "3650d"
+"""
 
 ACCEPTING_SGX_POLICY = """
 id = "accepts-sgx-dcap-qvl"
@@ -147,9 +169,8 @@ def test_facade_takes_collateral_and_certificates_as_bytes() -> None:
 
     vcek = x509.load_der_x509_certificate((VECTORS / "snp-go-sev-guest" / "vcek.der").read_bytes())
     pem = vcek.public_bytes(Encoding.PEM) + (VECTORS / "snp-go-sev-guest" / "ask_ark_milan.pem").read_bytes()
-    result = verify_evidence(
-        SNP_REPORT.read_bytes(), certs=pem, at=SNP_AT, policy=AppraisalPolicy(allow_debug=True)
-    )
+    policy = parse_policy(SNP_2022_POLICY).with_overrides(allow_debug=True)
+    result = verify_evidence(SNP_REPORT.read_bytes(), certs=pem, at=SNP_AT, policy=policy)
     assert result.ok, result.error
     result = verify_evidence(
         TDX_QUOTE.read_bytes(), collateral=TDX_COLLATERAL.read_bytes(), at=SGX_AT, policy=AppraisalPolicy()
@@ -575,17 +596,22 @@ def test_tdx_pinned_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_snp_debug_report_rejected_by_default_accepted_with_allow_debug(
-    snp_certs: Path, capsys: pytest.CaptureFixture[str]
+    snp_certs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    policy = tmp_path / "snp-2022-vector.toml"
+    policy.write_text(SNP_2022_POLICY)
     args = (SNP_REPORT, "--certs", snp_certs, "--at", "2022-09-24T01:00:00Z")
     code, document = verify_json(*args, capsys=capsys)
+    # The default policy refuses it for its debug bit, its 2022 TCB and the missing AMD CRL.
     assert code == 1 and document["tee"] == "sev-snp" and document["tcb_status"] is None
-    assert set(failed(document)) == {"policy.debug"}
+    assert set(failed(document)) == {"policy.debug", "policy.min_tcb", "policy.amd_crl"}
+    code, document = verify_json(*args, "--policy", policy, capsys=capsys)
+    assert code == 1 and set(failed(document)) == {"policy.debug"}
     claims = document["claims"]
     assert isinstance(claims, dict) and claims["debug"] is True and claims["policy"] == 0xB0000
-    code, document = verify_json(*args, "--allow-debug", capsys=capsys)
+    code, document = verify_json(*args, "--policy", policy, "--allow-debug", capsys=capsys)
     assert code == 0 and document["verdict"] == "warning"
-    assert document["policy_id"] == "teelab-default+allow-debug"
+    assert document["policy_id"] == "snp-2022-vector+allow-debug"
 
 
 def test_snp_virtee_report_from_hex(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -593,12 +619,16 @@ def test_snp_virtee_report_from_hex(tmp_path: Path, capsys: pytest.CaptureFixtur
     folder.mkdir()
     (folder / "vcek.der").write_bytes((VECTORS / "snp-virtee" / "vcek_milan.der").read_bytes())
     (folder / "chain.pem").write_bytes((VECTORS / "snp-virtee" / "cert_chain_milan.pem").read_bytes())
+    policy = tmp_path / "snp-no-crl.toml"
+    policy.write_text(SNP_NO_CRL_POLICY)
     code, document = verify_json(
         VECTORS / "snp-virtee" / "report_milan.hex",
         "--certs",
         folder,
         "--at",
         "2024-01-01T00:00:00Z",
+        "--policy",
+        policy,
         capsys=capsys,
     )
     assert code == 0, failed(document)
@@ -614,8 +644,18 @@ def test_snp_virtee_report_from_hex(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 1 and document["claims"] == {}
 
 
-def test_trust_root_pins_an_extra_root(capsys: pytest.CaptureFixture[str]) -> None:
-    args = (NONPROD / "quote.dat", "--collateral", NONPROD, "--at", "2024-01-01T00:00:00Z")
+def test_trust_root_pins_an_extra_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = tmp_path / "qvl-sample.toml"
+    policy.write_text(NONPROD_POLICY)
+    args = (
+        NONPROD / "quote.dat",
+        "--collateral",
+        NONPROD,
+        "--at",
+        "2024-01-01T00:00:00Z",
+        "--policy",
+        policy,
+    )
     code, document = verify_json(*args, capsys=capsys)
     assert code == 1 and "is not a pinned root" in str(document["error"])
     code, document = verify_json(*args, "--trust-root", NONPROD / "trustedRootCaCert.pem", capsys=capsys)
@@ -721,6 +761,10 @@ def test_snp_certificates_from_a_folder_with_a_readme_and_from_several_files(tmp
     for name in ("README.md", "ask_ark_milan.pem", "vcek.der"):
         shutil.copy(vectors / "snp-go-sev-guest" / name, certs / name)
     report = vectors / "snp-go-sev-guest" / "attestation.bin"
+    policy = tmp_path / "snp-2022-vector.toml"
+    policy.write_text(SNP_2022_POLICY)
+    no_crl = tmp_path / "snp-no-crl.toml"
+    no_crl.write_text(SNP_NO_CRL_POLICY)
     folder = main(
         [
             "evidence",
@@ -731,6 +775,8 @@ def test_snp_certificates_from_a_folder_with_a_readme_and_from_several_files(tmp
             "--at",
             "2022-09-24T01:00:00Z",
             "--allow-debug",
+            "--policy",
+            str(policy),
         ]
     )
     assert folder == 0  # the README beside the certificates is skipped
@@ -745,6 +791,8 @@ def test_snp_certificates_from_a_folder_with_a_readme_and_from_several_files(tmp
             str(vectors / "snp-virtee" / "cert_chain_milan.pem"),
             "--at",
             "2024-01-01T00:00:00Z",
+            "--policy",
+            str(no_crl),
         ]
     )
     assert several == 0  # the VCEK from one file, the chain from another
