@@ -27,7 +27,7 @@ from typing import ClassVar
 
 from teelab.enclave_runtime.controller import ControllerBinding, check_controller
 from teelab.enclave_runtime.hashcache import HashCache
-from teelab.enclave_runtime.image import EnclaveImage
+from teelab.enclave_runtime.image import EnclaveImage, default_image_dir
 from teelab.enclave_runtime.launching import LaunchPlan, refuse_unlisted_inputs, start_process
 from teelab.enclave_runtime.manifest import EnclaveManifest, ImageSpec, ProgressCallback, check_trusted_files
 from teelab.errors import EvidenceError
@@ -164,6 +164,17 @@ class RootPin:
 
 
 @dataclass(frozen=True)
+class BuildRequest:
+    """What ``build`` was asked for: the spec, the output folder, the author's key, the debug flag."""
+
+    spec: ImageSpec
+    out: Path
+    signing_key: Path | None
+    debug: bool
+    progress: ProgressCallback | None
+
+
+@dataclass(frozen=True)
 class Measurement:
     """What ``measure`` found: the MRENCLAVE a verifier will see, and the expanded manifest it covers."""
 
@@ -192,7 +203,6 @@ class EnclaveBackend(ABC):
     def status(cls) -> BackendStatus:
         """Can this machine run this backend, and if not, precisely why."""
 
-    @abstractmethod
     def build(
         self,
         spec: ImageSpec,
@@ -202,15 +212,32 @@ class EnclaveBackend(ABC):
         debug: bool = False,
         progress: ProgressCallback | None = None,
     ) -> EnclaveImage:
-        """Build (and sign) the image; its MRENCLAVE is the value a verifier will see."""
+        """Build (and sign) the image into ``out`` (default: :meth:`image_dir`); its MRENCLAVE is the value a
+        verifier will see."""
+        return self.build_into(
+            BuildRequest(spec, out or self.image_dir(spec.name), signing_key, debug, progress)
+        )
+
+    @abstractmethod
+    def build_into(self, request: BuildRequest) -> EnclaveImage:
+        """This backend's build of ``request.spec`` into ``request.out``."""
 
     @abstractmethod
     def measure(self, spec: ImageSpec, *, progress: ProgressCallback | None = None) -> Measurement:
         """The MRENCLAVE ``spec`` will have under this backend, without the author's key (the value to pin);
         an EnclaveError saying where the reference value comes from when the backend cannot compute it."""
 
+    def image_dir(self, name: str) -> Path:
+        """Where this backend keeps the image ``name`` built in this environment (see image.default_image_dir)."""
+        return default_image_dir(name, self.name)
+
+    def load_image(self, name: str, path: Path | None = None) -> EnclaveImage:
+        """The built image ``name`` (from ``path``, default :meth:`image_dir`), checked for consistency."""
+        return self.open_image(path or self.image_dir(name))
+
     @abstractmethod
-    def load_image(self, name: str, path: Path | None = None) -> EnclaveImage: ...
+    def open_image(self, path: Path) -> EnclaveImage:
+        """Read and check the image in ``path``; a missing or damaged image is an EnclaveError."""
 
     def describe(self) -> str:
         """Where this backend's TEEs come from, for messages and audit records."""

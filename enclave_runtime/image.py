@@ -8,8 +8,10 @@ add their own files beside it (Gramine's ``.manifest.sgx`` and ``.sig``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.manifest import EnclaveManifest, ImageSpec, ProgressCallback, expand
@@ -19,6 +21,7 @@ from teelab.files import replace_atomically
 from teelab.paths import data_dir
 
 IMAGE_FILE = "image.json"
+T = TypeVar("T")
 
 
 _LOADED: dict[tuple[str, str, int, int, int, int], EnclaveImage] = {}
@@ -73,23 +76,37 @@ class EnclaveImage:
 
     @classmethod
     def _parse(cls, path: Path, backend: str) -> EnclaveImage:
-        image_file = path / IMAGE_FILE
-        try:
-            document = json.loads(image_file.read_text())
-            manifest = EnclaveManifest.from_json(document["manifest"], source=str(image_file))
-            sigstruct = Sigstruct.from_json(document["sigstruct"], source=str(image_file))
-        except FileNotFoundError:
-            raise EnclaveError(
-                f"no enclave image at {path}", hint="build it with `teelab enclave build`"
-            ) from None
-        except (ValueError, KeyError, TypeError) as error:
-            raise EnclaveError(f"the enclave image file {image_file} is damaged: {error}") from None
+        manifest, sigstruct, _ = read_image_file(
+            path, kind="enclave", build_hint="`teelab enclave build`", section=lambda document: None
+        )
         if sigstruct.mrenclave != manifest.mrenclave:
             raise EnclaveError(
                 f"the enclave image at {path} is inconsistent: its signature is over another MRENCLAVE",
                 hint="rebuild it with `teelab enclave build`",
             )
         return cls(path, backend, manifest, sigstruct)
+
+
+def read_image_file(
+    path: Path,
+    *,
+    kind: str,
+    build_hint: str,
+    section: Callable[[dict[str, Any]], T],
+) -> tuple[EnclaveManifest, Sigstruct, T]:
+    """The manifest, the signature and ``section(document)`` (a backend's own part) of ``path/image.json``;
+    a missing or damaged file is an EnclaveError naming it (``kind``: "Gramine", "Occlum", "enclave")."""
+    image_file = path / IMAGE_FILE
+    try:
+        document = json.loads(image_file.read_text())
+        manifest = EnclaveManifest.from_json(document["manifest"], source=str(image_file))
+        sigstruct = Sigstruct.from_json(document["sigstruct"], source=str(image_file))
+        extra = section(document)
+    except FileNotFoundError:
+        raise EnclaveError(f"no {kind} image at {path}", hint=f"build it with {build_hint}") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise EnclaveError(f"the {kind} image file {image_file} is damaged: {error}") from None
+    return manifest, sigstruct, extra
 
 
 def build_image(

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 from teelab.enclave_runtime.manifest import TEE_STATE, TEE_TMP, ImageSpec
 from teelab.errors import EnclaveError
@@ -48,20 +49,26 @@ print(json.dumps({"sys_path": [os.path.realpath(p) for p in sys.path if p and os
 """
 
 
-def _probe(python: str, packages: tuple[str, ...]) -> dict[str, object]:
+def ask_interpreter(python: str, code: str, *args: str) -> Any:
+    """What ``python -s -c code args`` prints as JSON: the way to learn about an interpreter (its paths, its
+    libpython) from the interpreter itself, with no user site and a minimal environment."""
     try:
         out = subprocess.run(
-            [python, "-s", "-c", _PROBE, json.dumps(list(packages))],
+            [python, "-s", "-c", code, *args],
             check=True,
             capture_output=True,
             text=True,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             cwd="/",
         ).stdout
-        result: dict[str, object] = json.loads(out)
-        return result
+        return json.loads(out)
     except (OSError, subprocess.CalledProcessError, ValueError) as error:
         raise EnclaveError(f"cannot inspect the Python interpreter {python}: {error}") from None
+
+
+def _probe(python: str, packages: tuple[str, ...]) -> dict[str, object]:
+    result: dict[str, object] = ask_interpreter(python, _PROBE, json.dumps(list(packages)))
+    return result
 
 
 def python_module_spec(

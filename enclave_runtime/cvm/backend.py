@@ -13,9 +13,15 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
-from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, Measurement, PccsCollateral
+from teelab.enclave_runtime.backend import (
+    BackendStatus,
+    BuildRequest,
+    EnclaveBackend,
+    Measurement,
+    PccsCollateral,
+)
 from teelab.enclave_runtime.controller import ControllerBinding
-from teelab.enclave_runtime.image import EnclaveImage, build_image, default_image_dir
+from teelab.enclave_runtime.image import EnclaveImage, build_image
 from teelab.enclave_runtime.launching import LaunchPlan, local_launch_plan
 from teelab.enclave_runtime.manifest import (
     ImageSpec,
@@ -47,32 +53,24 @@ class CvmBackend(PccsCollateral, EnclaveBackend):
 
         return cvm_status(HostView())
 
-    def build(
-        self,
-        spec: ImageSpec,
-        *,
-        out: Path | None = None,
-        signing_key: Path | None = None,
-        debug: bool = False,
-        progress: ProgressCallback | None = None,
-    ) -> EnclaveImage:
-        if debug:
+    def build_into(self, request: BuildRequest) -> EnclaveImage:
+        if request.debug:
             raise UsageError(
                 "--debug does not apply to the cvm backend: debugging is a property of the VM's launch policy"
             )
         return build_image(
-            spec,
-            out=out or default_image_dir(spec.name, self.name),
+            request.spec,
+            out=request.out,
             backend=self.name,
-            signing_key=signing_key,
-            progress=progress,
+            signing_key=request.signing_key,
+            progress=request.progress,
         )
 
     def measure(self, spec: ImageSpec, *, progress: ProgressCallback | None = None) -> Measurement:
         raise EnclaveError(MEASURE_EXPLANATION, hint=MEASURE_HINT)
 
-    def load_image(self, name: str, path: Path | None = None) -> EnclaveImage:
-        return EnclaveImage.load(path or default_image_dir(name, self.name), self.name)
+    def open_image(self, path: Path) -> EnclaveImage:
+        return EnclaveImage.load(path, self.name)
 
     def plan_launch(
         self, image: EnclaveImage, inputs: Mapping[str, str], controller: bytes | None

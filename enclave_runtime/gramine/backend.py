@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -23,7 +22,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, Measurement, PccsCollateral
+from teelab.enclave_runtime.backend import (
+    BackendStatus,
+    BuildRequest,
+    EnclaveBackend,
+    Measurement,
+    PccsCollateral,
+)
 from teelab.enclave_runtime.controller import ControllerBinding, refuse_other_controller
 from teelab.enclave_runtime.gramine.sigstruct import SgxSigstruct, load_author_key, parse_sigstruct
 from teelab.enclave_runtime.gramine.template import STATE_FOLDER, GramineOptions, render_template
@@ -35,7 +40,8 @@ from teelab.enclave_runtime.gramine.tools import (
     GramineTools,
 )
 from teelab.enclave_runtime.hashcache import HashCache
-from teelab.enclave_runtime.image import IMAGE_FILE, EnclaveImage, default_image_dir
+from teelab.enclave_runtime.image import IMAGE_FILE, EnclaveImage, read_image_file
+from teelab.enclave_runtime.images import ask_interpreter
 from teelab.enclave_runtime.launching import LaunchPlan, passthrough, throwaway_signing_key
 from teelab.enclave_runtime.manifest import (
     EnclaveManifest,
@@ -44,7 +50,7 @@ from teelab.enclave_runtime.manifest import (
     TrustedFile,
     expand,
 )
-from teelab.enclave_runtime.signing import Sigstruct, sign
+from teelab.enclave_runtime.signing import sign
 from teelab.errors import EnclaveError
 from teelab.files import replace_atomically
 
@@ -88,25 +94,9 @@ class GramineImage(EnclaveImage):
         return self.path / f"{self.app}{suffix}"
 
 
-def _probe(interpreter: str) -> dict[str, str]:
-    try:
-        out = subprocess.run(
-            [interpreter, "-s", "-c", _INTERPRETER_PROBE],
-            check=True,
-            capture_output=True,
-            text=True,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            cwd="/",
-        ).stdout
-        found: dict[str, str] = json.loads(out)
-        return found
-    except (OSError, subprocess.CalledProcessError, ValueError) as error:
-        raise EnclaveError(f"cannot inspect the Python interpreter {interpreter}: {error}") from None
-
-
 def gramine_options(spec: ImageSpec, cache: HashCache, *, debug: bool) -> GramineOptions:
     """The enclave shape for ``spec``'s interpreter: its real path, libdirs, and a libpython from elsewhere."""
-    found = _probe(spec.entrypoint)
+    found: dict[str, str] = ask_interpreter(spec.entrypoint, _INTERPRETER_PROBE)
     arch = found.get("multiarch") or "x86_64-linux-gnu"
     lib_dirs = (f"/lib/{arch}", f"/usr/lib/{arch}")
     native: list[TrustedFile] = []
@@ -179,19 +169,13 @@ class GramineBackend(PccsCollateral, EnclaveBackend):
         replace_atomically(template, text.encode(), mode=0o644)
         return manifest, options, template
 
-    def build(
-        self,
-        spec: ImageSpec,
-        *,
-        out: Path | None = None,
-        signing_key: Path | None = None,
-        debug: bool = False,
-        progress: ProgressCallback | None = None,
-    ) -> GramineImage:
+    def build_into(self, request: BuildRequest) -> GramineImage:
+        signing_key, out = request.signing_key, request.out
         key = load_author_key(signing_key, backend=self.name)
         assert signing_key is not None  # load_author_key refuses None
-        out = out or default_image_dir(spec.name, self.name)
-        manifest, options, template = self.render(spec, out, debug=debug, progress=progress)
+        manifest, options, template = self.render(
+            request.spec, out, debug=request.debug, progress=request.progress
+        )
         missing = self.tools.missing(BUILD_TOOLS)
         if missing:
             raise EnclaveError(
@@ -263,20 +247,13 @@ class GramineBackend(PccsCollateral, EnclaveBackend):
             image = self._sign(manifest, options, template, folder / "image", throwaway, key_path)
             return Measurement(image.mrenclave, manifest)
 
-    def load_image(self, name: str, path: Path | None = None) -> GramineImage:
-        path = path or default_image_dir(name, self.name)
-        image_file = path / IMAGE_FILE
-        try:
-            document = json.loads(image_file.read_text())
-            manifest = EnclaveManifest.from_json(document["manifest"], source=str(image_file))
-            sigstruct = Sigstruct.from_json(document["sigstruct"], source=str(image_file))
-            options = _options_from_json(document["gramine"]["options"])
-        except FileNotFoundError:
-            raise EnclaveError(
-                f"no Gramine image at {path}", hint="build it with `teelab enclave build --backend gramine`"
-            ) from None
-        except (ValueError, KeyError, TypeError) as error:
-            raise EnclaveError(f"the Gramine image file {image_file} is damaged: {error}") from None
+    def open_image(self, path: Path) -> GramineImage:
+        manifest, sigstruct, options = read_image_file(
+            path,
+            kind="Gramine",
+            build_hint="`teelab enclave build --backend gramine`",
+            section=lambda document: _options_from_json(document["gramine"]["options"]),
+        )
         sgx = self._read_sig(path / f"{manifest.name}.sig", manifest, options)
         if sigstruct.mrenclave != sgx.mrenclave or sigstruct.mrsigner != sgx.mrsigner:
             raise EnclaveError(

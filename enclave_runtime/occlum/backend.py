@@ -23,11 +23,18 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from teelab.enclave_runtime.backend import BackendStatus, EnclaveBackend, Measurement, PccsCollateral
+from teelab.enclave_runtime.backend import (
+    BackendStatus,
+    BuildRequest,
+    EnclaveBackend,
+    Measurement,
+    PccsCollateral,
+)
 from teelab.enclave_runtime.controller import ControllerBinding, refuse_other_controller
 from teelab.enclave_runtime.gramine.sigstruct import load_author_key
 from teelab.enclave_runtime.hashcache import HashCache
-from teelab.enclave_runtime.image import IMAGE_FILE, EnclaveImage, default_image_dir
+from teelab.enclave_runtime.image import IMAGE_FILE, EnclaveImage, read_image_file
+from teelab.enclave_runtime.images import ask_interpreter
 from teelab.enclave_runtime.launching import LaunchPlan, passthrough, throwaway_signing_key
 from teelab.enclave_runtime.manifest import EnclaveManifest, ImageSpec, ProgressCallback, expand
 from teelab.enclave_runtime.occlum.config import (
@@ -38,7 +45,7 @@ from teelab.enclave_runtime.occlum.config import (
     launcher_script,
     occlum_json,
 )
-from teelab.enclave_runtime.signing import Sigstruct, mrsigner_of, sign
+from teelab.enclave_runtime.signing import mrsigner_of, sign
 from teelab.errors import EnclaveError, UsageError
 from teelab.files import replace_atomically
 
@@ -162,35 +169,15 @@ class OcclumBackend(PccsCollateral, EnclaveBackend):
 
     @staticmethod
     def _sys_path(python: str) -> list[str]:
-        try:
-            out = subprocess.run(
-                [python, "-s", "-c", _SYS_PATH_PROBE],
-                check=True,
-                capture_output=True,
-                text=True,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                cwd="/",
-            ).stdout
-            found = json.loads(out)
-        except (OSError, subprocess.CalledProcessError, ValueError) as error:
-            raise EnclaveError(f"cannot inspect the Python interpreter {python}: {error}") from None
-        return [str(p) for p in found]
+        return [str(p) for p in ask_interpreter(python, _SYS_PATH_PROBE)]
 
-    def build(
-        self,
-        spec: ImageSpec,
-        *,
-        out: Path | None = None,
-        signing_key: Path | None = None,
-        debug: bool = False,
-        progress: ProgressCallback | None = None,
-    ) -> OcclumImage:
+    def build_into(self, request: BuildRequest) -> OcclumImage:
+        spec, out, signing_key, debug = request.spec, request.out, request.signing_key, request.debug
         key = load_author_key(signing_key, backend=self.name)
         assert signing_key is not None
         self.refuse_test_key(key, signing_key)
-        out = out or default_image_dir(spec.name, self.name)
         options = OcclumOptions(debug=debug)
-        manifest, _ = self.prepare(spec, out, options=options, progress=progress)
+        manifest, _ = self.prepare(spec, out, options=options, progress=request.progress)
         missing = [tool for tool in ("occlum", "copy_bom") if self.which(tool) is None]
         if missing:
             raise EnclaveError(
@@ -259,7 +246,7 @@ class OcclumBackend(PccsCollateral, EnclaveBackend):
         with tempfile.TemporaryDirectory(prefix="teelab-occlum-measure-") as scratch:
             folder = Path(scratch)
             _, key_path = throwaway_signing_key(folder)
-            image = self.build(spec, out=folder / "image", signing_key=key_path, progress=progress)
+            image = self.build_into(BuildRequest(spec, folder / "image", key_path, False, progress))
             return Measurement(image.mrenclave, image.manifest)
 
     def _print(self, instance: Path, what: str) -> bytes:
@@ -269,21 +256,16 @@ class OcclumBackend(PccsCollateral, EnclaveBackend):
             raise EnclaveError(f"`occlum print {what}` printed no 32-byte hex value: {output.strip()[:200]}")
         return bytes.fromhex(match.group(1))
 
-    def load_image(self, name: str, path: Path | None = None) -> OcclumImage:
-        path = path or default_image_dir(name, self.name)
-        image_file = path / IMAGE_FILE
-        try:
-            document = json.loads(image_file.read_text())
-            manifest = EnclaveManifest.from_json(document["manifest"], source=str(image_file))
-            sigstruct = Sigstruct.from_json(document["sigstruct"], source=str(image_file))
-            mrenclave = bytes.fromhex(document["occlum"]["mrenclave"])
-            mrsigner = bytes.fromhex(document["occlum"]["mrsigner"])
-        except FileNotFoundError:
-            raise EnclaveError(
-                f"no Occlum image at {path}", hint="build it with `teelab enclave build --backend occlum`"
-            ) from None
-        except (ValueError, KeyError, TypeError) as error:
-            raise EnclaveError(f"the Occlum image file {image_file} is damaged: {error}") from None
+    def open_image(self, path: Path) -> OcclumImage:
+        manifest, sigstruct, (mrenclave, mrsigner) = read_image_file(
+            path,
+            kind="Occlum",
+            build_hint="`teelab enclave build --backend occlum`",
+            section=lambda document: (
+                bytes.fromhex(document["occlum"]["mrenclave"]),
+                bytes.fromhex(document["occlum"]["mrsigner"]),
+            ),
+        )
         if sigstruct.mrenclave != mrenclave or sigstruct.mrsigner != mrsigner:
             raise EnclaveError(f"the Occlum image at {path} is inconsistent", hint="rebuild it")
         return OcclumImage(path, self.name, manifest, sigstruct, mrenclave, mrsigner)

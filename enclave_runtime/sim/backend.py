@@ -15,6 +15,7 @@ from pathlib import Path
 
 from teelab.enclave_runtime.backend import (
     BackendStatus,
+    BuildRequest,
     EnclaveBackend,
     EnclaveProcess,
     Measurement,
@@ -22,7 +23,7 @@ from teelab.enclave_runtime.backend import (
 )
 from teelab.enclave_runtime.controller import ControllerBinding, sgx_config_id
 from teelab.enclave_runtime.hashcache import HashCache
-from teelab.enclave_runtime.image import EnclaveImage, build_image, default_image_dir
+from teelab.enclave_runtime.image import EnclaveImage, build_image
 from teelab.enclave_runtime.launching import LaunchPlan, local_launch_plan
 from teelab.enclave_runtime.manifest import (
     ImageSpec,
@@ -71,22 +72,14 @@ class SimBackend(EnclaveBackend):
             found=[f"Python {sys.version.split()[0]}", f"simulated platform at {path} ({state})"],
         )
 
-    def build(
-        self,
-        spec: ImageSpec,
-        *,
-        out: Path | None = None,
-        signing_key: Path | None = None,
-        debug: bool = False,
-        progress: ProgressCallback | None = None,
-    ) -> EnclaveImage:
+    def build_into(self, request: BuildRequest) -> EnclaveImage:
         return build_image(
-            spec,
-            out=out or default_image_dir(spec.name, self.name),
+            request.spec,
+            out=request.out,
             backend=self.name,
-            signing_key=signing_key,
-            debug=debug,
-            progress=progress,
+            signing_key=request.signing_key,
+            debug=request.debug,
+            progress=request.progress,
         )
 
     def measure(self, spec: ImageSpec, *, progress: ProgressCallback | None = None) -> Measurement:
@@ -108,8 +101,8 @@ class SimBackend(EnclaveBackend):
         label = f"teelab simulated platform ({self.platform_path})"
         return (RootPin(self.platform.root_fingerprint, label, simulated=True),)
 
-    def load_image(self, name: str, path: Path | None = None) -> EnclaveImage:
-        return EnclaveImage.load(path or default_image_dir(name, self.name), self.name)
+    def open_image(self, path: Path) -> EnclaveImage:
+        return EnclaveImage.load(path, self.name)
 
     def check_image(self, image: EnclaveImage, controller: bytes | None) -> None:
         manifest = image.manifest
