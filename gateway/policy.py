@@ -431,6 +431,38 @@ class AppraisalPolicy:
         )
         return tuple(tee for tee, section in sections if section is not None)
 
+    def require_identity_pin(self, backend: str, *, simulated: bool = False) -> None:
+        """Refuse (ConfigError) to run a real-TEE kernel under a policy that pins no image identity.
+
+        Without a pin, any enclave or guest on genuine hardware passes — including one the host built itself,
+        which then receives the session's keys. Every TEE the policy accepts must pin its identity (SGX:
+        MRENCLAVE, or MRSIGNER with ISVPRODID; TDX: MRTD; SEV-SNP: MEASUREMENT); a policy without a TEE
+        section accepts every TEE and so pins nothing. ``simulated`` backends protect nothing anyway and are
+        exempt. Called by ``teelab kernel install`` and by the provisioner before every kernel start.
+        """
+        if simulated:
+            return
+        references: tuple[tuple[str, SgxReference | TdxReference | SnpReference | None, str], ...] = (
+            ("sgx", self.sgx, SGX_IDENTITY_PINS),
+            ("tdx", self.tdx, TDX_IDENTITY_PINS),
+            ("snp", self.snp, SNP_IDENTITY_PINS),
+        )
+        present = [(name, ref, pins) for name, ref, pins in references if ref is not None]
+        unpinned = [f"[{name}] needs {pins}" for name, ref, pins in present if not ref.pins_identity]
+        if present and not unpinned:
+            return
+        problem = (
+            "it has no [sgx], [tdx] or [snp] section, so it accepts any enclave or guest"
+            if not present
+            else "; ".join(unpinned)
+        )
+        raise ConfigError(
+            f"policy {self.id!r} pins no kernel image for the {backend} backend: {problem}. On real hardware "
+            "the host could then run an image of its own and receive the session's keys",
+            hint="pin the image: `teelab enclave measure` prints its MRENCLAVE (or measurement) for the policy "
+            "file; see docs/policy.md",
+        )
+
     @property
     def accepts_any_advisory(self) -> bool:
         return self.accepted_advisory_ids == (ACCEPT_ANY_ADVISORY,)

@@ -100,7 +100,8 @@ def install(
     engine = get_backend(backend)
     name = check_kernel_name(name or default_name(backend))
     if policy is not None:
-        load_policy(policy)  # refuse a broken policy before anything is installed
+        # Refuse a broken policy, or one that pins no image on real hardware, before anything is installed.
+        load_policy(policy).require_identity_pin(backend, simulated=engine.simulated)
     elif not engine.simulated:
         raise UsageError(
             f"the {backend} backend needs an attestation policy",
