@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.teelab-installed
 PYTEST_ARGS ?=
 
-.PHONY: help demo test lint format bench protos clean venv system-deps typecheck-tree labextension
+.PHONY: help demo test lint format bench protos clean venv system-deps typecheck-tree labextension wheel-check
 
 help:
 	@echo "make demo    start the demo (simulated TEE, attested kernel, key broker, sample sealed dataset)"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench   run the benchmarks; writes benchmarks/results/*.json and BENCHMARKS.md"
 	@echo "make lint    ruff + mypy"
 	@echo "make protos  regenerate the gRPC modules from protos/*.proto"
+	@echo "make wheel-check  build sdist + wheel of HEAD, install into a fresh venv, use it as a user (make test runs it too)"
 
 venv: $(STAMP)
 
@@ -68,6 +69,11 @@ format: $(STAMP)
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The released artefacts, as a user gets them: sdist and wheel of the committed HEAD, a fresh venv, no checkout
+# on any path (scripts/wheel_smoke.py; tests/packaging/test_wheel_smoke.py runs the same inside `make test`).
+wheel-check: $(STAMP)
+	$(PY) scripts/wheel_smoke.py
 
 bench: $(STAMP) system-deps
 	$(PY) benchmarks/run.py

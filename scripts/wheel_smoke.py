@@ -44,7 +44,7 @@ KERNEL_DRIVER = Path(__file__).with_name("wheel_smoke_kernel.py")
 DEFAULT_WHEELHOUSE = ROOT / ".build" / "wheelhouse"
 PARTS = ("enclave_runtime", "gateway", "kernel", "sealed_store", "extension")
 NAMESPACE = "teelab"
-NOT_SHIPPED = (".py", ".pyc", ".md")  # code is checked per folder; READMEs are for the repository reader
+NOT_SHIPPED = (".py", ".pyc", ".md")  # modules are counted apart; READMEs are for readers of the repository
 SKIPPED_DIRS = {"__pycache__", "node_modules"}
 KERNEL = "teelab-sim"
 DATASET = "smoke-sales"
@@ -197,8 +197,8 @@ def installed_path(relative: Path) -> Path:
 
 
 def expected_files(source: Path) -> tuple[list[Path], list[Path]]:
-    """(a .py file of every code folder, every other committed file) of the parts, as site-packages paths."""
-    code: dict[Path, Path] = {}
+    """(every module, every other committed file) of the parts, as paths in site-packages."""
+    code: list[Path] = []
     resources: list[Path] = []
     for top in (NAMESPACE, *PARTS):
         for path in sorted((source / top).rglob("*")):
@@ -206,10 +206,10 @@ def expected_files(source: Path) -> tuple[list[Path], list[Path]]:
             if not path.is_file() or any(p in SKIPPED_DIRS or p.startswith(".") for p in relative.parts):
                 continue
             if path.suffix == ".py":
-                code.setdefault(relative.parent, installed_path(relative))
+                code.append(installed_path(relative))
             elif not path.name.endswith(NOT_SHIPPED):
                 resources.append(installed_path(relative))
-    return sorted(code.values()), resources
+    return sorted(code), resources
 
 
 def check_installed_files(source: Path, venv: Path, report: Report) -> None:
@@ -227,7 +227,7 @@ def check_installed_files(source: Path, venv: Path, report: Report) -> None:
     ]
     if missing:
         raise SmokeError("installed without:\n  " + "\n  ".join(missing))
-    report.checks["installed_code_folders"] = len(code)
+    report.checks["installed_modules"] = len(code)
     report.checks["installed_resources"] = [str(r) for r in resources]
 
 
