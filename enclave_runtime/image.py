@@ -7,7 +7,10 @@ add their own files beside it (Gramine's ``.manifest.sgx`` and ``.sig``).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +30,22 @@ T = TypeVar("T")
 _LOADED: dict[tuple[str, str, int, int, int, int], EnclaveImage] = {}
 
 
-def default_image_dir(name: str, backend: str) -> Path:
-    return data_dir() / "images" / backend / name
+def environment_key(prefix: str | None = None) -> str:
+    """The folder name of one Python environment's images: its folder name and the hash of its real path.
+
+    An image measures one environment's interpreter and packages, and the kernel policy installed from that
+    environment pins it; an image folder shared by two environments would let one environment's build replace
+    the image the other's policy pins (issue 11 item 7). The hash keeps environments with the same folder
+    name apart; the name keeps the folder readable.
+    """
+    real = os.path.realpath(prefix or sys.prefix)
+    return f"{os.path.basename(real) or 'root'}-{hashlib.sha256(real.encode()).hexdigest()[:12]}"
+
+
+def default_image_dir(name: str, backend: str, *, prefix: str | None = None) -> Path:
+    """``<data dir>/images/<backend>/<environment>/<name>``: the image of one backend, built from (and for) the
+    Python environment ``prefix`` (default: the running one, ``sys.prefix``)."""
+    return data_dir() / "images" / backend / environment_key(prefix) / name
 
 
 @dataclass(frozen=True)
