@@ -118,7 +118,8 @@ def clean_path() -> list[str]:
 
 def offline_pip_env(wheelhouse: Path) -> dict[str, str]:
     """pip (and the build isolation it sets up) installs only from the wheelhouse."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))}
+    # The caller's other PIP_ settings (a CA bundle, say) stay: the download fallback needs them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env.update(
         PIP_NO_INDEX="1",
         PIP_FIND_LINKS=str(wheelhouse),
@@ -168,6 +169,7 @@ def fill_wheelhouse(wheelhouse: Path, requirements: Sequence[str | Path], report
     download = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", wheelhouse, *requirements]
     if run(download, env=env, check=False, timeout=BUILD_TIMEOUT).returncode != 0:
         online = {k: v for k, v in env.items() if k not in ("PIP_NO_INDEX", "PIP_NO_CACHE_DIR")}
+        online["PIP_FIND_LINKS"] = " ".join(filter(None, [str(wheelhouse), os.environ.get("PIP_FIND_LINKS")]))
         run(download, env=online, timeout=BUILD_TIMEOUT)
         report.downloaded.append(label)
     for stray in wheelhouse.glob(f"{NAMESPACE}-*"):  # pip download copies a local wheel in; we install ours

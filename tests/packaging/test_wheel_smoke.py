@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -86,12 +87,14 @@ def test_every_resource_of_the_parts_is_expected_in_the_installed_package(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # two builds (one with the labextension's webpack) and a full install
-def test_the_wheel_built_from_the_sdist_works_without_a_checkout(tmp_path: Path) -> None:
+def test_the_wheel_built_from_the_sdist_works_without_a_checkout() -> None:
     wheelhouse = Path(os.environ.get("TEELAB_WHEELHOUSE", wheel_smoke.DEFAULT_WHEELHOUSE))
-    try:
-        report = wheel_smoke.smoke(tmp_path, wheelhouse=wheelhouse)
-    except wheel_smoke.SmokeError as error:
-        pytest.fail(str(error), pytrace=False)
+    # Not tmp_path: pytest keeps those for three sessions, and this one holds a whole environment (~1 GB).
+    with tempfile.TemporaryDirectory(prefix="teelab-wheel-check-") as work:
+        try:
+            report = wheel_smoke.smoke(Path(work), wheelhouse=wheelhouse)
+        except wheel_smoke.SmokeError as error:
+            pytest.fail(str(error), pytrace=False)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "wheel-check.json").write_text(json.dumps(report.__dict__, indent=1))
 
