@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from teelab.errors import VerificationError
-from teelab.gateway.dcap import der
+from teelab.gateway import asn1
 from teelab.gateway.dcap.guard import verification_errors_only
 from teelab.gateway.dcap.pem import PARSE_ERRORS
 
@@ -53,65 +53,58 @@ class PckExtension:
         return SGX_TYPES.get(self.sgx_type, f"unknown ({self.sgx_type})")
 
 
-def _pairs(value: bytes, what: str) -> dict[str, der.Tlv]:
+def _pairs(value: bytes, what: str) -> dict[str, asn1.Element]:
     """A SEQUENCE OF SEQUENCE {OID, value} as a map; duplicates would make the meaning ambiguous."""
-    out: dict[str, der.Tlv] = {}
-    for entry in der.read_all(value):
-        der.expect(entry, der.SEQUENCE)
-        parts = der.read_all(entry.value)
+    out: dict[str, asn1.Element] = {}
+    for entry in asn1.read_all(value):
+        parts = entry.expect(asn1.SEQUENCE, what).children()
         if len(parts) != 2:
-            raise der.DerError(f"{what}: entry has {len(parts)} elements, expected OID and value")
-        der.expect(parts[0], der.OID)
-        oid = der.decode_oid(parts[0].value)
+            raise asn1.DerError(f"{what}: entry has {len(parts)} elements, expected OID and value")
+        oid = asn1.decode_oid(parts[0].expect(asn1.OID, what).value)
         if oid in out:
-            raise der.DerError(f"{what}: {oid} appears twice")
+            raise asn1.DerError(f"{what}: {oid} appears twice")
         out[oid] = parts[1]
     return out
 
 
-def _octets(item: der.Tlv, size: int, what: str) -> bytes:
-    der.expect(item, der.OCTET_STRING)
+def _octets(item: asn1.Element, size: int, what: str) -> bytes:
+    item.expect(asn1.OCTET_STRING, what)
     if len(item.value) != size:
-        raise der.DerError(f"{what} is {len(item.value)} bytes, expected {size}")
+        raise asn1.DerError(f"{what} is {len(item.value)} bytes, expected {size}")
     return item.value
 
 
-def _bounded_int(item: der.Tlv, tag: int, upper: int, what: str) -> int:
-    der.expect(item, tag)
-    value = der.decode_integer(item.value)
+def _bounded_int(item: asn1.Element, tag: int, upper: int, what: str) -> int:
+    value = asn1.decode_integer(item.expect(tag, what).value, what)
     if not 0 <= value <= upper:
-        raise der.DerError(f"{what} = {value} is outside 0..{upper}")
+        raise asn1.DerError(f"{what} = {value} is outside 0..{upper}")
     return value
 
 
-def _required(fields: dict[str, der.Tlv], oid: str, what: str) -> der.Tlv:
+def _required(fields: dict[str, asn1.Element], oid: str, what: str) -> asn1.Element:
     if oid not in fields:
-        raise der.DerError(f"{what} ({oid}) is missing")
+        raise asn1.DerError(f"{what} ({oid}) is missing")
     return fields[oid]
 
 
 def _parse(value: bytes) -> PckExtension:
-    top = der.read_single(value, der.SEQUENCE)
+    top = asn1.read_single(value, asn1.SEQUENCE, "SGX extension")
     fields = _pairs(top.value, "SGX extension")
-
-    tcb_item = _required(fields, _TCB, "TCB")
-    der.expect(tcb_item, der.SEQUENCE)
-    tcb = _pairs(tcb_item.value, "TCB")
+    tcb = _pairs(_required(fields, _TCB, "TCB").expect(asn1.SEQUENCE, "TCB").value, "TCB")
     svns = tuple(
-        _bounded_int(_required(tcb, f"{_TCB}.{i}", f"TCB component {i}"), der.INTEGER, 255, f"component {i}")
+        _bounded_int(_required(tcb, f"{_TCB}.{i}", f"TCB component {i}"), asn1.INTEGER, 255, f"component {i}")
         for i in range(1, 17)
     )
-    pcesvn = _bounded_int(_required(tcb, f"{_TCB}.17", "PCESVN"), der.INTEGER, 0xFFFF, "PCESVN")
+    pcesvn = _bounded_int(_required(tcb, f"{_TCB}.17", "PCESVN"), asn1.INTEGER, 0xFFFF, "PCESVN")
     cpusvn = _octets(_required(tcb, f"{_TCB}.18", "CPUSVN"), 16, "CPUSVN")
 
     configuration: list[tuple[str, bool]] = []
     if _CONFIGURATION in fields:
-        item = fields[_CONFIGURATION]
-        der.expect(item, der.SEQUENCE)
+        item = fields[_CONFIGURATION].expect(asn1.SEQUENCE, "Configuration")
         for oid, flag in _pairs(item.value, "Configuration").items():
             if oid in _CONFIGURATION_FLAGS:
-                der.expect(flag, der.BOOLEAN)
-                configuration.append((_CONFIGURATION_FLAGS[oid], der.decode_boolean(flag.value)))
+                name = _CONFIGURATION_FLAGS[oid]
+                configuration.append((name, asn1.decode_boolean(flag.expect(asn1.BOOLEAN, name).value, name)))
     instance = fields.get(_PLATFORM_INSTANCE_ID)
     return PckExtension(
         ppid=_octets(_required(fields, _PPID, "PPID"), 16, "PPID"),
@@ -120,7 +113,7 @@ def _parse(value: bytes) -> PckExtension:
         cpusvn=cpusvn,
         pceid=_octets(_required(fields, _PCEID, "PCEID"), 2, "PCEID"),
         fmspc=_octets(_required(fields, _FMSPC, "FMSPC"), 6, "FMSPC"),
-        sgx_type=_bounded_int(_required(fields, _SGX_TYPE, "SGX type"), der.ENUMERATED, 255, "SGX type"),
+        sgx_type=_bounded_int(_required(fields, _SGX_TYPE, "SGX type"), asn1.ENUMERATED, 255, "SGX type"),
         platform_instance_id=None if instance is None else _octets(instance, 16, "platform instance id"),
         configuration=tuple(configuration),
     )
@@ -131,7 +124,7 @@ def parse_pck_extension(value: bytes) -> PckExtension:
     """Parse the DER value of the SGX extension; malformed input raises VerificationError."""
     try:
         return _parse(value)
-    except der.DerError as exc:
+    except asn1.DerError as exc:
         raise VerificationError(
             CHECK,
             f"the PCK certificate's SGX extension is malformed: {exc}",

@@ -34,7 +34,8 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 from teelab.errors import VerificationError
-from teelab.gateway.snp import der, fallback
+from teelab.gateway import asn1
+from teelab.gateway.snp import fallback
 from teelab.gateway.snp.amd_ca import AMD_CA_PEM, CaRole
 from teelab.gateway.snp.cert_table import CRL_GUID, CertTableEntry, parse_cert_table
 from teelab.gateway.snp.crl import AmdCrl, crls_in_pem, parse_crl, without_crls
@@ -195,33 +196,33 @@ def _fields_from_der(raw: fallback.RawCertificate) -> _Fields:
 
 def _decode_hw_id(value: bytes) -> bytes:
     # Real KDS certificates carry the raw bytes; some test certificates wrap them in an OCTET STRING.
-    if len(value) - 2 in HW_ID_LENGTHS and value[0] == der.OCTET_STRING and value[1] == len(value) - 2:
+    if len(value) - 2 in HW_ID_LENGTHS and value[0] == asn1.OCTET_STRING and value[1] == len(value) - 2:
         value = value[2:]
     if len(value) not in HW_ID_LENGTHS:
-        raise der.DerError(f"hwID of {len(value)} bytes (expected 64, or 8 on Turin)")
+        raise asn1.DerError(f"hwID of {len(value)} bytes (expected 64, or 8 on Turin)")
     return value
 
 
 def _text(value: bytes, what: str) -> str:
-    item = der.read(value)
+    item = asn1.read(value)
     if item.end != len(value):
-        raise der.DerError(f"{what}: {len(value) - item.end} bytes after the string")
-    return der.decode_text(item, what)
+        raise asn1.DerError(f"{what}: {len(value) - item.end} bytes after the string")
+    return asn1.decode_text(item, what)
 
 
 def _decode_vek(extensions: Mapping[str, bytes]) -> VekExtensions:
     if OID_PRODUCT_NAME not in extensions:
-        raise der.DerError("no productName extension (1.3.6.1.4.1.3704.1.2)")
+        raise asn1.DerError("no productName extension (1.3.6.1.4.1.3704.1.2)")
     product_name = _text(extensions[OID_PRODUCT_NAME], "productName")
     spls = {
-        name: der.decode_unsigned(der.read_single(extensions[oid], der.INTEGER, name).value, name)
+        name: asn1.decode_unsigned(asn1.read_single(extensions[oid], asn1.INTEGER, name).value, name)
         for name, oid in SPL_OIDS.items()
         if oid in extensions
     }
     version = None
     if OID_STRUCT_VERSION in extensions:
-        raw_version = der.read_single(extensions[OID_STRUCT_VERSION], der.INTEGER, "structVersion").value
-        version = der.decode_unsigned(raw_version, "structVersion")
+        raw_version = asn1.read_single(extensions[OID_STRUCT_VERSION], asn1.INTEGER, "structVersion").value
+        version = asn1.decode_unsigned(raw_version, "structVersion")
     hw_id = _decode_hw_id(extensions[OID_HW_ID]) if OID_HW_ID in extensions else None
     csp_id = None
     if OID_CSP_ID in extensions:
@@ -259,7 +260,7 @@ def _build(data: bytes, fields: _Fields, parsed_with: ParsedWith) -> AmdCertific
             raise _fail(f"{subject}: a VCEK/VLEK key is P-384, this one is {key.curve.name}")
         try:
             vek = _decode_vek(fields.amd_extensions)
-        except der.DerError as exc:
+        except asn1.DerError as exc:
             raise _fail(f"{subject}: malformed AMD extension: {exc}") from None
         role = _leaf_kind(subject, vek)
         product = vek.product_name.split("-")[0]
@@ -308,7 +309,7 @@ def parse_certificate_fallback(data: bytes) -> AmdCertificate:
     back to). Only leaves: the CA certificates have ordinary serials and nothing to fall back from."""
     try:
         raw = fallback.parse_certificate(data)
-    except der.DerError as exc:
+    except asn1.DerError as exc:
         raise _fail(f"not a DER certificate: {exc}") from None
     if raw.spki_algorithm != fallback.OID_EC_PUBLIC_KEY:
         raise _fail(f"{raw.subject_cn!r}: only a VCEK/VLEK (EC key) is read without cryptography's loader")
@@ -349,8 +350,8 @@ def _split_der(blob: bytes) -> list[bytes]:
     pos = 0
     # Buffers handed over by firmware or hosts are often zero-padded after the last certificate.
     while pos < len(blob) and blob[pos:].strip(b"\x00"):
-        element = der.read(blob, pos)
-        element.expect(der.SEQUENCE, "certificate")
+        element = asn1.read(blob, pos)
+        element.expect(asn1.SEQUENCE, "certificate")
         found.append(element.encoded)
         pos = element.end
     return found
@@ -365,8 +366,8 @@ def split_certificates(blob: bytes) -> list[bytes]:
         found = _split_pem(blob)
     else:
         try:
-            found = _split_der(blob) if blob[:1] == bytes([der.SEQUENCE]) else []
-        except der.DerError:
+            found = _split_der(blob) if blob[:1] == bytes([asn1.SEQUENCE]) else []
+        except asn1.DerError:
             found = []
     if not found:
         raise _fail("neither a PEM nor a DER certificate")

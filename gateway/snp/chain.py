@@ -16,11 +16,11 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from teelab.gateway.anchors import TrustAnchors
+from teelab.gateway.asn1 import DerError
 from teelab.gateway.checks import CheckLog
 from teelab.gateway.snp import fallback
 from teelab.gateway.snp.certs import AmdCertificate, SnpCertificates
 from teelab.gateway.snp.crl import CRL_CHECK, AmdCrl, certificate_serial
-from teelab.gateway.snp.der import DerError
 from teelab.timeutil import isoformat
 
 CHECK_INPUT = "snp_input"

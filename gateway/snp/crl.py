@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from teelab.errors import VerificationError
-from teelab.gateway.snp import der
+from teelab.gateway import asn1
 
 CRL_CHECK = "amd_crl"
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----(.*?)-----END X509 CRL-----", re.DOTALL)
@@ -72,7 +72,7 @@ def parse_crl(data: bytes) -> AmdCrl:
         raise _fail(f"the CRL is {len(data)} bytes; AMD's are a few kilobytes")
     try:
         # cryptography reads trailing garbage leniently in places; the outer element must be exact.
-        if der.read(data).end != len(data):
+        if asn1.read(data).end != len(data):
             raise _fail("bytes follow the CRL")
         crl = x509.load_der_x509_crl(data)
         revoked = frozenset(entry.serial_number for entry in crl)
@@ -109,9 +109,9 @@ def without_crls(blob: bytes) -> bytes:
 def certificate_serial(tbs: bytes) -> int:
     """The serial number in a certificate's TBS (after the optional ``[0]`` version)."""
     try:
-        children = der.read(tbs).children()
-        serial = children[1] if children and children[0].tag == der.context(0) else children[0]
-        serial.expect(der.INTEGER, "serialNumber")
+        children = asn1.read(tbs).children()
+        serial = children[1] if children and children[0].tag == asn1.context(0) else children[0]
+        serial.expect(asn1.INTEGER, "serialNumber")
         return int.from_bytes(serial.value, "big", signed=True)
-    except (der.DerError, IndexError) as exc:
+    except (asn1.DerError, IndexError) as exc:
         raise _fail(f"cannot read the certificate's serial number: {exc}") from None

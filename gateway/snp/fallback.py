@@ -15,8 +15,8 @@ from datetime import datetime
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from teelab.gateway.snp import der
-from teelab.gateway.snp.der import DerError, Element
+from teelab.gateway import asn1
+from teelab.gateway.asn1 import DerError, Element
 
 OID_RSASSA_PSS = "1.2.840.113549.1.1.10"
 OID_MGF1 = "1.2.840.113549.1.1.8"
@@ -51,47 +51,47 @@ class RawCertificate:
 
 def parse_certificate(data: bytes) -> RawCertificate:
     """Read a DER certificate's structure; raises DerError. Checks no signature."""
-    cert = der.read_single(data, der.SEQUENCE, "certificate")
+    cert = asn1.read_single(data, asn1.SEQUENCE, "certificate")
     parts = cert.children()
     if len(parts) != 3:
         raise DerError(f"certificate: expected 3 elements, found {len(parts)}")
     tbs, outer_alg, signature = parts
-    tbs.expect(der.SEQUENCE, "tbsCertificate")
-    outer_alg.expect(der.SEQUENCE, "signatureAlgorithm")
-    signature.expect(der.BIT_STRING, "signatureValue")
+    tbs.expect(asn1.SEQUENCE, "tbsCertificate")
+    outer_alg.expect(asn1.SEQUENCE, "signatureAlgorithm")
+    signature.expect(asn1.BIT_STRING, "signatureValue")
     if signature.value[:1] != b"\x00":
         raise DerError("signatureValue: a signature is a whole number of bytes")
 
     fields = tbs.children()
     at = 0
-    if fields and fields[0].tag == der.context(0):
+    if fields and fields[0].tag == asn1.context(0):
         version = _only(fields[0], "version")
-        if der.decode_unsigned(version.expect(der.INTEGER, "version").value, "version") != 2:
+        if asn1.decode_unsigned(version.expect(asn1.INTEGER, "version").value, "version") != 2:
             raise DerError("version: only X.509 v3 certificates carry extensions")
         at = 1
     if len(fields) < at + 6:
         raise DerError(f"tbsCertificate: {len(fields)} elements are too few")
     # The serial number is deliberately not interpreted: AMD's are 0, which is the reason this module exists.
-    fields[at].expect(der.INTEGER, "serialNumber")
-    inner_alg = fields[at + 1].expect(der.SEQUENCE, "signature")
-    issuer = fields[at + 2].expect(der.SEQUENCE, "issuer")
-    validity = fields[at + 3].expect(der.SEQUENCE, "validity").children()
-    subject = fields[at + 4].expect(der.SEQUENCE, "subject")
-    spki = fields[at + 5].expect(der.SEQUENCE, "subjectPublicKeyInfo")
+    fields[at].expect(asn1.INTEGER, "serialNumber")
+    inner_alg = fields[at + 1].expect(asn1.SEQUENCE, "signature")
+    issuer = fields[at + 2].expect(asn1.SEQUENCE, "issuer")
+    validity = fields[at + 3].expect(asn1.SEQUENCE, "validity").children()
+    subject = fields[at + 4].expect(asn1.SEQUENCE, "subject")
+    spki = fields[at + 5].expect(asn1.SEQUENCE, "subjectPublicKeyInfo")
     if len(validity) != 2:
         raise DerError("validity: expected notBefore and notAfter")
 
     extensions: dict[str, bytes] = {}
     for optional in fields[at + 6 :]:
-        if optional.tag == der.context(3):
-            extensions = _extensions(_only(optional, "extensions").expect(der.SEQUENCE, "extensions"))
+        if optional.tag == asn1.context(3):
+            extensions = _extensions(_only(optional, "extensions").expect(asn1.SEQUENCE, "extensions"))
         elif optional.tag not in (0x81, 0x82, 0xA1, 0xA2):
             raise DerError(f"tbsCertificate: unexpected element with tag 0x{optional.tag:02x}")
 
     spki_items = spki.children()
     if len(spki_items) != 2:
         raise DerError("subjectPublicKeyInfo: expected algorithm and key")
-    spki_alg = spki_items[0].expect(der.SEQUENCE, "subjectPublicKeyInfo.algorithm").children()
+    spki_alg = spki_items[0].expect(asn1.SEQUENCE, "subjectPublicKeyInfo.algorithm").children()
     if not spki_alg:
         raise DerError("subjectPublicKeyInfo.algorithm is empty")
     return RawCertificate(
@@ -103,10 +103,10 @@ def parse_certificate(data: bytes) -> RawCertificate:
         subject=subject.encoded,
         issuer_cn=common_name(issuer),
         subject_cn=common_name(subject),
-        not_before=der.decode_time(validity[0], "notBefore"),
-        not_after=der.decode_time(validity[1], "notAfter"),
+        not_before=asn1.decode_time(validity[0], "notBefore"),
+        not_after=asn1.decode_time(validity[1], "notAfter"),
         spki=spki.encoded,
-        spki_algorithm=der.decode_oid(spki_alg[0].expect(der.OID, "algorithm").value),
+        spki_algorithm=asn1.decode_oid(spki_alg[0].expect(asn1.OID, "algorithm").value),
         extensions=extensions,
     )
 
@@ -122,37 +122,37 @@ def _only(wrapper: Element, what: str) -> Element:
 def _extensions(block: Element) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     for extension in block.children():
-        items = extension.expect(der.SEQUENCE, "extension").children()
+        items = extension.expect(asn1.SEQUENCE, "extension").children()
         if len(items) == 3:
-            items[1].expect(der.BOOLEAN, "extension.critical")
+            items[1].expect(asn1.BOOLEAN, "extension.critical")
             items = [items[0], items[2]]
         if len(items) != 2:
             raise DerError("extension: expected extnID, [critical,] extnValue")
-        oid = der.decode_oid(items[0].expect(der.OID, "extnID").value)
+        oid = asn1.decode_oid(items[0].expect(asn1.OID, "extnID").value)
         if oid in found:
             raise DerError(f"extension {oid} appears twice")
-        found[oid] = items[1].expect(der.OCTET_STRING, "extnValue").value
+        found[oid] = items[1].expect(asn1.OCTET_STRING, "extnValue").value
     return found
 
 
 def common_name(name: Element) -> str | None:
     """The first commonName in a Name, or None when it has none."""
     for rdn in name.children():
-        for attribute in rdn.expect(der.SET, "RelativeDistinguishedName").children():
-            items = attribute.expect(der.SEQUENCE, "AttributeTypeAndValue").children()
+        for attribute in rdn.expect(asn1.SET, "RelativeDistinguishedName").children():
+            items = attribute.expect(asn1.SEQUENCE, "AttributeTypeAndValue").children()
             if len(items) != 2:
                 raise DerError("AttributeTypeAndValue: expected type and value")
-            if der.decode_oid(items[0].expect(der.OID, "attribute type").value) == OID_COMMON_NAME:
-                return der.decode_text(items[1], "commonName")
+            if asn1.decode_oid(items[0].expect(asn1.OID, "attribute type").value) == OID_COMMON_NAME:
+                return asn1.decode_text(items[1], "commonName")
     return None
 
 
 def _hash_is_sha384(algorithm: Element) -> bool:
-    items = algorithm.expect(der.SEQUENCE, "hash AlgorithmIdentifier").children()
-    if not items or der.decode_oid(items[0].expect(der.OID, "hash algorithm").value) != OID_SHA384:
+    items = algorithm.expect(asn1.SEQUENCE, "hash AlgorithmIdentifier").children()
+    if not items or asn1.decode_oid(items[0].expect(asn1.OID, "hash algorithm").value) != OID_SHA384:
         return False
     # Parameters are absent or NULL (RFC 4055 allows both).
-    return len(items) == 1 or (len(items) == 2 and items[1].tag == der.NULL and not items[1].value)
+    return len(items) == 1 or (len(items) == 2 and items[1].tag == asn1.NULL and not items[1].value)
 
 
 def check_pss_sha384(algorithm: bytes) -> None:
@@ -160,32 +160,32 @@ def check_pss_sha384(algorithm: bytes) -> None:
 
     Only the parameters are read here; ``cryptography``'s verifier does the rest. Raises DerError otherwise.
     """
-    items = der.read_single(algorithm, der.SEQUENCE, "signatureAlgorithm").children()
-    if len(items) != 2 or der.decode_oid(items[0].expect(der.OID, "algorithm").value) != OID_RSASSA_PSS:
+    items = asn1.read_single(algorithm, asn1.SEQUENCE, "signatureAlgorithm").children()
+    if len(items) != 2 or asn1.decode_oid(items[0].expect(asn1.OID, "algorithm").value) != OID_RSASSA_PSS:
         raise DerError("signature algorithm is not RSASSA-PSS with parameters")
-    params = {item.tag: item for item in items[1].expect(der.SEQUENCE, "RSASSA-PSS-params").children()}
-    if set(params) - {der.context(n) for n in range(4)}:
+    params = {item.tag: item for item in items[1].expect(asn1.SEQUENCE, "RSASSA-PSS-params").children()}
+    if set(params) - {asn1.context(n) for n in range(4)}:
         raise DerError("RSASSA-PSS-params has an unknown field")
-    hash_field, mgf_field, salt_field = (params.get(der.context(n)) for n in range(3))
+    hash_field, mgf_field, salt_field = (params.get(asn1.context(n)) for n in range(3))
     # The DEFAULTs are SHA-1 and salt 20, never what AMD uses, so all three fields must be present.
     if hash_field is None or mgf_field is None or salt_field is None:
         raise DerError("RSASSA-PSS-params leaves the hash, MGF or salt at its SHA-1 default")
     if not _hash_is_sha384(_only(hash_field, "hashAlgorithm")):
         raise DerError("RSASSA-PSS hash is not SHA-384")
-    mgf_items = _only(mgf_field, "maskGenAlgorithm").expect(der.SEQUENCE, "maskGenAlgorithm").children()
+    mgf_items = _only(mgf_field, "maskGenAlgorithm").expect(asn1.SEQUENCE, "maskGenAlgorithm").children()
     if (
         len(mgf_items) != 2
-        or der.decode_oid(mgf_items[0].expect(der.OID, "maskGenAlgorithm").value) != OID_MGF1
+        or asn1.decode_oid(mgf_items[0].expect(asn1.OID, "maskGenAlgorithm").value) != OID_MGF1
         or not _hash_is_sha384(mgf_items[1])
     ):
         raise DerError("RSASSA-PSS mask generation is not MGF1 with SHA-384")
     salt = _only(salt_field, "saltLength")
-    if der.decode_unsigned(salt.expect(der.INTEGER, "saltLength").value, "saltLength") != PSS_SALT_LENGTH:
+    if asn1.decode_unsigned(salt.expect(asn1.INTEGER, "saltLength").value, "saltLength") != PSS_SALT_LENGTH:
         raise DerError(f"RSASSA-PSS salt length is not {PSS_SALT_LENGTH}")
-    trailer_field = params.get(der.context(3))
+    trailer_field = params.get(asn1.context(3))
     if trailer_field is not None:
         trailer = _only(trailer_field, "trailerField")
-        if der.decode_unsigned(trailer.expect(der.INTEGER, "trailerField").value, "trailerField") != 1:
+        if asn1.decode_unsigned(trailer.expect(asn1.INTEGER, "trailerField").value, "trailerField") != 1:
             raise DerError("RSASSA-PSS trailer field is not 1")
 
 

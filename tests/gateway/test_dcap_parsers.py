@@ -10,7 +10,8 @@ import pytest
 from cryptography import x509
 
 from teelab.errors import VerificationError
-from teelab.gateway.dcap import der, jsondoc, parse_pck_extension, parse_quote
+from teelab.gateway import asn1
+from teelab.gateway.dcap import jsondoc, parse_pck_extension, parse_quote
 from teelab.gateway.dcap.chain import pck_chain_from_pem
 from teelab.gateway.dcap.pck import extension_bytes
 from teelab.gateway.dcap.pem import load_certificates, load_crl
@@ -59,26 +60,26 @@ def test_pck_extension_of_the_intel_sample(vector_dir: Path) -> None:
 
 
 def _int(value: int) -> bytes:
-    return _tlv(der.INTEGER, value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big", signed=True))
+    return _tlv(asn1.INTEGER, value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big", signed=True))
 
 
 def _pair(oid: str, value: bytes) -> bytes:
-    return _tlv(der.SEQUENCE, _oid(oid) + value)
+    return _tlv(asn1.SEQUENCE, _oid(oid) + value)
 
 
 def extension(*, drop: str | None = None, extra: bytes = b"", svn: bytes | None = None) -> bytes:
     tcb = b"".join(
         _pair(f"{SGX_EXT}.2.{i}", svn if svn is not None and i == 1 else _int(i)) for i in range(1, 17)
     )
-    tcb += _pair(f"{SGX_EXT}.2.17", _int(300)) + _pair(f"{SGX_EXT}.2.18", _tlv(der.OCTET_STRING, bytes(16)))
+    tcb += _pair(f"{SGX_EXT}.2.17", _int(300)) + _pair(f"{SGX_EXT}.2.18", _tlv(asn1.OCTET_STRING, bytes(16)))
     fields = {
-        "1": _pair(f"{SGX_EXT}.1", _tlv(der.OCTET_STRING, bytes(range(16)))),
-        "2": _pair(f"{SGX_EXT}.2", _tlv(der.SEQUENCE, tcb)),
-        "3": _pair(f"{SGX_EXT}.3", _tlv(der.OCTET_STRING, b"\x00\x00")),
-        "4": _pair(f"{SGX_EXT}.4", _tlv(der.OCTET_STRING, bytes.fromhex("00a067110000"))),
-        "5": _pair(f"{SGX_EXT}.5", _tlv(der.ENUMERATED, b"\x00")),
+        "1": _pair(f"{SGX_EXT}.1", _tlv(asn1.OCTET_STRING, bytes(range(16)))),
+        "2": _pair(f"{SGX_EXT}.2", _tlv(asn1.SEQUENCE, tcb)),
+        "3": _pair(f"{SGX_EXT}.3", _tlv(asn1.OCTET_STRING, b"\x00\x00")),
+        "4": _pair(f"{SGX_EXT}.4", _tlv(asn1.OCTET_STRING, bytes.fromhex("00a067110000"))),
+        "5": _pair(f"{SGX_EXT}.5", _tlv(asn1.ENUMERATED, b"\x00")),
     }
-    return _tlv(der.SEQUENCE, b"".join(v for k, v in fields.items() if k != drop) + extra)
+    return _tlv(asn1.SEQUENCE, b"".join(v for k, v in fields.items() if k != drop) + extra)
 
 
 def test_hand_built_extension_parses() -> None:
@@ -93,11 +94,11 @@ def test_hand_built_extension_parses() -> None:
     [
         (extension(drop="4"), "FMSPC"),
         (extension(drop="2"), "TCB"),
-        (extension(extra=_pair(f"{SGX_EXT}.4", _tlv(der.OCTET_STRING, bytes(6)))), "twice"),
+        (extension(extra=_pair(f"{SGX_EXT}.4", _tlv(asn1.OCTET_STRING, bytes(6)))), "twice"),
         (extension(svn=_int(256)), "outside 0..255"),
         (extension(svn=_int(-1)), "outside 0..255"),
         (extension(svn=b"\x02\x02\x00\x05"), "not minimally encoded"),
-        (extension(svn=_tlv(der.OCTET_STRING, b"\x05")), "expected tag"),
+        (extension(svn=_tlv(asn1.OCTET_STRING, b"\x05")), "expected tag"),
         (extension() + b"\x00", "after the element"),
         (extension()[:-1], "claims"),
         (b"\x30\x80" + extension()[2:], "indefinite"),
@@ -115,11 +116,11 @@ def test_malformed_extension_is_refused(data: bytes, words: str) -> None:
 
 
 def test_der_oid_decoding() -> None:
-    assert der.decode_oid(_oid(SGX_EXT)[2:]) == SGX_EXT
-    assert der.decode_oid(b"\x88\x37\x03") == "2.999.3"
+    assert asn1.decode_oid(_oid(SGX_EXT)[2:]) == SGX_EXT
+    assert asn1.decode_oid(b"\x88\x37\x03") == "2.999.3"
     for bad in (b"", b"\x2a\x86", b"\x2a\x80\x01"):
-        with pytest.raises(der.DerError):
-            der.decode_oid(bad)
+        with pytest.raises(asn1.DerError):
+            asn1.decode_oid(bad)
 
 
 # -- PEM and CRLs ----------------------------------------------------------------------------------

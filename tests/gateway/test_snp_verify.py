@@ -25,11 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from teelab.errors import VerificationError
+from teelab.gateway import asn1
 from teelab.gateway.anchors import AMD_ARK_MILAN, AMD_ARK_TURIN, TrustAnchors
 from teelab.gateway.checks import CheckLog
 from teelab.gateway.snp import certs as certs_module
 from teelab.gateway.snp import chain as chain_module
-from teelab.gateway.snp import der
 from teelab.gateway.snp.amd_ca import AMD_CA_PEM
 from teelab.gateway.snp.certs import SnpCertificates
 from teelab.gateway.snp.chain import verify_snp_chain
@@ -390,7 +390,7 @@ def pki(product: str) -> Pki:
 
 def with_serial_zero(cert_der: bytes, signer: rsa.RSAPrivateKey) -> bytes:
     """AMD's leaves have serial 0, which CertificateBuilder refuses to write: patch the TBS and re-sign it."""
-    outer = der.read(cert_der)
+    outer = asn1.read(cert_der)
     tbs, alg, _ = outer.children()
     serial = tbs.children()[1]
     new_tbs = tlv(0x30, tbs.buf[tbs.content : serial.start] + b"\x02\x01\x00" + tbs.buf[serial.end : tbs.end])
