@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from teelab.cli import main
 from teelab.enclave_runtime.backends import get_backend
+from teelab.enclave_runtime.controller import CONTROLLER_ENV, ControllerBinding, pin_controller
 from teelab.enclave_runtime.gramine.backend import GramineBackend, GramineImage
 from teelab.enclave_runtime.gramine.sigstruct import build_sigstruct, parse_sigstruct
+from teelab.enclave_runtime.manifest import ImageSpec
 from teelab.errors import EnclaveError
 
 MANIFEST_TOOL = f"""#!{sys.executable}
@@ -233,3 +236,41 @@ def test_os_boundary_measure_with_gramine_prints_the_mrenclave_alone_last(
     assert code == 0, err
     value = stdout.splitlines()[-1]
     assert len(bytes.fromhex(value)) == 32 and "MRSIGNER depends on the key" in stdout
+
+
+CONTROLLER = hashlib.sha256(b"G.pub of this gateway").digest()
+
+
+def small_spec(tmp_path: Path) -> ImageSpec:
+    script = tmp_path / "probe.py"
+    script.write_text("print('hello')\n")
+    return ImageSpec(
+        name="probe",
+        entrypoint=sys.executable,
+        argv=(sys.executable, "-s", str(script)),
+        env={"PATH": "/usr/bin:/bin"},
+        passthrough_env=("TEELAB_BOOT_REQUEST",),
+        trusted=(sys.executable, str(script)),
+    )
+
+
+def test_os_boundary_gramine_controller_is_pinned_by_the_measured_manifest(
+    tmp_path: Path, author_key: Path, stand_in_gramine: Path
+) -> None:
+    """Upstream Gramine lets the launcher set no CONFIGID, so the controller is in the manifest MRENCLAVE covers."""
+    backend = GramineBackend()
+    assert backend.binding is ControllerBinding.MEASUREMENT
+    spec = small_spec(tmp_path)
+    pinned = backend.build(pin_controller(spec, CONTROLLER), out=tmp_path / "pinned", signing_key=author_key)
+    plain = backend.build(spec, out=tmp_path / "plain", signing_key=author_key)
+    manifest = tomllib.loads((pinned.path / "probe.manifest").read_text())
+    assert manifest["loader"]["env"][CONTROLLER_ENV] == CONTROLLER.hex()
+    assert pinned.mrenclave != plain.mrenclave  # the stand-in signer measures the manifest, as Gramine does
+    process = backend.launch(pinned, inputs={}, controller=CONTROLLER)
+    assert process.wait(timeout=60) == 0
+    other = hashlib.sha256(b"G.pub of another gateway").digest()
+    with pytest.raises(EnclaveError, match="pins the controller"):
+        backend.launch(pinned, inputs={}, controller=other)
+    with pytest.raises(EnclaveError, match="pins no controller"):
+        backend.launch(plain, inputs={}, controller=CONTROLLER)
+    assert backend.launch(plain, inputs={}).wait(timeout=60) == 0  # no controller: as before the rule
