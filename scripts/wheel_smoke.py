@@ -247,7 +247,11 @@ def wait_for_broker(broker: subprocess.Popen[str], log: Path, timeout: float = 1
 
 
 def listed_enabled(output: str, name: str) -> bool:
-    return any(name in line and "enabled" in line for line in ANSI.sub("", output).splitlines())
+    """Jupyter lists ``name`` as enabled and its validation as OK (an extension that fails to load is not)."""
+    lines = [line.split() for line in ANSI.sub("", output).splitlines()]
+    return any(name in words and "enabled" in words for words in lines) and any(
+        name in words and "OK" in words for words in lines
+    )
 
 
 def use_as_a_user(source: Path, venv: Path, work: Path, wheel_version: str, report: Report) -> None:
@@ -289,7 +293,7 @@ def use_as_a_user(source: Path, venv: Path, work: Path, wheel_version: str, repo
         report.checks["mrenclave"] = mrenclave
 
     with report.step("jupyter labextension / server extension list"):
-        for command, name in (("labextension", "@teelab/jupyterlab"), ("server", "teelab")):
+        for command, name in (("labextension", "@teelab/jupyterlab"), ("server", "teelab.extension")):
             args = ["labextension", "list"] if command == "labextension" else ["server", "extension", "list"]
             listed = run([bin_dir / "jupyter", *args], env=env, cwd=home)
             if not listed_enabled(listed.stdout + listed.stderr, name):

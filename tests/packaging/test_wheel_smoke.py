@@ -114,3 +114,14 @@ def test_the_wheel_built_from_the_sdist_works_without_a_checkout() -> None:
         ".local/share/teelab/sim-platform",
         ".local/share/teelab/kbs",
     } <= set(checks["state"])
+
+
+def test_an_extension_counts_as_enabled_only_when_it_also_validates() -> None:
+    working = "    teelab.extension \x1b[32menabled\x1b[0m\n    - Validating teelab.extension...\n      teelab.extension  \x1b[32mOK\x1b[0m\n"
+    broken = "    teelab.extension \x1b[32menabled\x1b[0m\n    - Validating teelab.extension...\n      X is teelab.extension importable?\n"
+    disabled = "    teelab.extension \x1b[31mdisabled\x1b[0m\n      teelab.extension  \x1b[32mOK\x1b[0m\n"
+
+    assert wheel_smoke.listed_enabled(working, "teelab.extension")
+    assert not wheel_smoke.listed_enabled(broken, "teelab.extension")
+    assert not wheel_smoke.listed_enabled(disabled, "teelab.extension")
+    assert not wheel_smoke.listed_enabled(working, "teelab")  # a prefix of another extension's name is not it
