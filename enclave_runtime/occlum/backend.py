@@ -9,6 +9,7 @@ passthrough variables in the environment.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from teelab.enclave_runtime.backend import (
     Measurement,
     PccsCollateral,
 )
-from teelab.enclave_runtime.controller import ControllerBinding, refuse_other_controller
+from teelab.enclave_runtime.controller import ControllerBinding, refuse_other_controller, sgx_config_id
 from teelab.enclave_runtime.gramine.sigstruct import load_author_key
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.image import IMAGE_FILE, EnclaveImage, read_image_file
@@ -65,6 +66,9 @@ class OcclumImage(EnclaveImage):
 
     occlum_mrenclave: bytes
     occlum_mrsigner: bytes
+    kss: bool = (
+        False  # built with KSS: the launcher sets CONFIGID (images from before KSS: measurement binding)
+    )
 
     @property
     def mrenclave(self) -> bytes:
@@ -91,7 +95,8 @@ def _public_der(key: rsa.RSAPrivateKey) -> bytes:
 
 class OcclumBackend(PccsCollateral, EnclaveBackend):
     name = "occlum"
-    binding = ControllerBinding.MEASUREMENT  # until step 4 binds CONFIGID with KSS
+    # `occlum run --config-id <base64>` sets CONFIGID of an instance built with metadata.enable_kss (docs/backends.md).
+    binding = ControllerBinding.CONFIGID
 
     def __init__(self, *, which: Which = shutil.which, occlum_prefix: Path = DEFAULT_OCCLUM_PREFIX) -> None:
         self.which = which
@@ -225,10 +230,11 @@ class OcclumBackend(PccsCollateral, EnclaveBackend):
                 "mrenclave": mrenclave.hex(),
                 "mrsigner": mrsigner.hex(),
                 "launcher": launcher_name(manifest),
+                "kss": options.kss,
             },
         }
         replace_atomically(out / IMAGE_FILE, json.dumps(document, indent=1).encode(), mode=0o644)
-        return OcclumImage(out, self.name, manifest, sigstruct, mrenclave, mrsigner)
+        return OcclumImage(out, self.name, manifest, sigstruct, mrenclave, mrsigner, options.kss)
 
     def measure(self, spec: ImageSpec, *, progress: ProgressCallback | None = None) -> Measurement:
         """MRENCLAVE of ``spec`` under this host's Occlum: a scratch build signed with a throwaway key.
@@ -257,23 +263,25 @@ class OcclumBackend(PccsCollateral, EnclaveBackend):
         return bytes.fromhex(match.group(1))
 
     def open_image(self, path: Path) -> OcclumImage:
-        manifest, sigstruct, (mrenclave, mrsigner) = read_image_file(
+        manifest, sigstruct, (mrenclave, mrsigner, kss) = read_image_file(
             path,
             kind="Occlum",
             build_hint="`teelab enclave build --backend occlum`",
             section=lambda document: (
                 bytes.fromhex(document["occlum"]["mrenclave"]),
                 bytes.fromhex(document["occlum"]["mrsigner"]),
+                document["occlum"].get("kss") is True,
             ),
         )
         if sigstruct.mrenclave != mrenclave or sigstruct.mrsigner != mrsigner:
             raise EnclaveError(f"the Occlum image at {path} is inconsistent", hint="rebuild it")
-        return OcclumImage(path, self.name, manifest, sigstruct, mrenclave, mrsigner)
+        return OcclumImage(path, self.name, manifest, sigstruct, mrenclave, mrsigner, kss)
 
     def check_image(self, image: EnclaveImage, controller: bytes | None) -> None:
-        refuse_other_controller(image.manifest, controller, backend=self.name)
         if not isinstance(image, OcclumImage):
             raise EnclaveError(f"{image.path} is a {image.backend} image, not an Occlum one")
+        if not image.kss:
+            refuse_other_controller(image.manifest, controller, backend=self.name)
         if not (image.instance / "build").is_dir():
             raise EnclaveError(f"{image.instance} has not been built", hint="rebuild the image")
 
@@ -286,4 +294,9 @@ class OcclumBackend(PccsCollateral, EnclaveBackend):
     ) -> LaunchPlan:
         assert isinstance(image, OcclumImage)  # check_image
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **passthrough(image.manifest, inputs)}
-        return LaunchPlan([self._tool("occlum"), "run", launcher_name(image.manifest)], env, image.instance)
+        # `occlum run` takes its own options before the program; the PAL hands CONFIGID to sgx_create_enclave_ex.
+        binding: list[str] = []
+        if controller is not None and image.kss:
+            binding = ["--config-id", base64.b64encode(sgx_config_id(controller)).decode()]
+        argv = [self._tool("occlum"), "run", *binding, launcher_name(image.manifest)]
+        return LaunchPlan(argv, env, image.instance)

@@ -83,6 +83,9 @@ class OcclumOptions:
     max_num_of_threads: int = MIN_THREADS
     default_stack_size: str = "8MB"  # CPython's main-thread recursion limit assumes 8 MB
     default_heap_size: str = "256MB"
+    # SGX Key Separation and Sharing: lets `occlum run --config-id` set the enclave's CONFIGID, which binds the
+    # launching gateway's controller into every quote (SGX on Ice Lake SP and later servers has KSS).
+    kss: bool = True
 
     def check(self) -> None:
         for name in (
@@ -138,7 +141,7 @@ def occlum_json(
     metadata["product_id"] = manifest.isv_prod_id
     metadata["version_number"] = manifest.isv_svn
     metadata["debuggable"] = options.debug
-    metadata["enable_kss"] = False
+    metadata["enable_kss"] = options.kss
     # A production enclave writes no LibOS log for the host to read.
     metadata["disable_log"] = not options.debug
     feature = config.setdefault("feature", {})

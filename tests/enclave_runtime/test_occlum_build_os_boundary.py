@@ -8,6 +8,8 @@ of Occlum's public test key, the arguments and environment of each command.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -20,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from teelab.cli import main
+from teelab.enclave_runtime.controller import ControllerBinding
 from teelab.enclave_runtime.hashcache import HashCache
 from teelab.enclave_runtime.images import kernel_image_spec
 from teelab.enclave_runtime.manifest import TEE_STATE, TEE_TMP, ImageSpec, expand
@@ -243,3 +246,37 @@ def test_os_boundary_build_and_launch_with_stand_in_occlum(
     run = json.loads((instance / "occlum-calls.jsonl").read_text().splitlines()[-1])
     assert run["argv"] == ["run", "/teelab/bin/python-kernel"]
     assert run["env"]["TEELAB_BOOT_REQUEST"] == "r" and "SECRET_ON_THE_HOST" not in run["env"]
+
+
+def test_os_boundary_occlum_binds_the_controller_into_configid_with_kss(
+    tmp_path: Path, author_key: Path, stand_in_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Occlum's launcher sets CONFIGID (`occlum run --config-id <base64>`, KSS enabled in the measured
+    Occlum.json): the stand-in records the value, which must be controller ‖ 32 zero bytes."""
+    monkeypatch.setenv("PATH", f"{stand_in_bin}:{os.environ['PATH']}")
+    out = tmp_path / "image"
+    backend = OcclumBackend(which=which_in(stand_in_bin), occlum_prefix=tmp_path / "no-occlum")
+    assert backend.binding is ControllerBinding.CONFIGID
+    backend.build(small_spec(tmp_path), out=out, signing_key=author_key)
+    instance = out / "instance"
+    assert json.loads((instance / "Occlum.json").read_text())["metadata"]["enable_kss"] is True
+    image = backend.load_image("python-kernel", out)
+    assert isinstance(image, OcclumImage) and image.kss
+    controller = hashlib.sha256(b"G.pub of this gateway").digest()
+    assert backend.launch(image, inputs={}, controller=controller).wait(timeout=60) == 0
+    run = json.loads((instance / "occlum-calls.jsonl").read_text().splitlines()[-1])
+    assert run["argv"][:3] == ["run", "--config-id", base64.b64encode(controller + bytes(32)).decode()]
+    assert run["argv"][3] == "/teelab/bin/python-kernel"
+    assert backend.launch(image, inputs={}).wait(timeout=60) == 0  # no controller: CONFIGID stays zero
+    assert json.loads((instance / "occlum-calls.jsonl").read_text().splitlines()[-1])["argv"] == [
+        "run",
+        "/teelab/bin/python-kernel",
+    ]
+    # An instance built before KSS (no "kss" in its image file) can only be bound by its measured image.
+    document = json.loads((out / "image.json").read_text())
+    del document["occlum"]["kss"]
+    (out / "image.json").write_text(json.dumps(document))
+    old = backend.load_image("python-kernel", out)
+    assert isinstance(old, OcclumImage) and not old.kss
+    with pytest.raises(EnclaveError, match="pins no controller"):
+        backend.launch(old, inputs={}, controller=controller)
