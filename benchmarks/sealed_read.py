@@ -137,6 +137,7 @@ def _attested_session(root: Path, store: object, sealed: SealResult) -> object:
     from teelab.enclave_runtime.sim.identity import SimIdentity
     from teelab.enclave_runtime.sim.platform import SimPlatform
     from teelab.enclave_runtime.sim.runtime import SimRuntime
+    from teelab.protocols.session import KeyBrokerSection
     from teelab.sealed_store.kbs.client import KbsClient
     from teelab.sealed_store.kbs.config import KbsConfig
     from teelab.sealed_store.kbs.server import KbsServer
@@ -177,13 +178,13 @@ def _attested_session(root: Path, store: object, sealed: SealResult) -> object:
     teelab.session.install(
         attestation={"verdict": "warning", "simulated": True},
         enclave_key=secret,
-        extras={
-            "kbs": broker.target,
-            "kbs_key": gateway_key.hex(),
-            "store": store.url,  # type: ignore[attr-defined]
-            "grant": grant.token,
-            "user": "analyst",
-        },
+        key_broker=KeyBrokerSection(
+            address=broker.target,
+            kbs_key=gateway_key,
+            store=store.url,  # type: ignore[attr-defined]
+            grant=grant.token,
+            user="analyst",
+        ),
         attest=runtime.evidence,
     )
     return broker

@@ -1,36 +1,24 @@
 """Which appraisal policy a kernelspec's kernels are judged by, and that policy as JSON.
 
-Resolution follows the provisioner (:meth:`teelab.kernel.provisioner.TeeProvisioner._policy`): the server's
-``c.TeeProvisioner.policy_file`` wins; otherwise the operator's policy folders, then (unless
-``allow_user_policies`` is off) the user's. The answer is read fresh on every request, as the provisioner
-reads it on every kernel start.
+Resolution is the provisioner's own (:func:`teelab.kernel.policy_files.locate_policy`, fed the server's
+``c.TeeProvisioner`` settings): the server's ``policy_file`` wins; otherwise the operator's policy folders,
+then (unless ``allow_user_policies`` is off) the user's. The answer is read fresh on every request, as the
+provisioner reads it on every kernel start.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
-from typing import Literal
 
 from jupyter_client.kernelspec import KernelSpec
 from traitlets.config import Config
 
 from teelab.gateway.policy import AppraisalPolicy, load_policy
-from teelab.kernel.policy_files import find_policy, policy_dirs
-from teelab.kernel.provisioner import TeeProvisioner
+from teelab.kernel.policy_files import PolicyLocation, PolicySettings
+from teelab.kernel.policy_files import locate_policy as _locate
 
 PROVISIONER_NAME = "teelab"
-
-PolicySource = Literal["server-config", "policy-folder"]
-
-
-@dataclass(frozen=True)
-class PolicyLocation:
-    path: Path | None  # None when no policy file was found
-    source: PolicySource | None
-    searched: tuple[Path, ...]
 
 
 def is_teelab_kernelspec(spec: KernelSpec) -> bool:
@@ -39,14 +27,7 @@ def is_teelab_kernelspec(spec: KernelSpec) -> bool:
 
 
 def locate_policy(kernel_name: str, server_config: Config) -> PolicyLocation:
-    # The provisioner's traits as this server configures them; nothing is launched.
-    provisioner = TeeProvisioner(config=server_config)
-    if provisioner.policy_file:
-        return PolicyLocation(Path(provisioner.policy_file), "server-config", ())
-    allow_user = bool(provisioner.allow_user_policies)
-    found = find_policy(kernel_name, allow_user=allow_user)
-    searched = tuple(policy_dirs(allow_user=allow_user))
-    return PolicyLocation(found, "policy-folder" if found else None, searched)
+    return _locate(kernel_name, PolicySettings.from_config(server_config))
 
 
 def policy_json(location: PolicyLocation, kernel_name: str) -> dict[str, object]:

@@ -29,38 +29,43 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from teelab.enclave_runtime.runtime import current_runtime
 from teelab.errors import TeelabError
-from teelab.gateway.handshake import (
+from teelab.protocols.session import (
+    BOOT_REQUEST_ENV,
+    PORT_NAMES,
     BootRequest,
-    b64,
+    Failed,
+    HandshakeError,
+    Hello,
+    Ready,
+    Refused,
+    SealedBundle,
+    SessionBundle,
+    decode_one_of,
     open_bundle,
     ready_confirmation,
+    recv_frame,
+    send_frame,
     session_report_data,
-    unb64,
 )
-from teelab.gateway.wire import HandshakeError, recv_frame, send_frame
 
 HANDSHAKE_TIMEOUT = 300.0  # the gateway answers after verification; it holds the real deadline
-_PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
-def _kernel_config(bundle: dict[str, Any]) -> Any:
+def _kernel_config(bundle: SessionBundle) -> Any:
     from traitlets.config import Config
 
-    try:
-        config = Config()
-        config.IPKernelApp.ip = str(bundle["ip"])
-        config.IPKernelApp.transport = "tcp"
-        for name in _PORTS:
-            setattr(config.IPKernelApp, name, int(bundle[name]))
-        config.IPKernelApp.quiet = True
-        # IPython would write every cell's code to history.sqlite; keep it in memory, off any disk.
-        config.HistoryManager.hist_file = ":memory:"
-        config.IPKernelApp.log_level = "ERROR"
-        config.Session.key = str(bundle["key"]).encode()
-        config.Session.signature_scheme = str(bundle.get("signature_scheme", "hmac-sha256"))
-        config.Session.session = str(bundle["session_id"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise HandshakeError(f"the session bundle lacks a field: {error}") from None
+    config = Config()
+    config.IPKernelApp.ip = bundle.ip
+    config.IPKernelApp.transport = bundle.transport
+    for name, port in zip(PORT_NAMES, bundle.ports, strict=True):
+        setattr(config.IPKernelApp, name, port)
+    config.IPKernelApp.quiet = True
+    # IPython would write every cell's code to history.sqlite; keep it in memory, off any disk.
+    config.HistoryManager.hist_file = ":memory:"
+    config.IPKernelApp.log_level = "ERROR"
+    config.Session.key = bundle.key
+    config.Session.signature_scheme = bundle.signature_scheme
+    config.Session.session = bundle.session_id
     return config
 
 
@@ -129,22 +134,19 @@ def boot() -> Any:
     """Run the handshake and return the initialised kernel app (not yet started)."""
     _make_private_dirs()
     preload = _preload_kernel()
-    request = BootRequest.from_env(os.environ.get("TEELAB_BOOT_REQUEST"))
+    request = BootRequest.from_env(os.environ.get(BOOT_REQUEST_ENV))
     runtime = current_runtime()
     secret = X25519PrivateKey.generate()
     enclave_key = secret.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     evidence = runtime.evidence(session_report_data(enclave_key, request.nonce))
 
     with socket.create_connection((request.host, request.port), timeout=HANDSHAKE_TIMEOUT) as channel:
-        send_frame(
-            channel, {"type": "hello", "enclave_key": b64(enclave_key), "evidence": evidence.to_json()}
-        )
-        reply = recv_frame(channel)
-        if reply.get("type") == "refused":
-            raise HandshakeError(f"the gateway refused this kernel: {str(reply.get('reason'))[:500]}")
-        if reply.get("type") != "bundle":
-            raise HandshakeError(f"expected the session bundle, got {reply.get('type')!r}")
-        bundle = open_bundle(secret, request.nonce, unb64(reply.get("sealed"), "sealed"))
+        send_frame(channel, Hello(enclave_key, evidence.to_json()))
+        reply = decode_one_of(recv_frame(channel), Refused, SealedBundle)
+        if isinstance(reply, Refused):
+            raise HandshakeError(f"the gateway refused this kernel: {reply.reason}")
+        assert isinstance(reply, SealedBundle)
+        bundle = open_bundle(secret, request.nonce, reply.sealed)
         config = _kernel_config(bundle)
 
         import teelab.session
@@ -152,23 +154,22 @@ def boot() -> Any:
         preload.join()
         from teelab.kernel.kernelapp import TeeKernelApp
 
-        attestation, extras = bundle.get("attestation"), bundle.get("extras")
-        if not isinstance(attestation, dict) or not isinstance(extras, dict):
-            raise HandshakeError("the session bundle lacks the attestation result")
         teelab.session.install(
-            attestation=attestation, enclave_key=secret, extras=extras, attest=runtime.evidence
+            attestation=bundle.attestation,
+            enclave_key=secret,
+            key_broker=bundle.key_broker,
+            attest=runtime.evidence,
         )
         try:
             app = TeeKernelApp.instance(config=config)
             # Not configurable traits upstream (they normally come from the connection file).
-            app.curve_publickey = str(bundle["curve_publickey"]).encode()
-            app.curve_secretkey = str(bundle["curve_secretkey"]).encode()
+            app.curve_publickey = bundle.curve_publickey
+            app.curve_secretkey = bundle.curve_secretkey
             app.initialize([])
         except BaseException as error:
-            send_frame(channel, {"type": "failed", "reason": type(error).__name__})
+            send_frame(channel, Failed(type(error).__name__))
             raise
-        confirm = ready_confirmation(str(bundle["key"]).encode(), request.nonce, enclave_key)
-        send_frame(channel, {"type": "ready", "confirm": b64(confirm)})
+        send_frame(channel, Ready(ready_confirmation(bundle.key, request.nonce, enclave_key)))
     return app
 
 

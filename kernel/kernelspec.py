@@ -24,7 +24,7 @@ from teelab.enclave_runtime.manifest import ProgressCallback
 from teelab.errors import ConfigError, UsageError
 from teelab.files import replace_atomically
 from teelab.gateway.policy import load_policy, parse_policy
-from teelab.kernel.policy_files import sys_prefix_policy_dir, user_policy_dir
+from teelab.kernel.policy_files import sim_data_dir_marker, sys_prefix_policy_dir, user_policy_dir
 
 DISPLAY_NAMES = {"sim": "Python 3 (teelab · simulated TEE)"}
 
@@ -44,6 +44,7 @@ def default_name(backend: str) -> str:
 def sim_policy_text(image: EnclaveImage, name: str) -> str:
     return f"""\
 # Attestation policy for the {name} kernel, written by `teelab kernel install`.
+{sim_data_dir_marker()}
 # The simulated TEE has no hardware isolation: this policy allows simulation, so every result it accepts
 # is marked "simulated — not confidential". Edit this file (the operator's), not the kernelspec.
 id = "{name}"

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from teelab.errors import KeyBrokerError
-from teelab.session import NotAttested, _current
+from teelab.session import NotAttested, key_release
 
 _HINTS = {
     "not_granted": "ask the dataset's owner for access (`teelab dataset grant NAME user:YOU`)",
@@ -47,7 +47,7 @@ def read_dataset(
     from teelab.sealed_store.storage import DatasetStore
 
     try:
-        session = _current()
+        session = key_release()
     except NotAttested:
         raise NotAttested(
             "read_dataset works only inside an attested teelab kernel",
@@ -55,25 +55,27 @@ def read_dataset(
         ) from None
     if not isinstance(name, str):
         raise TypeError(f"the dataset name must be a string, not {type(name).__name__}")
-    grant, kbs, store, kbs_key = (session.extras.get(key) for key in ("grant", "kbs", "store", "kbs_key"))
-    if not grant or not kbs or not store or not kbs_key or session.attest is None:
+    broker, attest = session.key_broker, session.evidence
+    grant = broker.grant if broker is not None else None
+    kbs_key = broker.kbs_key if broker is not None else None
+    if broker is None or not (grant and kbs_key and broker.address and broker.store) or attest is None:
         raise KeyBrokerError(
             "no_session_grant",
             "this kernel has no session grant: no key broker was reachable when the session was attested",
             hint="start the key broker (`teelab kbs serve`), then restart the kernel",
         )
     try:
-        ca = session.extras.get("kbs_ca")  # a private CA of a broker at grpcs://, from the sealed bundle
         with KbsClient(
-            str(kbs),
-            kbs_public_key=bytes.fromhex(str(kbs_key)),
-            tls_ca=str(ca).encode("ascii") if ca else None,
+            broker.address,
+            kbs_public_key=kbs_key,
+            # A private CA of a broker at grpcs://, from the sealed bundle.
+            tls_ca=broker.kbs_ca.encode("ascii") if broker.kbs_ca else None,
         ) as client:
             key = client.fetch_key(
                 name,
-                enclave_secret=session.enclave_key,  # type: ignore[arg-type]
-                grant=str(grant),
-                attest=session.attest,
+                enclave_secret=session.enclave_secret,
+                grant=grant,
+                attest=attest,
                 version=version,
             )
     except KeyBrokerError as error:
@@ -84,7 +86,7 @@ def read_dataset(
         ) from None
     # Tampering, a missing part or a rollback surfaces as a SealedDataError naming the part and the problem.
     return read_sealed(
-        DatasetStore(str(store)),
+        DatasetStore(broker.store),
         name,
         version=key.version,
         manifest_sha256=key.manifest_sha256,

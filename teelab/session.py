@@ -2,7 +2,8 @@
 
 ``teelab.session.attestation()`` returns the gateway's verdict on this kernel (TEE, measurement, TCB status,
 every check, whether it is simulated). The kernel boot installs it, along with the session's attested
-ephemeral key that the key broker releases data keys to; nothing here is ever written to disk.
+ephemeral key that the key broker releases data keys to and the key-broker section of the session bundle
+(:func:`key_release`); nothing here is ever written to disk.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from teelab.errors import TeelabError
+from teelab.protocols.session import KeyBrokerSection
 
 
 class NotAttested(TeelabError):
@@ -68,13 +72,20 @@ class Attestation(Mapping[str, Any]):
         return f"**{self.summary().splitlines()[0]}**{warning}\n\n| check | | detail |\n|---|---|---|\n{rows}"
 
 
-@dataclass
+@dataclass(frozen=True)
+class KeyRelease:
+    """What teelab's dataset reader needs to ask the key broker for a data key (see :func:`key_release`)."""
+
+    key_broker: KeyBrokerSection | None  # None: no key broker was configured when the session was attested
+    enclave_secret: X25519PrivateKey  # the secret of E, whose public half the session's evidence binds
+    # The TEE's evidence function (report_data -> evidence), for fresh evidence bound to E at each release.
+    evidence: Callable[[bytes], Any] | None
+
+
+@dataclass(frozen=True)
 class _SessionState:
     attestation: Attestation
-    enclave_key: object  # the X25519 private key E whose public half the evidence binds
-    extras: dict[str, Any]
-    # The TEE's evidence function (report_data -> evidence), for fresh evidence bound to E (key release).
-    attest: Callable[[bytes], Any] | None = None
+    release: KeyRelease
 
 
 _state: _SessionState | None = None
@@ -82,19 +93,21 @@ _state: _SessionState | None = None
 
 def install(
     attestation: Mapping[str, Any],
-    enclave_key: object,
-    extras: Mapping[str, Any] | None = None,
+    enclave_key: X25519PrivateKey,
+    key_broker: KeyBrokerSection | None = None,
     attest: Callable[[bytes], Any] | None = None,
 ) -> None:
     """Called once by the kernel boot after it opened the session bundle."""
     global _state
-    _state = _SessionState(Attestation(attestation), enclave_key, dict(extras or {}), attest)
+    _state = _SessionState(Attestation(attestation), KeyRelease(key_broker, enclave_key, attest))
 
 
 def services() -> dict[str, Any]:
     """Where this session's data services are (key broker, dataset store), as the gateway configured them."""
-    state = _current()
-    return {key: state.extras.get(key) for key in ("kbs", "store", "user")}
+    section = _current().release.key_broker
+    if section is None:
+        return {"kbs": None, "store": None, "user": None}
+    return {"kbs": section.address, "store": section.store, "user": section.user}
 
 
 def attestation() -> Attestation:
@@ -108,6 +121,11 @@ def attestation() -> Attestation:
 
 def is_attested() -> bool:
     return _state is not None
+
+
+def key_release() -> KeyRelease:
+    """This session's key-broker section and attested key, for ``teelab.sealed_store.read_dataset``."""
+    return _current().release
 
 
 def _current() -> _SessionState:

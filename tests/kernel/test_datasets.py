@@ -168,7 +168,7 @@ def test_session_grant_is_in_the_sealed_bundle_not_on_the_host(
         assert read_in_kernel(km, "print(len(read_dataset('quiet')))")[1] == "200\n"
         process = km.provisioner.process  # type: ignore[union-attr]
         assert process is not None
-        grant = read_in_kernel(km, "import teelab.session as s; print(s._current().extras['grant'])")[
+        grant = read_in_kernel(km, "import teelab.session as s; print(s.key_release().key_broker.grant)")[
             1
         ].strip()
         assert grant.count(".") == 2  # a JWT
@@ -183,24 +183,28 @@ def test_the_session_grant_never_crosses_the_host_in_the_clear(
     owner: DataOwner, kernel_env: KernelEnv, broker: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The kernel reaches the key broker through the host, which records every byte of the release."""
-    from teelab.kernel.provisioner import TeeProvisioner
+    import dataclasses
+
+    from teelab.kernel.session_grants import KeyBrokerGrants
+    from teelab.protocols.session import KeyBrokerSection
 
     from .evil_host import RecordingTcpProxy
 
     host, _, port = broker.target.rpartition(":")  # type: ignore[attr-defined]
     proxy = RecordingTcpProxy((host, int(port)))
-    issue = TeeProvisioner.session_extras
+    issue = KeyBrokerGrants.__call__
 
-    async def through_the_host(self: TeeProvisioner, enclave_key: bytes, result: object) -> dict[str, object]:
-        extras = await issue(self, enclave_key, result)  # type: ignore[arg-type]
-        return {**extras, "kbs": proxy.address}
+    async def through_the_host(self: KeyBrokerGrants, enclave_key: bytes) -> KeyBrokerSection | None:
+        section = await issue(self, enclave_key)
+        assert section is not None
+        return dataclasses.replace(section, address=proxy.address)
 
-    monkeypatch.setattr(TeeProvisioner, "session_extras", through_the_host)
+    monkeypatch.setattr(KeyBrokerGrants, "__call__", through_the_host)
     publish(owner, kernel_env, "wire", "user:alice")
     km = kernel_for("alice")
     try:
         assert read_in_kernel(km, "print(len(read_dataset('wire')))")[1] == "200\n"
-        grant = read_in_kernel(km, "import teelab.session as s; print(s._current().extras['grant'])")[
+        grant = read_in_kernel(km, "import teelab.session as s; print(s.key_release().key_broker.grant)")[
             1
         ].strip()
     finally:
