@@ -182,38 +182,54 @@ def _docs(
     return list(docs.values())
 
 
-def load_folder(folder: Path) -> IntelCollateral:
-    if not folder.is_dir():
-        raise VerificationError(CHECK, f"{folder}: not a folder")
-    found = _Found()
-    try:
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    except OSError as exc:
-        raise _error(str(folder), f"cannot be listed: {exc.strerror or exc}") from None
-    for path in files:
-        _read_file(path, found)
+@dataclass
+class _Sorted:
+    """The folder's certificate chains by role."""
 
+    roots: list[x509.Certificate]
+    signing: list[CertChain]
+    ca_chains: list[CertChain]
+    pck_certs: list[x509.Certificate]
+
+
+def _sort_chains(found: _Found) -> _Sorted:
     roots = [c.certs[0] for c in found.chains if len(c.certs) == 1 and is_self_issued(c.certs[0])]
     roots += [c.certs[-1] for c in found.chains if is_self_issued(c.certs[-1])]
-    signing: list[CertChain] = []
-    ca_chains: list[CertChain] = []
-    pck_certs: list[x509.Certificate] = []
+    sorted_ = _Sorted(roots, [], [], [])
     for chain in found.chains:
         first = chain.certs[0]
         if _has_sgx_extension(first):
-            pck_certs.extend(chain.certs)
+            sorted_.pck_certs.extend(chain.certs)
         elif is_self_issued(first):
             continue  # a root on its own: used to complete chains
         elif is_ca(first):
-            ca_chains.append(_complete(chain, roots))
+            sorted_.ca_chains.append(_complete(chain, roots))
         else:
-            signing.append(_complete(chain, roots))
+            sorted_.signing.append(_complete(chain, roots))
+    return sorted_
 
-    missing: list[str] = []
-    signer = _unique(signing, "TCB signing chain")
-    if signer is None and (found.tcb_infos or found.qe_identities):
-        missing.append("the TCB signing certificate chain")
-    root_subjects = {root.subject for root in roots}
+
+def _signed_documents(
+    found: _Found, signer: CertChain | None
+) -> tuple[list[SignedDoc[TcbInfo]], list[SignedDoc[EnclaveIdentity]]]:
+    tcb_infos: list[SignedDoc[TcbInfo]] = []
+    qe_identities: list[SignedDoc[EnclaveIdentity]] = []
+    if signer is None:
+        return tcb_infos, qe_identities
+    tcb_infos = _docs(
+        found.tcb_infos, parse_tcb_info, signer, lambda b: f"{b.id} FMSPC {b.fmspc.hex()}", "TCB info"
+    )
+    for doc in _docs(found.qe_identities, parse_enclave_identity, signer, lambda b: b.id, "enclave identity"):
+        if doc.body.id == "QVE":
+            found.skipped.append(f"{doc.source} (QvE identity; quotes need the QE identity)")
+        else:
+            qe_identities.append(doc)
+    return tcb_infos, qe_identities
+
+
+def _sorted_crls(found: _Found, chains: _Sorted) -> tuple[dict[bytes, Crl], tuple[Crl, ...]]:
+    """The distinct root CA CRLs (by DER), and each PCK CA's CRL linked to that CA's chain."""
+    root_subjects = {root.subject for root in chains.roots}
     root_crls: list[Crl] = []
     pck_crls: list[Crl] = []
     for crl in found.crls:
@@ -222,22 +238,6 @@ def load_folder(folder: Path) -> IntelCollateral:
         # the only hint left (a wrong guess still fails verification, at the CRL's signature).
         is_root = issuer in root_subjects if root_subjects else "Root CA" in crl.issuer_name
         (root_crls if is_root else pck_crls).append(crl)
-
-    tcb_infos: list[SignedDoc[TcbInfo]] = []
-    qe_identities: list[SignedDoc[EnclaveIdentity]] = []
-    if signer is not None:
-        tcb_infos = _docs(
-            found.tcb_infos, parse_tcb_info, signer, lambda b: f"{b.id} FMSPC {b.fmspc.hex()}", "TCB info"
-        )
-        all_identities = _docs(
-            found.qe_identities, parse_enclave_identity, signer, lambda b: b.id, "enclave identity"
-        )
-        for doc in all_identities:
-            if doc.body.id == "QVE":
-                found.skipped.append(f"{doc.source} (QvE identity; quotes need the QE identity)")
-            else:
-                qe_identities.append(doc)
-
     distinct_root_crls = {crl.der: crl for crl in root_crls}
     if len(distinct_root_crls) > 1:
         names = ", ".join(c.source for c in distinct_root_crls.values())
@@ -250,19 +250,54 @@ def load_folder(folder: Path) -> IntelCollateral:
                 CHECK, f"two different CRLs of {crl.issuer_name}: {by_issuer[key].source} and {crl.source}"
             )
         by_issuer.setdefault(key, crl)
-    issuer_chains = {c.certs[0].subject: c for c in ca_chains}
+    issuer_chains = {c.certs[0].subject: c for c in chains.ca_chains}
     linked = tuple(
         Crl(c.der, c.crl, c.revoked, c.source, issuer_chains.get(c.crl.issuer)) for c in by_issuer.values()
     )
+    return distinct_root_crls, linked
 
-    if not tcb_infos:
-        missing.append("a TCB info")
-    if not qe_identities:
-        missing.append("a QE identity")
-    if not distinct_root_crls:
-        missing.append("the root CA CRL")
-    if not linked:
-        missing.append("a PCK CA CRL")
+
+def _certificate_pool(chains: _Sorted) -> tuple[x509.Certificate, ...]:
+    """PCK certificates and the PCK CA chains, each certificate once."""
+    seen: set[bytes] = set()
+    pool: list[x509.Certificate] = []
+    for cert in [*chains.pck_certs, *(cert for chain in chains.ca_chains for cert in chain.certs)]:
+        der = cert.public_bytes(Encoding.DER)
+        if der not in seen:
+            seen.add(der)
+            pool.append(cert)
+    return tuple(pool)
+
+
+def _read_folder(folder: Path) -> _Found:
+    if not folder.is_dir():
+        raise VerificationError(CHECK, f"{folder}: not a folder")
+    found = _Found()
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError as exc:
+        raise _error(str(folder), f"cannot be listed: {exc.strerror or exc}") from None
+    for path in files:
+        _read_file(path, found)
+    return found
+
+
+def load_folder(folder: Path) -> IntelCollateral:
+    found = _read_folder(folder)
+    chains = _sort_chains(found)
+    signer = _unique(chains.signing, "TCB signing chain")
+    missing: list[str] = []
+    if signer is None and (found.tcb_infos or found.qe_identities):
+        missing.append("the TCB signing certificate chain")
+    tcb_infos, qe_identities = _signed_documents(found, signer)
+    root_crls, pck_crls = _sorted_crls(found, chains)
+    wanted = (
+        (tcb_infos, "a TCB info"),
+        (qe_identities, "a QE identity"),
+        (root_crls, "the root CA CRL"),
+        (pck_crls, "a PCK CA CRL"),
+    )
+    missing += [what for present, what in wanted if not present]
     if missing:
         skipped = f" (skipped: {'; '.join(found.skipped)})" if found.skipped else ""
         raise VerificationError(
@@ -270,20 +305,12 @@ def load_folder(folder: Path) -> IntelCollateral:
             f"collateral folder {folder} lacks {', '.join(missing)}{skipped}",
             hint="put Intel PCS responses (TCB info, QE identity, CRLs and issuer chains) in that folder",
         )
-    pck_certs.extend(cert for chain in ca_chains for cert in chain.certs)
-    seen: set[bytes] = set()
-    pool: list[x509.Certificate] = []
-    for cert in pck_certs:
-        der = cert.public_bytes(Encoding.DER)
-        if der not in seen:
-            seen.add(der)
-            pool.append(cert)
     return IntelCollateral(
         tcb_infos=tuple(tcb_infos),
         qe_identities=tuple(qe_identities),
-        root_ca_crl=next(iter(distinct_root_crls.values())),
-        pck_crls=linked,
-        pck_certificates=tuple(pool),
+        root_ca_crl=next(iter(root_crls.values())),
+        pck_crls=pck_crls,
+        pck_certificates=_certificate_pool(chains),
         source=str(folder),
         skipped=tuple(found.skipped),
     )

@@ -16,7 +16,6 @@ Decisions (details in gateway/dcap/README.md):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from hashlib import sha256
 from typing import Any, TypeVar
@@ -36,6 +35,7 @@ from teelab.gateway.dcap.chain import (
     qe_report_signed,
     verify_signing_chain,
 )
+from teelab.gateway.dcap.claims import NOT_FOUND, TcbFindings, quote_claims, quote_details
 from teelab.gateway.dcap.collateral import QE_IDENTITY_FOR_TEE, IntelCollateral, SignedDoc
 from teelab.gateway.dcap.crypto import p256_key, verify_raw
 from teelab.gateway.dcap.guard import internal_error
@@ -51,11 +51,10 @@ from teelab.gateway.dcap.quote import (
     TdReport,
     parse_quote,
 )
-from teelab.gateway.dcap.tcbinfo import IsvLevel, TcbInfo, TcbLevel
-from teelab.gateway.verified import ClaimValue, VerifiedEvidence
+from teelab.gateway.dcap.tcbinfo import IsvLevel, TcbInfo
+from teelab.gateway.verified import VerifiedEvidence
 from teelab.timeutil import isoformat
 
-NOT_FOUND = "TcbLevelNotFound"
 _FRESH = "fetch fresh collateral (TCB info, QE identity, CRLs) from Intel PCS or your PCCS"
 R = TypeVar("R")
 
@@ -79,17 +78,6 @@ def _judge_windows(log: CheckLog, name: str, windows: list[Window], at: datetime
                 hint=hint,
             )
     log.passed(name, ok)
-
-
-@dataclass
-class _Status:
-    """Intermediate TCB findings, folded into the final status at the end."""
-
-    platform: TcbLevel | None = None
-    qe: IsvLevel | None = None
-    module_status: str | None = "UpToDate"
-    module_level: IsvLevel | None = None
-    not_found: bool = False
 
 
 def _pck_chain(log: CheckLog, quote: Quote, collateral: IntelCollateral, extra: bytes | None) -> PckChain:
@@ -296,7 +284,7 @@ def _isv_tcb(log: CheckLog, name: str, what: str, svn: int, levels: tuple[IsvLev
     return level
 
 
-def _tdx_module(log: CheckLog, body: TdReport, info: TcbInfo, status: _Status) -> None:
+def _tdx_module(log: CheckLog, body: TdReport, info: TcbInfo, status: TcbFindings) -> None:
     major, module_svn = body.tee_tcb_svn[1], body.tee_tcb_svn[0]
     if major == 0:
         module = info.tdx_module
@@ -335,7 +323,7 @@ def _tdx_module(log: CheckLog, body: TdReport, info: TcbInfo, status: _Status) -
         status.module_status = status.module_level.status
 
 
-def _platform_tcb(log: CheckLog, quote: Quote, chain: PckChain, info: TcbInfo, status: _Status) -> None:
+def _platform_tcb(log: CheckLog, quote: Quote, chain: PckChain, info: TcbInfo, status: TcbFindings) -> None:
     ext = chain.extension
     tee_tcb_svn = quote.body.tee_tcb_svn if isinstance(quote.body, TdReport) else None
     sgx_level, tdx_level = tcb.match_levels(info.levels, ext.tcb_comp_svns, ext.pcesvn, tee_tcb_svn)
@@ -364,7 +352,7 @@ def _platform_tcb(log: CheckLog, quote: Quote, chain: PckChain, info: TcbInfo, s
     )
 
 
-def _final_status(log: CheckLog, status: _Status) -> tuple[str, list[str]]:
+def _final_status(log: CheckLog, status: TcbFindings) -> tuple[str, list[str]]:
     if status.not_found or status.platform is None or status.qe is None or status.module_status is None:
         log.note_failure(
             "tcb_status",
@@ -391,105 +379,8 @@ def _final_status(log: CheckLog, status: _Status) -> tuple[str, list[str]]:
     return result, advisories
 
 
-def _claims(quote: Quote) -> dict[str, ClaimValue]:
-    body = quote.body
-    if isinstance(body, EnclaveReport):
-        return {
-            "mrenclave": _h(body.mrenclave),
-            "mrsigner": _h(body.mrsigner),
-            "isv_prod_id": body.isv_prod_id,
-            "isv_svn": body.isv_svn,
-            "config_id": _h(body.config_id),
-            "report_data": _h(body.report_data),
-            "debug": body.debug,
-        }
-    claims: dict[str, ClaimValue] = {
-        "mrtd": _h(body.mrtd),
-        "mrconfigid": _h(body.mrconfigid),
-        "mrowner": _h(body.mrowner),
-        "mrownerconfig": _h(body.mrownerconfig),
-    }
-    for i, rtmr in enumerate(body.rtmrs):
-        claims[f"rtmr{i}"] = _h(rtmr)
-    claims["report_data"] = _h(body.report_data)
-    claims["debug"] = body.debug
-    return claims
-
-
-def _details(
-    quote: Quote, chain: PckChain, info: TcbInfo, identity: EnclaveIdentity, status: _Status
-) -> dict[str, object]:
-    ext = chain.extension
-    qe = quote.signature.qe_report
-    details: dict[str, object] = {
-        "quote_version": quote.header.version,
-        "quote_body": quote.body_name,
-        "trailing_bytes": quote.trailing,
-        "qe_vendor_id": _h(quote.header.qe_vendor_id),
-        "user_data": _h(quote.header.user_data),
-        "attestation_key": _h(quote.signature.attestation_key),
-        "fmspc": _h(ext.fmspc),
-        "pceid": _h(ext.pceid),
-        "pcesvn": ext.pcesvn,
-        "pck_tcb_svns": list(ext.tcb_comp_svns),
-        "pck_cpusvn": _h(ext.cpusvn),
-        "sgx_type": ext.sgx_type_name,
-        "pck_ca": chain.ca_name,
-        "pck_serial": f"{chain.leaf.serial_number:x}",
-        "root_fingerprint": chain.root_fingerprint,
-        "qe_svn": qe.isv_svn,
-        "qe_isv_prod_id": qe.isv_prod_id,
-        "qe_mrenclave": _h(qe.mrenclave),
-        "qe_mrsigner": _h(qe.mrsigner),
-        "qe_tcb_status": status.qe.status if status.qe else NOT_FOUND,
-        "qe_identity_evaluation_data_number": identity.tcb_evaluation_data_number,
-        "tcb_info_evaluation_data_number": info.tcb_evaluation_data_number,
-        "tcb_info_version": info.version,
-        "platform_tcb_status": status.platform.status if status.platform else NOT_FOUND,
-        "tcb_date": isoformat(status.platform.tcb_date) if status.platform else None,
-        "platform_advisory_ids": list(status.platform.advisory_ids) if status.platform else [],
-    }
-    body = quote.body
-    if isinstance(body, EnclaveReport):
-        details.update(
-            cpusvn=_h(body.cpusvn),
-            miscselect=_h(body.miscselect),
-            attributes=_h(body.attributes),
-            isv_ext_prod_id=_h(body.isv_ext_prod_id),
-            isv_family_id=_h(body.isv_family_id),
-            config_id=_h(body.config_id),
-            config_svn=body.config_svn,
-        )
-    else:
-        details.update(
-            tee_tcb_svn=_h(body.tee_tcb_svn),
-            mrseam=_h(body.mrseam),
-            mrsignerseam=_h(body.mrsignerseam),
-            seam_attributes=_h(body.seam_attributes),
-            td_attributes=_h(body.td_attributes),
-            xfam=_h(body.xfam),
-            tdx_module_id=f"TDX_{body.tee_tcb_svn[1]:02X}" if body.tee_tcb_svn[1] else "tdxModule",
-            tdx_module_tcb_status=status.module_status or NOT_FOUND,
-        )
-        if body.tee_tcb_svn2 is not None and body.mrservicetd is not None:
-            details.update(tee_tcb_svn2=_h(body.tee_tcb_svn2), mrservicetd=_h(body.mrservicetd))
-    return details
-
-
-def _verify(
-    data: bytes,
-    collateral: IntelCollateral,
-    at: datetime,
-    anchors: TrustAnchors,
-    extra: bytes | None,
-    log: CheckLog,
-) -> VerifiedEvidence:
-    if not isinstance(at, datetime) or at.tzinfo is None:
-        log.fail("verification_time", "the verification time must be a timezone-aware datetime")
-    at = at.astimezone(UTC)
-    if not isinstance(collateral, IntelCollateral):
-        log.fail("collateral", f"expected IntelCollateral, got {type(collateral).__name__}")
-
+def _authentic_quote(log: CheckLog, data: bytes) -> Quote:
+    """The parsed quote, whose signature by its own attestation key verifies."""
     quote = parse_quote(data)
     cert = quote.signature.certification
     log.passed(
@@ -506,9 +397,20 @@ def _verify(
         f"the quote (first {len(quote.signed)} bytes) is signed by its attestation key",
         "the quote's signature does not verify with its attestation key: header or report body was altered",
     )
+    return quote
 
+
+def _platform(
+    log: CheckLog,
+    quote: Quote,
+    collateral: IntelCollateral,
+    extra: bytes | None,
+    anchors: TrustAnchors,
+    at: datetime,
+) -> tuple[PckChain, bool]:
+    """The platform's PCK chain to a pinned root (and whether that root is simulated), valid at ``at``."""
     chain = _pck_chain(log, quote, collateral, extra)
-    embedded = cert.cert_type == CERT_PCK_CHAIN
+    embedded = quote.signature.certification.cert_type == CERT_PCK_CHAIN
     origin = (
         "embedded in the quote" if embedded else "supplied with the quote (extra_pck_chain or collateral)"
     )
@@ -533,6 +435,11 @@ def _verify(
         "pck_extension",
         f"FMSPC {_h(ext.fmspc)}, PCEID {_h(ext.pceid)}, PCESVN {ext.pcesvn}, SGX type {ext.sgx_type_name}",
     )
+    return chain, simulated
+
+
+def _qe_binds_the_key(log: CheckLog, quote: Quote, chain: PckChain) -> None:
+    """The platform's QE (signed by the PCK key) vouches for the quote's attestation key."""
     qe = quote.signature.qe_report
     log.require(
         qe_report_signed(chain, qe.raw, quote.signature.qe_report_signature),
@@ -551,11 +458,16 @@ def _verify(
         "authentication data) followed by 32 zero bytes",
     )
 
+
+def _current_collateral(
+    log: CheckLog, quote: Quote, chain: PckChain, collateral: IntelCollateral, at: datetime
+) -> tuple[TcbInfo, EnclaveIdentity, list[Window]]:
+    """The TCB info and QE identity for this platform, signed, unrevoked and valid at ``at``."""
     tcb_doc, qe_doc = _select(log, quote, chain, collateral)
     signers = _signing(log, chain, (tcb_doc, qe_doc))
     crl_windows = _crls(log, chain, collateral, signers)
     info, identity = tcb_doc.body, qe_doc.body
-    collateral_windows = [
+    windows = [
         Window(f"the TCB info ({tcb_doc.source})", info.issue_date, info.next_update),
         Window(f"the QE identity ({qe_doc.source})", identity.issue_date, identity.next_update),
         *crl_windows,
@@ -564,13 +476,20 @@ def _verify(
     _judge_windows(
         log,
         "collateral_validity",
-        collateral_windows,
+        windows,
         at,
         "the TCB info, QE identity, CRLs and TCB signing certificate are valid at the verification time",
         _FRESH,
     )
+    return info, identity, windows
 
-    status = _Status()
+
+def _tcb(
+    log: CheckLog, quote: Quote, chain: PckChain, info: TcbInfo, identity: EnclaveIdentity
+) -> tuple[TcbFindings, str, list[str]]:
+    """The QE's, the TDX module's and the platform's TCB levels, folded into one status and advisories."""
+    status = TcbFindings()
+    qe = quote.signature.qe_report
     _qe_identity(log, qe, identity)
     status.qe = _isv_tcb(log, "qe_tcb", "QE", qe.isv_svn, identity.levels)
     if status.qe is None:
@@ -581,6 +500,27 @@ def _verify(
         _tdx_module(log, quote.body, info, status)
     _platform_tcb(log, quote, chain, info, status)
     tcb_status, advisories = _final_status(log, status)
+    return status, tcb_status, advisories
+
+
+def _verify(
+    data: bytes,
+    collateral: IntelCollateral,
+    at: datetime,
+    anchors: TrustAnchors,
+    extra: bytes | None,
+    log: CheckLog,
+) -> VerifiedEvidence:
+    if not isinstance(at, datetime) or at.tzinfo is None:
+        log.fail("verification_time", "the verification time must be a timezone-aware datetime")
+    at = at.astimezone(UTC)
+    if not isinstance(collateral, IntelCollateral):
+        log.fail("collateral", f"expected IntelCollateral, got {type(collateral).__name__}")
+    quote = _authentic_quote(log, data)
+    chain, simulated = _platform(log, quote, collateral, extra, anchors, at)
+    _qe_binds_the_key(log, quote, chain)
+    info, identity, collateral_windows = _current_collateral(log, quote, chain, collateral, at)
+    status, tcb_status, advisories = _tcb(log, quote, chain, info, identity)
 
     windows = [*chain.windows, *collateral_windows]
     # The age policy judges the documents Intel reissues about daily; the root CA's CRL is a yearly document,
@@ -594,12 +534,12 @@ def _verify(
         simulated=simulated,
         tcb_status=tcb_status,
         advisory_ids=advisories,
-        claims=_claims(quote),
+        claims=quote_claims(quote),
         checks=list(log.checks),
         valid_from=max(w.start for w in windows),
         valid_until=min(w.end for w in windows),
         collateral_issued_at=min(issued),
-        details=_details(quote, chain, info, identity, status),
+        details=quote_details(quote, chain, info, identity, status),
     )
 
 
