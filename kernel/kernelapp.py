@@ -7,7 +7,11 @@ Differences from stock ``IPKernelApp``, each for a reason:
   an unauthenticated CURVE client could complete a handshake;
 - nothing reaches the process's stdout/stderr, which the host reads: ipykernel copies every fd-level write
   (C extensions, subprocesses) to the original stdout "for terminals" whatever ``quiet`` says, so the
-  original descriptors are pointed at /dev/null before it captures them.
+  original descriptors are pointed at /dev/null before it captures them;
+- no plaintext channel crosses the loopback, which under a LibOS is the host's network stack: forked
+  children hand their output to the kernel over an inherited pipe instead of ipykernel's unencrypted
+  ``tcp://127.0.0.1`` socket (``fork_output``), and there is no debugger — debugpy is unimportable and a
+  ``debug_request`` gets a refusal (``no_debugger``).
 The heartbeat runs on its own context without the allow-list: it only echoes bytes, and the stock client's
 heartbeat channel connects with a throwaway key.
 
@@ -25,11 +29,20 @@ import zmq
 from ipykernel.kernelapp import IPKernelApp
 from zmq.auth.thread import ThreadAuthenticator
 
+from teelab.kernel.fork_output import ForkPipeIOPubThread
+from teelab.kernel.no_debugger import TeeKernel, refuse_debugpy
 from teelab.kernel.zap import start_allow_list
 
 
 class TeeKernelApp(IPKernelApp):  # type: ignore[misc]
     authenticator: ThreadAuthenticator | None = None
+    # A plain class attribute, not a configurable trait: no configuration may bring the debugger back.
+    kernel_class: type = TeeKernel
+
+    def initialize(self, argv: list[str] | None = None) -> None:
+        # Before ipykernel's kernel looks for debugpy (it imports ipykernel.debugger in its constructor).
+        refuse_debugpy()
+        super().initialize(argv)
 
     def init_connection_file(self) -> None:
         """The connection information is already loaded from the bundle; there is no file."""
@@ -68,6 +81,24 @@ class TeeKernelApp(IPKernelApp):  # type: ignore[misc]
 
         self.init_control(context)
         self.init_iopub(context)
+
+    def init_control(self, context: zmq.Context[zmq.Socket[bytes]]) -> None:
+        super().init_control(context)
+        # Only the debugger uses this second connection to the shell socket.
+        self.debug_shell_socket.close(linger=0)
+        self.debug_shell_socket = None
+
+    def init_iopub(self, context: zmq.Context[zmq.Socket[bytes]]) -> None:
+        """ipykernel 7.4's init_iopub with forked children's output on a pipe instead of loopback TCP."""
+        self.iopub_socket = context.socket(zmq.XPUB)
+        self.iopub_socket.linger = 1000
+        self._apply_curve_server_options(self.iopub_socket)
+        self.iopub_port = self._bind_socket(self.iopub_socket, self.iopub_port)
+        self.configure_tornado_logger()
+        self.iopub_thread = ForkPipeIOPubThread(self.iopub_socket, pipe=True, session=self.session)
+        self.iopub_thread.start()
+        # ipykernel's backward-compatible wrapper: the socket API, run on the IOPub thread.
+        self.iopub_socket = self.iopub_thread.background_socket
 
     def init_io(self) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
