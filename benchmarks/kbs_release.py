@@ -90,7 +90,11 @@ def _client_process(
                 t0 = time.perf_counter()
                 try:
                     challenge = client.challenge()
-                    evidence = runtime.evidence(release_report_data(challenge.nonce, public, grant.encode()))
+                    evidence = runtime.evidence(
+                        release_report_data(
+                            challenge.nonce, public, grant.encode(), dataset="bench", version=None
+                        )
+                    )
                     t1 = time.perf_counter()
                     sealed = client.release(
                         nonce=challenge.nonce,
@@ -100,7 +104,14 @@ def _client_process(
                         evidence=evidence.blob,
                     )
                     t2 = time.perf_counter()
-                    open_released_dek(secret, challenge.nonce, sealed.sealed_dek)
+                    open_released_dek(
+                        secret,
+                        challenge.nonce,
+                        sealed.sealed_dek,
+                        dataset=sealed.dataset,
+                        version=sealed.version,
+                        manifest_sha256=sealed.manifest_sha256,
+                    )
                 except KeyBrokerError:
                     errors += 1
                     continue
@@ -212,9 +223,10 @@ def main() -> int:
     os.environ.setdefault("TEELAB_CACHE_DIR", str(work / "cache"))
 
     from teelab.enclave_runtime.sim.platform import SimPlatform, default_path
-    from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE, read_token
+    from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, read_token
     from teelab.sealed_store.kbs.client import KbsClient
     from teelab.sealed_store.kbs.config import KbsConfig
+    from teelab.sealed_store.kbs.identity import issue_local_token
     from teelab.sealed_store.kbs.server import KbsServer, tune_gc_for_serving
 
     sim = SimPlatform.open(default_path(), now=datetime.now(UTC) - timedelta(hours=1))
@@ -230,7 +242,6 @@ def main() -> int:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     admin = KbsClient(server.target, read_token(state / ADMIN_TOKEN_FILE))
-    gateway = KbsClient(server.target, read_token(state / GATEWAY_TOKEN_FILE))
     admin.register_dataset(
         "bench",
         1,
@@ -244,7 +255,9 @@ def main() -> int:
     for i in range(args.clients):
         admin.add_member("analysts", f"user{i}")
         secret = X25519PrivateKey.generate()
-        grant = gateway.issue_session_grant(f"user{i}", enclave_key=secret.public_key().public_bytes_raw())
+        # Per-user authentication: each user asks for its own grant with its own local token.
+        with KbsClient(server.target, read_token(issue_local_token(state, f"user{i}"))) as user:
+            grant = user.issue_session_grant(enclave_key=secret.public_key().public_bytes_raw())
         sessions.append((secret.private_bytes_raw(), grant.token))
 
     quota = -(-args.min_releases // args.clients)
@@ -262,7 +275,6 @@ def main() -> int:
         )
     load_after = os.getloadavg()
     admin.close()
-    gateway.close()
     server.stop()
 
     def median_of(key: str, sub: str | None = None) -> float:

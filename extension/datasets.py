@@ -5,9 +5,9 @@ the user's own connection, is sealed in this process — its key goes straight t
 ciphertext reaches the store. The request body is streamed to a private temporary file and never held whole
 in memory; an upload over ``max_upload_bytes`` is refused with 413 and leaves nothing behind.
 
-Who acts: the same identity the kernel provisioner gives the key broker for this server's sessions
-(``c.TeeProvisioner.kbs_user``, the hub user, or the login name), so what the browser shows matches what a
-notebook can read.
+Who acts: the signed-in user, as the key broker authenticates them — the user's own credential (the local
+broker's ``users/<name>.token``, ``$TEELAB_KBS_TOKEN_FILE``, or under JupyterHub the server's hub token), never
+the operator's admin token. Ownership is the key broker's to enforce: this API asks, and shows its refusal.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ _STATUS = {
     "forbidden": 403,
     "not_granted": 403,
     "owner_mismatch": 403,
+    "rate_limited": 429,
     "dataset_unknown": 404,
     "version_unknown": 404,
     "invalid_argument": 400,
@@ -103,32 +104,39 @@ class DatasetsHandler(TeelabAPIHandler):
     async def get(self) -> None:
         user = _user(self)
         owner = _owner(self)
+        loop = asyncio.get_running_loop()
         try:
-            views = await asyncio.get_running_loop().run_in_executor(None, owner.list)
-            groups = await asyncio.get_running_loop().run_in_executor(None, owner.kbs.list_groups)
+            views = await loop.run_in_executor(None, owner.list)
+            # What this user may receive now, as the key broker judges it (its groups included).
+            readable = {d.name for d in await loop.run_in_executor(None, owner.kbs.list_datasets, user)}
         except TeelabError as error:
             raise _http_error(error) from None
         finally:
             owner.close()
-        mine = {f"user:{user}"} | {f"group:{g.name}" for g in groups if user in g.members}
         datasets = []
         for view in views:
             data = view.to_json()
-            can_admin = data["owner"] == user
+            # A hint for the page only; the key broker refuses what this user may not do.
+            can_admin = data["name"] not in readable or data["owner"] in (user, *_owning_groups(data))
             entry = {
                 "name": data["name"],
                 "current_version": data["current_version"],
                 "versions": [v["version"] for v in data["versions"] if not v["deleted"]],
                 "owner": data["owner"],
                 "created_at": data["created_at"],
-                "can_read": any(g["principal"] in mine for g in data["grants"]),
+                "policy_id": data["policy_id"],
+                "can_read": data["name"] in readable,
                 "can_admin": can_admin,
             }
             if can_admin:
                 entry["grants"] = data["grants"]
-            if entry["can_read"] or can_admin:
-                datasets.append(entry)
+            datasets.append(entry)
         self.reply({"datasets": datasets, "user": user})
+
+
+def _owning_groups(data: dict[str, Any]) -> tuple[str, ...]:
+    owner = str(data["owner"])
+    return (owner,) if owner.startswith("group:") else ()
 
 
 @web.stream_request_body
@@ -239,7 +247,6 @@ class GrantsHandler(TeelabAPIHandler):
             raise bad_request(error.message) from None
         owner = _owner(self)
         try:
-            await self._check_owner(owner, name)
             grant = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: owner.grant(name, body["principal"], expires_at=expires_at)
             )
@@ -257,11 +264,6 @@ class GrantsHandler(TeelabAPIHandler):
             status=201,
         )
 
-    async def _check_owner(self, owner: Any, name: str) -> None:
-        info = await asyncio.get_running_loop().run_in_executor(None, owner.kbs.get_dataset, name)
-        if info.owner != owner.owner:
-            raise web.HTTPError(403, f"only the owner of {name!r} ({info.owner}) manages its grants")
-
 
 class GrantHandler(GrantsHandler):
     @web.authenticated
@@ -269,7 +271,6 @@ class GrantHandler(GrantsHandler):
     async def delete(self, name: str, principal: str) -> None:
         owner = _owner(self)
         try:
-            await self._check_owner(owner, name)
             await asyncio.get_running_loop().run_in_executor(None, owner.revoke, name, principal)
         except TeelabError as error:
             raise _http_error(error) from None

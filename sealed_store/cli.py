@@ -50,7 +50,12 @@ def _connection_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="[grpcs://]HOST:PORT",
         help="key broker address, grpcs:// for TLS (default: $TEELAB_KBS, or local; a private CA: $TEELAB_KBS_CA)",
     )
-    group.add_argument("--token-file", type=Path, metavar="FILE", help="key broker admin token")
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="your key broker token (default: $TEELAB_KBS_TOKEN_FILE, or the local broker's users/<you>.token)",
+    )
     group.add_argument("--store", metavar="URL", help="dataset store, any fsspec URL (default: local folder)")
 
 

@@ -113,13 +113,19 @@ class DataOwner:
         store: str | None = None,
         owner: str | None = None,
     ) -> DataOwner:
-        token = services.admin_token_file(token_file)
-        if not token.is_file():
+        """Act as the user a credential names: ``token_file``, else the user's own (``services.user_credential``:
+        the local broker's token for this login, or the hub token of this server's user). The broker decides
+        what that user may do; ``owner`` (a user or ``group:NAME``) is what new datasets record."""
+        if token_file is not None and not token_file.is_file():
+            raise UsageError(f"no key broker token at {token_file}")
+        credential = services.user_credential(token_file)
+        if credential is None:
             raise UsageError(
-                f"no key broker admin token at {token}",
-                hint="start the local broker with `teelab kbs serve`, or pass --kbs and --token-file",
+                f"no key broker credential: no user token at {services.user_token_file()}",
+                hint="start the local broker with `teelab kbs serve` (it issues your token), or pass --kbs "
+                "and --token-file (or set $TEELAB_KBS_TOKEN_FILE)",
             )
-        client = KbsClient.with_token_file(services.kbs_address(kbs), token)
+        client = KbsClient(services.kbs_address(kbs), credential)
         return cls(client, DatasetStore(services.store_url(store)), owner or getpass.getuser())
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from teelab.sealed_store.kbs.audit import AuditRecord, AuditValue
+from teelab.sealed_store.kbs.audit import AuditRecord, AuditValue, SignedHead
 from teelab.sealed_store.kbs.database import Database
 from teelab.sealed_store.kbs.model import DatasetInfo, GrantInfo, GroupInfo, Unset, VersionInfo
 from teelab.sealed_store.kbs.reasons import Reason, denied
@@ -206,7 +206,9 @@ class AdminStore(Database):
             raise denied(Reason.DATASET_UNKNOWN, f"no dataset named {dataset}")
         return info
 
-    def list_datasets(self, *, user: str | None, at: datetime) -> list[DatasetInfo]:
+    def list_datasets(
+        self, *, user: str | None, at: datetime, groups: Sequence[str] = ()
+    ) -> list[DatasetInfo]:
         """Every live dataset, or those ``user`` may receive now (with only the grants that show why)."""
         with self._read() as conn:
             if user is None:
@@ -215,7 +217,7 @@ class AdminStore(Database):
                 ).scalars()
                 found = [_dataset_info(conn, name, with_policy=False) for name in names]
                 return [info for info in found if info is not None]
-            principals = _principals_of(conn, user)
+            principals = [*_principals_of(conn, user), *(f"group:{g}" for g in groups)]
             rows = conn.execute(
                 select(grants).where(grants.c.principal.in_(principals)).order_by(grants.c.dataset)
             ).all()
@@ -349,10 +351,22 @@ class AdminStore(Database):
                 return
             since = batch[-1].seq
 
-    def audit_head(self) -> tuple[int, bytes]:
+    def audit_head(self) -> SignedHead:
         with self._read() as conn:
-            row = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
-        return int(row.seq), bytes(row.hash)
+            row = conn.execute(
+                select(audit_head.c.seq, audit_head.c.hash, audit_head.c.signature).where(
+                    audit_head.c.id == 1
+                )
+            ).one()
+        signature = bytes(row.signature) if row.signature is not None else None
+        return SignedHead(int(row.seq), bytes(row.hash), signature)
+
+    def groups_of(self, user: str) -> list[str]:
+        """The KBS groups ``user`` is a member of (an identity provider may report more)."""
+        with self._read() as conn:
+            return sorted(
+                conn.execute(select(members.c.group_name).where(members.c.user_name == user)).scalars()
+            )
 
 
 def _principals_of(conn: Connection, user: str) -> list[str]:

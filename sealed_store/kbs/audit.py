@@ -84,6 +84,24 @@ def signed_message(seq: int, entry_hash: bytes) -> bytes:
     return _SIGNATURE_LABEL + struct.pack(">Q", seq) + entry_hash
 
 
+_HEAD_LABEL = b"teelab/kbs/v1/audit-head\x00"
+
+
+def head_message(seq: int, head_hash: bytes) -> bytes:
+    """What the head's signature covers: a different label from an entry's, so neither passes as the other."""
+    return _HEAD_LABEL + struct.pack(">Q", seq) + head_hash
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    """The log's newest entry as the KBS last recorded it, signed: deleting entries off the end and
+    rewriting the head to match needs the signing key."""
+
+    seq: int
+    hash: bytes
+    signature: bytes | None
+
+
 def seal_entry(
     previous: bytes,
     seq: int,
@@ -119,10 +137,12 @@ def verify_audit(
     *,
     trusted_head: tuple[int, bytes] | None = None,
     min_count: int | None = None,
+    signed_head: SignedHead | None = None,
 ) -> AuditVerification:
     """Check the whole log from entry 1: sequence, canonical bodies, the hash chain and every signature.
 
-    ``trusted_head`` (seq, hash) and ``min_count`` additionally detect entries cut off the end.
+    ``signed_head`` (the KBS's head record, read before the entries), ``trusted_head`` (seq, hash: a witness
+    kept outside the database) and ``min_count`` additionally detect entries cut off the end.
     """
     key = (
         public_key
@@ -132,6 +152,25 @@ def verify_audit(
     previous = GENESIS_HASH
     count = 0
     head_matched = trusted_head is None
+    if signed_head is not None:
+        problem = _head_problem(signed_head, key)
+        if problem:
+            return AuditVerification(False, 0, 0, previous, signed_head.seq, problem)
+        if trusted_head is not None and signed_head.seq < trusted_head[0]:
+            return AuditVerification(
+                False,
+                0,
+                0,
+                previous,
+                signed_head.seq + 1,
+                f"the KBS's head is entry {signed_head.seq}, older than the witnessed head {trusted_head[0]} "
+                "(rolled back)",
+            )
+        # The head is checked like a witness: the entry it names must be in the log, unchanged.
+        extra = (signed_head.seq, signed_head.hash) if signed_head.seq > 0 else None
+    else:
+        extra = None
+    extra_matched = extra is None
 
     def bad(seq: int, problem: str) -> AuditVerification:
         return AuditVerification(False, count, count, previous, seq, problem)
@@ -155,8 +194,16 @@ def verify_audit(
             if record.hash != trusted_head[1]:
                 return bad(record.seq, "it differs from the trusted head recorded for it")
             head_matched = True
+        if extra is not None and record.seq == extra[0]:
+            if record.hash != extra[1]:
+                return bad(record.seq, "it differs from the KBS's signed head (rewritten)")
+            extra_matched = True
         previous = record.hash
         count = expected
+    if not extra_matched and extra is not None:
+        return bad(
+            count + 1, f"the log ends at entry {count} but the signed head is entry {extra[0]} (tail deleted)"
+        )
     if not head_matched and trusted_head is not None:
         return bad(
             count + 1,
@@ -165,6 +212,18 @@ def verify_audit(
     if min_count is not None and count < min_count:
         return bad(count + 1, f"the log has {count} entries, at least {min_count} were expected (truncated)")
     return AuditVerification(True, count, count, previous)
+
+
+def _head_problem(head: SignedHead, key: Ed25519PublicKey) -> str | None:
+    if head.seq == 0 and head.hash == GENESIS_HASH:
+        return None  # an empty log: nothing to sign yet
+    if head.signature is None:
+        return "the KBS's head record is not signed"
+    try:
+        key.verify(head.signature, head_message(head.seq, head.hash))
+    except InvalidSignature:
+        return "the KBS's head record's signature does not verify (rewritten)"
+    return None
 
 
 def _body_problem(record: AuditRecord) -> str | None:

@@ -1,77 +1,66 @@
-"""Bearer tokens for the key broker's callers: the admin and the gateway.
+"""The operator's admin token, and the key broker's authentication assembled from its configuration.
 
-Each token is 32 random bytes (base64url) in a 0600 file in the state folder, created on first start:
-``admin-token`` and ``gateway-token``. A request carries one in the gRPC metadata ``authorization: Bearer
-<token>``. Comparison is constant time over SHA-256 digests (so neither content nor length leaks through
-timing). Tokens are never logged; the server prints where they are stored, not what they are.
+The admin token is 32 random bytes (base64url) in the 0600 file ``admin-token`` of the state folder, created on
+first start: the KBS admin role, for the operator only (never handed to a Jupyter server). Users authenticate
+through the identity providers of ``identity.py``. A request carries its credential in the gRPC metadata
+``authorization: Bearer <credential>``. Tokens are never logged; the server prints where they are stored.
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
-import hmac
 import secrets
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 from filelock import FileLock
 
 from teelab.errors import ConfigError
 from teelab.files import write_private
+from teelab.sealed_store.kbs.auth_config import AuthConfig
 from teelab.sealed_store.kbs.crypto import private_dir, read_secret
+from teelab.sealed_store.kbs.identity import (
+    Authentication,
+    Authenticator,
+    Clock,
+    HubTokens,
+    LocalUsers,
+    OidcTokens,
+    issue_local_token,
+)
 
-# File names, not tokens: the tokens are random and created on first start.
+# A file name, not a token: the token is random and created on first start.
 ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105
-GATEWAY_TOKEN_FILE = "gateway-token"  # noqa: S105
 AUTHORIZATION = "authorization"
-_BEARER = "bearer "
 
 
-class Role(StrEnum):
-    ADMIN = "admin"
-    GATEWAY = "gateway"
+def admin_token_digest(state_dir: Path) -> bytes:
+    """SHA-256 of the admin token, creating the token file on first start."""
+    private_dir(state_dir)
+    with FileLock(str(state_dir / ".keys.lock")):
+        if not (state_dir / ADMIN_TOKEN_FILE).exists():
+            write_private(state_dir / ADMIN_TOKEN_FILE, (secrets.token_urlsafe(32) + "\n").encode())
+    return hashlib.sha256(read_token(state_dir / ADMIN_TOKEN_FILE).encode()).digest()
 
 
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-
-@dataclass(frozen=True)
-class AccessTokens:
-    admin_digest: bytes = field(repr=False)
-    gateway_digest: bytes = field(repr=False)
-
-    @classmethod
-    def load_or_create(cls, state_dir: Path) -> AccessTokens:
-        private_dir(state_dir)
-        with FileLock(str(state_dir / ".keys.lock")):
-            for name in (ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE):
-                if not (state_dir / name).exists():
-                    write_private(state_dir / name, (secrets.token_urlsafe(32) + "\n").encode())
-        return cls(
-            _digest(read_token(state_dir / ADMIN_TOKEN_FILE)),
-            _digest(read_token(state_dir / GATEWAY_TOKEN_FILE)),
-        )
-
-    def role_of(self, metadata: Iterable[tuple[str, str | bytes]]) -> Role | None:
-        """The role the request's bearer token proves, or None (no, several or an unknown token)."""
-        values = [value for key, value in metadata if key.lower() == AUTHORIZATION]
-        if len(values) != 1 or not isinstance(values[0], str):
-            return None
-        header = values[0]
-        if header[: len(_BEARER)].lower() != _BEARER:
-            return None
-        digest = _digest(header[len(_BEARER) :].strip())
-        # Both comparisons always run: which token matched must not show in the timing either.
-        is_admin = hmac.compare_digest(digest, self.admin_digest)
-        is_gateway = hmac.compare_digest(digest, self.gateway_digest)
-        if is_admin:
-            return Role.ADMIN
-        if is_gateway:
-            return Role.GATEWAY
-        return None
+def build_authentication(state_dir: Path, config: AuthConfig, *, clock: Clock) -> Authentication:
+    """The admin token and the configured providers; with ``local``, a token for the serving login user."""
+    providers: list[Authenticator] = []
+    for name in config.providers:
+        if name == "local":
+            # One machine, no set-up: the user who runs the broker gets a token beside its state.
+            issue_local_token(state_dir, getpass.getuser())
+            providers.append(LocalUsers(state_dir))
+        elif name == "oidc" and config.oidc is not None:
+            providers.append(OidcTokens(config.oidc, clock=clock))
+        elif name == "jupyterhub" and config.jupyterhub is not None:
+            providers.append(HubTokens(config.jupyterhub, clock=clock))
+    return Authentication(
+        admin_digest=admin_token_digest(state_dir),
+        providers=tuple(providers),
+        admin_users=config.admin_users,
+        admin_groups=config.admin_groups,
+    )
 
 
 def read_token(path: Path) -> str:

@@ -15,10 +15,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from teelab.cli_support import Subparsers
 from teelab.errors import UsageError
-from teelab.sealed_store.kbs.audit import AuditRecord
+from teelab.sealed_store.kbs.audit import AuditRecord, SignedHead
+
+if TYPE_CHECKING:
+    from teelab.sealed_store.kbs.auth_config import AuthConfig
 
 KBS_DESCRIPTION = """\
 The key broker (KBS) releases a sealed dataset's data key only to an attested kernel, for a user the
@@ -29,9 +33,14 @@ dataset's owner granted, and records every decision in a signed, hash-chained au
 SERVE_DESCRIPTION = """\
 Run the key broker on a gRPC address until interrupted (Ctrl-C or SIGTERM finish the calls in flight).
 
-On first start it creates its state folder (0700) with its keys (master.key, hpke.key, signing.key; 0600)
-and two bearer tokens: admin-token (dataset registration, grants, groups, the audit log) and gateway-token
-(session grants for attested kernels). The tokens are printed as file paths, never as values.
+On first start it creates its state folder (0700) with its keys (master.key, hpke.key, signing.key; 0600),
+the operator's admin-token (the KBS admin role: groups, the whole audit log; never give it to a Jupyter
+server) and a token for the user running it, users/<you>.token: your tools (the gateway's session grants,
+`teelab dataset`, the JupyterLab extension) find it there and act as you. `teelab kbs user add NAME` issues
+one for another user. Tokens are printed as file paths, never as values.
+
+Who may authenticate is configured in <state>/kbs.toml (or --config FILE), [auth] section: local per-user
+tokens (the default), an OIDC issuer, or a JupyterHub — docs/protocols/kbs.md §2 has an example of each.
 """
 
 SERVE_EPILOG = """\
@@ -70,6 +79,7 @@ examples:
   teelab audit verify                                  # the local KBS's database
   teelab audit verify --db postgresql+psycopg://kbs@db.internal/kbs --public-key signing.pub
   teelab audit verify --head 5210:9f2c...              # also detect entries cut off the end
+  teelab audit verify --witness ~/kbs-witness.json     # check against, then record, the last head seen
 
   Pin the KBS signing key (--public-key; the state folder's signing.pub or `GetInfo`) when the database's
   host is not trusted: the check then holds against anyone who can write the database but lacks the key.
@@ -99,6 +109,12 @@ def _register_serve(subparsers: Subparsers) -> None:
         epilog=SERVE_EPILOG,
     )
     serve.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:7443", help="default %(default)s")
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help="the KBS config file (default: <state>/kbs.toml if present)",
+    )
     serve.add_argument("--state", metavar="DIR", type=Path, help="state folder (default: <data dir>/kbs)")
     serve.add_argument("--db", metavar="URL", help="SQLAlchemy URL (default: SQLite in the state folder)")
     serve.add_argument(
@@ -125,9 +141,21 @@ def _register_serve(subparsers: Subparsers) -> None:
     serve.add_argument(
         "--insecure",
         action="store_true",
-        help="allow plaintext on an address beyond loopback (the admin and gateway tokens would cross the "
-        "network readable; only behind a TLS-terminating proxy)",
+        help="allow plaintext on an address beyond loopback (the tokens would cross the network readable; "
+        "only behind a TLS-terminating proxy)",
     )
+    user = add_command(
+        kbs_commands,
+        "user",
+        _user,
+        help_text="issue a local per-user token (users/NAME.token in the state folder)",
+        epilog="examples:\n  teelab kbs user add bob          # prints the path of bob's new token file\n"
+        "  teelab kbs user add bob --renew  # a new token; the old one stops working",
+    )
+    user.add_argument("action", choices=("add",))
+    user.add_argument("name", help="the user's name, as the KBS will know it")
+    user.add_argument("--state", metavar="DIR", type=Path, help="state folder (default: <data dir>/kbs)")
+    user.add_argument("--renew", action="store_true", help="replace an existing token")
 
 
 def _register_audit(subparsers: Subparsers) -> None:
@@ -168,6 +196,12 @@ def _register_audit(subparsers: Subparsers) -> None:
         help="neither compare with nor remember the head this machine verified before",
     )
     verify.add_argument("--min-count", type=int, metavar="N", help="the log must have at least N entries")
+    verify.add_argument(
+        "--witness",
+        type=Path,
+        metavar="FILE",
+        help="a head kept outside the KBS's database: checked if the file exists, then updated to this head",
+    )
 
 
 def _source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -217,17 +251,20 @@ def _check_transport(args: argparse.Namespace) -> None:
         return
     if not KbsTarget.parse(args.listen).loopback and not args.insecure:
         raise UsageError(
-            f"--listen {args.listen} is beyond loopback, and without TLS the admin and gateway tokens "
-            "would cross the network readable",
+            f"--listen {args.listen} is beyond loopback, and without TLS the tokens would cross the "
+            "network readable",
             hint="give --tls-cert PEM --tls-key PEM (clients then use grpcs://HOST:PORT), or --insecure "
             "behind a TLS-terminating proxy",
         )
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import getpass
+
     from teelab.files import replace_atomically
-    from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE
+    from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE
     from teelab.sealed_store.kbs.config import KbsConfig, default_state_dir
+    from teelab.sealed_store.kbs.identity import local_token_file
     from teelab.sealed_store.kbs.server import KbsServer, tune_gc_for_serving
     from teelab.sealed_store.kbs.store import safe_url
     from teelab.sealed_store.services import ENDPOINT_FILE
@@ -241,6 +278,7 @@ def _serve(args: argparse.Namespace) -> int:
     _check_transport(args)
     config = KbsConfig(
         state_dir=state,
+        auth=_auth_config(args.config, state),
         db_url=args.db,
         collateral=args.collateral,
         durability=args.durability,
@@ -266,8 +304,10 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  database:    {safe_url(config.database_url)}")
     print(f"  collateral:  {server.broker.source.description}")
     print(f"  transport:   {'TLS (' + str(args.tls_cert) + ')' if args.tls_cert else 'plaintext gRPC'}")
-    print(f"  admin token: {state / ADMIN_TOKEN_FILE}")
-    print(f"  gateway token: {state / GATEWAY_TOKEN_FILE}")
+    print(f"  admin token: {state / ADMIN_TOKEN_FILE} (the operator's; never give it to a Jupyter server)")
+    print(f"  identity:    {', '.join(config.auth.providers)}")
+    if "local" in config.auth.providers:
+        print(f"  your token:  {local_token_file(state, getpass.getuser())}")
     print(f"  signing key: {server.broker.keys.signing_public_key.hex()} (pin it for `teelab audit verify`)")
     print("Ctrl-C stops it.", flush=True)
     try:
@@ -282,6 +322,29 @@ def _serve(args: argparse.Namespace) -> int:
                 endpoint.unlink()
         server.stop(grace=5)
     print("key broker stopped", file=sys.stderr)
+    return 0
+
+
+def _auth_config(path: Path | None, state: Path) -> AuthConfig:
+    from teelab.sealed_store.kbs.auth_config import CONFIG_FILE, AuthConfig, load_auth_config
+
+    if path is None and (state / CONFIG_FILE).is_file():
+        path = state / CONFIG_FILE
+    return load_auth_config(path) if path is not None else AuthConfig()
+
+
+def _user(args: argparse.Namespace) -> int:
+    from teelab.sealed_store.kbs.config import default_state_dir
+    from teelab.sealed_store.kbs.identity import issue_local_token, local_token_file
+
+    state = (args.state or default_state_dir()).expanduser().resolve()
+    existed = local_token_file(state, args.name).exists()
+    path = issue_local_token(state, args.name, replace=args.renew)
+    verb = "renewed" if existed and args.renew else "exists" if existed else "issued"
+    print(f"{args.name}: token {verb} at {path}")
+    print(
+        "  hand it to the user privately; it authenticates as them (`--token-file`, $TEELAB_KBS_TOKEN_FILE)"
+    )
     return 0
 
 
@@ -318,19 +381,24 @@ class _Source:
         finally:
             store.close()
 
-    def head_seq(self) -> int:
+    def head(self) -> SignedHead:
+        """The KBS's signed head record (read before the entries, so the log is at least this long)."""
         if self.args.kbs:
             from teelab.sealed_store.kbs.client import KbsClient
 
             with KbsClient.with_token_file(self.args.kbs, self.args.token_file) as client:
-                return client.audit(limit=1).head_seq
+                page = client.audit(limit=1)
+            return page.head or SignedHead(page.head_seq, page.head_hash, None)
         from teelab.sealed_store.kbs.store import Store
 
         store = Store.reader(self.url)
         try:
-            return store.audit_head()[0]
+            return store.audit_head()
         finally:
             store.close()
+
+    def head_seq(self) -> int:
+        return self.head().seq
 
     def public_key(self) -> bytes:
         from teelab.sealed_store.kbs.crypto import SIGNING_PUBLIC_FILE, load_signing_public_key
@@ -403,8 +471,8 @@ def _remember_head(key_id: str, seq: int, digest: bytes) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    """Every entry, and the log's length against three witnesses: the broker's own head record, the head this
-    machine verified last time (unless --forget), and any --head / --min-count given."""
+    """Every entry, and the log's length against four witnesses: the broker's signed head record, the head
+    this machine verified last time (unless --forget), a --witness file, and any --head / --min-count given."""
     from teelab.sealed_store.kbs.audit import verify_audit
     from teelab.sealed_store.kbs.crypto import key_id
 
@@ -412,14 +480,22 @@ def _verify(args: argparse.Namespace) -> int:
     key = source.public_key()
     kid = key_id(key)
     head = _parse_head(args.head) if args.head else None
+    witness = _read_witness(args.witness, kid) if args.witness else None
     remembered = None if args.forget else _remembered_heads().get(kid)
+    if head is None and witness is not None:
+        head = witness
     if head is None and isinstance(remembered, list) and len(remembered) == 2:
         head = (int(str(remembered[0])), bytes.fromhex(str(remembered[1])))
-    min_count = max(args.min_count or 0, source.head_seq(), head[0] if head else 0)
-    result = verify_audit(source.records(), key, trusted_head=head, min_count=min_count or None)
+    signed = source.head()
+    min_count = max(args.min_count or 0, signed.seq, head[0] if head else 0)
+    result = verify_audit(
+        source.records(), key, trusted_head=head, min_count=min_count or None, signed_head=signed
+    )
     if result.ok:
         if not args.forget:
             _remember_head(kid, result.head_seq, result.head_hash)
+        if args.witness:
+            _write_witness(args.witness, kid, result.head_seq, result.head_hash)
         print(result.summary())
         print(f"  head to record for later checks: --head {result.head_seq}:{result.head_hash.hex()}")
         return 0
@@ -429,6 +505,29 @@ def _verify(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 1
+
+
+def _read_witness(path: Path, kid: str) -> tuple[int, bytes] | None:
+    """The head an auditor recorded last time, kept outside the KBS's database (none yet: None)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--witness {path}: not a witness file ({error})") from None
+    if not isinstance(data, dict) or data.get("key_id") != kid:
+        raise UsageError(f"--witness {path} is for another key broker (signing key {data.get('key_id')!r})")
+    try:
+        return int(data["seq"]), bytes.fromhex(str(data["hash"]))
+    except (KeyError, ValueError, TypeError):
+        raise UsageError(f"--witness {path}: expected seq and hash") from None
+
+
+def _write_witness(path: Path, kid: str, seq: int, digest: bytes) -> None:
+    from teelab.files import replace_atomically
+
+    record = {"key_id": kid, "seq": seq, "hash": digest.hex()}
+    replace_atomically(path, (json.dumps(record, indent=1) + "\n").encode())
 
 
 def _parse_head(text: str) -> tuple[int, bytes]:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from google.protobuf.message import Message
 
 from teelab.errors import ConfigError, KeyBrokerError
-from teelab.sealed_store.kbs.audit import AuditRecord
+from teelab.sealed_store.kbs.audit import AuditRecord, SignedHead
 from teelab.sealed_store.kbs.auth import read_token
 from teelab.sealed_store.kbs.model import (
     UNSET,
@@ -83,6 +83,7 @@ class AuditPage:
     records: tuple[AuditRecord, ...]
     head_seq: int
     head_hash: bytes
+    head: SignedHead | None = None
 
 
 _CODE_REASONS = {
@@ -300,7 +301,11 @@ class KbsClient:
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
         challenge = self.challenge()
-        evidence = attest(release_report_data(challenge.nonce, enclave_key, grant.encode()))
+        evidence = attest(
+            release_report_data(
+                challenge.nonce, enclave_key, grant.encode(), dataset=dataset, version=version
+            )
+        )
         sealed = self.release(
             nonce=challenge.nonce,
             dataset=dataset,
@@ -312,27 +317,47 @@ class KbsClient:
             collateral=collateral,
         )
         if sealed.dataset != dataset or (version is not None and sealed.version != version):
+            # Asked for v2, answered v1: a rollback attempt (or a broken broker); never read it.
             raise KeyBrokerError(
-                Reason.PROTOCOL_ERROR.value, "the key broker released a key for something else"
+                Reason.PROTOCOL_ERROR.value,
+                f"asked for {dataset} {'v' + str(version) if version else '(current)'}, the answer is for "
+                f"{sealed.dataset} v{sealed.version}: refused",
             )
-        dek = open_released_dek(enclave_secret, challenge.nonce, sealed.sealed_dek)
+        # The answer (version, manifest digest) is bound into the sealed key's HPKE info: rewritten, it
+        # does not open.
+        dek = open_released_dek(
+            enclave_secret,
+            challenge.nonce,
+            sealed.sealed_dek,
+            dataset=sealed.dataset,
+            version=sealed.version,
+            manifest_sha256=sealed.manifest_sha256,
+        )
         return ReleasedKey(sealed.dataset, sealed.version, sealed.manifest_sha256, dek)
 
     # -- gateway ------------------------------------------------------------------------------------
 
     def issue_session_grant(
         self,
-        user: str,
+        user: str | None = None,
         *,
         enclave_key: bytes | None = None,
         enclave_key_hash: str | None = None,
+        controller: bytes | None = None,
         ttl: timedelta | None = None,
     ) -> IssuedGrant:
-        """A session grant for ``user`` bound to the attested session's E.pub (or its SHA-256 hex)."""
+        """A session grant for the user this client authenticates as, bound to the attested session's E.pub
+        (or its SHA-256 hex) and, given ``controller`` (SHA-256 of the launching gateway's identity key, 32
+        bytes), to the kernels that gateway launched. ``user``, if given, must be that same user: the broker
+        refuses a grant for anyone else."""
         if (enclave_key is None) == (enclave_key_hash is None):
             raise ValueError("give exactly one of enclave_key and enclave_key_hash")
+        if controller is not None and len(controller) != 32:
+            raise ValueError("controller is the 32-byte SHA-256 of the gateway's identity public key")
         ekh = enclave_key_hash if enclave_key_hash is not None else enclave_key_sha256(enclave_key or b"")
-        request = pb.IssueSessionGrantRequest(user=user, enclave_key_sha256=ekh)
+        request = pb.IssueSessionGrantRequest(
+            user=user or "", enclave_key_sha256=ekh, controller_sha256=controller.hex() if controller else ""
+        )
         if ttl is not None:
             request.ttl_seconds = int(ttl.total_seconds())
         response = self._call("IssueSessionGrant", request, pb.IssueSessionGrantResponse)
@@ -340,7 +365,7 @@ class KbsClient:
         return IssuedGrant(
             token=response.grant,
             grant_id=response.grant_id,
-            user=user,
+            user=user or "",
             enclave_key_sha256=ekh,
             issued_at=datetime.now(UTC),
             expires_at=expires_at,
@@ -361,10 +386,11 @@ class KbsClient:
         manifest_sha256: str,
         dek: bytes,
         release_policy_toml: str,
-        owner: str,
+        owner: str | None = None,
         release_expires_at: datetime | Unset | None = UNSET,
     ) -> DatasetInfo:
-        """Register a version; the data key is sealed to the KBS here, before it leaves this process."""
+        """Register a version; the data key is sealed to the KBS here, before it leaves this process.
+        ``owner`` (a user or ``group:NAME``) defaults to the authenticated caller."""
         try:
             sealed = seal_dek_for_kbs(self.kbs_public_key(), dataset, version, dek)
         except ValueError as error:
@@ -377,7 +403,7 @@ class KbsClient:
             manifest_sha256=manifest_sha256,
             sealed_dek=sealed,
             release_policy_toml=release_policy_toml,
-            owner=owner,
+            owner=owner or "",
         )
         if isinstance(release_expires_at, datetime):
             request.release_expires_at.CopyFrom(_ts(release_expires_at))
@@ -405,7 +431,8 @@ class KbsClient:
         return _dataset_in(response.dataset, response.release_policy_toml)
 
     def list_datasets(self, user: str | None = None) -> list[DatasetInfo]:
-        """Admin: every dataset (or those ``user`` may receive). Gateway token: ``user`` is required."""
+        """A user: the datasets it administers and those it may receive. An admin: every dataset (or those
+        ``user`` may receive)."""
         response = self._call(
             "ListDatasets", pb.ListDatasetsRequest(user=user or ""), pb.ListDatasetsResponse
         )
@@ -444,14 +471,18 @@ class KbsClient:
 
     # -- audit --------------------------------------------------------------------------------------
 
-    def audit(self, *, since_seq: int = 0, limit: int = 0) -> AuditPage:
-        response = self._call(
-            "GetAudit", pb.GetAuditRequest(since_seq=since_seq, limit=limit), pb.GetAuditResponse
-        )
+    def audit(self, *, since_seq: int = 0, limit: int = 0, dataset: str | None = None) -> AuditPage:
+        """A page of entries and the signed head. A KBS admin reads everything; a dataset's owner only
+        that dataset's entries (``dataset``)."""
+        request = pb.GetAuditRequest(since_seq=since_seq, limit=limit, dataset=dataset or "")
+        response = self._call("GetAudit", request, pb.GetAuditResponse)
         records = tuple(
             AuditRecord(int(e.seq), e.body, bytes(e.hash), bytes(e.signature)) for e in response.entries
         )
-        return AuditPage(records, int(response.head_seq), bytes(response.head_hash))
+        head = SignedHead(
+            int(response.head_seq), bytes(response.head_hash), bytes(response.head_signature) or None
+        )
+        return AuditPage(records, head.seq, head.hash, head)
 
     def iter_audit(self, *, since_seq: int = 0) -> Iterator[AuditRecord]:
         """Every entry after ``since_seq``, in order, a page at a time."""

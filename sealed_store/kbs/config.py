@@ -14,7 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from teelab.paths import data_dir
-from teelab.sealed_store.kbs.store import Durability
+from teelab.sealed_store.kbs.auth_config import AuthConfig
+from teelab.sealed_store.kbs.schema import Durability
 
 DB_FILE = "kbs.sqlite3"
 
@@ -47,6 +48,9 @@ class KbsConfig:
     # TLS: PEM certificate chain and private key; both or neither (plaintext, for loopback).
     tls_certificate: Path | None = None
     tls_key: Path | None = None
+    # Who may authenticate (the ``[auth]`` section of ``kbs.toml``): by default the admin token and the
+    # local per-user tokens the broker issues.
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def database_url(self) -> str:

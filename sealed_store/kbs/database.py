@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from teelab.errors import ConfigError
-from teelab.sealed_store.kbs.audit import AuditRecord, AuditValue, seal_entry
+from teelab.sealed_store.kbs.audit import AuditRecord, AuditValue, head_message, seal_entry
 from teelab.sealed_store.kbs.schema import Durability, make_engine, safe_url
 
 # The release path (and every audit append) uses plain DBAPI statements: SQLAlchemy's per-statement
@@ -36,8 +36,9 @@ _RELEASE_ROW = (
 )
 _HOT_SQL = {
     "head": "SELECT seq, hash FROM kbs_audit_head WHERE id = 1",
+    "dataset_grants": "SELECT principal, expires_at FROM kbs_grants WHERE dataset = {dataset}",
     "append": "INSERT INTO kbs_audit (seq, body, hash, signature) VALUES ({seq}, {body}, {hash}, {signature})",
-    "move_head": "UPDATE kbs_audit_head SET seq = {seq}, hash = {hash} WHERE id = 1",
+    "move_head": "UPDATE kbs_audit_head SET seq = {seq}, hash = {hash}, signature = {signature} WHERE id = 1",
     "spend_nonce": "INSERT INTO kbs_used_nonces (nonce, expires_at) VALUES ({nonce}, {expires_at}) "
     "ON CONFLICT (nonce) DO NOTHING",
     "purge_nonces": "DELETE FROM kbs_used_nonces WHERE expires_at <= {before}",
@@ -61,6 +62,7 @@ class Sql:
         self.head = rendered["head"] + ("" if sqlite else " FOR UPDATE")
         self.append = rendered["append"]
         self.move_head = rendered["move_head"]
+        self.dataset_grants = rendered["dataset_grants"]
         self.spend_nonce = rendered["spend_nonce"]
         self.purge_nonces = rendered["purge_nonces"]
         self.access = rendered["access"]
@@ -95,7 +97,10 @@ class AuditAppender:
 
     def finish(self) -> None:
         if self._appended:
-            self._cursor.execute(self._sql.move_head, {"seq": self._head[0], "hash": self._head[1]})
+            assert self._signing_key is not None  # append() refused without it
+            seq, digest = self._head
+            signature = self._signing_key.sign(head_message(seq, digest))
+            self._cursor.execute(self._sql.move_head, {"seq": seq, "hash": digest, "signature": signature})
 
 
 class Transaction:

@@ -6,6 +6,11 @@ inside the sealed session bundle. Format: a compact JWT (RFC 7519) signed with t
 
     iss "teelab-kbs"  aud "teelab/kbs/v1/release"  sub <user>  ekh <hex SHA-256(E.pub)>
     iat <unix seconds>  exp <unix seconds>  jti <32 hex digits, unique>
+    grp [<group>, ...]   the groups the user's identity provider reported when the grant was minted (optional)
+    ctl <hex SHA-256(G.pub)>  the controller hash of the gateway that launched the enclave (optional): a
+                         release's evidence must carry it in its launch-time field (docs/protocols/kbs.md §5)
+
+Only the authenticated user gets a grant naming it (``broker.issue_session_grant``).
 
 Verification takes the time as an input (PyJWT's own clock checks are off and done here), so tests and
 replicas judge expiry with the same injectable clock as everything else.
@@ -46,6 +51,8 @@ class SessionGrant:
     issued_at: datetime
     expires_at: datetime
     grant_id: str
+    groups: tuple[str, ...] = ()
+    controller_sha256: str | None = None
 
 
 def issue_session_grant(
@@ -56,11 +63,13 @@ def issue_session_grant(
     enclave_key_sha256: str,
     now: datetime,
     ttl: timedelta,
+    groups: list[str] | None = None,
+    controller_sha256: str | None = None,
 ) -> IssuedGrant:
     issued = int(now.timestamp())
     expires = issued + max(1, int(ttl.total_seconds()))
     grant_id = secrets.token_hex(16)
-    claims = {
+    claims: dict[str, Any] = {
         "iss": GRANT_ISSUER,
         "aud": GRANT_AUDIENCE,
         "sub": user,
@@ -69,6 +78,10 @@ def issue_session_grant(
         "exp": expires,
         "jti": grant_id,
     }
+    if groups:
+        claims["grp"] = groups
+    if controller_sha256 is not None:
+        claims["ctl"] = controller_sha256
     token = jwt.encode(claims, signing_key, algorithm=GRANT_ALGORITHM, headers={"kid": key_id})
     return IssuedGrant(
         token=token,
@@ -80,7 +93,9 @@ def issue_session_grant(
     )
 
 
-def verify_session_grant(token: str, public_key: Ed25519PublicKey, *, at: datetime) -> SessionGrant:
+def verify_session_grant(
+    token: str, public_key: Ed25519PublicKey, *, at: datetime, check_times: bool = True
+) -> SessionGrant:
     """The grant's claims if its signature, issuer, audience and shape are right and it has not expired.
 
     Raises :class:`Denied` (``grant_invalid`` / ``grant_expired``) with the detail for the audit log.
@@ -108,10 +123,18 @@ def verify_session_grant(token: str, public_key: Ed25519PublicKey, *, at: dateti
         grant_id = claims["jti"]
         if not isinstance(grant_id, str) or not 1 <= len(grant_id) <= 64:
             raise ValueError("jti must be a short string")
+        groups = claims.get("grp", [])
+        if not isinstance(groups, list) or len(groups) > 256:
+            raise ValueError("grp must be a list of group names")
+        groups = tuple(validation.group_name(g, "grp") for g in groups)
+        controller = claims.get("ctl")
+        if controller is not None:
+            controller = validation.sha256_hex(controller, "ctl")
     except (ValueError, KeyError, KeyBrokerError) as error:
         raise Denied(Reason.GRANT_INVALID, f"the session grant's claims are malformed: {error}") from None
-    grant = SessionGrant(user, ekh, issued_at, expires_at, grant_id)
-    _check_times(grant, at)
+    grant = SessionGrant(user, ekh, issued_at, expires_at, grant_id, groups, controller)
+    if check_times:
+        check_grant_times(grant, at)
     return grant
 
 
@@ -129,23 +152,24 @@ class GrantVerifier:
         self._cache: OrderedDict[str, SessionGrant] = OrderedDict()
         self._lock = threading.Lock()
 
-    def verify(self, token: str, *, at: datetime) -> SessionGrant:
+    def verify(self, token: str, *, at: datetime, check_times: bool = True) -> SessionGrant:
+        """The grant's verified claims; ``check_times`` False leaves expiry to ``check_grant_times``."""
         with self._lock:
             grant = self._cache.get(token)
             if grant is not None:
                 self._cache.move_to_end(token)
         if grant is None:
-            grant = verify_session_grant(token, self.public_key, at=at)
+            grant = verify_session_grant(token, self.public_key, at=at, check_times=False)
             with self._lock:
                 self._cache[token] = grant
                 while len(self._cache) > self._size:
                     self._cache.popitem(last=False)
-            return grant
-        _check_times(grant, at)
+        if check_times:
+            check_grant_times(grant, at)
         return grant
 
 
-def _check_times(grant: SessionGrant, at: datetime) -> None:
+def check_grant_times(grant: SessionGrant, at: datetime) -> None:
     if grant.issued_at > at + CLOCK_SKEW:
         raise Denied(Reason.GRANT_INVALID, f"the session grant is issued in the future ({grant.issued_at})")
     if grant.expires_at <= at:

@@ -29,14 +29,36 @@ REGISTER_INFO = PROTOCOL.encode() + b"/register"
 GRANT_INFO = PROTOCOL.encode() + b"/grant"
 
 
-def release_report_data(nonce: bytes, enclave_key: bytes, grant: bytes) -> bytes:
-    """``SHA-512("teelab/kbs/v1" ‖ nonce ‖ E.pub ‖ SHA-256(grant))``: the evidence's report_data.
+def release_request_digest(dataset: str, version: int | None) -> bytes:
+    """SHA-256 of what a release asks for: ``dataset ‖ 0 ‖ u32be(version)``, version 0 meaning "current"."""
+    return hashlib.sha256(dataset.encode() + b"\x00" + struct.pack(">I", version or 0)).digest()
+
+
+def release_report_data(
+    nonce: bytes, enclave_key: bytes, grant: bytes, *, dataset: str, version: int | None
+) -> bytes:
+    """``SHA-512("teelab/kbs/v1" ‖ nonce ‖ E.pub ‖ SHA-256(grant) ‖ SHA-256(dataset ‖ 0 ‖ u32be(version)))``.
 
     It binds the evidence to this challenge (freshness), to the key the data key is sealed to (only this
-    enclave can open the answer) and to the session grant (a grant is useless beside another enclave's
-    evidence). Every part has a fixed length, so the concatenation is unambiguous.
+    enclave can open the answer), to the session grant (a grant is useless beside another enclave's
+    evidence) and to the request — dataset and version, 0 for "the current one" — so a host in the middle
+    cannot turn a request for the current version into one for an old version. Every part has a fixed
+    length, so the concatenation is unambiguous.
     """
-    return hashlib.sha512(_REPORT_DATA_LABEL + nonce + enclave_key + hashlib.sha256(grant).digest()).digest()
+    return hashlib.sha512(
+        _REPORT_DATA_LABEL
+        + nonce
+        + enclave_key
+        + hashlib.sha256(grant).digest()
+        + release_request_digest(dataset, version)
+    ).digest()
+
+
+def release_answer_info(nonce: bytes, dataset: str, version: int, manifest_sha256: str) -> bytes:
+    """HPKE info of a released data key: the nonce and the answer — dataset, the version released and its
+    manifest's digest. A rewritten version or manifest in the answer makes the key fail to open."""
+    answer = dataset.encode() + b"\x00" + struct.pack(">I", version) + manifest_sha256.encode()
+    return RELEASE_INFO + nonce + hashlib.sha256(answer).digest()
 
 
 def enclave_key_sha256(enclave_key: bytes) -> str:
@@ -68,19 +90,34 @@ def open_registered_dek(kbs_secret: X25519PrivateKey, dataset: str, version: int
     return dek
 
 
-def seal_dek_for_enclave(enclave_key: bytes, nonce: bytes, dek: bytes) -> bytes:
-    """Server side of release: the data key sealed to the attested enclave's key E.pub."""
+def seal_dek_for_enclave(
+    enclave_key: bytes, nonce: bytes, dek: bytes, *, dataset: str, version: int, manifest_sha256: str
+) -> bytes:
+    """Server side of release: the data key sealed to the attested enclave's key E.pub, bound to the answer."""
     public = X25519PublicKey.from_public_bytes(enclave_key)
-    return SUITE.encrypt(dek, public, info=RELEASE_INFO + nonce)
+    return SUITE.encrypt(dek, public, info=release_answer_info(nonce, dataset, version, manifest_sha256))
 
 
-def open_released_dek(enclave_secret: X25519PrivateKey, nonce: bytes, sealed: bytes) -> bytes:
-    """Kernel side of release: only the holder of E's secret opens it."""
+def open_released_dek(
+    enclave_secret: X25519PrivateKey,
+    nonce: bytes,
+    sealed: bytes,
+    *,
+    dataset: str,
+    version: int,
+    manifest_sha256: str,
+) -> bytes:
+    """Kernel side of release: only the holder of E's secret opens it, and only for the answer it was sealed
+    with (the dataset, version and manifest digest the broker stated)."""
     try:
-        dek = SUITE.decrypt(sealed, enclave_secret, info=RELEASE_INFO + nonce)
+        dek = SUITE.decrypt(
+            sealed, enclave_secret, info=release_answer_info(nonce, dataset, version, manifest_sha256)
+        )
     except (InvalidTag, ValueError):
         raise denied(
-            Reason.PROTOCOL_ERROR, "the released data key does not open with this enclave's key"
+            Reason.PROTOCOL_ERROR,
+            "the released data key does not open with this enclave's key for the answer as received "
+            "(another key, or a version or manifest rewritten on the way)",
         ) from None
     if len(dek) != DEK_SIZE:
         raise denied(Reason.PROTOCOL_ERROR, f"the released data key is {len(dek)} bytes, not {DEK_SIZE}")

@@ -22,6 +22,7 @@ class Reason(StrEnum):
     INVALID_ARGUMENT = "invalid_argument"
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
     # Key release: the checks, in the order the KBS makes them (docs/protocols/kbs.md §5).
     NONCE_INVALID = "nonce_invalid"
     NONCE_EXPIRED = "nonce_expired"
@@ -49,6 +50,7 @@ STATUS: dict[Reason, grpc.StatusCode] = {
     Reason.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     Reason.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.NONCE_INVALID: grpc.StatusCode.PERMISSION_DENIED,
     Reason.NONCE_EXPIRED: grpc.StatusCode.PERMISSION_DENIED,
     Reason.GRANT_INVALID: grpc.StatusCode.PERMISSION_DENIED,
@@ -72,8 +74,9 @@ STATUS: dict[Reason, grpc.StatusCode] = {
 # What a caller is told for a release denial: the rule, in words, with nothing from the policy itself.
 PUBLIC_MESSAGE: dict[Reason, str] = {
     Reason.INVALID_ARGUMENT: "the request is malformed",
-    Reason.UNAUTHENTICATED: "a valid token is required (authorization: Bearer ...)",
-    Reason.FORBIDDEN: "this token may not make this call",
+    Reason.UNAUTHENTICATED: "a valid credential is required (authorization: Bearer ...)",
+    Reason.FORBIDDEN: "this caller may not make this call",
+    Reason.RATE_LIMITED: "too many unauthenticated or malformed requests from this address; slow down",
     Reason.NONCE_INVALID: "the nonce was not issued by this key broker or was already used",
     Reason.NONCE_EXPIRED: "the nonce has expired; ask for a new challenge",
     Reason.GRANT_INVALID: "the session grant is not valid for this session",
@@ -91,7 +94,8 @@ HINTS: dict[Reason, str] = {
     Reason.GRANT_EXPIRED: "restart the kernel to attest a new session",
     Reason.EVIDENCE_REJECTED: "the dataset's owner decides which kernels may read it; ask which image to use",
     Reason.UNAVAILABLE: "check that the key broker is running (teelab kbs serve) and its address",
-    Reason.UNAUTHENTICATED: "pass the token stored in the KBS state folder (admin-token or gateway-token)",
+    Reason.UNAUTHENTICATED: "pass your user token (users/<you>.token in the KBS state folder on one machine), "
+    "your hub or OIDC token, or the operator's admin-token",
 }
 
 
@@ -112,3 +116,12 @@ class Denied(Exception):
 
     def public(self) -> KeyBrokerError:
         return denied(self.reason)
+
+
+class Junk(Exception):
+    """A request no one authenticated (its credential or grant does not verify, or it does not parse): it is
+    answered with ``error``, counted against its peer and rate-limited, and never written to the audit log."""
+
+    def __init__(self, error: KeyBrokerError) -> None:
+        super().__init__(error.message)
+        self.error = error

@@ -2,24 +2,29 @@
 
 The checks, in order (docs/protocols/kbs.md §5); the first that fails decides the reason code:
 
-1. the nonce was issued by this KBS (its tag), has not expired, and is
+1. the session grant verifies (signature, issuer, audience, shape)        grant_invalid (junk: not audited)
+2. the nonce was issued by this KBS (its tag), has not expired, and is
    not known to be spent                                                 nonce_invalid / nonce_expired
-2. the session grant verifies (signature, issuer, audience, expiry) and
-   names this request's enclave key: grant.ekh == SHA-256(E.pub)         grant_invalid / grant_expired
-3. the grant's user, or a group the user is in *now*, holds an unexpired
-   grant on the dataset                                                  not_granted
-4. the dataset and the version exist (and are not deleted)               dataset_unknown / version_unknown
-5. the dataset's release period has not ended                            release_expired
-6. the evidence verifies, satisfies the dataset's release policy, and its
-   report_data is SHA-512("teelab/kbs/v1" ‖ nonce ‖ E.pub ‖ SHA-256(grant))  evidence_rejected
-7. commit, serialised with every other write: spend the nonce (the database
-   decides "unused", atomically), check 3-5 again against the current state,
-   unwrap the key, audit                                                 nonce_invalid / 3-5
+3. the grant has not expired and names this request's enclave key:
+   grant.ekh == SHA-256(E.pub)                                           grant_expired / grant_invalid
+4. the grant's user, a group the user is in *now*, or a group its identity
+   provider reported in the grant, holds an unexpired grant on the dataset  not_granted
+5. the dataset and the version exist (and are not deleted)               dataset_unknown / version_unknown
+6. the dataset's release period has not ended                            release_expired
+7. the evidence verifies, satisfies the dataset's release policy, its report_data is
+   SHA-512("teelab/kbs/v1" ‖ nonce ‖ E.pub ‖ SHA-256(grant) ‖ SHA-256(dataset ‖ 0 ‖ u32be(version))),
+   and, when the grant names a controller, its launch-time field carries it  evidence_rejected
+8. commit, serialised with every other write: spend the nonce (the database
+   decides "unused", atomically), check 4-6 again against the current state,
+   unwrap the key, audit                                                 nonce_invalid / 4-6
 
-Access (3) is checked before existence (4), so someone without a grant learns nothing about which datasets
-exist. Every refusal spends the nonce: one try per challenge. Evidence is judged outside the serialised
+Access (4) is checked before existence (5), so someone without a grant learns nothing about which datasets
+exist. A request whose grant does not verify, or that does not even parse, is junk: no one authenticated it,
+so it is counted against its peer (``junk.py``) and never written to the signed audit log. Every other
+refusal is audited and spends the nonce: one try per challenge. Evidence is judged outside the serialised
 commit so verification (CPU) runs in parallel; the commit's re-check makes a revocation, deletion or policy
-change that lands meanwhile win.
+change that lands meanwhile win. The key is sealed to E.pub with the answer (dataset, version, manifest
+digest) in its HPKE info, so the answer cannot be rewritten on the way back.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from teelab.errors import KeyBrokerError
 from teelab.gateway.result import AttestationResult
 from teelab.sealed_store.kbs.appraisal import EvidenceAppraiser
 from teelab.sealed_store.kbs.audit import AuditValue
+from teelab.sealed_store.kbs.controller import controller_problem
 from teelab.sealed_store.kbs.crypto import KbsKeys
-from teelab.sealed_store.kbs.grants import GrantVerifier
+from teelab.sealed_store.kbs.grants import GrantVerifier, SessionGrant, check_grant_times
 from teelab.sealed_store.kbs.model import Challenge
 from teelab.sealed_store.kbs.nonces import NonceIssuer, nonce_key
 from teelab.sealed_store.kbs.protocol import (
@@ -42,7 +48,7 @@ from teelab.sealed_store.kbs.protocol import (
     release_report_data,
     seal_dek_for_enclave,
 )
-from teelab.sealed_store.kbs.reasons import Denied, Reason, denied
+from teelab.sealed_store.kbs.reasons import Denied, Junk, Reason, denied
 from teelab.sealed_store.kbs.store import Store
 
 Clock = Callable[[], datetime]
@@ -117,11 +123,11 @@ class KeyRelease:
         if nonce is not None and expiry is not None:
             self.nonces.spent(nonce)
 
-    def refuse_malformed(self, nonce: bytes | None, detail: str) -> None:
-        """Record a release request that did not even parse (its nonce, if authentic, is spent)."""
-        self._record_denial(
-            nonce, self.clock(), Denied(Reason.INVALID_ARGUMENT, detail), {"actor": "anonymous"}
-        )
+    def spend_junk_nonce(self, nonce: bytes | None) -> None:
+        """A junk request's nonce, if authentic, is spent on this replica (one try per challenge) without a
+        database write: junk costs a counter, not a transaction."""
+        if nonce is not None and self.nonces.authentic(nonce) is not None:
+            self.nonces.spent(nonce)
 
     def release(self, request: ReleaseInput) -> ReleaseOutput:
         """The sealed data key, or ``KeyBrokerError`` with the reason code (the detail is audited)."""
@@ -133,7 +139,13 @@ class KeyRelease:
             "ekh": enclave_key_sha256(request.enclave_key),
         }
         try:
-            user, expected_version, policy_sha256, nonce_expiry = self._check(request, at, fields)
+            grant = self.grants.verify(request.grant, at=at, check_times=False)
+        except Denied as refusal:
+            self.spend_junk_nonce(request.nonce)
+            raise Junk(refusal.public()) from None
+        fields.update(actor=f"user:{grant.user}", user=grant.user, grant_id=grant.grant_id)
+        try:
+            expected_version, policy_sha256, nonce_expiry = self._check(request, grant, at, fields)
         except Denied as refusal:
             self._record_denial(request.nonce, at, refusal, fields)
             raise refusal.public() from None
@@ -143,7 +155,8 @@ class KeyRelease:
             purge_before=self._purge_due(at),
             dataset=request.dataset,
             version=request.version,
-            user=user,
+            user=grant.user,
+            groups=grant.groups,
             policy_sha256=policy_sha256,
             expected_version=expected_version,
             at=at,
@@ -157,51 +170,70 @@ class KeyRelease:
             dataset=request.dataset,
             version=commit.version,
             manifest_sha256=commit.manifest_sha256 or "",
-            sealed_dek=seal_dek_for_enclave(request.enclave_key, request.nonce, commit.dek),
+            sealed_dek=seal_dek_for_enclave(
+                request.enclave_key,
+                request.nonce,
+                commit.dek,
+                dataset=request.dataset,
+                version=commit.version,
+                manifest_sha256=commit.manifest_sha256 or "",
+            ),
         )
 
     def _check(
-        self, request: ReleaseInput, at: datetime, fields: dict[str, AuditValue]
-    ) -> tuple[str, int, str, datetime]:
-        # 1. the nonce: authentic and unexpired here; spent (atomically) by the commit or the denial's record
+        self, request: ReleaseInput, grant: SessionGrant, at: datetime, fields: dict[str, AuditValue]
+    ) -> tuple[int, str, datetime]:
+        # 2. the nonce: authentic and unexpired here; spent (atomically) by the commit or the denial's record
         expiry = self.nonces.check(request.nonce, at)
-        # 2. the session grant, bound to this enclave key
-        grant = self.grants.verify(request.grant, at=at)
-        fields.update(actor=f"user:{grant.user}", user=grant.user, grant_id=grant.grant_id)
+        # 3. the session grant's times, and its binding to this enclave key
+        check_grant_times(grant, at)
         if grant.enclave_key_sha256 != fields["ekh"]:
             raise Denied(
                 Reason.GRANT_INVALID,
                 f"the session grant is for enclave key {grant.enclave_key_sha256}, "
                 "not the key in this request (a grant replayed from another session)",
             )
-        # 3-5. access, existence, release period
-        view = self.store.release_view(request.dataset, request.version, grant.user, at)
+        # 4-6. access, existence, release period
+        view = self.store.release_view(request.dataset, request.version, grant.user, at, groups=grant.groups)
         refusal = view.refusal(request.version, at)
         if refusal is not None:
             raise refusal
         assert view.version is not None and view.policy_toml is not None and view.policy_sha256 is not None
         fields.update(version=view.version, policy_sha256=view.policy_sha256)
-        # 6. the evidence against the dataset's release policy, bound to nonce, enclave key and grant
+        # 7. the evidence against the dataset's release policy, bound to nonce, enclave key, grant and request
+        result = self._appraise(request, view.policy_toml, view.policy_sha256, at)
+        fields.update(_evidence_fields(result))
+        if not result.ok:
+            raise Denied(Reason.EVIDENCE_REJECTED, result.error or "the evidence was rejected")
+        if grant.controller_sha256 is not None:
+            problem = controller_problem(result, grant.controller_sha256)
+            if problem is not None:
+                raise Denied(Reason.EVIDENCE_REJECTED, problem)
+        return view.version, view.policy_sha256, expiry
+
+    def _appraise(
+        self, request: ReleaseInput, policy_toml: str, policy_sha256: str, at: datetime
+    ) -> AttestationResult:
         try:
-            policy = self.appraiser.policy(request.dataset, view.policy_toml, view.policy_sha256)
+            policy = self.appraiser.policy(request.dataset, policy_toml, policy_sha256)
         except KeyBrokerError as error:  # stored before a verifier change made it invalid: refuse safely
             raise Denied(
                 Reason.EVIDENCE_REJECTED, f"the stored release policy no longer parses: {error}"
             ) from None
-        result = self.appraiser.appraise(
+        return self.appraiser.appraise(
             request.evidence,
             certificates=request.certificates,
             collateral=request.collateral,
             policy=policy,
             expected_report_data=release_report_data(
-                request.nonce, request.enclave_key, request.grant.encode()
+                request.nonce,
+                request.enclave_key,
+                request.grant.encode(),
+                dataset=request.dataset,
+                version=request.version,
             ),
             at=at,
         )
-        fields.update(_evidence_fields(result))
-        if not result.ok:
-            raise Denied(Reason.EVIDENCE_REJECTED, result.error or "the evidence was rejected")
-        return grant.user, view.version, view.policy_sha256, expiry
 
 
 def _evidence_fields(result: AttestationResult) -> dict[str, AuditValue]:

@@ -8,7 +8,7 @@ revocation takes effect at the next release, never "soon".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -82,11 +82,13 @@ class ReleaseStore(Database):
             finally:
                 raw.close()
 
-    def release_view(self, dataset: str, version: int | None, user: str, at: datetime) -> ReleaseView:
+    def release_view(
+        self, dataset: str, version: int | None, user: str, at: datetime, *, groups: Sequence[str] = ()
+    ) -> ReleaseView:
         """A first look (no transaction needed: the commit checks again under the write lock)."""
         raw = self.engine.raw_connection()
         try:
-            view = release_row_view(raw.cursor(), self._sql, dataset, version, user, at)
+            view = release_row_view(raw.cursor(), self._sql, dataset, version, user, at, groups)
             raw.rollback()
             return view
         finally:
@@ -110,6 +112,7 @@ class ReleaseStore(Database):
         version: int | None,
         user: str,
         policy_sha256: str,
+        groups: Sequence[str] = (),
         expected_version: int,
         at: datetime,
         fields: dict[str, AuditValue],
@@ -125,7 +128,7 @@ class ReleaseStore(Database):
             refusal = None
             if not self._spend_nonce(cursor, nonce, nonce_expires_at, purge_before):
                 refusal = Denied(Reason.NONCE_INVALID, "the nonce was already used (a replay)")
-            view = release_row_view(cursor, self._sql, dataset, version, user, at)
+            view = release_row_view(cursor, self._sql, dataset, version, user, at, groups)
             refusal = refusal or view.refusal(version, at)
             if refusal is None and (view.policy_sha256 != policy_sha256 or view.version != expected_version):
                 # The policy or the current version changed while the evidence was being checked.
@@ -172,10 +175,22 @@ class ReleaseStore(Database):
 
 
 def release_row_view(
-    cursor: Any, sql: Sql, dataset: str, version: int | None, user: str, at: datetime
+    cursor: Any,
+    sql: Sql,
+    dataset: str,
+    version: int | None,
+    user: str,
+    at: datetime,
+    groups: Sequence[str] = (),
 ) -> ReleaseView:
     cursor.execute(sql.access, {"dataset": dataset, "principal": f"user:{user}", "user": user})
     grants_found: list[tuple[str, int | None]] = [(str(p), e) for p, e in cursor.fetchall()]
+    if groups:
+        # Groups the user's identity provider reported (carried in the session grant), beside the KBS's own.
+        wanted = {f"group:{g}" for g in groups}
+        cursor.execute(sql.dataset_grants, {"dataset": dataset})
+        seen = {p for p, _ in grants_found}
+        grants_found += [(str(p), e) for p, e in cursor.fetchall() if p in wanted and p not in seen]
     now = to_us(at)
     active = sorted(p for p, expires in grants_found if expires is None or now < expires)
     if active:

@@ -107,6 +107,9 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
+    # Ed25519 over audit.head_message(seq, hash); NULL only before the first entry (or in a database made
+    # before heads were signed, until the broker next opens it).
+    Column("signature", LargeBinary(64), nullable=True),
 )
 
 kbs_meta = Table(

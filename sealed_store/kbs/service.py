@@ -25,12 +25,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from teelab.errors import KeyBrokerError
 from teelab.gateway.verifier import MAX_EVIDENCE_BYTES
 from teelab.sealed_store.kbs import validation
-from teelab.sealed_store.kbs.auth import Role
 from teelab.sealed_store.kbs.broker import KeyBroker
 from teelab.sealed_store.kbs.grants import MAX_GRANT_CHARS
+from teelab.sealed_store.kbs.identity import Identity
+from teelab.sealed_store.kbs.junk import JunkMeter
 from teelab.sealed_store.kbs.model import UNSET, DatasetInfo, GrantInfo, VersionInfo
 from teelab.sealed_store.kbs.protocol import NONCE_SIZE, SERVICE_NAME
-from teelab.sealed_store.kbs.reasons import REASON_METADATA_KEY, STATUS, Reason, denied
+from teelab.sealed_store.kbs.reasons import REASON_METADATA_KEY, STATUS, Junk, Reason, denied
 from teelab.sealed_store.kbs.release import ReleaseInput
 from teelab.sealed_store.kbs.v1 import kbs_pb2 as pb
 
@@ -43,10 +44,8 @@ MAX_POLICY_CHARS = 64 * 1024
 
 
 class Access(Enum):
-    PUBLIC = "public"
-    GATEWAY = "gateway"
-    ADMIN = "admin"
-    ADMIN_OR_GATEWAY = "admin or gateway"
+    PUBLIC = "public"  # the kernel's calls: a release is authorized by its session grant
+    AUTHENTICATED = "authenticated"  # any authenticated identity; what it may do is the broker's decision
 
 
 class _Malformed:
@@ -67,18 +66,22 @@ METHODS: dict[str, _Method] = {
     "GetInfo": _Method(pb.GetInfoRequest, pb.GetInfoResponse, Access.PUBLIC),
     "Challenge": _Method(pb.ChallengeRequest, pb.ChallengeResponse, Access.PUBLIC),
     "Release": _Method(pb.ReleaseRequest, pb.ReleaseResponse, Access.PUBLIC),
-    "IssueSessionGrant": _Method(pb.IssueSessionGrantRequest, pb.IssueSessionGrantResponse, Access.GATEWAY),
-    "RegisterDataset": _Method(pb.RegisterDatasetRequest, pb.RegisterDatasetResponse, Access.ADMIN),
-    "SetReleasePolicy": _Method(pb.SetReleasePolicyRequest, pb.SetReleasePolicyResponse, Access.ADMIN),
-    "GetDataset": _Method(pb.GetDatasetRequest, pb.GetDatasetResponse, Access.ADMIN),
-    "ListDatasets": _Method(pb.ListDatasetsRequest, pb.ListDatasetsResponse, Access.ADMIN_OR_GATEWAY),
-    "DeleteDataset": _Method(pb.DeleteDatasetRequest, pb.DeleteDatasetResponse, Access.ADMIN),
-    "Grant": _Method(pb.GrantRequest, pb.GrantResponse, Access.ADMIN),
-    "Revoke": _Method(pb.RevokeRequest, pb.RevokeResponse, Access.ADMIN),
-    "AddMember": _Method(pb.AddMemberRequest, pb.AddMemberResponse, Access.ADMIN),
-    "RemoveMember": _Method(pb.RemoveMemberRequest, pb.RemoveMemberResponse, Access.ADMIN),
-    "ListGroups": _Method(pb.ListGroupsRequest, pb.ListGroupsResponse, Access.ADMIN),
-    "GetAudit": _Method(pb.GetAuditRequest, pb.GetAuditResponse, Access.ADMIN),
+    "IssueSessionGrant": _Method(
+        pb.IssueSessionGrantRequest, pb.IssueSessionGrantResponse, Access.AUTHENTICATED
+    ),
+    "RegisterDataset": _Method(pb.RegisterDatasetRequest, pb.RegisterDatasetResponse, Access.AUTHENTICATED),
+    "SetReleasePolicy": _Method(
+        pb.SetReleasePolicyRequest, pb.SetReleasePolicyResponse, Access.AUTHENTICATED
+    ),
+    "GetDataset": _Method(pb.GetDatasetRequest, pb.GetDatasetResponse, Access.AUTHENTICATED),
+    "ListDatasets": _Method(pb.ListDatasetsRequest, pb.ListDatasetsResponse, Access.AUTHENTICATED),
+    "DeleteDataset": _Method(pb.DeleteDatasetRequest, pb.DeleteDatasetResponse, Access.AUTHENTICATED),
+    "Grant": _Method(pb.GrantRequest, pb.GrantResponse, Access.AUTHENTICATED),
+    "Revoke": _Method(pb.RevokeRequest, pb.RevokeResponse, Access.AUTHENTICATED),
+    "AddMember": _Method(pb.AddMemberRequest, pb.AddMemberResponse, Access.AUTHENTICATED),
+    "RemoveMember": _Method(pb.RemoveMemberRequest, pb.RemoveMemberResponse, Access.AUTHENTICATED),
+    "ListGroups": _Method(pb.ListGroupsRequest, pb.ListGroupsResponse, Access.AUTHENTICATED),
+    "GetAudit": _Method(pb.GetAuditRequest, pb.GetAuditResponse, Access.AUTHENTICATED),
 }
 
 
@@ -159,6 +162,8 @@ class KbsService:
     def __init__(self, broker: KeyBroker, executor: Executor | None = None) -> None:
         self.broker = broker
         self.executor = executor
+        auth = broker.config.auth
+        self.junk = JunkMeter(burst=auth.junk_burst, per_second=auth.junk_per_second, clock=broker.clock)
 
     def handler(self) -> grpc.GenericRpcHandler:
         handlers = {
@@ -174,18 +179,23 @@ class KbsService:
     def _behaviour(
         self, name: str, method: _Method
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]:
-        implementation: Callable[[Any, Role | None], Message] = getattr(self, f"_{name}")
+        implementation: Callable[[Any, Identity | None], Message] = getattr(self, f"_{name}")
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
             error: KeyBrokerError
+            peer = context.peer() or "unknown"
             try:
-                role = self._authorize(method.access, context)
+                if self.junk.limited(peer):
+                    raise denied(Reason.RATE_LIMITED)
                 if self.executor is None:
-                    return self._call(name, implementation, request, role)
+                    return self._call(name, implementation, request, method.access, context)
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(
-                    self.executor, self._call, name, implementation, request, role
+                    self.executor, self._call, name, implementation, request, method.access, context
                 )
+            except Junk as junk:
+                self.junk.charge(peer)
+                error = junk.error
             except KeyBrokerError as raised:
                 error = raised
             except Exception:
@@ -201,38 +211,28 @@ class KbsService:
     def _call(
         self,
         name: str,
-        implementation: Callable[[Any, Role | None], Message],
+        implementation: Callable[[Any, Identity | None], Message],
         request: Any,
-        role: Role | None,
+        access: Access,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> Message:
+        identity = self._authenticate(access, context)
         if isinstance(request, _Malformed):
-            if name == "Release":
-                self.broker.refuse_malformed_release(None, request.error)
-            raise validation.invalid("request", request.error)
-        return implementation(request, role)
+            raise Junk(validation.invalid("request", request.error))
+        return implementation(request, identity)
 
-    def _authorize(self, access: Access, context: grpc.aio.ServicerContext[Any, Any]) -> Role | None:
+    def _authenticate(self, access: Access, context: grpc.aio.ServicerContext[Any, Any]) -> Identity | None:
         if access is Access.PUBLIC:
             return None
-        metadata = [(str(m.key), m.value) for m in context.invocation_metadata()]
-        role = self.broker.role_of(metadata)
-        if role is None:
-            log.warning("KBS: a call without a valid token from %s", context.peer())
-            raise denied(Reason.UNAUTHENTICATED)
-        allowed = {
-            Access.ADMIN: {Role.ADMIN},
-            Access.GATEWAY: {Role.GATEWAY},
-            Access.ADMIN_OR_GATEWAY: {Role.ADMIN, Role.GATEWAY},
-        }[access]
-        if role not in allowed:
-            raise denied(
-                Reason.FORBIDDEN, f"the {role.value} token may not make this call ({access.value} only)"
-            )
-        return role
+        metadata = [(str(m.key), m.value) for m in context.invocation_metadata() or ()]
+        identity = self.broker.identify(metadata)
+        if identity is None:
+            raise Junk(denied(Reason.UNAUTHENTICATED))
+        return identity
 
     # -- public -------------------------------------------------------------------------------------
 
-    def _GetInfo(self, request: pb.GetInfoRequest, role: Role | None) -> pb.GetInfoResponse:
+    def _GetInfo(self, request: pb.GetInfoRequest, caller: Identity | None) -> pb.GetInfoResponse:
         info = self.broker.info()
         response = pb.GetInfoResponse(
             protocol=info.protocol,
@@ -245,18 +245,18 @@ class KbsService:
             ts_out(response.server_time, info.server_time)
         return response
 
-    def _Challenge(self, request: pb.ChallengeRequest, role: Role | None) -> pb.ChallengeResponse:
+    def _Challenge(self, request: pb.ChallengeRequest, caller: Identity | None) -> pb.ChallengeResponse:
         challenge = self.broker.challenge()
         response = pb.ChallengeResponse(nonce=challenge.nonce)
         ts_out(response.expires_at, challenge.expires_at)
         return response
 
-    def _Release(self, request: pb.ReleaseRequest, role: Role | None) -> pb.ReleaseResponse:
+    def _Release(self, request: pb.ReleaseRequest, caller: Identity | None) -> pb.ReleaseResponse:
         try:
             parsed = release_input(request, self.broker.open_sealed_grant)
         except KeyBrokerError as error:
-            self.broker.refuse_malformed_release(bytes(request.nonce), error.message)
-            raise
+            self.broker.spend_junk_nonce(bytes(request.nonce))
+            raise Junk(error) from None
         output = self.broker.release(parsed)
         return pb.ReleaseResponse(
             dataset=output.dataset,
@@ -268,14 +268,15 @@ class KbsService:
     # -- gateway ------------------------------------------------------------------------------------
 
     def _IssueSessionGrant(
-        self, request: pb.IssueSessionGrantRequest, role: Role | None
+        self, request: pb.IssueSessionGrantRequest, caller: Identity | None
     ) -> pb.IssueSessionGrantResponse:
         ttl = _optional_uint(request, "ttl_seconds")
         issued = self.broker.issue_session_grant(
-            user=request.user,
+            caller=_identity(caller),
+            user=request.user or None,
             enclave_key_sha256=request.enclave_key_sha256,
+            controller_sha256=request.controller_sha256 or None,
             ttl=None if ttl is None else timedelta(seconds=ttl),
-            actor="gateway",
         )
         response = pb.IssueSessionGrantResponse(grant=issued.token, grant_id=issued.grant_id)
         ts_out(response.expires_at, issued.expires_at)
@@ -284,7 +285,7 @@ class KbsService:
     # -- datasets -----------------------------------------------------------------------------------
 
     def _RegisterDataset(
-        self, request: pb.RegisterDatasetRequest, role: Role | None
+        self, request: pb.RegisterDatasetRequest, caller: Identity | None
     ) -> pb.RegisterDatasetResponse:
         info = self.broker.register_dataset(
             dataset=request.dataset,
@@ -294,18 +295,18 @@ class KbsService:
             release_policy_toml=validation.bounded_text(
                 request.release_policy_toml, MAX_POLICY_CHARS, "release_policy_toml", required=False
             ),
-            owner=request.owner,
+            owner=request.owner or None,
             release_expires_at=ts_in(request, "release_expires_at")
             if request.HasField("release_expires_at")
             else UNSET,
-            actor="admin",
+            caller=_identity(caller),
         )
         response = pb.RegisterDatasetResponse()
         _dataset_out(response.dataset, info)
         return response
 
     def _SetReleasePolicy(
-        self, request: pb.SetReleasePolicyRequest, role: Role | None
+        self, request: pb.SetReleasePolicyRequest, caller: Identity | None
     ) -> pb.SetReleasePolicyResponse:
         if request.clear_release_expiry and request.HasField("release_expires_at"):
             raise validation.invalid("clear_release_expiry", "cannot be combined with release_expires_at")
@@ -324,67 +325,85 @@ class KbsService:
             else None
         )
         info = self.broker.set_release_policy(
-            dataset=request.dataset, release_policy_toml=text, release_expires_at=expiry, actor="admin"
+            dataset=request.dataset,
+            release_policy_toml=text,
+            release_expires_at=expiry,
+            caller=_identity(caller),
         )
         response = pb.SetReleasePolicyResponse()
         _dataset_out(response.dataset, info)
         return response
 
-    def _GetDataset(self, request: pb.GetDatasetRequest, role: Role | None) -> pb.GetDatasetResponse:
-        info = self.broker.get_dataset(request.dataset)
+    def _GetDataset(self, request: pb.GetDatasetRequest, caller: Identity | None) -> pb.GetDatasetResponse:
+        info = self.broker.get_dataset(request.dataset, caller=_identity(caller))
         response = pb.GetDatasetResponse(release_policy_toml=info.release_policy_toml or "")
         _dataset_out(response.dataset, info)
         return response
 
-    def _ListDatasets(self, request: pb.ListDatasetsRequest, role: Role | None) -> pb.ListDatasetsResponse:
-        if role is Role.GATEWAY and not request.user:
-            raise validation.invalid("user", "is required with the gateway token (whose datasets to list)")
-        found = self.broker.list_datasets(request.user or None)
+    def _ListDatasets(
+        self, request: pb.ListDatasetsRequest, caller: Identity | None
+    ) -> pb.ListDatasetsResponse:
+        found = self.broker.list_datasets(request.user or None, caller=_identity(caller))
         response = pb.ListDatasetsResponse()
         for info in found:
             _dataset_out(response.datasets.add(), info)
         return response
 
-    def _DeleteDataset(self, request: pb.DeleteDatasetRequest, role: Role | None) -> pb.DeleteDatasetResponse:
+    def _DeleteDataset(
+        self, request: pb.DeleteDatasetRequest, caller: Identity | None
+    ) -> pb.DeleteDatasetResponse:
         deleted = self.broker.delete_dataset(
-            request.dataset, _optional_uint(request, "version"), actor="admin"
+            request.dataset, _optional_uint(request, "version"), caller=_identity(caller)
         )
         return pb.DeleteDatasetResponse(deleted_versions=deleted)
 
     # -- grants and groups --------------------------------------------------------------------------
 
-    def _Grant(self, request: pb.GrantRequest, role: Role | None) -> pb.GrantResponse:
+    def _Grant(self, request: pb.GrantRequest, caller: Identity | None) -> pb.GrantResponse:
         info = self.broker.grant(
-            request.dataset, request.principal, expires_at=ts_in(request, "expires_at"), actor="admin"
+            request.dataset,
+            request.principal,
+            expires_at=ts_in(request, "expires_at"),
+            caller=_identity(caller),
         )
         response = pb.GrantResponse()
         _grant_out(response.grant, info)
         return response
 
-    def _Revoke(self, request: pb.RevokeRequest, role: Role | None) -> pb.RevokeResponse:
+    def _Revoke(self, request: pb.RevokeRequest, caller: Identity | None) -> pb.RevokeResponse:
         return pb.RevokeResponse(
-            revoked=self.broker.revoke(request.dataset, request.principal, actor="admin")
+            revoked=self.broker.revoke(request.dataset, request.principal, caller=_identity(caller))
         )
 
-    def _AddMember(self, request: pb.AddMemberRequest, role: Role | None) -> pb.AddMemberResponse:
-        return pb.AddMemberResponse(added=self.broker.add_member(request.group, request.user, actor="admin"))
+    def _AddMember(self, request: pb.AddMemberRequest, caller: Identity | None) -> pb.AddMemberResponse:
+        added = self.broker.add_member(request.group, request.user, caller=_identity(caller))
+        return pb.AddMemberResponse(added=added)
 
-    def _RemoveMember(self, request: pb.RemoveMemberRequest, role: Role | None) -> pb.RemoveMemberResponse:
+    def _RemoveMember(
+        self, request: pb.RemoveMemberRequest, caller: Identity | None
+    ) -> pb.RemoveMemberResponse:
         return pb.RemoveMemberResponse(
-            removed=self.broker.remove_member(request.group, request.user, actor="admin")
+            removed=self.broker.remove_member(request.group, request.user, caller=_identity(caller))
         )
 
-    def _ListGroups(self, request: pb.ListGroupsRequest, role: Role | None) -> pb.ListGroupsResponse:
+    def _ListGroups(self, request: pb.ListGroupsRequest, caller: Identity | None) -> pb.ListGroupsResponse:
         response = pb.ListGroupsResponse()
-        for group in self.broker.list_groups(request.group or None):
+        for group in self.broker.list_groups(request.group or None, caller=_identity(caller)):
             response.groups.add(name=group.name, members=list(group.members))
         return response
 
     # -- audit --------------------------------------------------------------------------------------
 
-    def _GetAudit(self, request: pb.GetAuditRequest, role: Role | None) -> pb.GetAuditResponse:
-        records, (head_seq, head_hash) = self.broker.audit(since_seq=request.since_seq, limit=request.limit)
-        response = pb.GetAuditResponse(head_seq=head_seq, head_hash=head_hash)
+    def _GetAudit(self, request: pb.GetAuditRequest, caller: Identity | None) -> pb.GetAuditResponse:
+        records, head = self.broker.audit(
+            since_seq=request.since_seq,
+            limit=request.limit,
+            dataset=request.dataset or None,
+            caller=_identity(caller),
+        )
+        response = pb.GetAuditResponse(
+            head_seq=head.seq, head_hash=head.hash, head_signature=head.signature or b""
+        )
         for record in records:
             response.entries.add(
                 seq=record.seq, body=record.body, hash=record.hash, signature=record.signature
@@ -423,6 +442,11 @@ def release_input(request: pb.ReleaseRequest, open_grant: Callable[[bytes, bytes
         )
         or None,
     )
+
+
+def _identity(caller: Identity | None) -> Identity:
+    assert caller is not None, "an authenticated method ran without an identity"
+    return caller
 
 
 def _status(reason: str) -> grpc.StatusCode:

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from teelab.errors import ConfigError
 from teelab.sealed_store.kbs.admin_store import AdminStore, DatasetState, PolicyText
-from teelab.sealed_store.kbs.audit import GENESIS_HASH
+from teelab.sealed_store.kbs.audit import GENESIS_HASH, head_message
 from teelab.sealed_store.kbs.release_store import ReleaseCommit, ReleaseStore, ReleaseView
 from teelab.sealed_store.kbs.schema import (
     SCHEMA_VERSION,
@@ -52,6 +52,7 @@ class Store(ReleaseStore, AdminStore):
         for attempt in range(3):
             try:
                 store._create_schema()
+                store._sign_unsigned_head()
                 return store
             except SQLAlchemyError as error:
                 # Replicas starting together on a new database race to create the tables; the loser's
@@ -68,6 +69,7 @@ class Store(ReleaseStore, AdminStore):
         with self._lock(), self.engine.connect() as conn:
             with conn.begin():
                 metadata.create_all(conn, checkfirst=True)
+                _add_head_signature_column(conn)
             with conn.begin():
                 # Two servers may start at once on a new database: the primary keys decide who inserts.
                 if conn.execute(select(audit_head.c.id)).first() is None:
@@ -89,6 +91,16 @@ class Store(ReleaseStore, AdminStore):
                         f"{SCHEMA_VERSION}"
                     )
 
+    def _sign_unsigned_head(self) -> None:
+        """A database from before heads were signed: sign its head now (it was verified entry by entry)."""
+        if self._signing_key is None:
+            return
+        with self._lock(), self.engine.connect() as conn, conn.begin():
+            row = conn.execute(select(audit_head).where(audit_head.c.id == 1)).one()
+            if row.signature is None and int(row.seq) > 0:
+                signature = self._signing_key.sign(head_message(int(row.seq), bytes(row.hash)))
+                conn.execute(update(audit_head).where(audit_head.c.id == 1).values(signature=signature))
+
     @classmethod
     def reader(cls, url: str) -> Store:
         """Open an existing database to read (``teelab audit``): creates nothing, signs nothing."""
@@ -104,3 +116,11 @@ class Store(ReleaseStore, AdminStore):
             store.close()
             raise ConfigError(f"{safe_url(url)} is not a key broker database: {error}") from None
         return store
+
+
+def _add_head_signature_column(conn: Connection) -> None:
+    """Schema 1 databases made before the head was signed lack its column; add it (idempotent)."""
+    columns = {column["name"] for column in inspect(conn).get_columns("kbs_audit_head")}
+    if "signature" not in columns:
+        kind = "BLOB" if conn.dialect.name == "sqlite" else "BYTEA"
+        conn.exec_driver_sql(f"ALTER TABLE kbs_audit_head ADD COLUMN signature {kind}")

@@ -10,7 +10,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from teelab.sealed_store.owner import DataOwner
-from teelab.sealed_store.services import session_user
+from teelab.sealed_store.services import admin_token_file, session_user
 
 from .conftest import KernelEnv, server_config
 from .test_auth import DenyTeelab
@@ -146,7 +146,8 @@ async def test_an_upload_over_the_limit_is_refused_and_leaves_nothing(
 async def test_only_the_owner_manages_grants(
     jp_fetch: Any, spec: KernelEnv, broker: object, tmp_path: Path
 ) -> None:
-    with DataOwner.connect(owner="someone-else") as other:
+    # Another user's dataset (registered by the operator on their behalf: this server's user cannot).
+    with DataOwner.connect(token_file=admin_token_file(), owner="someone-else") as other:
         other.publish(
             tmp_path / "x.csv" if (tmp_path / "x.csv").write_bytes(CSV) else None,
             name="api-theirs",

@@ -11,6 +11,8 @@ import pytest
 from jupyter_client.manager import KernelManager
 from traitlets.config import Config
 
+from teelab.sealed_store import services
+from teelab.sealed_store.kbs.identity import issue_local_token
 from teelab.sealed_store.owner import DataOwner
 from teelab.sealed_store.services import ENDPOINT_FILE
 
@@ -28,12 +30,16 @@ FRAME = pd.DataFrame(
 
 @pytest.fixture
 def owner(broker: object, kernel_env: KernelEnv) -> Iterator[DataOwner]:
-    with DataOwner.connect(owner="dana") as data_owner:
+    # The operator registers on dana's behalf (the key broker lets only the owner or an admin do that).
+    with DataOwner.connect(token_file=services.admin_token_file(), owner="dana") as data_owner:
         yield data_owner
 
 
 def kernel_for(user: str) -> KernelManager:
-    km = KernelManager(kernel_name=KERNEL, config=Config({"TeeProvisioner": {"kbs_user": user}}))
+    # Each user's server asks for session grants with that user's own token (a grant is only for yourself).
+    token = issue_local_token(services.kbs_state_dir(), user)
+    settings = {"kbs_user": user, "kbs_token_file": str(token)}
+    km = KernelManager(kernel_name=KERNEL, config=Config({"TeeProvisioner": settings}))
     km.start_kernel()
     return km
 
@@ -234,7 +240,7 @@ def test_a_kernel_reads_through_a_key_broker_served_over_tls(
     monkeypatch.setenv("TEELAB_KBS_CA", str(ca))
     try:
         assert server.target.startswith("grpcs://")
-        with DataOwner.connect(owner="dana") as data_owner:
+        with DataOwner.connect(token_file=services.admin_token_file(), owner="dana") as data_owner:
             publish(data_owner, kernel_env, "sales", "user:alice")
         km = kernel_for("alice")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -124,10 +125,12 @@ def test_a_broken_release_policy_is_refused_before_anything_is_sealed(
 def test_without_a_broker_the_commands_say_what_to_do(csv: Path, teelab_dirs: Path) -> None:
     result = run("dataset", "list")
     assert result.returncode == 2
-    assert "no key broker admin token" in result.stderr and "teelab kbs serve" in result.stderr
-    (teelab_dirs / "kbs").mkdir()
-    (teelab_dirs / "kbs" / "admin-token").write_text("x" * 43)
-    (teelab_dirs / "kbs" / "admin-token").chmod(0o600)
+    assert "no key broker credential" in result.stderr and "teelab kbs serve" in result.stderr
+    # The user's own token (the broker issues it at users/<login>.token), not the operator's admin token.
+    token = teelab_dirs / "kbs" / "users" / f"{getpass.getuser()}.token"
+    token.parent.mkdir(parents=True)
+    token.write_text("x" * 43)
+    token.chmod(0o600)
     env = {**os.environ, "TEELAB_KBS": "127.0.0.1:9"}  # nothing listens on the discard port
     result = run("dataset", "list", env=env)
     assert result.returncode == 1

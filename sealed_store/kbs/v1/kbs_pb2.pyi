@@ -78,14 +78,16 @@ class ReleaseResponse(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., version: _Optional[int] = ..., manifest_sha256: _Optional[str] = ..., sealed_dek: _Optional[bytes] = ...) -> None: ...
 
 class IssueSessionGrantRequest(_message.Message):
-    __slots__ = ("user", "enclave_key_sha256", "ttl_seconds")
+    __slots__ = ("user", "enclave_key_sha256", "ttl_seconds", "controller_sha256")
     USER_FIELD_NUMBER: _ClassVar[int]
     ENCLAVE_KEY_SHA256_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_SHA256_FIELD_NUMBER: _ClassVar[int]
     user: str
     enclave_key_sha256: str
     ttl_seconds: int
-    def __init__(self, user: _Optional[str] = ..., enclave_key_sha256: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    controller_sha256: str
+    def __init__(self, user: _Optional[str] = ..., enclave_key_sha256: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., controller_sha256: _Optional[str] = ...) -> None: ...
 
 class IssueSessionGrantResponse(_message.Message):
     __slots__ = ("grant", "grant_id", "expires_at")
@@ -304,12 +306,14 @@ class ListGroupsResponse(_message.Message):
     def __init__(self, groups: _Optional[_Iterable[_Union[Group, _Mapping]]] = ...) -> None: ...
 
 class GetAuditRequest(_message.Message):
-    __slots__ = ("since_seq", "limit")
+    __slots__ = ("since_seq", "limit", "dataset")
     SINCE_SEQ_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
     since_seq: int
     limit: int
-    def __init__(self, since_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    dataset: str
+    def __init__(self, since_seq: _Optional[int] = ..., limit: _Optional[int] = ..., dataset: _Optional[str] = ...) -> None: ...
 
 class AuditRecord(_message.Message):
     __slots__ = ("seq", "body", "hash", "signature")
@@ -324,11 +328,13 @@ class AuditRecord(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., body: _Optional[str] = ..., hash: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class GetAuditResponse(_message.Message):
-    __slots__ = ("entries", "head_seq", "head_hash")
+    __slots__ = ("entries", "head_seq", "head_hash", "head_signature")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
     HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AuditRecord]
     head_seq: int
     head_hash: bytes
-    def __init__(self, entries: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[bytes] = ...) -> None: ...
+    head_signature: bytes
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[bytes] = ..., head_signature: _Optional[bytes] = ...) -> None: ...

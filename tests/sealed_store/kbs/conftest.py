@@ -26,9 +26,11 @@ from teelab.enclave_runtime.backend import Evidence
 from teelab.enclave_runtime.sim.identity import SimIdentity
 from teelab.enclave_runtime.sim.platform import SimPlatform, default_path
 from teelab.enclave_runtime.sim.runtime import SimRuntime
-from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE, read_token
+from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, read_token
+from teelab.sealed_store.kbs.auth_config import AuthConfig
 from teelab.sealed_store.kbs.client import KbsClient
 from teelab.sealed_store.kbs.config import KbsConfig
+from teelab.sealed_store.kbs.identity import issue_local_token
 from teelab.sealed_store.kbs.model import ReleasedKey
 from teelab.sealed_store.kbs.server import KbsServer
 
@@ -77,8 +79,20 @@ class Kbs:
     clock: FakeClock
     platform: SimPlatform
     admin: KbsClient
-    gateway: KbsClient
     anon: KbsClient
+    tls_ca: bytes | None = None
+    users: dict[str, KbsClient] = field(default_factory=dict)
+
+    def as_user(self, name: str) -> KbsClient:
+        """A client authenticated as ``name`` with a local per-user token the broker issued."""
+        if name not in self.users:
+            token = read_token(issue_local_token(self.state, name))
+            self.users[name] = KbsClient(self.server.target, token, timeout=20, tls_ca=self.tls_ca)
+        return self.users[name]
+
+    def close(self) -> None:
+        for client in (self.admin, self.anon, *self.users.values()):
+            client.close()
 
     def enclave(self, mrenclave: str = GOOD, *, debug: bool = False) -> Enclave:
         identity = SimIdentity(
@@ -105,9 +119,10 @@ class Kbs:
         )
         return dek
 
-    def session(self, user: str, enclave: Enclave) -> str:
-        """What the gateway does after attesting the session: a grant for (user, SHA-256(E.pub))."""
-        return self.gateway.issue_session_grant(user, enclave_key=enclave.public).token
+    def session(self, user: str, enclave: Enclave, *, controller: bytes | None = None) -> str:
+        """What the gateway does after attesting the session: a grant for (user, SHA-256(E.pub)), asked for
+        with the user's own credential."""
+        return self.as_user(user).issue_session_grant(enclave_key=enclave.public, controller=controller).token
 
     def fetch(self, dataset: str, enclave: Enclave, grant: str, version: int | None = None) -> ReleasedKey:
         return self.anon.fetch_key(
@@ -115,7 +130,13 @@ class Kbs:
         )
 
 
+# The clock stands still in these tests, so a junk budget never refills: tests about other rules get one
+# that never runs out (the junk limit has its own tests, test_junk.py).
+UNLIMITED_JUNK = AuthConfig(junk_burst=1 << 30)
+
+
 def start_kbs(state: Path, clock: FakeClock, **config: object) -> KbsServer:
+    config.setdefault("auth", UNLIMITED_JUNK)
     server = KbsServer(KbsConfig(state_dir=state, **config), address="127.0.0.1:0", clock=clock)  # type: ignore[arg-type]
     server.start()
     return server
@@ -132,16 +153,18 @@ def kbs(tmp_path: Path, clock: FakeClock) -> Iterator[Kbs]:
     platform = SimPlatform.open(default_path(), now=clock.now - timedelta(hours=1))
     state = tmp_path / "kbs-state"
     server = start_kbs(state, clock)
-    clients = [
+    kbs = Kbs(
+        server,
+        state,
+        clock,
+        platform,
         KbsClient(server.target, read_token(state / ADMIN_TOKEN_FILE), timeout=20),
-        KbsClient(server.target, read_token(state / GATEWAY_TOKEN_FILE), timeout=20),
         KbsClient(server.target, timeout=20),
-    ]
+    )
     try:
-        yield Kbs(server, state, clock, platform, *clients)
+        yield kbs
     finally:
-        for client in clients:
-            client.close()
+        kbs.close()
         server.stop(grace=0)
 
 

@@ -1,4 +1,4 @@
-"""The admin and gateway API over real gRPC: tokens, registration rules, listings, state on disk."""
+"""The administration API over real gRPC: credentials, registration rules, listings, state on disk."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from teelab.errors import KeyBrokerError
-from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE, read_token
+from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, read_token
 from teelab.sealed_store.kbs.client import KbsClient
 from teelab.sealed_store.kbs.protocol import SERVICE_NAME, seal_dek_for_kbs
 from teelab.sealed_store.kbs.reasons import REASON_METADATA_KEY
@@ -30,12 +30,15 @@ def reason_of(call: object) -> str:
 
 def test_state_folder_keys_and_tokens_are_private(kbs: Kbs) -> None:
     assert stat.S_IMODE(kbs.state.stat().st_mode) == 0o700
-    for name in ("master.key", "hpke.key", "signing.key", ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE):
+    alice = kbs.as_user("alice")  # issues users/alice.token
+    for name in ("master.key", "hpke.key", "signing.key", ADMIN_TOKEN_FILE, "users/alice.token"):
         assert stat.S_IMODE((kbs.state / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE((kbs.state / "users").stat().st_mode) == 0o700
     info = kbs.anon.info()
     assert info.protocol == "teelab/kbs/v1" and len(info.hpke_public_key) == 32
     assert (kbs.state / "signing.pub").read_text().strip() == info.signing_public_key.hex()
-    assert read_token(kbs.state / ADMIN_TOKEN_FILE) != read_token(kbs.state / GATEWAY_TOKEN_FILE)
+    assert read_token(kbs.state / ADMIN_TOKEN_FILE) != read_token(kbs.state / "users/alice.token")
+    assert alice.list_datasets() == []
     # The database holds data keys only wrapped: the plaintext key appears nowhere in it.
     dek = kbs.register("sales")
     for file in kbs.state.glob("kbs.sqlite3*"):
@@ -47,11 +50,13 @@ def test_calls_need_the_right_token(kbs: Kbs) -> None:
     wrong = KbsClient(kbs.server.target, "not-the-token")
     assert reason_of(lambda: kbs.anon.grant("sales", "user:alice")) == "unauthenticated"
     assert reason_of(lambda: wrong.grant("sales", "user:alice")) == "unauthenticated"
-    # The gateway may issue session grants and list a user's datasets, nothing an admin does.
-    assert reason_of(lambda: kbs.gateway.grant("sales", "user:alice")) == "forbidden"
-    assert reason_of(lambda: kbs.gateway.audit()) == "forbidden"
-    assert reason_of(lambda: kbs.gateway.get_dataset("sales")) == "forbidden"
-    # And the admin does not issue session grants: only a gateway that attested the session does.
+    # A user may ask for its own session grants and manage its own datasets, not olivia's.
+    alice = kbs.as_user("alice")
+    assert reason_of(lambda: alice.grant("sales", "user:alice")) == "forbidden"
+    assert reason_of(lambda: alice.audit()) == "forbidden"
+    assert reason_of(lambda: alice.get_dataset("sales")) == "forbidden"
+    assert reason_of(lambda: alice.add_member("analysts", "alice")) == "forbidden"
+    # And the admin does not issue session grants: it is no user, and a grant is only for yourself.
     assert reason_of(lambda: kbs.admin.issue_session_grant("alice", enclave_key_hash="0" * 64)) == "forbidden"
     assert reason_of(lambda: kbs.anon.issue_session_grant("alice", enclave_key_hash="0" * 64)) == (
         "unauthenticated"
@@ -124,16 +129,23 @@ def test_dataset_details_listing_and_user_scoped_listing(kbs: Kbs) -> None:
     assert detail.policy_sha256 == hashlib.sha256(policy.encode()).hexdigest()
     assert [g.principal for g in detail.grants] == ["group:analysts"]
     assert [d.name for d in kbs.admin.list_datasets()] == ["hr", "sales"]
-    # What the JupyterLab dataset browser asks through the gateway: only alice's, with only her grants.
-    mine = {d.name: d for d in kbs.gateway.list_datasets("alice")}
+    # What the JupyterLab dataset browser asks as alice: only what she may read, with only her grants.
+    alice = kbs.as_user("alice")
+    mine = {d.name: d for d in alice.list_datasets()}
     assert set(mine) == {"hr", "sales"}
     assert [g.principal for g in mine["hr"].grants] == ["user:alice"]
     assert [g.principal for g in mine["sales"].grants] == ["group:analysts"]
     assert mine["hr"].release_policy_toml is None
     kbs.clock.advance(hours=1)
-    assert [d.name for d in kbs.gateway.list_datasets("alice")] == ["sales"]
-    assert kbs.gateway.list_datasets("nobody") == []
-    assert reason_of(lambda: kbs.gateway.list_datasets()) == "invalid_argument"
+    assert [d.name for d in alice.list_datasets()] == ["sales"]
+    assert [d.name for d in kbs.admin.list_datasets("alice")] == ["sales"]
+    assert kbs.admin.list_datasets("nobody") == []
+    assert reason_of(lambda: alice.list_datasets("henry")) == "forbidden"
+    # The owner sees its dataset in full.
+    assert [g.principal for g in kbs.as_user("henry").list_datasets()[0].grants] == [
+        "user:alice",
+        "user:henry",
+    ]
     assert kbs.admin.list_groups() == kbs.admin.list_groups("analysts")
     assert kbs.admin.list_groups()[0].members == ("alice",)
 
@@ -162,24 +174,28 @@ def test_grant_and_delete_rules(kbs: Kbs) -> None:
 
 
 def test_session_grants_are_audited_and_bounded(kbs: Kbs) -> None:
-    grant = kbs.gateway.issue_session_grant("alice", enclave_key_hash="ab" * 32, ttl=timedelta(minutes=5))
+    alice = kbs.as_user("alice")
+    grant = alice.issue_session_grant(enclave_key_hash="ab" * 32, ttl=timedelta(minutes=5))
     assert grant.expires_at == kbs.clock.now + timedelta(minutes=5)
     entry = kbs.admin.audit().records[-1].entry()
     assert entry["event"] == "session_grant" and entry["grant_id"] == grant.grant_id
     assert grant.token not in kbs.admin.audit().records[-1].body  # the log never holds a usable grant
     assert (
-        reason_of(
-            lambda: kbs.gateway.issue_session_grant(
-                "alice", enclave_key_hash="ab" * 32, ttl=timedelta(days=2)
-            )
-        )
+        reason_of(lambda: alice.issue_session_grant(enclave_key_hash="ab" * 32, ttl=timedelta(days=2)))
         == "invalid_argument"
     )
-    assert reason_of(lambda: kbs.gateway.issue_session_grant("alice", enclave_key_hash="xyz")) == (
+    assert reason_of(lambda: alice.issue_session_grant(enclave_key_hash="xyz")) == "invalid_argument"
+    assert reason_of(lambda: alice.issue_session_grant("al ice", enclave_key_hash="ab" * 32)) == (
         "invalid_argument"
     )
-    assert reason_of(lambda: kbs.gateway.issue_session_grant("al ice", enclave_key_hash="ab" * 32)) == (
-        "invalid_argument"
+    # Naming yourself is fine; naming anyone else is refused, and recorded.
+    assert alice.issue_session_grant("alice", enclave_key_hash="ab" * 32).grant_id
+    assert reason_of(lambda: alice.issue_session_grant("bob", enclave_key_hash="ab" * 32)) == "forbidden"
+    refused = kbs.admin.audit().records[-1].entry()
+    assert (refused["event"], refused["outcome"], refused["actor"]) == (
+        "session_grant",
+        "denied",
+        "user:alice",
     )
 
 

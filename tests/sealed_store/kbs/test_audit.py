@@ -273,6 +273,7 @@ def test_audit_cli_notices_entries_cut_off_the_end(
     rewritten = tampered(logged, tmp_path, cut_and_rewrite_head)
     assert cli.main(["audit", "verify", "--state", str(rewritten)]) == 1
     capsys.readouterr()
-    # Without the remembered head nothing in the copy itself can tell (documented): a signed log that is
-    # merely shorter is still a valid log.
-    assert cli.main(["audit", "verify", "--state", str(rewritten), "--forget"]) == 0
+    # Even without the remembered head the copy tells: the head record is signed with the audit key, and
+    # the rewritten head's signature does not verify (this passed before heads were signed).
+    assert cli.main(["audit", "verify", "--state", str(rewritten), "--forget"]) == 1
+    assert "head record's signature does not verify" in capsys.readouterr().err

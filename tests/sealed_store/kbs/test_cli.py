@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import signal
 from pathlib import Path
 
 import pytest
 
 from teelab.sealed_store.kbs import cli
-from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE, read_token
+from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, read_token
+from teelab.sealed_store.kbs.identity import local_token_file
 
 from .conftest import serve_in_a_process
 
@@ -52,9 +54,10 @@ def test_serve_prints_where_tokens_are_never_the_tokens(tmp_path: Path) -> None:
     rest, _ = process.communicate(timeout=30)
     output = "".join(lines) + rest
     assert process.returncode == 0, output
-    assert str(state / ADMIN_TOKEN_FILE) in output and str(state / GATEWAY_TOKEN_FILE) in output
-    for name in (ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE):
-        assert read_token(state / name) not in output
+    mine = local_token_file(state, getpass.getuser())
+    assert str(state / ADMIN_TOKEN_FILE) in output and str(mine) in output
+    for path in (state / ADMIN_TOKEN_FILE, mine):
+        assert read_token(path) not in output
     assert "NOT confidential" in output  # the sim collateral source says what it is
 
 

@@ -22,9 +22,10 @@ from teelab.enclave_runtime.sim.platform import SimPlatform, default_path
 from teelab.enclave_runtime.sim.runtime import SimRuntime
 from teelab.errors import KeyBrokerError
 from teelab.sealed_store.kbs.audit import verify_audit
-from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE, read_token
+from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, read_token
 from teelab.sealed_store.kbs.client import KbsClient
 from teelab.sealed_store.kbs.crypto import KbsKeys, load_signing_public_key
+from teelab.sealed_store.kbs.identity import issue_local_token
 from teelab.sealed_store.kbs.store import Store
 
 from .conftest import GOOD, Enclave, policy_for
@@ -96,10 +97,10 @@ def write_until_killed(
     def releaser() -> None:
         # Releases take the other write path (bare DBAPI transaction): their audit entries must survive too.
         enclave = _enclave()
-        gateway = KbsClient(target, read_token(Path(token_dir) / GATEWAY_TOKEN_FILE), timeout=5)
+        gateway = KbsClient(target, read_token(issue_local_token(Path(token_dir), "alice")), timeout=5)
         kernel = KbsClient(target, timeout=5)
         try:
-            grant = gateway.issue_session_grant("alice", enclave_key=enclave.public).token
+            grant = gateway.issue_session_grant(enclave_key=enclave.public).token
             while not stop.is_set():
                 kernel.fetch_key("sales", enclave_secret=enclave.secret, grant=grant, attest=enclave.attest)
                 released.append(1)
@@ -164,7 +165,8 @@ def test_kill_9_during_writes_loses_no_acknowledged_grant_and_keeps_the_chain(tm
         store = Store.reader(url)
         try:
             granted = {g.principal for g in store.get_dataset("sales").grants}
-            entries = [r.entry() for r in store.iter_audit()]
+            entries_raw = list(store.iter_audit())
+            entries = [r.entry() for r in entries_raw]
             result = verify_audit(store.iter_audit(), load_signing_public_key(state / "signing.pub"))
             head = store.audit_head()
         finally:
@@ -180,12 +182,15 @@ def test_kill_9_during_writes_loses_no_acknowledged_grant_and_keeps_the_chain(tm
         releases = sum(1 for e in entries if e["event"] == "release" and e["outcome"] == "released")
         assert releases >= sum(acknowledged_releases), "an acknowledged release has no audit entry"
         assert result.ok, result.summary()
-        assert (result.head_seq, result.head_hash) == head
+        assert (result.head_seq, result.head_hash) == (head.seq, head.hash)
+        # The head record was signed in the same transaction as the last entry: it verifies after a kill.
+        key = load_signing_public_key(state / "signing.pub")
+        assert verify_audit(iter(entries_raw), key, signed_head=head).ok
         # Restart on the same state: the chain continues from the head that survived.
         process, target = start_server(state)
     with KbsClient(target, token) as admin:
         admin.grant("sales", "user:after-the-crashes")
-        page = admin.audit(since_seq=head[0])
+        page = admin.audit(since_seq=head.seq)
         assert page.records[-1].entry()["principal"] == "user:after-the-crashes"
         assert _stored_key(state) == dek
     process.send_signal(signal.SIGTERM)

@@ -20,14 +20,15 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE, read_token
+from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, read_token
 from teelab.sealed_store.kbs.broker import KeyBroker
 from teelab.sealed_store.kbs.config import KbsConfig
+from teelab.sealed_store.kbs.identity import issue_local_token
 from teelab.sealed_store.kbs.protocol import SERVICE_NAME
 from teelab.sealed_store.kbs.reasons import REASON_METADATA_KEY, STATUS, Reason
 from teelab.sealed_store.kbs.service import METHODS, KbsService, _lenient
 
-from .conftest import GOOD, FakeClock, Kbs, policy_for
+from .conftest import GOOD, UNLIMITED_JUNK, FakeClock, Kbs, policy_for
 
 ALLOWED = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -132,11 +133,15 @@ def messages(draw: st.DrawFn, cls: type[Message], nonces: list[bytes]) -> Messag
 def service(
     tmp_path: Path, clock: FakeClock
 ) -> Iterator[tuple[KbsService, dict[str, list[tuple[str, str]]], list[bytes]]]:
-    broker = KeyBroker(KbsConfig(state_dir=tmp_path / "fuzz-kbs", collateral="none"), clock=clock)
+    # Junk is rate-limited per peer (test_junk.py); here every request must reach its own checks.
+    config = KbsConfig(state_dir=tmp_path / "fuzz-kbs", collateral="none", auth=UNLIMITED_JUNK)
+    broker = KeyBroker(config, clock=clock)
     tokens = {
         "none": [],
         "admin": [("authorization", f"Bearer {read_token(tmp_path / 'fuzz-kbs' / ADMIN_TOKEN_FILE)}")],
-        "gateway": [("authorization", f"Bearer {read_token(tmp_path / 'fuzz-kbs' / GATEWAY_TOKEN_FILE)}")],
+        "user": [
+            ("authorization", f"Bearer {read_token(issue_local_token(tmp_path / 'fuzz-kbs', 'alice'))}")
+        ],
         "garbage": [("authorization", "Bearer \u00e9\u00e9"), ("authorization", "Basic x")],
     }
     nonces = [broker.challenge().nonce for _ in range(4)]
@@ -228,7 +233,11 @@ def test_mutated_quotes_in_otherwise_valid_releases_are_only_refused(kbs: Kbs) -
     def run(data: st.DataObject) -> None:
         challenge = kbs.anon.challenge()
         quote = bytearray(
-            enclave.attest(release_report_data(challenge.nonce, enclave.public, grant.encode())).blob
+            enclave.attest(
+                release_report_data(
+                    challenge.nonce, enclave.public, grant.encode(), dataset="sales", version=None
+                )
+            ).blob
         )
         # Header, report body, signature, attestation key, QE report and its signature: every byte is signed.
         # (A flipped byte in the PEM chain's trailing text could be ignored by a PEM parser, legitimately.)

@@ -23,7 +23,7 @@ import pytest
 
 from teelab.errors import KeyBrokerError
 from teelab.sealed_store.kbs.audit import verify_audit
-from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE, read_token
+from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, read_token
 from teelab.sealed_store.kbs.client import KbsClient
 from teelab.sealed_store.kbs.config import KbsConfig
 from teelab.sealed_store.kbs.protocol import release_report_data
@@ -98,8 +98,7 @@ def pg_kbs(kbs: Kbs, postgres_url: str, tmp_path: Path) -> Iterator[Kbs]:
         conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     engine.dispose()
     kbs.server.stop(grace=0)
-    for client in (kbs.admin, kbs.gateway, kbs.anon):
-        client.close()
+    kbs.close()
     state = tmp_path / "pg-state"
     server = KbsServer(
         KbsConfig(state_dir=state, db_url=postgres_url), address="127.0.0.1:0", clock=kbs.clock
@@ -107,14 +106,13 @@ def pg_kbs(kbs: Kbs, postgres_url: str, tmp_path: Path) -> Iterator[Kbs]:
     server.start()
     clients = [
         KbsClient(server.target, read_token(state / ADMIN_TOKEN_FILE)),
-        KbsClient(server.target, read_token(state / GATEWAY_TOKEN_FILE)),
         KbsClient(server.target),
     ]
+    pg = Kbs(server, state, kbs.clock, kbs.platform, *clients)
     try:
-        yield Kbs(server, state, kbs.clock, kbs.platform, *clients)
+        yield pg
     finally:
-        for client in clients:
-            client.close()
+        pg.close()
         server.stop(grace=0)
 
 
@@ -134,7 +132,9 @@ def test_core_flows_on_postgresql(pg_kbs: Kbs, postgres_url: str) -> None:
     assert kbs.fetch("sales", alice, grant).dek == dek
     assert _reason(lambda: kbs.fetch("sales", rogue, kbs.session("alice", rogue))) == "evidence_rejected"
     challenge = kbs.anon.challenge()
-    evidence = alice.attest(release_report_data(challenge.nonce, alice.public, grant.encode()))
+    evidence = alice.attest(
+        release_report_data(challenge.nonce, alice.public, grant.encode(), dataset="sales", version=None)
+    )
     request = dict(
         nonce=challenge.nonce, dataset="sales", enclave_key=alice.public, grant=grant, evidence=evidence.blob
     )
@@ -194,7 +194,9 @@ def test_two_replicas_share_nonces_and_state(pg_kbs: Kbs, postgres_url: str) -> 
         alice = kbs.enclave()
         grant = kbs.session("alice", alice)
         challenge = kbs.anon.challenge()  # from replica A ...
-        evidence = alice.attest(release_report_data(challenge.nonce, alice.public, grant.encode()))
+        evidence = alice.attest(
+            release_report_data(challenge.nonce, alice.public, grant.encode(), dataset="sales", version=None)
+        )
         request = dict(
             nonce=challenge.nonce,
             dataset="sales",

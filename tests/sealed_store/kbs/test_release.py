@@ -8,13 +8,14 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from teelab.enclave_runtime.sim.platform import SimPlatform, default_path
 from teelab.errors import KeyBrokerError
-from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE, read_token
-from teelab.sealed_store.kbs.client import KbsClient
+from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, read_token
+from teelab.sealed_store.kbs.client import KbsClient, SealedRelease
 from teelab.sealed_store.kbs.protocol import open_released_dek, release_report_data
 
 from .conftest import GOOD, OTHER, FakeClock, Kbs, policy_for, start_kbs
@@ -173,7 +174,9 @@ def test_a_nonce_reused_expired_or_forged_fails(kbs: Kbs) -> None:
     grant = kbs.session("alice", enclave)
     challenge = kbs.anon.challenge()
     assert challenge.expires_at == kbs.clock.now + timedelta(seconds=60)
-    evidence = enclave.attest(release_report_data(challenge.nonce, enclave.public, grant.encode()))
+    evidence = enclave.attest(
+        release_report_data(challenge.nonce, enclave.public, grant.encode(), dataset="sales", version=None)
+    )
     request = {
         "nonce": challenge.nonce,
         "dataset": "sales",
@@ -182,25 +185,31 @@ def test_a_nonce_reused_expired_or_forged_fails(kbs: Kbs) -> None:
         "evidence": evidence.blob,
     }
     sealed = kbs.anon.release(**request)  # type: ignore[arg-type]
-    assert len(open_released_dek(enclave.secret, challenge.nonce, sealed.sealed_dek)) == 32
+    assert len(open_released_dek(enclave.secret, challenge.nonce, sealed.sealed_dek, **_answer(sealed))) == 32
     with _Refused("nonce_invalid"):
         kbs.anon.release(**request)  # type: ignore[arg-type]
     # Expired: a nonce not used within 60 s.
     late = kbs.anon.challenge()
     kbs.clock.advance(seconds=60)
-    evidence = enclave.attest(release_report_data(late.nonce, enclave.public, grant.encode()))
+    evidence = enclave.attest(
+        release_report_data(late.nonce, enclave.public, grant.encode(), dataset="sales", version=None)
+    )
     with _Refused("nonce_expired"):
         kbs.anon.release(**{**request, "nonce": late.nonce, "evidence": evidence.blob})  # type: ignore[arg-type]
     # Forged: 32 bytes the KBS never issued, with evidence properly bound to them.
     forged = bytes(32)
-    evidence = enclave.attest(release_report_data(forged, enclave.public, grant.encode()))
+    evidence = enclave.attest(
+        release_report_data(forged, enclave.public, grant.encode(), dataset="sales", version=None)
+    )
     with _Refused("nonce_invalid"):
         kbs.anon.release(**{**request, "nonce": forged, "evidence": evidence.blob})  # type: ignore[arg-type]
     # Any refusal spends the nonce: one try per challenge.
     fresh = kbs.anon.challenge()
     with _Refused("invalid_argument"):
         kbs.anon.release(**{**request, "nonce": fresh.nonce, "dataset": "bad name!"})  # type: ignore[arg-type]
-    evidence = enclave.attest(release_report_data(fresh.nonce, enclave.public, grant.encode()))
+    evidence = enclave.attest(
+        release_report_data(fresh.nonce, enclave.public, grant.encode(), dataset="sales", version=None)
+    )
     with _Refused("nonce_invalid"):
         kbs.anon.release(**{**request, "nonce": fresh.nonce, "evidence": evidence.blob})  # type: ignore[arg-type]
 
@@ -212,9 +221,15 @@ def test_the_report_data_binding_covers_nonce_enclave_key_and_grant(kbs: Kbs) ->
     grant = kbs.session("alice", enclave)
     other_grant = kbs.session("alice", other)
     wrong_bindings = {
-        "another nonce": lambda nonce: release_report_data(bytes(32), enclave.public, grant.encode()),
-        "another key": lambda nonce: release_report_data(nonce, other.public, grant.encode()),
-        "another grant": lambda nonce: release_report_data(nonce, enclave.public, other_grant.encode()),
+        "another nonce": lambda nonce: release_report_data(
+            bytes(32), enclave.public, grant.encode(), dataset="sales", version=None
+        ),
+        "another key": lambda nonce: release_report_data(
+            nonce, other.public, grant.encode(), dataset="sales", version=None
+        ),
+        "another grant": lambda nonce: release_report_data(
+            nonce, enclave.public, other_grant.encode(), dataset="sales", version=None
+        ),
         "the session handshake's binding": lambda nonce: hashlib.sha512(
             b"teelab/session/v1" + enclave.public + nonce
         ).digest(),
@@ -239,7 +254,9 @@ def test_the_released_key_opens_only_with_the_enclave_secret(kbs: Kbs) -> None:
     enclave, eavesdropper = kbs.enclave(), kbs.enclave()
     grant = kbs.session("alice", enclave)
     challenge = kbs.anon.challenge()
-    evidence = enclave.attest(release_report_data(challenge.nonce, enclave.public, grant.encode()))
+    evidence = enclave.attest(
+        release_report_data(challenge.nonce, enclave.public, grant.encode(), dataset="sales", version=None)
+    )
     sealed = kbs.anon.release(
         nonce=challenge.nonce,
         dataset="sales",
@@ -248,9 +265,9 @@ def test_the_released_key_opens_only_with_the_enclave_secret(kbs: Kbs) -> None:
         evidence=evidence.blob,
     )
     with _Refused("protocol_error"):
-        open_released_dek(eavesdropper.secret, challenge.nonce, sealed.sealed_dek)
+        open_released_dek(eavesdropper.secret, challenge.nonce, sealed.sealed_dek, **_answer(sealed))
     with _Refused("protocol_error"):
-        open_released_dek(enclave.secret, bytes(32), sealed.sealed_dek)
+        open_released_dek(enclave.secret, bytes(32), sealed.sealed_dek, **_answer(sealed))
 
 
 def test_versions_current_explicit_deleted_and_release_expiry(kbs: Kbs) -> None:
@@ -311,9 +328,8 @@ def test_concurrent_releases_each_get_their_key_and_a_raced_nonce_wins_once(
     state = tmp_path / "kbs"
     server = start_kbs(state, clock, **config)
     admin = KbsClient(server.target, read_token(state / ADMIN_TOKEN_FILE), timeout=20)
-    gateway = KbsClient(server.target, read_token(state / GATEWAY_TOKEN_FILE), timeout=20)
     anon = KbsClient(server.target, timeout=20)
-    kbs = Kbs(server, state, clock, SimPlatform.load(default_path()), admin, gateway, anon)
+    kbs = Kbs(server, state, clock, SimPlatform.load(default_path()), admin, anon)
     try:
         assert server.config.threads == (4 if config else 0)
         dek = kbs.register("sales")
@@ -331,7 +347,11 @@ def test_concurrent_releases_each_get_their_key_and_a_raced_nonce_wins_once(
 
         enclave, grant = enclaves[0], grants[0]
         challenge = anon.challenge()
-        evidence = enclave.attest(release_report_data(challenge.nonce, enclave.public, grant.encode()))
+        evidence = enclave.attest(
+            release_report_data(
+                challenge.nonce, enclave.public, grant.encode(), dataset="sales", version=None
+            )
+        )
 
         def attempt(_: int) -> str:
             try:
@@ -354,6 +374,9 @@ def test_concurrent_releases_each_get_their_key_and_a_raced_nonce_wins_once(
         assert sum(e["outcome"] == "released" for e in released) == 17
         assert sum(e["outcome"] == "denied" for e in released) == 7
     finally:
-        for client in (admin, gateway, anon):
-            client.close()
+        kbs.close()
         server.stop(grace=0)
+
+
+def _answer(sealed: SealedRelease) -> dict[str, Any]:
+    return {"dataset": sealed.dataset, "version": sealed.version, "manifest_sha256": sealed.manifest_sha256}

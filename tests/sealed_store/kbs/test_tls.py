@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from teelab.enclave_runtime.sim.platform import SimPlatform, default_path
 from teelab.errors import ConfigError, KeyBrokerError
 from teelab.sealed_store.kbs import cli
-from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, GATEWAY_TOKEN_FILE, read_token
+from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, read_token
 from teelab.sealed_store.kbs.client import KbsClient
 from teelab.sealed_store.kbs.transport import CA_ENV, KbsTarget, ServerTls
 
@@ -30,12 +30,11 @@ def tls_kbs(tmp_path: Path, clock: FakeClock) -> tuple[Kbs, bytes]:
     ca_pem = ca.read_bytes()
     clients = [
         KbsClient(server.target, read_token(state / ADMIN_TOKEN_FILE), tls_ca=ca_pem, timeout=20),
-        KbsClient(server.target, read_token(state / GATEWAY_TOKEN_FILE), tls_ca=ca_pem, timeout=20),
         KbsClient(server.target, tls_ca=ca_pem, timeout=20),
     ]
-    yield Kbs(server, state, clock, platform, *clients), ca_pem  # type: ignore[misc]
-    for client in clients:
-        client.close()
+    kbs = Kbs(server, state, clock, platform, *clients, tls_ca=ca_pem)
+    yield kbs, ca_pem  # type: ignore[misc]
+    kbs.close()
     server.stop(grace=0)
 
 

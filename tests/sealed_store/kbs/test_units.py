@@ -94,9 +94,15 @@ def test_session_grants_verify_only_as_issued() -> None:
 
 def test_report_data_binding_is_fixed_layout_sha512() -> None:
     nonce, key, grant = b"n" * 32, b"k" * 32, b"header.payload.signature"
-    expected = hashlib.sha512(b"teelab/kbs/v1" + nonce + key + hashlib.sha256(grant).digest()).digest()
-    assert release_report_data(nonce, key, grant) == expected
-    assert release_report_data(nonce, key, grant + b"x") != expected
+    request = hashlib.sha256(b"sales\x00" + (0).to_bytes(4, "big")).digest()  # version 0: "the current one"
+    expected = hashlib.sha512(
+        b"teelab/kbs/v1" + nonce + key + hashlib.sha256(grant).digest() + request
+    ).digest()
+    assert release_report_data(nonce, key, grant, dataset="sales", version=None) == expected
+    assert release_report_data(nonce, key, grant + b"x", dataset="sales", version=None) != expected
+    # The request is bound: another version (a rollback) or dataset gives other report_data.
+    assert release_report_data(nonce, key, grant, dataset="sales", version=1) != expected
+    assert release_report_data(nonce, key, grant, dataset="sales2", version=None) != expected
 
 
 def test_registration_sealing_is_bound_to_the_dataset_version() -> None:
