@@ -196,7 +196,7 @@ class EnclaveBackend(ABC):
     name: ClassVar[str]
     simulated: ClassVar[bool] = False
     # How this backend binds the launching gateway's controller into its evidence (see .controller).
-    binding: ClassVar[ControllerBinding]
+    binding: ControllerBinding
 
     @classmethod
     @abstractmethod

@@ -9,6 +9,8 @@ measured boot makes them trustworthy) and ``launch`` starts the boot as a proces
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -21,8 +23,10 @@ from teelab.enclave_runtime.backend import (
     PccsCollateral,
 )
 from teelab.enclave_runtime.controller import ControllerBinding
+from teelab.enclave_runtime.cvm.privileges import DEFAULT_KERNEL_USER, KERNEL_USER_ENV, KernelUser
+from teelab.enclave_runtime.cvm.vmm import ConfidentialVm, qemu_argv
 from teelab.enclave_runtime.image import EnclaveImage, build_image
-from teelab.enclave_runtime.launching import LaunchPlan, local_launch_plan
+from teelab.enclave_runtime.launching import LaunchPlan, local_launch_plan, passthrough
 from teelab.enclave_runtime.manifest import (
     ImageSpec,
     ProgressCallback,
@@ -42,10 +46,32 @@ MEASURE_HINT = (
 
 
 class CvmBackend(PccsCollateral, EnclaveBackend):
+    """Two ways to run a kernel: as a process of the confidential VM this backend runs in (the default), or,
+    given ``vm``, as a VM of its own that the backend starts per kernel with QEMU (:mod:`.vmm`).
+
+    The controller is bound by the VMM when it creates the VM (HOST_DATA on SEV-SNP, MRCONFIGID on TDX): per
+    kernel in the second mode; inside an existing VM, by whoever created that VM — a VM bound to another
+    gateway then fails that gateway's controller check, which is the point.
+    """
+
     name = "cvm"
-    # The VMM sets HOST_DATA (SEV-SNP) or MRCONFIGID (TDX) when it creates the VM (cvm.vmm); this backend runs
-    # kernels inside that VM, whose field the gateway checks against its controller.
-    binding = ControllerBinding.HOST_DATA
+
+    def __init__(
+        self,
+        *,
+        vm: ConfidentialVm | None = None,
+        root: Path = Path("/"),
+        kernel_user: str | None = None,
+    ) -> None:
+        self.vm = vm
+        # Inside the VM the boot starts as root (only it reads the attestation device) and runs the kernel as
+        # this user (cvm.privileges); its scratch space is handed to that user.
+        self.kernel_user = kernel_user or os.environ.get(KERNEL_USER_ENV) or DEFAULT_KERNEL_USER
+        if vm is not None:
+            self.binding = vm.binding
+        else:
+            tdx = (root / "dev" / "tdx_guest").exists()
+            self.binding = ControllerBinding.MRCONFIGID if tdx else ControllerBinding.HOST_DATA
 
     @classmethod
     def status(cls) -> BackendStatus:
@@ -72,10 +98,27 @@ class CvmBackend(PccsCollateral, EnclaveBackend):
     def open_image(self, path: Path) -> EnclaveImage:
         return EnclaveImage.load(path, self.name)
 
+    def check_files(self, image: EnclaveImage) -> None:
+        if self.vm is None:
+            super().check_files(image)
+        # A VM of its own: its files are the VM image's, measured by its launch, not this host's files.
+
     def plan_launch(
         self, image: EnclaveImage, inputs: Mapping[str, str], controller: bytes | None
     ) -> LaunchPlan:
-        return local_launch_plan(image, inputs, backend=self.name, scratch_prefix="teelab-cvm-")
+        if self.vm is None:
+            plan = local_launch_plan(image, inputs, backend=self.name, scratch_prefix="teelab-cvm-")
+            plan.env[KERNEL_USER_ENV] = self.kernel_user
+            if os.geteuid() == 0 and plan.scratch is not None:
+                user = KernelUser.named(self.kernel_user)
+                for top in (plan.scratch, image.path / "tee-state"):
+                    for folder, _, files in os.walk(top):
+                        for path in (folder, *(os.path.join(folder, f) for f in files)):
+                            os.chown(path, user.uid, user.gid)
+            return plan
+        scratch = Path(tempfile.mkdtemp(prefix="teelab-cvm-vmm-"))
+        argv = qemu_argv(self.vm, controller, passthrough(image.manifest, inputs))
+        return LaunchPlan(argv, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, scratch, scratch=scratch)
 
     def collateral_for(self, evidence: bytes, at: datetime) -> Path | None:
         """Intel collateral for a TDX quote (from the configured PCCS, cached); None for an SNP report,
