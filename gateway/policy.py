@@ -11,26 +11,24 @@ job), TCB status ``UpToDate``, no advisories, not a debug TEE, not simulated.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import re
 import tomllib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
 from teelab.errors import ConfigError
-from teelab.gateway.verified import TCB_STATUSES, Tee
+from teelab.gateway import policy_values as pv
+from teelab.gateway.policy_values import ACCEPT_ANY_ADVISORY as ACCEPT_ANY_ADVISORY
+from teelab.gateway.policy_values import CONTROLLER_BINDINGS as CONTROLLER_BINDINGS
+from teelab.gateway.policy_values import MAX_COLLATERAL_AGE_CAP as MAX_COLLATERAL_AGE_CAP
+from teelab.gateway.verified import Tee
 
 DEFAULT_POLICY_ID = "teelab-default"
-ACCEPT_ANY_ADVISORY = "*"
 # A policy is a few kilobytes; anything far larger is not a policy file and is refused before parsing.
 MAX_POLICY_BYTES = 1 << 20
-# Collateral older than this is meaningless to accept, and the cap keeps timedelta arithmetic in range.
-MAX_COLLATERAL_AGE_CAP = timedelta(days=3650)
 # Safe defaults (issue 12; the reasons are in docs/policy.md, "Defaults against stale collateral"):
 # Intel's TCB info, QE identity and PCK CRLs are 30-day documents; a PCCS refreshes them daily.
 DEFAULT_MAX_COLLATERAL_AGE = timedelta(days=30)
@@ -44,183 +42,6 @@ _SNP_MEASUREMENT_BYTES = 48
 _SNP_HOST_DATA_BYTES = 32
 _MAX_VMPL = 3
 _REPORT_DATA_BYTES = 64
-# Statuses the verifier itself treats as failures (Intel's QVL does too): no policy can accept them.
-_NEVER_ACCEPTED = {
-    "Revoked": "the platform's keys are known to be compromised",
-    "TcbLevelNotFound": (
-        "no TCB level covers this platform, so nothing is known about its TCB (Intel: TCB not supported)"
-    ),
-}
-_DURATION = re.compile(r"(\d+)([wdhms])")
-_DURATION_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
-_ADVISORY_ID = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,63}")
-_POLICY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,159}")
-# How a TEE's evidence names the gateway that controls it (ARCHITECTURE §3, the controller rule):
-# "platform" — a launch-time field (SGX CONFIGID, TDX MRCONFIGID, SEV-SNP HOST_DATA) carries the controller
-# hash; "measurement" — the measured image pins the controller, so only a pinned identity binds it.
-CONTROLLER_BINDINGS = ("platform", "measurement")
-
-
-class _Invalid(Exception):
-    """A value that cannot be policy; turned into a ConfigError naming where the value came from."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
-
-
-@contextmanager
-def _errors_from(source: str) -> Iterator[None]:
-    try:
-        yield
-    except _Invalid as error:
-        raise ConfigError(
-            f"{source}: key '{error.key}': {error.problem}",
-            hint="see docs/policy.md for every key, its type and an example",
-        ) from None
-
-
-def _hex_values(key: str, values: object, nbytes: int) -> tuple[str, ...]:
-    if isinstance(values, str) or not isinstance(values, list | tuple):
-        raise _Invalid(key, f"expected a list of {2 * nbytes}-digit hex strings, got {_describe(values)}")
-    return tuple(_hex(key, value, nbytes, exact=True) for value in values)
-
-
-def _hex(key: str, value: object, nbytes: int, *, exact: bool) -> str:
-    if not isinstance(value, str):
-        raise _Invalid(key, f"expected a hex string, got {_describe(value)}")
-    text = value.strip().lower().removeprefix("0x")
-    if not re.fullmatch(r"[0-9a-f]*", text) or len(text) % 2:
-        raise _Invalid(key, f"{_clip(value)!r} is not hex (an even number of the digits 0-9a-f)")
-    size = len(text) // 2
-    if exact and size != nbytes:
-        raise _Invalid(
-            key, f"{_clip(value)!r} is {size} bytes; this value is {nbytes} bytes ({2 * nbytes} digits)"
-        )
-    if not exact and not 1 <= size <= nbytes:
-        raise _Invalid(key, f"{_clip(value)!r} is {size} bytes; expected 1 to {nbytes} bytes")
-    return text
-
-
-def _uint(key: str, value: object, bits: int) -> int:
-    # bool is an int in Python; `isv_prod_id = true` is a typo, not 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Invalid(key, f"expected an integer, got {_describe(value)}")
-    if not 0 <= value < 1 << bits:
-        raise _Invalid(key, f"{value} is out of range (0 to {(1 << bits) - 1})")
-    return value
-
-
-def _flag(key: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(key, f"expected true or false, got {_describe(value)}")
-    return value
-
-
-def _duration(key: str, value: object) -> timedelta:
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
-    elif isinstance(value, str) and re.fullmatch(r"(\d+[wdhms])+", value.strip().lower()):
-        seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in _DURATION.findall(value.strip().lower()))
-    else:
-        raise _Invalid(
-            key,
-            f'expected seconds (an integer) or a duration like "30d", "12h", "1d12h"; got {_describe(value)}',
-        )
-    if seconds <= 0:
-        raise _Invalid(key, "must be longer than zero")
-    if seconds > MAX_COLLATERAL_AGE_CAP.total_seconds():
-        raise _Invalid(key, f"must be at most {MAX_COLLATERAL_AGE_CAP.days} days")
-    return timedelta(seconds=seconds)
-
-
-def _tcb_statuses(key: str, values: object) -> tuple[str, ...]:
-    if isinstance(values, str) or not isinstance(values, list | tuple):
-        raise _Invalid(key, f"expected a list of TCB status names, got {_describe(values)}")
-    if not values:
-        raise _Invalid(key, 'an empty list accepts no Intel evidence at all; list at least "UpToDate"')
-    canonical = {name.lower(): name for name in TCB_STATUSES}
-    statuses: list[str] = []
-    for value in values:
-        name = canonical.get(value.lower()) if isinstance(value, str) else None
-        if name is None:
-            raise _Invalid(key, f"{_clip(value)!r} is not a TCB status{_suggest(value, TCB_STATUSES)}")
-        if name in _NEVER_ACCEPTED:
-            raise _Invalid(key, f'"{name}" cannot be accepted: {_NEVER_ACCEPTED[name]}')
-        statuses.append(name)
-    return tuple(dict.fromkeys(statuses))
-
-
-def _advisories(key: str, values: object) -> tuple[str, ...]:
-    if isinstance(values, str) or not isinstance(values, list | tuple):
-        raise _Invalid(key, f'expected a list of advisory ids like "INTEL-SA-00615", got {_describe(values)}')
-    ids: list[str] = []
-    for value in values:
-        if not isinstance(value, str):
-            raise _Invalid(key, f"expected advisory id strings, got {_describe(value)}")
-        text = value.strip().upper()
-        if text != ACCEPT_ANY_ADVISORY and not _ADVISORY_ID.fullmatch(text):
-            raise _Invalid(key, f'{_clip(value)!r} is not an advisory id like "INTEL-SA-00615"')
-        ids.append(text)
-    if ACCEPT_ANY_ADVISORY in ids and len(ids) > 1:
-        raise _Invalid(key, '"*" accepts every advisory and must be the only entry')
-    return tuple(dict.fromkeys(ids))
-
-
-def _binding(key: str, value: object, *, pinned: bool, pins: str) -> str:
-    if value not in CONTROLLER_BINDINGS:
-        raise _Invalid(key, f'expected "platform" or "measurement", got {_describe(value)}')
-    if value == "measurement" and not pinned:
-        raise _Invalid(
-            key,
-            f'"measurement" means the measured image pins the controller, so the policy must pin the image '
-            f'identity ({pins}); pin it with `teelab enclave measure`, or use "platform"',
-        )
-    return str(value)
-
-
-def _policy_id(key: str, value: object) -> str:
-    if not isinstance(value, str) or not _POLICY_ID.fullmatch(value):
-        raise _Invalid(
-            key, f"expected a name of letters, digits and ._:/@+- (at most 160), got {_describe(value)}"
-        )
-    return value
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(_clip(value))
-    if isinstance(value, int | float):
-        return _clip(str(value))
-    return f"a {type(value).__name__}" if not isinstance(value, dict) else "a table"
-
-
-def _clip(value: object, limit: int = 40) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _suggest(word: object, choices: tuple[str, ...] | list[str]) -> str:
-    if not isinstance(word, str):
-        return ""
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{matches[0]}'?)" if matches else ""
-
-
-@contextmanager
-def _built_in_code(name: str) -> Iterator[None]:
-    with _errors_from(f"{name}(...)"):
-        yield
-
-
-def _set(obj: object, name: str, value: object) -> None:
-    # Frozen dataclasses normalise their own fields once, at construction.
-    object.__setattr__(obj, name, value)
 
 
 @dataclass(frozen=True)
@@ -234,14 +55,18 @@ class SgxReference:
     controller_binding: str = "platform"
 
     def __post_init__(self) -> None:
-        with _built_in_code("SgxReference"):
-            _set(self, "mrenclave", _hex_values("sgx.mrenclave", self.mrenclave, _SGX_MEASUREMENT_BYTES))
-            _set(self, "mrsigner", _hex_values("sgx.mrsigner", self.mrsigner, _SGX_MEASUREMENT_BYTES))
+        with pv.built_in_code("SgxReference"):
+            pv.set_field(
+                self, "mrenclave", pv.hex_values("sgx.mrenclave", self.mrenclave, _SGX_MEASUREMENT_BYTES)
+            )
+            pv.set_field(
+                self, "mrsigner", pv.hex_values("sgx.mrsigner", self.mrsigner, _SGX_MEASUREMENT_BYTES)
+            )
             if self.isv_prod_id is not None:
-                _uint("sgx.isv_prod_id", self.isv_prod_id, 16)
+                pv.uint("sgx.isv_prod_id", self.isv_prod_id, 16)
             if self.min_isv_svn is not None:
-                _uint("sgx.min_isv_svn", self.min_isv_svn, 16)
-            _binding(
+                pv.uint("sgx.min_isv_svn", self.min_isv_svn, 16)
+            pv.binding(
                 "sgx.controller_binding",
                 self.controller_binding,
                 pinned=self.pins_identity,
@@ -268,10 +93,12 @@ class TdxReference:
     controller_binding: str = "platform"
 
     def __post_init__(self) -> None:
-        with _built_in_code("TdxReference"):
+        with pv.built_in_code("TdxReference"):
             for name in TDX_PINS:
-                _set(self, name, _hex_values(f"tdx.{name}", getattr(self, name), _TDX_MEASUREMENT_BYTES))
-            _binding(
+                pv.set_field(
+                    self, name, pv.hex_values(f"tdx.{name}", getattr(self, name), _TDX_MEASUREMENT_BYTES)
+                )
+            pv.binding(
                 "tdx.controller_binding",
                 self.controller_binding,
                 pinned=self.pins_identity,
@@ -305,11 +132,11 @@ class SnpMinTcb:
     fmc: int | None = None
 
     def __post_init__(self) -> None:
-        with _built_in_code("SnpMinTcb"):
+        with pv.built_in_code("SnpMinTcb"):
             for name in SNP_TCB_COMPONENTS:
                 value = getattr(self, name)
                 if value is not None:
-                    _uint(f"snp.min_tcb.{name}", value, 8)
+                    pv.uint(f"snp.min_tcb.{name}", value, 8)
 
     def minimums(self) -> dict[str, int]:
         return {name: value for name in SNP_TCB_COMPONENTS if (value := getattr(self, name)) is not None}
@@ -348,16 +175,20 @@ class SnpReference:
     controller_binding: str = "platform"
 
     def __post_init__(self) -> None:
-        with _built_in_code("SnpReference"):
-            _set(
-                self, "measurement", _hex_values("snp.measurement", self.measurement, _SNP_MEASUREMENT_BYTES)
+        with pv.built_in_code("SnpReference"):
+            pv.set_field(
+                self,
+                "measurement",
+                pv.hex_values("snp.measurement", self.measurement, _SNP_MEASUREMENT_BYTES),
             )
-            _set(self, "host_data", _hex_values("snp.host_data", self.host_data, _SNP_HOST_DATA_BYTES))
+            pv.set_field(
+                self, "host_data", pv.hex_values("snp.host_data", self.host_data, _SNP_HOST_DATA_BYTES)
+            )
             for name in ("allow_smt", "allow_migration_agent", "require_single_socket", "require_crl"):
-                _flag(f"snp.{name}", getattr(self, name))
-            if _uint("snp.max_vmpl", self.max_vmpl, 8) > _MAX_VMPL:
-                raise _Invalid("snp.max_vmpl", f"a VMPL is 0 to {_MAX_VMPL}")
-            _binding(
+                pv.flag(f"snp.{name}", getattr(self, name))
+            if pv.uint("snp.max_vmpl", self.max_vmpl, 8) > _MAX_VMPL:
+                raise pv.Invalid("snp.max_vmpl", f"a VMPL is 0 to {_MAX_VMPL}")
+            pv.binding(
                 "snp.controller_binding",
                 self.controller_binding,
                 pinned=self.pins_identity,
@@ -397,29 +228,29 @@ class AppraisalPolicy:
     digest: str | None = None
 
     def __post_init__(self) -> None:
-        with _built_in_code("AppraisalPolicy"):
-            _policy_id("id", self.id)
-            _set(
+        with pv.built_in_code("AppraisalPolicy"):
+            pv.policy_id("id", self.id)
+            pv.set_field(
                 self,
                 "accepted_tcb_statuses",
-                _tcb_statuses("accepted_tcb_statuses", self.accepted_tcb_statuses),
+                pv.tcb_statuses("accepted_tcb_statuses", self.accepted_tcb_statuses),
             )
-            _set(
+            pv.set_field(
                 self,
                 "accepted_advisory_ids",
-                _advisories("accepted_advisory_ids", self.accepted_advisory_ids),
+                pv.advisories("accepted_advisory_ids", self.accepted_advisory_ids),
             )
-            _flag("allow_debug", self.allow_debug)
-            _flag("allow_simulation", self.allow_simulation)
+            pv.flag("allow_debug", self.allow_debug)
+            pv.flag("allow_simulation", self.allow_simulation)
             if self.max_collateral_age is not None:
-                _duration("max_collateral_age", self.max_collateral_age)
-            _uint("min_tcb_evaluation_data_number", self.min_tcb_evaluation_data_number, 32)
+                pv.duration("max_collateral_age", self.max_collateral_age)
+            pv.uint("min_tcb_evaluation_data_number", self.min_tcb_evaluation_data_number, 32)
             if self.report_data is not None:
                 if (
                     not isinstance(self.report_data, bytes)
                     or not 1 <= len(self.report_data) <= _REPORT_DATA_BYTES
                 ):
-                    raise _Invalid("report_data", "expected 1 to 64 bytes")
+                    raise pv.Invalid("report_data", "expected 1 to 64 bytes")
 
     @property
     def pinned_tees(self) -> tuple[Tee, ...]:
@@ -516,19 +347,21 @@ def _check_keys(prefix: str, table: Mapping[str, object], allowed: tuple[str, ..
     for key in table:
         if key not in allowed:
             where = f"{prefix}.{key}" if prefix else key
-            raise _Invalid(where, f"unknown key{_suggest(key, allowed)}; allowed here: {', '.join(allowed)}")
+            raise pv.Invalid(
+                where, f"unknown key{pv.suggest(key, allowed)}; allowed here: {', '.join(allowed)}"
+            )
 
 
 def _table(key: str, value: object) -> Mapping[str, object]:
     if not isinstance(value, dict):
-        raise _Invalid(key, f"expected a table ([{key}] or {key} = {{...}}), got {_describe(value)}")
+        raise pv.Invalid(key, f"expected a table ([{key}] or {key} = {{...}}), got {pv.describe(value)}")
     return value
 
 
 def _non_empty_hexes(key: str, value: object, nbytes: int) -> tuple[str, ...]:
-    values = _hex_values(key, value, nbytes)
+    values = pv.hex_values(key, value, nbytes)
     if not values:
-        raise _Invalid(key, "an empty list allows nothing; remove the key to accept any value")
+        raise pv.Invalid(key, "an empty list allows nothing; remove the key to accept any value")
     return values
 
 
@@ -541,8 +374,8 @@ def _parse_sgx(table: Mapping[str, object]) -> SgxReference:
         mrsigner=_non_empty_hexes("sgx.mrsigner", table["mrsigner"], _SGX_MEASUREMENT_BYTES)
         if "mrsigner" in table
         else (),
-        isv_prod_id=_uint("sgx.isv_prod_id", table["isv_prod_id"], 16) if "isv_prod_id" in table else None,
-        min_isv_svn=_uint("sgx.min_isv_svn", table["min_isv_svn"], 16) if "min_isv_svn" in table else None,
+        isv_prod_id=pv.uint("sgx.isv_prod_id", table["isv_prod_id"], 16) if "isv_prod_id" in table else None,
+        min_isv_svn=pv.uint("sgx.min_isv_svn", table["min_isv_svn"], 16) if "min_isv_svn" in table else None,
     )
     return _with_binding("sgx", table, ref, SGX_IDENTITY_PINS)
 
@@ -572,7 +405,7 @@ def _with_binding(section: str, table: Mapping[str, object], ref: _Reference, pi
     if "controller_binding" not in table:
         return ref
     key = f"{section}.controller_binding"
-    binding = _binding(key, table["controller_binding"], pinned=ref.pins_identity, pins=pins)
+    binding = pv.binding(key, table["controller_binding"], pinned=ref.pins_identity, pins=pins)
     return replace(ref, controller_binding=binding)
 
 
@@ -583,18 +416,18 @@ def _parse_snp(table: Mapping[str, object]) -> SnpReference:
         tcb = _table("snp.min_tcb", table["min_tcb"])
         _check_keys("snp.min_tcb", tcb, SNP_TCB_COMPONENTS)
         if not tcb:
-            raise _Invalid(
+            raise pv.Invalid(
                 "snp.min_tcb", f"an empty table sets no minimum; give any of {', '.join(SNP_TCB_COMPONENTS)}"
             )
-        min_tcb = SnpMinTcb(**{name: _uint(f"snp.min_tcb.{name}", value, 8) for name, value in tcb.items()})
+        min_tcb = SnpMinTcb(**{name: pv.uint(f"snp.min_tcb.{name}", value, 8) for name, value in tcb.items()})
     defaults = SnpReference()
 
     def flag(name: str) -> bool:
-        return _flag(f"snp.{name}", table[name]) if name in table else bool(getattr(defaults, name))
+        return pv.flag(f"snp.{name}", table[name]) if name in table else bool(getattr(defaults, name))
 
-    max_vmpl = _uint("snp.max_vmpl", table["max_vmpl"], 8) if "max_vmpl" in table else defaults.max_vmpl
+    max_vmpl = pv.uint("snp.max_vmpl", table["max_vmpl"], 8) if "max_vmpl" in table else defaults.max_vmpl
     if max_vmpl > _MAX_VMPL:
-        raise _Invalid("snp.max_vmpl", f"a VMPL is 0 to {_MAX_VMPL}")
+        raise pv.Invalid("snp.max_vmpl", f"a VMPL is 0 to {_MAX_VMPL}")
     ref = SnpReference(
         measurement=_non_empty_hexes("snp.measurement", table["measurement"], _SNP_MEASUREMENT_BYTES)
         if "measurement" in table
@@ -616,29 +449,29 @@ def policy_from_mapping(
     data: Mapping[str, object], *, source: str, default_id: str, digest: str | None = None
 ) -> AppraisalPolicy:
     """Build a policy from parsed TOML (or any mapping of the same shape); errors name ``source``."""
-    with _errors_from(source):
+    with pv.errors_from(source):
         _check_keys("", data, _TOP_KEYS)
-        fields: dict[str, object] = {"id": _policy_id("id", data["id"]) if "id" in data else default_id}
+        fields: dict[str, object] = {"id": pv.policy_id("id", data["id"]) if "id" in data else default_id}
         if "accepted_tcb_statuses" in data:
-            fields["accepted_tcb_statuses"] = _tcb_statuses(
+            fields["accepted_tcb_statuses"] = pv.tcb_statuses(
                 "accepted_tcb_statuses", data["accepted_tcb_statuses"]
             )
         if "accepted_advisory_ids" in data:
-            fields["accepted_advisory_ids"] = _advisories(
+            fields["accepted_advisory_ids"] = pv.advisories(
                 "accepted_advisory_ids", data["accepted_advisory_ids"]
             )
         for name in ("allow_debug", "allow_simulation"):
             if name in data:
-                fields[name] = _flag(name, data[name])
+                fields[name] = pv.flag(name, data[name])
         if "max_collateral_age" in data:
-            fields["max_collateral_age"] = _duration("max_collateral_age", data["max_collateral_age"])
+            fields["max_collateral_age"] = pv.duration("max_collateral_age", data["max_collateral_age"])
         if "min_tcb_evaluation_data_number" in data:
-            fields["min_tcb_evaluation_data_number"] = _uint(
+            fields["min_tcb_evaluation_data_number"] = pv.uint(
                 "min_tcb_evaluation_data_number", data["min_tcb_evaluation_data_number"], 32
             )
         if "report_data" in data:
             fields["report_data"] = bytes.fromhex(
-                _hex("report_data", data["report_data"], _REPORT_DATA_BYTES, exact=False)
+                pv.hex_text("report_data", data["report_data"], _REPORT_DATA_BYTES, exact=False)
             )
         if "sgx" in data:
             fields["sgx"] = _parse_sgx(_table("sgx", data["sgx"]))
@@ -685,5 +518,5 @@ def load_policy(path: str | Path) -> AppraisalPolicy:
         raise ConfigError(f"policy file not found: {path}", hint="check the path given to --policy") from None
     except OSError as error:
         raise ConfigError(f"cannot read policy file {path}: {error.strerror or error}") from None
-    default_id = path.stem if _POLICY_ID.fullmatch(path.stem) else "policy"
+    default_id = path.stem if pv.POLICY_ID.fullmatch(path.stem) else "policy"
     return parse_policy(raw, source=str(path), default_id=default_id)

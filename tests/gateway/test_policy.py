@@ -58,14 +58,16 @@ def test_the_documented_example_parses_to_what_the_docs_say() -> None:
     assert policy.id == "prod-kernels-2025-07"
     assert policy.accepted_tcb_statuses == ("UpToDate", "SWHardeningNeeded")
     assert policy.accepted_advisory_ids == ("INTEL-SA-00615",)
-    assert policy.max_collateral_age == timedelta(days=30)
+    assert policy.max_collateral_age == timedelta(days=7)
+    assert policy.min_tcb_evaluation_data_number == 18
     assert policy.sgx == SgxReference(
         mrenclave=(MRENCLAVE,), mrsigner=(policy.sgx.mrsigner[0],), isv_prod_id=0, min_isv_svn=0
     )  # type: ignore[union-attr]
     assert policy.tdx is not None and policy.tdx.mrtd == (MRTD,) and policy.tdx.rtmr3 == ()
     assert policy.snp is not None
-    assert policy.snp.min_tcb == SnpMinTcb(bootloader=2, tee=0, snp=5, microcode=68)
+    assert policy.snp.min_tcb == SnpMinTcb(bootloader=3, tee=0, snp=8, microcode=115)
     assert policy.snp.allow_migration_agent is False
+    assert policy.snp.require_crl is True and policy.snp.max_vmpl == 0
     assert policy.pinned_tees == ("sgx", "tdx", "sev-snp")
 
 
@@ -77,12 +79,14 @@ accepted_advisory_ids = ["intel-sa-00615", "INTEL-SA-00289"]
 allow_debug = true
 allow_simulation = true
 max_collateral_age = 3600
+min_tcb_evaluation_data_number = 19
 report_data = "0x0102"
 [sgx]
 mrenclave = ["0X{MRENCLAVE.upper()}"]
 mrsigner = ["{MRENCLAVE}"]
 isv_prod_id = 65535
 min_isv_svn = 3
+controller_binding = "measurement"
 [tdx]
 mrtd = ["{MRTD}"]
 rtmr0 = ["{MRTD}"]
@@ -90,6 +94,7 @@ rtmr1 = ["{MRTD}"]
 rtmr2 = ["{MRTD}"]
 rtmr3 = ["{MRTD}"]
 mrconfigid = ["{MRTD}"]
+controller_binding = "measurement"
 [snp]
 measurement = ["{MRTD}"]
 host_data = ["{MRENCLAVE}"]
@@ -97,8 +102,14 @@ min_tcb = {{ bootloader = 1, tee = 2, snp = 3, microcode = 4, fmc = 255 }}
 allow_smt = false
 allow_migration_agent = false
 require_single_socket = true
+require_crl = false
+max_vmpl = 2
+controller_binding = "measurement"
 """
     policy = parse_policy(text)
+    assert policy.min_tcb_evaluation_data_number == 19
+    assert policy.snp is not None and (policy.snp.require_crl, policy.snp.max_vmpl) == (False, 2)
+    assert {ref.controller_binding for ref in (policy.sgx, policy.tdx, policy.snp) if ref} == {"measurement"}
     # Names are canonicalised, hex lower-cased, so comparisons never depend on how a value was typed.
     assert policy.accepted_tcb_statuses == ("UpToDate", "OutOfDate", "SWHardeningNeeded")
     assert policy.accepted_advisory_ids == ("INTEL-SA-00615", "INTEL-SA-00289")
@@ -114,6 +125,9 @@ require_single_socket = true
         allow_smt=False,
         allow_migration_agent=False,
         require_single_socket=True,
+        require_crl=False,
+        max_vmpl=2,
+        controller_binding="measurement",
     )
 
 
