@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -242,22 +241,18 @@ def test_facade_missing_inputs() -> None:
     )
 
 
-def test_default_anchors_ask_the_sim_platform(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("teelab.enclave_runtime.sim.platform")
-    fake.known_root_fingerprints = lambda: {"AB" * 32: "sim root"}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "teelab.enclave_runtime.sim.platform", fake)
+def test_default_anchors_ask_the_backends() -> None:
+    from teelab.enclave_runtime.backend import RootPin
+    from teelab.enclave_runtime.sim.backend import SimBackend
+
+    # Before a simulated platform exists the production roots alone are used, and asking creates none.
+    assert default_anchors() == TrustAnchors()
+    root = SimBackend().platform.root_fingerprint  # the default platform of this test's data folder
     anchors = default_anchors()
-    assert anchors.simulated_roots == {"ab" * 32: "sim root"}
+    assert anchors.simulated_roots == {root: anchors.simulated_roots[root]}
     assert INTEL_SGX_ROOT_CA in anchors.intel_roots
-
-    def broken() -> dict[str, str]:
-        raise OSError("damaged")
-
-    fake.known_root_fingerprints = broken  # type: ignore[attr-defined]
-    assert default_anchors() == TrustAnchors()
-    # Before the sim platform exists (or in a build without it) the production roots alone are used.
-    monkeypatch.setitem(sys.modules, "teelab.enclave_runtime.sim.platform", None)
-    assert default_anchors() == TrustAnchors()
+    # A backend's own pins (EnclaveBackend.root_pins) are added, marked simulated when they are.
+    assert default_anchors([RootPin("AB" * 32, "sim root")]).simulated_roots["ab" * 32] == "sim root"
 
 
 # --- hostile bytes: nothing but a result ever comes back -------------------------------------------------
