@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from teelab.enclave_runtime.controller import ControllerBinding, snp_host_data, tdx_mrconfigid
-from teelab.errors import UsageError
+from teelab.errors import EnclaveError, UsageError
 
 CvmKind = Literal["sev-snp", "tdx"]
 OBJECT_ID = "cvm0"
@@ -101,3 +101,33 @@ def qemu_argv(vm: ConfidentialVm, controller: bytes | None, inputs: Mapping[str,
     blob = _option_value(json.dumps(dict(inputs), sort_keys=True, separators=(",", ":")))
     argv += ["-fw_cfg", f"name={BOOT_INPUTS_FW_CFG},string={blob}", *vm.extra]
     return argv
+
+
+FW_CFG_BY_NAME = "sys/firmware/qemu_fw_cfg/by_name"
+_MAX_INPUTS = 1 << 16
+
+
+def read_boot_inputs(root: Path = Path("/")) -> dict[str, str]:
+    """Inside a VM the backend started: the launch inputs from fw_cfg (untrusted, like every launch input).
+
+    Needs the guest's ``qemu_fw_cfg`` driver; anything but a JSON object of strings is an EnclaveError.
+    """
+    path = root / FW_CFG_BY_NAME / BOOT_INPUTS_FW_CFG / "raw"
+    try:
+        with open(path, "rb") as blob:
+            raw = blob.read(_MAX_INPUTS + 1)
+    except OSError as error:
+        raise EnclaveError(
+            f"no launch inputs at {path}: {error.strerror}", hint="load the guest's qemu_fw_cfg driver"
+        ) from None
+    if len(raw) > _MAX_INPUTS:
+        raise EnclaveError(f"the launch inputs at {path} are larger than {_MAX_INPUTS} bytes")
+    try:
+        inputs = json.loads(raw)
+    except ValueError:
+        raise EnclaveError(f"the launch inputs at {path} are not JSON") from None
+    if not isinstance(inputs, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in inputs.items()
+    ):
+        raise EnclaveError(f"the launch inputs at {path} are not an object of strings")
+    return inputs

@@ -23,9 +23,15 @@ import pytest
 
 from teelab.enclave_runtime.controller import ControllerBinding
 from teelab.enclave_runtime.cvm.backend import CvmBackend
-from teelab.enclave_runtime.cvm.vmm import BOOT_INPUTS_FW_CFG, ConfidentialVm
+from teelab.enclave_runtime.cvm.vmm import (
+    BOOT_INPUTS_FW_CFG,
+    FW_CFG_BY_NAME,
+    ConfidentialVm,
+    read_boot_inputs,
+)
 from teelab.enclave_runtime.manifest import ImageSpec
 from teelab.enclave_runtime.sim.platform import SimPlatform
+from teelab.errors import EnclaveError
 
 CONTROLLER = hashlib.sha256(b"G.pub of this gateway").digest()
 
@@ -107,6 +113,7 @@ from teelab.enclave_runtime.cvm.privileges import KernelUser, split_privileges, 
 from teelab.enclave_runtime.cvm.runtime import CvmRuntime
 from teelab.enclave_runtime.sim.identity import SimIdentity
 from teelab.enclave_runtime.sim.platform import SimPlatform
+from teelab.errors import EnclaveError
 from teelab.enclave_runtime.sim.runtime import SimRuntime
 from teelab.errors import EvidenceError
 
@@ -178,3 +185,24 @@ def test_os_boundary_cvm_kernel_runs_unprivileged_and_only_the_boot_reads_the_at
     quote = bytes.fromhex(seen["user_quote"])
     # The agent answered with evidence over the domain-separated hash, never over raw report data.
     assert quote[368:432].hex() == seen["expected_report_data"]
+
+
+def test_os_boundary_the_guest_reads_the_inputs_qemu_was_given(tmp_path: Path) -> None:
+    """What the stand-in QEMU received as fw_cfg is what the guest reads back from sysfs."""
+    argv = launch_vm(tmp_path, "sev-snp", CONTROLLER)["argv"]
+    assert isinstance(argv, list)
+    blob = option(argv, "-fw_cfg").split(",string=", 1)[1].replace(",,", ",")
+    guest = tmp_path / "guest"
+    raw = guest / FW_CFG_BY_NAME / BOOT_INPUTS_FW_CFG / "raw"
+    raw.parent.mkdir(parents=True)
+    raw.write_text(blob)
+    inputs = read_boot_inputs(guest)
+    assert set(inputs) == {"TEELAB_BOOT_REQUEST"}
+    assert json.loads(inputs["TEELAB_BOOT_REQUEST"])["respond_to"] == "10.0.2.2:4242"
+    for hostile in (b"[1, 2]", b'{"a": 1}', b"\xff", b"{" + b" " * (1 << 17) + b"}"):
+        raw.write_bytes(hostile)
+        with pytest.raises(EnclaveError):
+            read_boot_inputs(guest)
+    raw.unlink()
+    with pytest.raises(EnclaveError, match="qemu_fw_cfg"):
+        read_boot_inputs(guest)
