@@ -122,6 +122,7 @@ def _oidc(value: object, source: str) -> OidcSettings:
                 _strings(table.get("algorithms", ["RS256", "ES256", "EdDSA"]), "algorithms", source)
             ),
             jwks_cache_seconds=int(table.get("jwks_cache_seconds", 300)),
+            jwks_refresh_cooldown_seconds=float(table.get("jwks_refresh_cooldown_seconds", 30.0)),
             leeway_seconds=int(table.get("leeway_seconds", 30)),
         )
     except (TypeError, ValueError) as error:

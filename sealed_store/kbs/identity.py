@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import jwt
 
 from teelab.errors import ConfigError, KeyBrokerError
-from teelab.files import write_private
+from teelab.files import replace_atomically, write_private
 from teelab.sealed_store.kbs import validation
 from teelab.sealed_store.kbs.crypto import private_dir, read_secret
 
@@ -131,8 +131,11 @@ def issue_local_token(state_dir: Path, user: str, *, replace: bool = False) -> P
     user = validation.user_name(user)
     folder = private_dir(state_dir / USERS_DIR)
     path = folder / f"{user}{TOKEN_SUFFIX}"
-    if replace or not path.exists():
-        write_private(path, (secrets.token_urlsafe(32) + "\n").encode())
+    token = (secrets.token_urlsafe(32) + "\n").encode()
+    if replace and path.exists():
+        replace_atomically(path, token, mode=0o600)
+    elif not path.exists():
+        write_private(path, token)
         # The folder's mtime tells a running broker to re-read it (a replaced file keeps the folder's).
         folder.touch()
     return path
@@ -154,6 +157,9 @@ class OidcSettings:
     groups_claim: str = "groups"
     algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
     jwks_cache_seconds: int = 300
+    # An unknown key id refetches the JWKS (key rotation), at most this often: junk kids cannot make the
+    # broker hammer the issuer.
+    jwks_refresh_cooldown_seconds: float = 30.0
     leeway_seconds: int = 30
 
 
@@ -169,6 +175,8 @@ class OidcTokens:
         self._jwks = jwt.PyJWKClient(
             settings.jwks_url, cache_keys=True, lifespan=settings.jwks_cache_seconds, timeout=10
         )
+        if hasattr(self._jwks, "cooldown_duration"):  # PyJWT >= 2.10
+            self._jwks.cooldown_duration = settings.jwks_refresh_cooldown_seconds
 
     def authenticate(self, credential: str) -> Identity | None:
         if credential.count(".") != 2:

@@ -63,6 +63,7 @@ class KbsServer:
         self.clock = clock
         self.port: int | None = None
         self.broker: KeyBroker | None = None
+        self.service: KbsService | None = None  # its ``junk`` meter counts refused junk per peer
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -115,7 +116,8 @@ class KbsServer:
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max(self.config.threads, 4) * 256)
-        server.add_generic_rpc_handlers((KbsService(broker, self._executor).handler(),))
+        self.service = KbsService(broker, self._executor)
+        server.add_generic_rpc_handlers((self.service.handler(),))
         try:
             if self._tls is not None:
                 credentials = grpc.ssl_server_credentials(

@@ -94,7 +94,10 @@ class Kbs:
         for client in (self.admin, self.anon, *self.users.values()):
             client.close()
 
-    def enclave(self, mrenclave: str = GOOD, *, debug: bool = False) -> Enclave:
+    def enclave(
+        self, mrenclave: str = GOOD, *, debug: bool = False, controller: bytes | None = None
+    ) -> Enclave:
+        """A kernel session; ``controller``: the launching gateway's controller hash, in CONFIGID (SGX KSS)."""
         identity = SimIdentity(
             platform=self.platform.path,
             mrenclave=bytes.fromhex(mrenclave),
@@ -102,6 +105,7 @@ class Kbs:
             isv_prod_id=0,
             isv_svn=0,
             attributes=0x05 | (0x02 if debug else 0),
+            config_id=(controller + bytes(32)) if controller is not None else bytes(64),
         )
         return Enclave(SimRuntime(identity, self.platform))
 
