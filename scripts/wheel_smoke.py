@@ -254,7 +254,7 @@ def listed_enabled(output: str, name: str) -> bool:
     )
 
 
-def use_as_a_user(source: Path, venv: Path, work: Path, wheel_version: str, report: Report) -> None:
+def use_as_a_user(venv: Path, work: Path, wheel_version: str, report: Report) -> None:
     home = work / "home"
     home.mkdir()
     env = isolated_env(home, venv)
@@ -441,7 +441,7 @@ def smoke(work: Path, *, rev: str = "HEAD", wheelhouse: Path = DEFAULT_WHEELHOUS
         )
     with report.step("installed files"):
         check_installed_files(source, venv, report)
-    use_as_a_user(source, venv, work, wheel.name.split("-")[1], report)
+    use_as_a_user(venv, work, wheel.name.split("-")[1], report)
     report.seconds["total"] = round(time.monotonic() - started, 1)
     return report
 
