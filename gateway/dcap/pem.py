@@ -1,20 +1,17 @@
-"""Certificates and CRLs from PEM or DER, read strictly.
+"""Intel's certificates and CRLs from PEM or DER, read strictly.
 
-``cryptography.x509.load_pem_x509_certificates`` silently skips a damaged PEM block, so a chain with a broken
-END line loads as a shorter chain. Here every BEGIN marker must open a complete block whose base64 decodes to
-a certificate; otherwise the whole input is refused.
+The PEM text is split by the gateway's one strict splitter (:mod:`teelab.gateway.pem`): a damaged block fails
+the whole chain instead of being skipped, as ``cryptography``'s loader would. Every block must be of the kind
+asked for, and nothing may stand between the blocks.
 """
 
 from __future__ import annotations
-
-import base64
-import binascii
-import re
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from teelab.errors import VerificationError
+from teelab.gateway import pem
 
 # What cryptography raises for damaged certificate or CRL fields (it decodes many of them lazily).
 PARSE_ERRORS = (
@@ -25,38 +22,19 @@ PARSE_ERRORS = (
     x509.UnsupportedGeneralNameType,
 )
 
-_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----([A-Za-z0-9+/=\s]*?)-----END \1-----")
-_BEGIN = b"-----BEGIN "
-
 
 def pem_blocks(data: bytes, label: bytes, *, check: str, what: str) -> list[bytes]:
     """The DER payload of every PEM block; each block must carry ``label`` and nothing may be damaged."""
-    text = data.rstrip(b"\0")  # quotes pad the PEM chain with NULs
-    blocks = list(_BLOCK.finditer(text))
-    markers = text.count(_BEGIN)
-    if markers != len(blocks):
-        raise VerificationError(
-            check,
-            f"{what} has {markers} PEM BEGIN markers but only {len(blocks)} complete blocks "
-            "(a block is damaged)",
-        )
-    covered = 0
-    out: list[bytes] = []
+    try:
+        blocks = pem.pem_blocks(data, what=what)
+    except pem.PemError as error:
+        raise VerificationError(check, error.message) from None
     for index, block in enumerate(blocks, 1):
-        if text[covered : block.start()].strip():
-            raise VerificationError(check, f"{what} has stray bytes before PEM block {index}")
-        covered = block.end()
-        if block.group(1) != label:
+        if block.label != label.decode():
             raise VerificationError(
-                check, f"{what}: PEM block {index} is a {block.group(1).decode()}, expected {label.decode()}"
+                check, f"{what}: PEM block {index} is a {block.label}, expected {label.decode()}"
             )
-        try:
-            out.append(base64.b64decode(b"".join(block.group(2).split()), validate=True))
-        except (binascii.Error, ValueError):
-            raise VerificationError(check, f"{what}: PEM block {index} is not valid base64") from None
-    if text[covered:].strip():
-        raise VerificationError(check, f"{what} has stray bytes after its last PEM block")
-    return out
+    return [block.der for block in blocks]
 
 
 def load_certificate_der(der: bytes, *, check: str, what: str) -> x509.Certificate:
@@ -86,7 +64,7 @@ def load_certificates(data: bytes, *, check: str, what: str) -> tuple[x509.Certi
 
 def crl_der(data: bytes, *, check: str, what: str) -> bytes:
     """The DER of a CRL given as DER or as one PEM ``X509 CRL`` block."""
-    if data.lstrip().startswith(_BEGIN):
+    if data.lstrip().startswith(b"-----BEGIN "):
         blocks = pem_blocks(data, b"X509 CRL", check=check, what=what)
         if len(blocks) != 1:
             raise VerificationError(check, f"{what} holds {len(blocks)} CRLs, expected one")

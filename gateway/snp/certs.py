@@ -12,12 +12,9 @@ vectors/NOTES.md pitfall 11). That warning is silenced right where teelab loads 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import hashlib
 import os
-import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +31,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 from teelab.errors import VerificationError
-from teelab.gateway import asn1
+from teelab.gateway import asn1, pem
 from teelab.gateway.snp import fallback
 from teelab.gateway.snp.amd_ca import AMD_CA_PEM, CaRole
 from teelab.gateway.snp.cert_table import CRL_GUID, CertTableEntry, parse_cert_table
@@ -65,7 +62,6 @@ HW_ID_LENGTHS = (64, 8)
 
 # Certificate files are a few kilobytes; anything far larger is not one.
 _MAX_FILE_BYTES = 1 << 20
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 
 
 def _fail(detail: str, hint: str | None = None) -> VerificationError:
@@ -330,19 +326,15 @@ def parse_certificate(data: bytes) -> AmdCertificate:
 
 
 def _split_pem(blob: bytes) -> list[bytes]:
-    blocks = _PEM_BLOCK.findall(blob)
-    # load_pem_x509_certificates skips a block it cannot read (pitfall 8); here every block must count.
-    if len(blocks) != blob.count(b"-----BEGIN "):
-        raise _fail("a PEM block is not closed by a matching END line")
-    found: list[bytes] = []
-    for label, body in blocks:
-        if label != b"CERTIFICATE":
-            raise _fail(f"PEM block {label.decode()!r} is not a certificate")
-        try:
-            found.append(base64.b64decode(b"".join(body.split()), validate=True))
-        except binascii.Error as exc:
-            raise _fail(f"a PEM certificate block is not valid base64: {exc}") from None
-    return found
+    # Text beside the blocks is tolerated (tools print certificates with a description); damage is not.
+    try:
+        blocks = pem.pem_blocks(blob, what="the certificate text", strict_layout=False)
+    except pem.PemError as error:
+        raise _fail(error.message) from None
+    for block in blocks:
+        if block.label != "CERTIFICATE":
+            raise _fail(f"PEM block {block.label!r} is not a certificate")
+    return [block.der for block in blocks]
 
 
 def _split_der(blob: bytes) -> list[bytes]:
@@ -561,9 +553,9 @@ class SnpCertificates:
         roles: tuple[CaRole, CaRole] = (wanted, "ark")
         for role in roles:
             have = self.arks if role == "ark" else self.intermediates
-            pem = AMD_CA_PEM.get((product, role))
-            if pem is not None and not any(cert.role == role for cert in have):
-                extra.extend(parse_certificate(data) for data in split_certificates(pem.encode()))
+            bundled = AMD_CA_PEM.get((product, role))
+            if bundled is not None and not any(cert.role == role for cert in have):
+                extra.extend(parse_certificate(data) for data in split_certificates(bundled.encode()))
         return SnpCertificates.from_certificates([*self.certificates, *extra], self.crls) if extra else self
 
 

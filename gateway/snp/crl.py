@@ -8,10 +8,7 @@ time. Nothing is fetched implicitly; without a CRL the chain check says revocati
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -20,10 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from teelab.errors import VerificationError
-from teelab.gateway import asn1
+from teelab.gateway import asn1, pem
 
 CRL_CHECK = "amd_crl"
-_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----(.*?)-----END X509 CRL-----", re.DOTALL)
 # AMD's CRLs are a few kilobytes (a handful of revoked serials); far larger is not one.
 MAX_CRL_BYTES = 1 << 20
 
@@ -89,21 +85,22 @@ def parse_crl(data: bytes) -> AmdCrl:
     return AmdCrl(data, issuer_name, issuer_cn, this_update, next_update, revoked, crl)
 
 
+def _crl_blocks(blob: bytes) -> list[pem.PemBlock]:
+    # Only the CRL blocks are read here; the certificate reader judges the rest of the text.
+    try:
+        return pem.pem_blocks(blob, what="the certificate text", only="X509 CRL", strict_layout=False)
+    except pem.PemError as error:
+        raise _fail(error.message) from None
+
+
 def crls_in_pem(blob: bytes) -> list[AmdCrl]:
     """The ``X509 CRL`` blocks of a PEM text (certificates beside them are left to the certificate reader)."""
-    found = []
-    for body in _PEM_CRL.findall(blob):
-        try:
-            data = base64.b64decode(b"".join(body.split()), validate=True)
-        except binascii.Error as exc:
-            raise _fail(f"a PEM CRL block is not valid base64: {exc}") from None
-        found.append(parse_crl(data))
-    return found
+    return [parse_crl(block.der) for block in _crl_blocks(blob)]
 
 
 def without_crls(blob: bytes) -> bytes:
     """``blob`` with its PEM CRL blocks removed."""
-    return _PEM_CRL.sub(b"", blob)
+    return pem.without_blocks(blob, _crl_blocks(blob))
 
 
 def certificate_serial(tbs: bytes) -> int:

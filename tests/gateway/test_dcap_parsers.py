@@ -154,7 +154,9 @@ def test_damaged_pem_block_is_not_skipped(vector_dir: Path) -> None:
         (lambda p: b"junk\n" + p, "stray bytes before"),
         (lambda p: p.rstrip(b"\0") + b"junk", "stray bytes after"),
         (lambda p: p.replace(b"CERTIFICATE", b"PRIVATE KEY", 2), "PRIVATE KEY"),
-        (lambda p: p.replace(b"MII", b"M!I", 1), "BEGIN markers"),
+        # One strict splitter for Intel and AMD: a foreign character is named as what it is.
+        (lambda p: p.replace(b"MII", b"M!I", 1), "a PEM certificate block is not valid base64"),
+        (lambda p: p.replace(b"-----END CERTIFICATE-----", b"", 1), "BEGIN markers"),
         (lambda p: p.replace(b"MII", b"MI=", 1), "base64"),
         (lambda p: p.replace(b"MII", b"AII", 1), "not a valid X.509 certificate"),
     ],
