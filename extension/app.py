@@ -28,8 +28,9 @@ class TeelabExtensionApp(ExtensionApp):
         "teelab-sim",
         allow_none=True,
         config=True,
-        help="Datasets uploaded from JupyterLab are released to kernels that this kernelspec's policy accepts "
-        "(None: teelab's built-in policy, real up-to-date hardware only).",
+        help="The release policy the upload dialog suggests (a name among the published policies, "
+        "GET /teelab/api/datasets/policies). An upload always names its policy explicitly; nothing is "
+        "released under a policy by omission.",
     )
 
     def initialize_handlers(self) -> None:

@@ -86,16 +86,71 @@ def _http_error(error: TeelabError) -> web.HTTPError:
     return web.HTTPError(500, text)
 
 
-def _release_policy(handler: TeelabAPIHandler) -> str:
-    """What a browser upload releases to: this server's teelab kernels (the policy of its kernelspec)."""
-    from teelab.kernel.policy_files import find_policy
+def published_policies(handler: TeelabAPIHandler) -> dict[str, Path]:
+    """The release policies the operator published, by name: the policy folders the provisioner searches
+    (``<sys.prefix>/etc/teelab/policies``, the system folders, and the user's unless the operator turned user
+    policies off). A browser upload must name one of them: nothing is released by omission."""
+    from teelab.kernel.policy_files import find_policy, policy_dirs
 
-    kernel = handler.teelab_app.release_policy_kernel
-    # The same folders the provisioner searches: an operator who turned off user policies means it here too.
     provisioner = handler.config.get("TeeProvisioner", {}) if handler.config else {}
     allow_user = provisioner.get("allow_user_policies", True) if hasattr(provisioner, "get") else True
-    path = find_policy(kernel, allow_user=bool(allow_user)) if kernel else None
-    return path.read_text() if path is not None else ""
+    found: dict[str, Path] = {}
+    for folder in policy_dirs(allow_user=bool(allow_user)):
+        for candidate in sorted(folder.glob("*.toml")) if folder.is_dir() else ():
+            name = candidate.stem
+            path = find_policy(name, allow_user=bool(allow_user))  # the first that applies, as kernels see it
+            if name not in found and path is not None and _POLICY_NAME_RE.fullmatch(name):
+                found[name] = path
+    return found
+
+
+def describe_policy(text: str) -> dict[str, Any]:
+    """What a release policy admits, for a person choosing one: its id, whether simulated (non-confidential)
+    kernels pass, and which values it pins per TEE."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        return {"id": None, "error": str(error)}
+    pins = {
+        tee: sorted(key for key, value in table.items() if value not in ([], "", None))
+        for tee, table in data.items()
+        if isinstance(table, dict)
+    }
+    return {
+        "id": data.get("id"),
+        "allow_simulation": bool(data.get("allow_simulation", False)),
+        "allow_debug": bool(data.get("allow_debug", False)),
+        "pins": pins,
+        "pins_nothing": not any(pins.values()),
+    }
+
+
+def _chosen_policy(handler: TeelabAPIHandler, name: str) -> str:
+    published = published_policies(handler)
+    if not name:
+        raise bad_request(
+            "choose the release policy the dataset's key is released under: POST /teelab/api/datasets"
+            f"?name=NAME&policy=POLICY, one of {sorted(published) or 'none (the operator published none)'}"
+        )
+    path = published.get(name)
+    if path is None:
+        raise bad_request(f"no published release policy {name!r}; choose one of {sorted(published)}")
+    return path.read_text()
+
+
+class PoliciesHandler(TeelabAPIHandler):
+    """``GET /datasets/policies``: the policies an upload may choose, each with what it admits."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        policies = []
+        for name, path in sorted(published_policies(self).items()):
+            text = path.read_text()
+            policies.append({"name": name, "text": text, **describe_policy(text)})
+        self.reply({"policies": policies, "suggested": self.teelab_app.release_policy_kernel})
 
 
 class DatasetsHandler(TeelabAPIHandler):
@@ -205,8 +260,8 @@ class DatasetCollectionHandler(DatasetsHandler):
             raise bad_request("the upload is empty")
         self._spool.close()
         source = Path(self._spool.name)
+        policy = _chosen_policy(self, self.get_query_argument("policy", default="").strip())
         owner = _owner(self)
-        policy = _release_policy(self)
 
         def publish() -> Any:
             return owner.publish(
@@ -223,6 +278,7 @@ class DatasetCollectionHandler(DatasetsHandler):
             {
                 "name": published.name,
                 "version": published.version,
+                "policy": describe_policy(policy),
                 "manifest_sha256": published.manifest_sha256,
                 "rows": published.rows,
             },
@@ -282,8 +338,10 @@ class GrantHandler(GrantsHandler):
 
 _NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_POLICY_NAME_RE = _NAME_RE
 ROUTES = [
     (r"/datasets", DatasetCollectionHandler),
+    (r"/datasets/policies", PoliciesHandler),
     (rf"/datasets/{_NAME}/grants", GrantsHandler),
     # Tornado matches the still-escaped path (clients send user%3Aalice) and unescapes the captured groups.
     (rf"/datasets/{_NAME}/grants/(?P<principal>(?:user|group)(?::|%3[Aa])[^/]+)", GrantHandler),

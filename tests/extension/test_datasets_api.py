@@ -20,13 +20,15 @@ MARKER = b"plaintext-marker-7f3a9c"
 CSV = b"region,amount\n" + b"".join(MARKER + b",%d\n" % i for i in range(500))
 
 
-async def upload(jp_fetch: Any, name: str, body: bytes = CSV, content_type: str = "text/csv") -> Any:
+async def upload(
+    jp_fetch: Any, name: str, body: bytes = CSV, content_type: str = "text/csv", policy: str = "teelab-sim"
+) -> Any:
     return await jp_fetch(
         "teelab",
         "api",
         "datasets",
         method="POST",
-        params={"name": name},
+        params={"name": name, "policy": policy},
         body=body,
         headers={"Content-Type": content_type},
     )
@@ -93,7 +95,22 @@ async def test_upload_list_grant_revoke(jp_fetch: Any, spec: KernelEnv, broker: 
         ({"name": "api-x"}, CSV, "application/json", 415, "upload a CSV"),
         ({"name": "api-x"}, b"", "text/csv", 400, "the upload is empty"),
         ({"name": "bad name!"}, CSV, "text/csv", 400, "name"),
-        ({"name": "api-x"}, b"\x00\x01not,a\ncsv\xff", "application/vnd.apache.parquet", 422, "parquet"),
+        (
+            {"name": "api-x", "policy": "teelab-sim"},
+            b"\x00\x01not,a\ncsv\xff",
+            "application/vnd.apache.parquet",
+            422,
+            "parquet",
+        ),
+        ({"name": "api-x"}, CSV, "text/csv", 400, "choose the release policy"),
+        (
+            {"name": "api-x", "policy": "nobody-published-this"},
+            CSV,
+            "text/csv",
+            400,
+            "no published release policy",
+        ),
+        ({"name": "api-x", "policy": "../etc/passwd"}, CSV, "text/csv", 400, "no published release policy"),
     ],
 )
 async def test_malformed_uploads_get_4xx_json(
@@ -271,3 +288,21 @@ async def test_a_mistyped_expiry_is_refused_not_made_permanent(
         assert status == 400 and "expires_at" in text
     with DataOwner.connect() as owner:
         assert owner.kbs.get_dataset("api-expiry").grants == ()
+
+
+async def test_an_upload_names_a_published_policy_and_the_page_can_show_what_it_admits(
+    jp_fetch: Any, spec: KernelEnv, broker: object
+) -> None:
+    listing = json.loads((await jp_fetch("teelab", "api", "datasets", "policies")).body)
+    (sim,) = [p for p in listing["policies"] if p["name"] == "teelab-sim"]
+    assert sim["text"] == spec.policy.read_text()
+    assert sim["allow_simulation"] is True and sim["pins"]["sgx"] and not sim["pins_nothing"]
+    assert listing["suggested"] == "teelab-sim"
+    created = json.loads((await upload(jp_fetch, "api-chosen")).body)
+    assert created["policy"]["id"] == sim["id"]
+    (entry,) = [
+        d
+        for d in json.loads((await jp_fetch("teelab", "api", "datasets")).body)["datasets"]
+        if d["name"] == "api-chosen"
+    ]
+    assert entry["policy_id"] == sim["id"]
