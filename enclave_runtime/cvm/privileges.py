@@ -6,7 +6,8 @@ could ask for evidence over report data of its choosing — an attestation oracl
 So the boot, which runs as root, gets its own session evidence and then calls :func:`split_privileges`:
 
 - a forked *agent* keeps root and answers one kind of request only: evidence over
-  ``SHA-512("teelab/user/v1" ‖ user_data)`` (:func:`user_report_data`), never over raw report data, so no
+  ``SHA-512("teelab/user/v1" ‖ user_data)`` (:func:`teelab.session.user_report_data`; the agent hashes, so the
+  kernel sends the user data itself), never over raw report data, so no
   answer can pass for session evidence (``SHA-512("teelab/session/v1" ‖ …)``);
 - the boot's own process drops to an unprivileged user (supplementary groups, then group, then user; checked
   to be irreversible) and goes on to run the kernel, which can then neither create a configfs-tsm report nor
@@ -19,7 +20,6 @@ the VM: a kernel exploit that regains root gets the device back, which is the gu
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pwd
@@ -29,18 +29,13 @@ from dataclasses import dataclass
 
 from teelab.enclave_runtime.backend import Evidence, TeeRuntime
 from teelab.errors import EnclaveError, EvidenceError
+from teelab.session import user_report_data  # the one definition of SHA-512("teelab/user/v1" ‖ data)
 
-USER_EVIDENCE_DOMAIN = b"teelab/user/v1"
 KERNEL_USER_ENV = "TEELAB_KERNEL_USER"
 DEFAULT_KERNEL_USER = "nobody"
 MAX_USER_DATA = 1 << 20
 _MAX_ANSWER = 1 << 22
 _LENGTH = struct.Struct(">I")
-
-
-def user_report_data(user_data: bytes) -> bytes:
-    """The report data of evidence user code asks for: domain-separated from every protocol's report data."""
-    return hashlib.sha512(USER_EVIDENCE_DOMAIN + user_data).digest()
 
 
 @dataclass(frozen=True)
