@@ -277,3 +277,20 @@ def test_audit_cli_notices_entries_cut_off_the_end(
     # the rewritten head's signature does not verify (this passed before heads were signed).
     assert cli.main(["audit", "verify", "--state", str(rewritten), "--forget"]) == 1
     assert "head record's signature does not verify" in capsys.readouterr().err
+
+
+def test_a_database_from_before_signed_heads_gets_its_head_signed_on_open(logged: Path) -> None:
+    from teelab.sealed_store.kbs.audit import SignedHead
+    from teelab.sealed_store.kbs.crypto import KbsKeys
+
+    with sqlite3.connect(logged / "kbs.sqlite3") as db:
+        db.execute("ALTER TABLE kbs_audit_head DROP COLUMN signature")  # the schema before heads were signed
+    keys = KbsKeys.load_or_create(logged)
+    store = Store.open(f"sqlite:///{logged / 'kbs.sqlite3'}", keys.signing_key)
+    try:
+        head = store.audit_head()
+        entries = list(store.iter_audit())
+    finally:
+        store.close()
+    assert isinstance(head, SignedHead) and head.signature is not None and head.seq == len(entries)
+    assert verify_audit(entries, load_signing_public_key(logged / "signing.pub"), signed_head=head).ok
