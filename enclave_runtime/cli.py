@@ -64,6 +64,12 @@ def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--isv-svn", type=int, default=0, metavar="N", help="ISV security version (default 0)"
     )
+    parser.add_argument(
+        "--controller",
+        metavar="HEX",
+        help="pin this controller (SHA-256 of a gateway's key, 64 hex digits) in the measured image: the "
+        "binding for TEEs whose launcher cannot set it (Gramine; see docs/backends.md)",
+    )
 
 
 def _spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -77,7 +83,18 @@ def _spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     signing_key = getattr(args, "signing_key", None)
     if signing_key is not None and not Path(signing_key).is_file():
         raise UsageError(f"--signing-key {signing_key} does not exist", hint="give the author's PEM key file")
-    return kernel_image_spec(args.python, isv_prod_id=args.isv_prod_id, isv_svn=args.isv_svn)
+    spec = kernel_image_spec(args.python, isv_prod_id=args.isv_prod_id, isv_svn=args.isv_svn)
+    if args.controller is None:
+        return spec
+    from teelab.enclave_runtime.controller import CONTROLLER_SIZE, pin_controller
+
+    try:
+        controller = bytes.fromhex(args.controller)
+    except ValueError:
+        controller = b""
+    if len(controller) != CONTROLLER_SIZE:
+        raise UsageError("--controller must be 64 hex digits (the SHA-256 of a gateway's identity key)")
+    return pin_controller(spec, controller)
 
 
 def _measure(args: argparse.Namespace) -> int:

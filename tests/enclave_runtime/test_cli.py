@@ -106,3 +106,12 @@ def test_quote_over_a_missing_image_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "no enclave image at" in result.stderr and "teelab enclave build" in result.stderr
+
+
+def test_measure_with_a_controller_pins_it_in_the_measured_image() -> None:
+    controller = "ab" * 32
+    plain, pinned = run("enclave", "measure", "--json"), run("enclave", "measure", "--controller", controller)
+    assert plain.returncode == 0 and pinned.returncode == 0, pinned.stderr
+    assert plain.stdout.strip().splitlines()[-1] != pinned.stdout.strip().splitlines()[-1]
+    bad = run("enclave", "measure", "--controller", "abcd")
+    assert bad.returncode == 2 and "64 hex digits" in bad.stderr
