@@ -146,6 +146,20 @@ def start_kbs(state: Path, clock: FakeClock, **config: object) -> KbsServer:
     return server
 
 
+def open_kbs(state: Path, clock: FakeClock, platform: SimPlatform, **config: object) -> Kbs:
+    """A started broker on ``state`` with an admin and an anonymous client (``Kbs.close`` and
+    ``server.stop`` end it)."""
+    server = start_kbs(state, clock, **config)
+    return Kbs(
+        server,
+        state,
+        clock,
+        platform,
+        KbsClient(server.target, read_token(state / ADMIN_TOKEN_FILE), timeout=20),
+        KbsClient(server.target, timeout=20),
+    )
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(datetime.now(UTC).replace(microsecond=0))
@@ -156,20 +170,12 @@ def kbs(tmp_path: Path, clock: FakeClock) -> Iterator[Kbs]:
     # The simulated platform at the default place, so default_anchors() knows its root (as in production).
     platform = SimPlatform.open(default_path(), now=clock.now - timedelta(hours=1))
     state = tmp_path / "kbs-state"
-    server = start_kbs(state, clock)
-    kbs = Kbs(
-        server,
-        state,
-        clock,
-        platform,
-        KbsClient(server.target, read_token(state / ADMIN_TOKEN_FILE), timeout=20),
-        KbsClient(server.target, timeout=20),
-    )
+    kbs = open_kbs(state, clock, platform)
     try:
         yield kbs
     finally:
         kbs.close()
-        server.stop(grace=0)
+        kbs.server.stop(grace=0)
 
 
 def serve_in_a_process(*arguments: str) -> tuple[subprocess.Popen[str], list[str]]:

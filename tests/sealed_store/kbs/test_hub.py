@@ -24,12 +24,11 @@ from typing import Any
 import pytest
 
 from teelab.errors import KeyBrokerError
-from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, read_token
 from teelab.sealed_store.kbs.auth_config import AuthConfig
 from teelab.sealed_store.kbs.client import KbsClient
 from teelab.sealed_store.kbs.identity import HubSettings
 
-from .conftest import GOOD, FakeClock, Kbs, policy_for, start_kbs
+from .conftest import GOOD, FakeClock, Kbs, open_kbs, policy_for
 
 REPO = Path(__file__).resolve().parents[3]
 SERVICE_TOKEN = "teelab-test-service-token-0123456789abcdef"
@@ -125,20 +124,12 @@ def _user_token(api: str, user: str) -> str:
 def hub_kbs(hub: str, tmp_path: Path, clock: FakeClock, kbs: Kbs) -> Iterator[Kbs]:
     auth = AuthConfig(providers=("jupyterhub",), jupyterhub=HubSettings(api_url=hub, cache_seconds=60))
     state = tmp_path / "hub-kbs"
-    server = start_kbs(state, clock, auth=auth)
-    world = Kbs(
-        server,
-        state,
-        clock,
-        kbs.platform,
-        KbsClient(server.target, read_token(state / ADMIN_TOKEN_FILE), timeout=20),
-        KbsClient(server.target, timeout=20),
-    )
+    world = open_kbs(state, clock, kbs.platform, auth=auth)
     try:
         yield world
     finally:
         world.close()
-        server.stop(grace=0)
+        world.server.stop(grace=0)
 
 
 def _reason(call: Any) -> str:

@@ -16,12 +16,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from teelab.errors import ConfigError, KeyBrokerError
-from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, read_token
+from teelab.sealed_store.kbs.auth import read_token
 from teelab.sealed_store.kbs.auth_config import AuthConfig, parse_auth
 from teelab.sealed_store.kbs.client import KbsClient
 from teelab.sealed_store.kbs.identity import OidcSettings, issue_local_token
 
-from .conftest import FakeClock, Kbs, start_kbs
+from .conftest import FakeClock, Kbs, open_kbs
 
 ISSUER = "https://id.example.test/realms/lab"
 AUDIENCE = "teelab-kbs"
@@ -125,20 +125,12 @@ def oidc(tmp_path: Path, clock: FakeClock, kbs: Kbs) -> Iterator[tuple[Kbs, Issu
         junk_burst=1 << 30,
     )
     state = tmp_path / "oidc-kbs"
-    server = start_kbs(state, clock, auth=auth)
-    world = Kbs(
-        server,
-        state,
-        clock,
-        kbs.platform,
-        KbsClient(server.target, read_token(state / ADMIN_TOKEN_FILE), timeout=20),
-        KbsClient(server.target, timeout=20),
-    )
+    world = open_kbs(state, clock, kbs.platform, auth=auth)
     try:
         yield world, issuer
     finally:
         world.close()
-        server.stop(grace=0)
+        world.server.stop(grace=0)
         issuer.close()
 
 

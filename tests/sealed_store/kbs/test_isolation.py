@@ -22,12 +22,9 @@ import pytest
 import sqlalchemy
 
 from teelab.errors import KeyBrokerError
-from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, read_token
 from teelab.sealed_store.kbs.client import KbsClient
-from teelab.sealed_store.kbs.config import KbsConfig
-from teelab.sealed_store.kbs.server import KbsServer
 
-from .conftest import GOOD, OTHER, UNLIMITED_JUNK, FakeClock, Kbs, policy_for
+from .conftest import GOOD, OTHER, FakeClock, Kbs, open_kbs, policy_for
 from .test_postgres import postgres_url  # noqa: F401  (the throwaway cluster, a module fixture)
 
 
@@ -43,18 +40,7 @@ def tenants(request: pytest.FixtureRequest, kbs: Kbs, clock: FakeClock, tmp_path
             conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
         engine.dispose()
         state = tmp_path / "pg-tenants"
-        server = KbsServer(
-            KbsConfig(state_dir=state, db_url=url, auth=UNLIMITED_JUNK), address="127.0.0.1:0", clock=clock
-        )
-        server.start()
-        world = Kbs(
-            server,
-            state,
-            clock,
-            kbs.platform,
-            KbsClient(server.target, read_token(state / ADMIN_TOKEN_FILE), timeout=20),
-            KbsClient(server.target, timeout=20),
-        )
+        world = open_kbs(state, clock, kbs.platform, db_url=url)
     alice, bob, carol = (world.as_user(name) for name in ("alice", "bob", "carol"))
     _register(alice, "sales", 1)
     _register(bob, "payroll", 1)
