@@ -18,6 +18,7 @@ from datetime import datetime
 from teelab.enclave_runtime.backend import EnclaveBackend, Evidence
 from teelab.errors import TeelabError
 from teelab.gateway.anchors import TrustAnchors
+from teelab.gateway.identity import GatewayIdentity
 from teelab.gateway.policy import AppraisalPolicy
 from teelab.gateway.result import AttestationResult
 from teelab.gateway.verifier import default_anchors, verify_evidence
@@ -59,9 +60,15 @@ def backend_anchors(backend: EnclaveBackend) -> TrustAnchors:
 
 
 def appraiser(
-    backend: EnclaveBackend, policy: AppraisalPolicy, *, clock: Callable[[], datetime] = utcnow
+    backend: EnclaveBackend,
+    policy: AppraisalPolicy,
+    *,
+    controller: bytes | None,
+    clock: Callable[[], datetime] = utcnow,
 ) -> Appraise:
-    """Verify evidence from ``backend``'s TEE with its collateral and roots, judged by ``policy``."""
+    """Verify evidence from ``backend``'s TEE with its collateral and roots, judged by ``policy``; with
+    ``controller`` (this gateway's ``SHA-256(G.pub)``) the evidence must also carry it (the check
+    ``controller``): evidence of a kernel some other party launched — an attestation oracle — never passes."""
     anchors = backend_anchors(backend)
 
     def appraise(evidence: Evidence, report_data: bytes) -> AttestationResult:
@@ -74,6 +81,7 @@ def appraiser(
             anchors=anchors,
             policy=policy,
             expected_report_data=report_data,
+            expected_controller=controller,
         )
 
     return appraise
@@ -121,9 +129,18 @@ async def answer_channel(host: str) -> AsyncIterator[AnswerChannel]:
 
 
 async def attest_and_seal(
-    channel: Channel, *, nonce: bytes, appraise: Appraise, make_bundle: MakeBundle, timeout: float
+    channel: Channel,
+    *,
+    nonce: bytes,
+    identity: GatewayIdentity,
+    appraise: Appraise,
+    make_bundle: MakeBundle,
+    timeout: float,
 ) -> AttestationResult:
     """Run the handshake on the boot's connection; the accepted result once the kernel confirmed.
+
+    ``appraise`` must check the controller binding against ``identity`` (:func:`appraiser` does); the bundle
+    goes out sealed to the attested key and signed by ``identity`` — the only bundle the boot accepts.
 
     Raises :class:`SessionRefused` (the evidence failed a check, or the confirmation was not made with the
     session's key), :class:`HandshakeError` (malformed or out-of-order messages, the kernel failed to start)
@@ -142,7 +159,8 @@ async def attest_and_seal(
         await writer.drain()
         raise SessionRefused(check, detail, result)
     bundle = await make_bundle(hello.enclave_key, result)
-    writer.write(encode_frame(SealedBundle(seal_bundle(hello.enclave_key, nonce, bundle))))
+    sealed = seal_bundle(hello.enclave_key, nonce, bundle)
+    writer.write(encode_frame(SealedBundle(sealed, identity.sign_bundle(sealed, nonce, hello.enclave_key))))
     await writer.drain()
     reply = decode_one_of(await asyncio.wait_for(read_frame(reader), timeout), Ready, Failed)
     if isinstance(reply, Failed):

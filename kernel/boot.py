@@ -1,20 +1,24 @@
 """The kernel boot: the first code that runs inside the TEE (``python -s -m teelab.kernel.boot``).
 
-1. Read the boot request the gateway passed through the host (a nonce and where to answer; nothing secret).
+1. Read the boot request the gateway passed through the host (a nonce, where to answer, and ``G.pub``, the
+   launching gateway's identity — its controller; nothing secret). Refuse a request naming another controller
+   than the one the platform was launched for, where the runtime can tell.
 2. Make an ephemeral X25519 key E; ask the TEE for evidence over SHA-512("teelab/session/v1" ‖ E.pub ‖ N).
-3. Send {E.pub, evidence}; receive the session bundle sealed to E.pub (HPKE) — it only comes if the gateway
-   accepted the evidence.
+3. Send {E.pub, evidence}; receive the session bundle sealed to E.pub (HPKE) and signed by G — it only comes
+   if the gateway accepted the evidence. A bundle G did not sign is refused unread, and the boot exits.
 4. Start ipykernel with the bundle's HMAC key, CURVE keypair and ports, CURVE on every socket, a ZAP
    allow-list of exactly the provisioned key, and no connection file; then confirm readiness with an HMAC
    only a holder of the bundle can compute.
 
-What the boot writes to stderr is read by the host: it says what step failed, never a key or a message.
+The messages are :mod:`teelab.protocols.session`'s; the boot imports no verifier code. What it writes to
+stderr is read by the host: it says what step failed, never a key or a message.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import hmac
 import os
 import shutil
 import signal
@@ -27,6 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from teelab.enclave_runtime.backend import TeeRuntime
 from teelab.enclave_runtime.runtime import current_runtime
 from teelab.errors import TeelabError
 from teelab.protocols.session import (
@@ -40,8 +45,11 @@ from teelab.protocols.session import (
     Refused,
     SealedBundle,
     SessionBundle,
+    check_bundle_signature,
+    controller_hash,
     decode_one_of,
-    open_bundle,
+    decrypt_bundle,
+    parse_bundle,
     ready_confirmation,
     recv_frame,
     send_frame,
@@ -130,12 +138,33 @@ def _exit_cleanly_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+def _check_launch_controller(runtime: TeeRuntime, request: BootRequest) -> None:
+    """Obey only the controller the platform names: the one bound into this TEE's evidence at launch.
+
+    Otherwise a host could launch the image bound to a victim's controller while the boot request names the
+    host's own key, and run code in a kernel whose evidence carries the victim's controller. Runtimes that
+    can read their launch-time field say it through ``controller()``; a 32-byte all-zero or absent answer
+    means the platform bound none (then the gateway's controller check refuses this kernel's evidence).
+    """
+    read = getattr(runtime, "controller", None)
+    bound = read() if callable(read) else None
+    if (
+        isinstance(bound, bytes)
+        and any(bound)
+        and not hmac.compare_digest(bound, controller_hash(request.controller_key))
+    ):
+        raise HandshakeError(
+            "the boot request names another controller than the one this TEE was launched for"
+        )
+
+
 def boot() -> Any:
     """Run the handshake and return the initialised kernel app (not yet started)."""
     _make_private_dirs()
     preload = _preload_kernel()
     request = BootRequest.from_env(os.environ.get(BOOT_REQUEST_ENV))
     runtime = current_runtime()
+    _check_launch_controller(runtime, request)
     secret = X25519PrivateKey.generate()
     enclave_key = secret.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     evidence = runtime.evidence(session_report_data(enclave_key, request.nonce))
@@ -146,7 +175,12 @@ def boot() -> Any:
         if isinstance(reply, Refused):
             raise HandshakeError(f"the gateway refused this kernel: {reply.reason}")
         assert isinstance(reply, SealedBundle)
-        bundle = open_bundle(secret, request.nonce, reply.sealed)
+        plaintext = decrypt_bundle(secret, request.nonce, reply.sealed)  # made for this E and N, by someone
+        # Only the controller may run code here: a bundle anyone else sealed to E.pub is refused unread.
+        check_bundle_signature(
+            request.controller_key, reply.signature, reply.sealed, request.nonce, enclave_key
+        )
+        bundle = parse_bundle(plaintext)
         config = _kernel_config(bundle)
 
         import teelab.session

@@ -172,10 +172,11 @@ class TeeProvisioner(ProvisionerSettings, KernelProvisionerBase):  # type: ignor
         backend = self._backend()
         policy = load_kernel_policy(self.km.kernel_name, self.policy_settings())
         image = backend.load_image(KERNEL_IMAGE, Path(self.image_path) if self.image_path else None)
+        identity = self.gateway_identity()  # G: this kernel obeys it alone, and its evidence names it
         self.result = None
         self.host_output.clear()
         async with answer_channel(self.response_host) as answer:
-            request = BootRequest(nonce=self._nonce, host=answer.host, port=answer.port)
+            request = BootRequest(self._nonce, answer.host, answer.port, controller_key=identity.public)
             # Off the event loop: launching checks every trusted file, and the server has other work. Everything
             # the TEE writes to stdout/stderr is host-visible; the tail is kept for error messages.
             self.process = process = await asyncio.get_running_loop().run_in_executor(
@@ -184,6 +185,7 @@ class TeeProvisioner(ProvisionerSettings, KernelProvisionerBase):  # type: ignor
                     backend.launch,
                     image,
                     inputs={BOOT_REQUEST_ENV: request.to_env()},
+                    controller=identity.controller,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                 ),
@@ -198,12 +200,15 @@ class TeeProvisioner(ProvisionerSettings, KernelProvisionerBase):  # type: ignor
             self.result = await attest_and_seal(
                 channel,
                 nonce=self._nonce,
-                appraise=appraiser(backend, policy),
-                make_bundle=self._bundle,
+                identity=identity,
+                appraise=appraiser(backend, policy, controller=identity.controller),
+                make_bundle=functools.partial(self._bundle, controller=identity.controller),
                 timeout=self.launch_timeout,
             )
 
-    async def _bundle(self, enclave_key: bytes, result: AttestationResult) -> SessionBundle:
+    async def _bundle(
+        self, enclave_key: bytes, result: AttestationResult, *, controller: bytes
+    ) -> SessionBundle:
         """The session bundle for the attested ``enclave_key`` (only ever called after acceptance)."""
         km = self.km
         assert km.curve_publickey is not None and km.curve_secretkey is not None  # set in pre_launch
@@ -219,7 +224,7 @@ class TeeProvisioner(ProvisionerSettings, KernelProvisionerBase):  # type: ignor
             curve_publickey=km.curve_publickey,
             curve_secretkey=km.curve_secretkey,
             attestation=result.to_json(),
-            key_broker=await self.session_grants()(enclave_key),
+            key_broker=await self.session_grants()(enclave_key, controller),
         )
 
     # -- failures -------------------------------------------------------------------------------------

@@ -9,11 +9,12 @@ server is configured with (``c.TeeProvisioner.kbs_*``); a deployment can configu
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from teelab.errors import TeelabError
 from teelab.protocols.session import KeyBrokerSection
@@ -22,9 +23,18 @@ log = logging.getLogger(__name__)
 
 
 class GrantIssuer(Protocol):
-    """Called once per accepted kernel with its attested E.pub; None: the session has no key broker."""
+    """Called once per accepted kernel with its attested E.pub and the controller hash its evidence carries
+    (``SHA-256(G.pub)`` of this gateway); None: the session has no key broker."""
 
-    async def __call__(self, enclave_key: bytes) -> KeyBrokerSection | None: ...
+    async def __call__(self, enclave_key: bytes, controller: bytes) -> KeyBrokerSection | None: ...
+
+
+def issue_bound_grant(client: Any, user: str, enclave_key: bytes, controller: bytes) -> Any:
+    """A grant bound to E.pub and, where the broker's API takes it, to the controller: the broker then
+    releases keys only to evidence that carries the same controller (oracle evidence does not)."""
+    if "controller" in inspect.signature(client.issue_session_grant).parameters:
+        return client.issue_session_grant(user, enclave_key=enclave_key, controller=controller)
+    return client.issue_session_grant(user, enclave_key=enclave_key)  # a broker without the controller rule
 
 
 @dataclass(frozen=True)
@@ -37,7 +47,7 @@ class KeyBrokerGrants:
     store: str | None = None
     user: str | None = None
 
-    async def __call__(self, enclave_key: bytes) -> KeyBrokerSection | None:
+    async def __call__(self, enclave_key: bytes, controller: bytes) -> KeyBrokerSection | None:
         """Without a reachable broker the kernel still starts — reading datasets then says why not."""
         from teelab.sealed_store import services
 
@@ -48,13 +58,13 @@ class KeyBrokerGrants:
         store = services.store_url(self.store)
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                None, self._issue, address, user, enclave_key
+                None, self._issue, address, user, enclave_key, controller
             )
         except (TeelabError, OSError) as error:
             log.warning("teelab: no session grant from the key broker at %s: %s", address, error)
             return KeyBrokerSection(address=address, store=store, user=user)
 
-    def _issue(self, address: str, user: str, enclave_key: bytes) -> KeyBrokerSection:
+    def _issue(self, address: str, user: str, enclave_key: bytes, controller: bytes) -> KeyBrokerSection:
         from teelab.sealed_store import services
         from teelab.sealed_store.kbs.client import KbsClient
         from teelab.sealed_store.kbs.transport import ca_from_environment, read_ca
@@ -62,7 +72,7 @@ class KeyBrokerGrants:
         token_file = services.gateway_token_file(self.token_file)
         ca = read_ca(self.ca_file) if self.ca_file else ca_from_environment()
         with KbsClient.with_token_file(address, token_file, timeout=10, tls_ca=ca) as client:
-            grant = client.issue_session_grant(user, enclave_key=enclave_key)
+            grant = issue_bound_grant(client, user, enclave_key, controller)
             kbs_key = client.kbs_public_key()
         return KeyBrokerSection(
             address=address,

@@ -12,6 +12,7 @@ from pathlib import Path
 from traitlets import Bool, Callable, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
+from teelab.gateway.identity import GatewayIdentity
 from teelab.kernel.policy_files import PolicySettings
 from teelab.kernel.session_grants import GrantIssuer, KeyBrokerGrants
 
@@ -55,9 +56,19 @@ class ProvisionerSettings(LoggingConfigurable):
         None,
         allow_none=True,
         config=True,
-        help="A GrantIssuer (teelab.kernel.session_grants): async (enclave_key) -> KeyBrokerSection | None, "
+        help="A GrantIssuer (teelab.kernel.session_grants): async (enclave_key, controller) -> KeyBrokerSection "
+        "| None, "
         "called after the evidence was accepted (default: the key broker of the kbs_* settings).",
     )
+
+    identity_file = _optional(
+        "The gateway identity key G (Ed25519 PEM, 0600; created on first use; default: "
+        "<teelab data folder>/gateway-identity.pem). Kernels obey only the gateway that launched them: give each "
+        "single-user server its own (JupyterHub) — every gateway sharing a key can control the others' kernels."
+    )
+
+    def gateway_identity(self) -> GatewayIdentity:
+        return GatewayIdentity.load_or_create(Path(self.identity_file) if self.identity_file else None)
 
     def policy_settings(self) -> PolicySettings:
         return PolicySettings(self.policy_file, self.allow_user_policies)

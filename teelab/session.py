@@ -3,11 +3,13 @@
 ``teelab.session.attestation()`` returns the gateway's verdict on this kernel (TEE, measurement, TCB status,
 every check, whether it is simulated). The kernel boot installs it, along with the session's attested
 ephemeral key that the key broker releases data keys to and the key-broker section of the session bundle
-(:func:`key_release`); nothing here is ever written to disk.
+(:func:`key_release`, for teelab's dataset reader); nothing here is ever written to disk. User code gets
+evidence only through :func:`attest`, whose report_data is domain-separated from every teelab protocol.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +123,30 @@ def attestation() -> Attestation:
 
 def is_attested() -> bool:
     return _state is not None
+
+
+USER_DOMAIN = b"teelab/user/v1"
+
+
+def user_report_data(user_data: bytes) -> bytes:
+    """``SHA-512("teelab/user/v1" ‖ user_data)``: the only report_data user code can have evidence for."""
+    return hashlib.sha512(USER_DOMAIN + user_data).digest()
+
+
+def attest(user_data: bytes) -> Any:
+    """Fresh evidence from this kernel's TEE over ``SHA-512("teelab/user/v1" ‖ user_data)``.
+
+    The prefix keeps user code out of teelab's own protocols: no choice of ``user_data`` gives evidence that
+    passes for a session handshake (``teelab/session/v1``) or a key release (``teelab/kbs/v1``). Like all of this
+    kernel's evidence it names the kernel's controller, the gateway that launched it. Verify it with
+    ``teelab evidence verify`` and ``--report-data`` set to :func:`user_report_data` of the same bytes.
+    """
+    if not isinstance(user_data, bytes | bytearray | memoryview):
+        raise TypeError(f"user_data must be bytes, not {type(user_data).__name__}")
+    evidence = _current().release.evidence
+    if evidence is None:
+        raise NotAttested("this kernel's TEE gave the session no evidence function")
+    return evidence(user_report_data(bytes(user_data)))
 
 
 def key_release() -> KeyRelease:

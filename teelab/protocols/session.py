@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from teelab.errors import TeelabError
@@ -31,6 +32,8 @@ from teelab.errors import TeelabError
 PROTOCOL = "teelab/session/v1"
 NONCE_SIZE = 32
 X25519_KEY_SIZE = 32
+CONTROLLER_KEY_SIZE = 32  # G.pub, an Ed25519 public key
+SIGNATURE_SIZE = 64
 BOOT_REQUEST_ENV = "TEELAB_BOOT_REQUEST"
 # The kernel's five sockets, in jupyter_client's order; the bundle carries a port for each.
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
@@ -40,6 +43,7 @@ _LENGTH = struct.Struct(">I")
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 _BUNDLE_INFO = PROTOCOL.encode() + b"/bundle"
 _READY_LABEL = PROTOCOL.encode() + b"/ready"
+_CONTROLLER_LABEL = PROTOCOL.encode() + b"/controller"
 _Z85_KEY_SIZE = 40  # a CURVE key in Z85, as zmq.curve_keypair() makes them
 
 
@@ -149,17 +153,22 @@ class Refused(Message):
 
 @dataclass(frozen=True)
 class SealedBundle(Message):
-    """Gateway → TEE: the :class:`SessionBundle`, sealed to the attested E.pub (see :func:`seal_bundle`)."""
+    """Gateway → TEE: the :class:`SessionBundle` sealed to the attested E.pub (:func:`seal_bundle`), and the
+    controller's signature over it (:func:`sign_bundle`): the boot opens nothing its controller did not sign."""
 
     kind: ClassVar[str] = "bundle"
     sealed: bytes
+    signature: bytes
 
     def to_json(self) -> dict[str, object]:
-        return {"type": self.kind, "sealed": b64(self.sealed)}
+        return {"type": self.kind, "sealed": b64(self.sealed), "signature": b64(self.signature)}
 
     @classmethod
     def _decode(cls, message: Mapping[str, object]) -> SealedBundle:
-        return cls(unb64(message.get("sealed"), "sealed"))
+        signature = unb64(message.get("signature"), "signature")
+        if len(signature) != SIGNATURE_SIZE:
+            raise HandshakeError(f"signature must be {SIGNATURE_SIZE} bytes, not {len(signature)}")
+        return cls(unb64(message.get("sealed"), "sealed"), signature)
 
 
 @dataclass(frozen=True)
@@ -324,15 +333,25 @@ class SessionBundle:
 
 @dataclass(frozen=True)
 class BootRequest:
-    """What the gateway gives the in-TEE boot through the host: nothing secret."""
+    """What the gateway gives the in-TEE boot through the host: nothing secret.
+
+    ``controller_key`` is ``G.pub``, the launching gateway's identity: the boot accepts a session bundle only
+    with its signature, and the backend binds ``SHA-256(G.pub)`` into the TEE's evidence at launch.
+    """
 
     nonce: bytes
     host: str
     port: int
+    controller_key: bytes
 
     def to_env(self) -> str:
         return json.dumps(
-            {"protocol": PROTOCOL, "nonce": self.nonce.hex(), "respond_to": f"{self.host}:{self.port}"}
+            {
+                "protocol": PROTOCOL,
+                "nonce": self.nonce.hex(),
+                "respond_to": f"{self.host}:{self.port}",
+                "controller_key": self.controller_key.hex(),
+            }
         )
 
     @classmethod
@@ -346,10 +365,13 @@ class BootRequest:
             if data.get("protocol") != PROTOCOL:
                 raise ValueError(f"unsupported protocol {str(data.get('protocol'))[:40]!r}")
             nonce = bytes.fromhex(data["nonce"])
+            controller_key = bytes.fromhex(data["controller_key"])
             host, _, port = str(data["respond_to"]).rpartition(":")
             if len(nonce) != NONCE_SIZE or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError("nonce or response address has the wrong shape")
-            return cls(nonce=nonce, host=host, port=int(port))
+            if len(controller_key) != CONTROLLER_KEY_SIZE:
+                raise ValueError(f"controller_key must be {CONTROLLER_KEY_SIZE} bytes")
+            return cls(nonce=nonce, host=host, port=int(port), controller_key=controller_key)
         except (ValueError, KeyError, TypeError, RecursionError) as error:
             raise HandshakeError(f"malformed boot request: {error}") from None
 
@@ -368,16 +390,57 @@ def seal_bundle(enclave_key: bytes, nonce: bytes, bundle: SessionBundle) -> byte
     return _SUITE.encrypt(json.dumps(bundle.to_json()).encode(), public, info=_BUNDLE_INFO + nonce)
 
 
-def open_bundle(enclave_secret: X25519PrivateKey, nonce: bytes, sealed: bytes) -> SessionBundle:
+def decrypt_bundle(enclave_secret: X25519PrivateKey, nonce: bytes, sealed: bytes) -> bytes:
+    """The bundle's plaintext, not yet parsed: check its controller's signature before reading it."""
     try:
-        plaintext = _SUITE.decrypt(sealed, enclave_secret, info=_BUNDLE_INFO + nonce)
+        return _SUITE.decrypt(sealed, enclave_secret, info=_BUNDLE_INFO + nonce)
     except (InvalidTag, ValueError):
         raise HandshakeError("the session bundle does not open with this enclave's key") from None
+
+
+def parse_bundle(plaintext: bytes) -> SessionBundle:
     try:
         data = json.loads(plaintext)
     except (ValueError, RecursionError):
         raise HandshakeError("the session bundle is not JSON") from None
     return SessionBundle.from_json(data)
+
+
+def open_bundle(enclave_secret: X25519PrivateKey, nonce: bytes, sealed: bytes) -> SessionBundle:
+    return parse_bundle(decrypt_bundle(enclave_secret, nonce, sealed))
+
+
+def controller_hash(controller_key: bytes) -> bytes:
+    """``SHA-256(G.pub)``: the controller the platform binds into the kernel's evidence (ARCHITECTURE §3)."""
+    return hashlib.sha256(controller_key).digest()
+
+
+def _controller_message(sealed: bytes, nonce: bytes, enclave_key: bytes) -> bytes:
+    # Fixed-size fields first, the variable-length ciphertext last: the encoding is unambiguous.
+    return _CONTROLLER_LABEL + nonce + enclave_key + sealed
+
+
+def sign_bundle(controller: Ed25519PrivateKey, sealed: bytes, nonce: bytes, enclave_key: bytes) -> bytes:
+    """G's Ed25519 signature over the sealed bundle, this session's nonce and the attested E.pub.
+
+    cryptography's HPKE has no auth mode (RFC 9180 mode_auth), so the bundle is sealed in base mode and
+    signed: only the gateway holding G can make a bundle the boot accepts, for this session only.
+    """
+    return controller.sign(_controller_message(sealed, nonce, enclave_key))
+
+
+def check_bundle_signature(
+    controller_key: bytes, signature: bytes, sealed: bytes, nonce: bytes, enclave_key: bytes
+) -> None:
+    """Raise HandshakeError unless ``controller_key`` (G.pub) signed this sealed bundle for this session."""
+    try:
+        Ed25519PublicKey.from_public_bytes(controller_key).verify(
+            signature, _controller_message(sealed, nonce, enclave_key)
+        )
+    except (InvalidSignature, ValueError):
+        raise HandshakeError(
+            "the session bundle was not authenticated by this kernel's controller (the gateway that launched it)"
+        ) from None
 
 
 def ready_confirmation(hmac_key: bytes, nonce: bytes, enclave_key: bytes) -> bytes:

@@ -9,7 +9,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from teelab.enclave_runtime.backend import EnclaveProcess
@@ -48,7 +48,11 @@ class HandshakeProxy:
 
     target: tuple[str, int]
     replacement_bundle: bytes | None = None
+    forge: Callable[[bytes, bytes], bytes] | None = (
+        None  # (the hello frame, the genuine bundle frame) -> frame
+    )
     frames: list[tuple[str, bytes]] = field(default_factory=list)
+    gateway_done: threading.Event = field(default_factory=threading.Event)  # the gateway closed its side
 
     def __post_init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -64,6 +68,8 @@ class HandshakeProxy:
                 self.frames.append((direction, frame))
                 if direction == "to-tee" and self.replacement_bundle is not None and b'"bundle"' in frame:
                     frame = self.replacement_bundle
+                if direction == "to-tee" and self.forge is not None and b'"bundle"' in frame:
+                    frame = self.forge(self.frames_to("to-gateway")[0], frame)
                 try:
                     sink.sendall(frame)
                 except OSError:
@@ -73,6 +79,8 @@ class HandshakeProxy:
                     end.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            if direction == "to-tee":
+                self.gateway_done.set()
 
         threading.Thread(target=pump, args=(gateway, boot, "to-tee"), daemon=True).start()
         pump(boot, gateway, "to-gateway")
@@ -92,25 +100,46 @@ with socket.create_connection((host, int(port))) as s:
 
 
 class EvilHostBackend(SimBackend):
-    """A simulated backend whose host meddles: proxies the handshake, or replays an old hello."""
+    """A simulated backend whose host meddles: proxies the handshake, replays an old hello, answers with a hello
+    of its own making (``forge_hello(nonce)``: an attestation oracle's), or swaps in a bundle of its own making
+    (``forge_bundle(hello frame, nonce, genuine bundle frame)``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.proxies: list[HandshakeProxy] = []
         self.replacement_bundle: bytes | None = None
         self.replay_hello: bytes | None = None
+        self.forge_hello: Callable[[bytes], bytes] | None = None
+        self.forge_bundle: Callable[[bytes, bytes, bytes], bytes] | None = None
         self.launched: list[EnclaveProcess] = []
+        self.controllers: list[bytes | None] = []
 
     def launch(
         self,
         image: EnclaveImage,
         *,
         inputs: Mapping[str, str],
+        controller: bytes | None = None,
         stdout: int | None = None,
         stderr: int | None = None,
     ) -> EnclaveProcess:
         request = json.loads(inputs["TEELAB_BOOT_REQUEST"])
-        if self.replay_hello is not None:
+        self.controllers.append(controller)
+        if self.forge_hello is not None:
+            hello = self.forge_hello(bytes.fromhex(request["nonce"]))
+            host, _, port = request["respond_to"].rpartition(":")
+            proxy = HandshakeProxy((host, int(port)))  # records what the gateway answers the forged hello
+            self.proxies.append(proxy)
+            request["respond_to"] = f"{proxy.address[0]}:{proxy.address[1]}"
+            popen = subprocess.Popen(
+                [sys.executable, "-c", REPLAY_HELLO, hello.hex()],
+                env={"TEELAB_BOOT_REQUEST": json.dumps(request), "PATH": "/usr/bin:/bin"},
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
+            process = EnclaveProcess(popen)
+        elif self.replay_hello is not None:
             popen = subprocess.Popen(
                 [sys.executable, "-c", REPLAY_HELLO, self.replay_hello.hex()],
                 env={"TEELAB_BOOT_REQUEST": inputs["TEELAB_BOOT_REQUEST"], "PATH": "/usr/bin:/bin"},
@@ -121,11 +150,21 @@ class EvilHostBackend(SimBackend):
             process = EnclaveProcess(popen)
         else:
             host, _, port = request["respond_to"].rpartition(":")
-            proxy = HandshakeProxy((host, int(port)), self.replacement_bundle)
+            forge = self.forge_bundle
+            nonce = bytes.fromhex(request["nonce"])
+            proxy = HandshakeProxy(
+                (host, int(port)),
+                self.replacement_bundle,
+                forge=(lambda hello, bundle: forge(hello, nonce, bundle)) if forge is not None else None,
+            )
             self.proxies.append(proxy)
             request["respond_to"] = f"{proxy.address[0]}:{proxy.address[1]}"
             process = super().launch(
-                image, inputs={"TEELAB_BOOT_REQUEST": json.dumps(request)}, stdout=stdout, stderr=stderr
+                image,
+                inputs={"TEELAB_BOOT_REQUEST": json.dumps(request)},
+                controller=controller,
+                stdout=stdout,
+                stderr=stderr,
             )
         self.launched.append(process)
         return process

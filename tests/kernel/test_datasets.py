@@ -200,8 +200,10 @@ def test_the_session_grant_never_crosses_the_host_in_the_clear(
     proxy = RecordingTcpProxy((host, int(port)))
     issue = KeyBrokerGrants.__call__
 
-    async def through_the_host(self: KeyBrokerGrants, enclave_key: bytes) -> KeyBrokerSection | None:
-        section = await issue(self, enclave_key)
+    async def through_the_host(
+        self: KeyBrokerGrants, enclave_key: bytes, controller: bytes
+    ) -> KeyBrokerSection | None:
+        section = await issue(self, enclave_key, controller)
         assert section is not None
         return dataclasses.replace(section, address=proxy.address)
 

@@ -6,11 +6,13 @@ every message survives its own encoding unchanged."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import struct
 from datetime import UTC, datetime
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
@@ -30,6 +32,8 @@ from teelab.protocols.session import (
     Refused,
     SealedBundle,
     SessionBundle,
+    check_bundle_signature,
+    controller_hash,
     decode_body,
     decode_one_of,
     encode_frame,
@@ -37,6 +41,7 @@ from teelab.protocols.session import (
     read_frame,
     seal_bundle,
     session_report_data,
+    sign_bundle,
 )
 
 MESSAGES = (Hello, Refused, SealedBundle, Failed, Ready)
@@ -48,7 +53,8 @@ json_values = st.recursive(
     max_leaves=12,
 )
 messages = st.dictionaries(
-    st.sampled_from(["type", "enclave_key", "evidence", "confirm", "sealed", "reason"]) | st.text(max_size=8),
+    st.sampled_from(["type", "enclave_key", "evidence", "confirm", "sealed", "signature", "reason"])
+    | st.text(max_size=8),
     json_values
     | st.sampled_from([m.kind for m in MESSAGES])
     | st.text(alphabet="ABCDEFabcdef0123456789+/=", max_size=80),
@@ -176,6 +182,7 @@ def test_boot_requests(text: str) -> None:
     except HandshakeError:
         return
     assert len(request.nonce) == 32 and request.host and 0 < request.port < 65536
+    assert len(request.controller_key) == 32
 
 
 @settings(max_examples=200, deadline=None)
@@ -190,13 +197,13 @@ def test_every_message_round_trips_through_a_frame() -> None:
     for message in (
         Hello(bytes(range(32)), {"kind": "sgx-dcap-quote", "blob": "AA=="}),
         Refused("policy.mrenclave"),
-        SealedBundle(b"sealed bytes"),
+        SealedBundle(b"sealed bytes", bytes(64)),
         Failed("ImportError"),
         Ready(bytes(32)),
     ):
         frame = encode_frame(message)
         assert type(message).from_json(decode_body(frame[4:])) == message
-    request = BootRequest(nonce=bytes(range(32)), host="127.0.0.1", port=4242)
+    request = BootRequest(nonce=bytes(range(32)), host="127.0.0.1", port=4242, controller_key=bytes(32))
     assert BootRequest.from_env(request.to_env()) == request
 
 
@@ -205,6 +212,26 @@ def test_a_decoder_refuses_the_wrong_message_type() -> None:
         decode_one_of(Hello(bytes(32), {}).to_json(), Ready, Failed)
     with pytest.raises(HandshakeError, match="expected a bundle message"):
         SealedBundle.from_json(Refused("x").to_json())
+    with pytest.raises(HandshakeError, match="signature"):
+        SealedBundle.from_json({"type": "bundle", "sealed": "AA=="})  # no controller signature: refused
+
+
+def test_only_the_controller_named_in_the_boot_request_authenticates_a_bundle() -> None:
+    controller, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    controller_key = controller.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    nonce, enclave_key, sealed = bytes(32), bytes(range(32)), b"sealed bundle"
+    signature = sign_bundle(controller, sealed, nonce, enclave_key)
+    check_bundle_signature(controller_key, signature, sealed, nonce, enclave_key)
+    for bad in (
+        (controller_key, sign_bundle(stranger, sealed, nonce, enclave_key), sealed, nonce, enclave_key),
+        (controller_key, signature, sealed + b"!", nonce, enclave_key),  # another bundle
+        (controller_key, signature, sealed, b"\x01" * 32, enclave_key),  # another session
+        (controller_key, signature, sealed, nonce, bytes(32)),  # another enclave
+        (bytes(32), signature, sealed, nonce, enclave_key),  # not even a key
+    ):
+        with pytest.raises(HandshakeError, match="not authenticated by this kernel's controller"):
+            check_bundle_signature(*bad)
+    assert controller_hash(controller_key) == hashlib.sha256(controller_key).digest()
 
 
 def test_the_bundle_round_trips_sealed_and_types_its_key_broker_section() -> None:
