@@ -175,6 +175,10 @@ def gramine_status(view: HostView) -> BackendStatus:
     provider = _quote_provider(view, found, missing)
     if view.which("gramine-direct"):
         found.append("gramine-direct (development only: no attestation, policy refuses it unless told)")
+    found.append(
+        "controller binding: measurement (Gramine sets no CONFIGID; build with `teelab enclave build "
+        "--controller HEX`)"
+    )
     available = tools and device and aesmd and provider
     summary = "SGX enclaves under Gramine" if available else "cannot run Gramine SGX enclaves here"
     return BackendStatus("gramine", available, summary, found, missing)
@@ -194,6 +198,7 @@ def occlum_status(view: HostView) -> BackendStatus:
     flc = "sgx_lc" in view.cpu_flags() or view.exists("/dev/sgx_enclave")
     aesmd = _aesmd(view, found, missing, required=not flc)
     provider = _quote_provider(view, found, missing)
+    found.append("controller binding: CONFIGID (`occlum run --config-id`; the CPU needs SGX KSS)")
     available = tools and device and aesmd and provider
     summary = "SGX enclaves under Occlum" if available else "cannot run Occlum SGX enclaves here"
     return BackendStatus("occlum", available, summary, found, missing)
@@ -247,6 +252,9 @@ def cvm_status(view: HostView) -> BackendStatus:
             missing.append("/dev/sev-guest is not writable: SNP reports and sealing keys need root")
     else:
         available = False
+    if guest:
+        field = "MRCONFIGID" if guest == "TDX" else "HOST_DATA"
+        found.append(f"controller binding: {field}, set by the VMM when it created this VM")
     summary = f"inside a {guest} confidential VM" if available else "cannot attest a confidential VM here"
     return BackendStatus("cvm", available, summary, found, missing)
 

@@ -141,3 +141,13 @@ def test_configfs_tsm_as_an_unprivileged_user_says_it_needs_root(tmp_path: Path)
     view = stand_in(tmp_path, ["/dev/tdx_guest", "/sys/kernel/config/tsm/report/.keep"], {}, euid=1000)
     status = cvm_status(view)
     assert not status.available and any("need root" in m for m in status.missing)
+
+
+def test_each_hardware_backend_says_how_it_binds_the_controller(tmp_path: Path) -> None:
+    statuses = {s.name: s for s in all_statuses(HostView(root=tmp_path, which=lambda _: None))}
+    assert any(f.startswith("controller binding: measurement") for f in statuses["gramine"].found)
+    assert any("occlum run --config-id" in f for f in statuses["occlum"].found)
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "sev-guest").write_bytes(b"")
+    cvm = {s.name: s for s in all_statuses(HostView(root=tmp_path, which=lambda _: None))}["cvm"]
+    assert "controller binding: HOST_DATA, set by the VMM when it created this VM" in cvm.found
