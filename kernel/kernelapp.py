@@ -11,7 +11,9 @@ Differences from stock ``IPKernelApp``, each for a reason:
 - no plaintext channel crosses the loopback, which under a LibOS is the host's network stack: forked
   children hand their output to the kernel over an inherited pipe instead of ipykernel's unencrypted
   ``tcp://127.0.0.1`` socket (``fork_output``), and there is no debugger — debugpy is unimportable and a
-  ``debug_request`` gets a refusal (``no_debugger``).
+  ``debug_request`` gets a refusal (``no_debugger``);
+- nothing forks while the kernel starts (``startup``), and ``!cmd`` runs without a pty where the TEE has
+  none (``shell``).
 The heartbeat runs on its own context without the allow-list: it only echoes bytes, and the stock client's
 heartbeat channel connects with a throwaway key.
 
@@ -30,7 +32,9 @@ from ipykernel.kernelapp import IPKernelApp
 from zmq.auth.thread import ThreadAuthenticator
 
 from teelab.kernel.fork_output import ForkPipeIOPubThread
-from teelab.kernel.no_debugger import TeeKernel, refuse_debugpy
+from teelab.kernel.no_debugger import refuse_debugpy
+from teelab.kernel.startup import no_processes
+from teelab.kernel.tee_kernel import TeeKernel
 from teelab.kernel.zap import start_allow_list
 
 
@@ -42,7 +46,10 @@ class TeeKernelApp(IPKernelApp):  # type: ignore[misc]
     def initialize(self, argv: list[str] | None = None) -> None:
         # Before ipykernel's kernel looks for debugpy (it imports ipykernel.debugger in its constructor).
         refuse_debugpy()
-        super().initialize(argv)
+        # No fork while the kernel starts (under Gramine a fork is a new enclave, and one in flight while a
+        # client connected crashed the kernel); the boot reports ready only after this returns.
+        with no_processes():
+            super().initialize(argv)
 
     def init_connection_file(self) -> None:
         """The connection information is already loaded from the bundle; there is no file."""

@@ -7,8 +7,9 @@ evaluated expressions — over a plain TCP connection to it (ipykernel 7.4 ``ker
 the kernelspec only hides JupyterLab's panel; the kernel still honours the request.
 
 So here:
-- :class:`TeeKernel` answers every ``debug_request`` with a DAP error response saying why, advertises no
-  ``debugger`` feature in ``kernel_info`` (JupyterLab then shows no debugger), and drops the debugpy sockets;
+- the kernel (``tee_kernel.TeeKernel``) answers every ``debug_request`` with :func:`debug_refusal`, a DAP
+  error response saying why, advertises no ``debugger`` feature in ``kernel_info`` (JupyterLab then shows no
+  debugger), and drops the debugpy sockets;
 - :func:`refuse_debugpy` makes ``import debugpy`` (and its vendored pydevd) fail in the kernel process with
   the same reason, so neither ipykernel nor a library can start the adapter by accident.
 User code that wants to step through code can use ``%debug`` / ``breakpoint()``: IPython's pdb talks over
@@ -23,8 +24,6 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
-
-from ipykernel.ipkernel import IPythonKernel
 
 REFUSAL = (
     "the debugger is disabled in an attested teelab kernel: its adapter would talk in plaintext over the "
@@ -66,27 +65,3 @@ def debug_refusal(request: dict[str, Any]) -> dict[str, Any]:
         "message": REFUSAL,
         "body": {"error": {"id": 1, "format": REFUSAL, "showUser": True}},
     }
-
-
-class TeeKernel(IPythonKernel):  # type: ignore[misc]
-    """IPython's kernel without the debugger."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        # The app makes a ZMQStream over an (unconnected) debugpy STREAM socket; nothing will ever use it.
-        stream = kwargs.pop("debugpy_stream", None)
-        if stream is not None:
-            stream.close()
-        super().__init__(debugpy_stream=None, **kwargs)  # type: ignore[no-untyped-call]
-
-    async def do_debug_request(self, msg: dict[str, Any]) -> dict[str, Any]:
-        return debug_refusal(msg if isinstance(msg, dict) else {})
-
-    def dispatch_debugpy(self, msg: Any) -> None:
-        """No debugpy adapter is ever connected."""
-
-    @property
-    def kernel_info(self) -> dict[str, Any]:
-        info: dict[str, Any] = super().kernel_info
-        features = info.get("supported_features", [])
-        info["supported_features"] = [feature for feature in features if feature != "debugger"]
-        return info
