@@ -9,12 +9,11 @@ server is configured with (``c.TeeProvisioner.kbs_*``); a deployment can configu
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from teelab.errors import TeelabError
 from teelab.protocols.session import KeyBrokerSection
@@ -27,14 +26,6 @@ class GrantIssuer(Protocol):
     (``SHA-256(G.pub)`` of this gateway); None: the session has no key broker."""
 
     async def __call__(self, enclave_key: bytes, controller: bytes) -> KeyBrokerSection | None: ...
-
-
-def issue_bound_grant(client: Any, user: str, enclave_key: bytes, controller: bytes) -> Any:
-    """A grant bound to E.pub and, where the broker's API takes it, to the controller: the broker then
-    releases keys only to evidence that carries the same controller (oracle evidence does not)."""
-    if "controller" in inspect.signature(client.issue_session_grant).parameters:
-        return client.issue_session_grant(user, enclave_key=enclave_key, controller=controller)
-    return client.issue_session_grant(user, enclave_key=enclave_key)  # a broker without the controller rule
 
 
 @dataclass(frozen=True)
@@ -72,7 +63,9 @@ class KeyBrokerGrants:
         token_file = services.gateway_token_file(self.token_file)
         ca = read_ca(self.ca_file) if self.ca_file else ca_from_environment()
         with KbsClient.with_token_file(address, token_file, timeout=10, tls_ca=ca) as client:
-            grant = issue_bound_grant(client, user, enclave_key, controller)
+            # Bound to E.pub and to the controller: the broker releases keys only to evidence that carries the
+            # same controller, so evidence from an oracle kernel (another controller) gets nothing.
+            grant = client.issue_session_grant(user, enclave_key=enclave_key, controller=controller)
             kbs_key = client.kbs_public_key()
         return KeyBrokerSection(
             address=address,
