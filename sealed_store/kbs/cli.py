@@ -179,6 +179,7 @@ def _register_audit(subparsers: Subparsers) -> None:
     show.add_argument("--since", type=int, default=None, metavar="SEQ", help="entries after SEQ")
     show.add_argument("--limit", type=int, default=50, metavar="N", help="at most N entries (0: all; 50)")
     show.add_argument("--json", action="store_true", help="JSON lines: seq, body, hash, signature")
+    show.add_argument("--dataset", metavar="NAME", help="only this dataset's entries (all an owner may read)")
     verify = add_command(
         audit_commands,
         "verify",
@@ -212,9 +213,14 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kbs",
         metavar="[grpcs://]HOST:PORT",
-        help="ask a running KBS instead (admin token; grpcs:// for TLS)",
+        help="ask a running KBS instead (grpcs:// for TLS)",
     )
-    parser.add_argument("--token-file", type=Path, metavar="FILE", help="admin token for --kbs")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="credential for --kbs: the admin token, or your own (then with --dataset, one you own)",
+    )
 
 
 # -- kbs serve -----------------------------------------------------------------------------------------
@@ -365,19 +371,21 @@ class _Source:
         if args.kbs and not args.token_file:
             raise UsageError("--kbs needs --token-file (the KBS's admin-token)")
 
-    def records(self, since: int = 0) -> Iterator[AuditRecord]:
-        """Entries after ``since``, in order, a page at a time."""
+    def records(self, since: int = 0, dataset: str | None = None) -> Iterator[AuditRecord]:
+        """Entries after ``since`` (of ``dataset`` only, if given), in order, a page at a time."""
         if self.args.kbs:
             from teelab.sealed_store.kbs.client import KbsClient
 
             with KbsClient.with_token_file(self.args.kbs, self.args.token_file) as client:
-                yield from client.iter_audit(since_seq=since)
+                yield from client.iter_audit(since_seq=since, dataset=dataset)
             return
         from teelab.sealed_store.kbs.store import Store
 
         store = Store.reader(self.url)
         try:
-            yield from store.iter_audit(since_seq=since)
+            for record in store.iter_audit(since_seq=since):
+                if dataset is None or record.entry().get("dataset") == dataset:
+                    yield record
         finally:
             store.close()
 
@@ -424,10 +432,10 @@ def _show(args: argparse.Namespace) -> int:
 
     source = _Source(args)
     since = args.since or 0
-    if args.since is None and args.limit > 0:  # the newest entries
+    if args.since is None and args.limit > 0 and not args.dataset:  # the newest entries
         since = max(0, source.head_seq() - args.limit)
     records: list[AuditRecord] = []
-    for record in source.records(since):
+    for record in source.records(since, args.dataset):
         records.append(record)
         if args.limit > 0 and len(records) >= args.limit:
             break

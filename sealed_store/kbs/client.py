@@ -484,11 +484,11 @@ class KbsClient:
         )
         return AuditPage(records, head.seq, head.hash, head)
 
-    def iter_audit(self, *, since_seq: int = 0) -> Iterator[AuditRecord]:
-        """Every entry after ``since_seq``, in order, a page at a time."""
+    def iter_audit(self, *, since_seq: int = 0, dataset: str | None = None) -> Iterator[AuditRecord]:
+        """Every entry after ``since_seq`` (of ``dataset`` only, if given), in order, a page at a time."""
         since = since_seq
         while True:
-            page = self.audit(since_seq=since)
+            page = self.audit(since_seq=since, dataset=dataset)
             yield from page.records
             if not page.records:
                 return

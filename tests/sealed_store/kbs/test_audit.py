@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import sqlite3
+import stat
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -247,6 +248,24 @@ def test_audit_cli_reads_a_running_kbs(kbs: Kbs, capsys: pytest.CaptureFixture[s
     assert cli.main(["audit", "verify", *remote]) == 0
     assert "intact: 4 entries" in capsys.readouterr().out
     assert cli.main(["audit", "show", "--kbs", kbs.server.target]) == 2  # no token
+
+
+def test_an_owner_reads_the_audit_of_its_own_datasets_only(
+    kbs: Kbs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["kbs", "user", "add", "olga", "--state", str(kbs.state)]) == 0
+    token = kbs.state / "users" / "olga.token"
+    assert str(token) in capsys.readouterr().out and stat.S_IMODE(token.stat().st_mode) == 0o600
+    kbs.register("sales", owner="olga")
+    kbs.register("hr", owner="henry")
+    kbs.admin.grant("sales", "user:a")
+    remote = ["--kbs", kbs.server.target, "--token-file", str(token)]
+    assert cli.main(["audit", "show", *remote, "--dataset", "sales", "--json"]) == 0
+    shown = [json.loads(line)["body"] for line in capsys.readouterr().out.splitlines()]
+    assert [(e["event"], e["dataset"]) for e in shown] == [("register", "sales"), ("grant", "sales")]
+    assert cli.main(["audit", "show", *remote, "--dataset", "hr"]) == 1
+    assert "only the owner of dataset hr" in capsys.readouterr().err
+    assert cli.main(["audit", "show", *remote]) == 1  # the whole log is the admin's
 
 
 def test_audit_cli_notices_entries_cut_off_the_end(
