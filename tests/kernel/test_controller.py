@@ -215,3 +215,22 @@ def test_the_boot_refuses_a_boot_request_naming_another_controller_than_its_plat
     with pytest.raises(HandshakeError, match="another controller"):
         _check_launch_controller(Runtime(controller_hash(victim)), request)  # type: ignore[arg-type]
     _check_launch_controller(Runtime(controller_hash(host)), request)  # type: ignore[arg-type]
+
+
+def test_the_gateway_identity_is_made_once_private_and_names_its_controller(tmp_path: Path) -> None:
+    from teelab.errors import ConfigError
+
+    path = tmp_path / "gateway" / "identity.pem"
+    first = GatewayIdentity.load_or_create(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = GatewayIdentity.load_or_create(path)
+    assert again.public == first.public and len(first.public) == 32
+    assert first.controller == hashlib.sha256(first.public).digest()
+    assert GatewayIdentity.load_or_create(tmp_path / "other.pem").controller != first.controller
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by other users"):
+        GatewayIdentity.load_or_create(path)
+    path.chmod(0o600)
+    path.write_bytes(b"not a key")
+    with pytest.raises(ConfigError, match="not a PEM private key"):
+        GatewayIdentity.load_or_create(path)

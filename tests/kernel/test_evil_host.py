@@ -8,6 +8,7 @@ docs/sim-backend.md says what the simulation can and cannot protect.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from traitlets.config import Config
 from zmq.utils.monitor import recv_monitor_message
 
 from teelab.errors import AttestationFailed
+from teelab.gateway.identity import GatewayIdentity, default_identity_file
 from teelab.kernel.provisioner import TeeProvisioner
 
 from .conftest import KERNEL, KernelEnv, write_policy
@@ -150,7 +152,9 @@ def test_secrets_appear_nowhere_the_host_can_read(
     curve_secret = km.curve_secretkey
     assert curve_secret is not None
     run(kc, "print('TOP-SECRET-OUTPUT-7f3a'); import os; os.system('echo TOP-SECRET-FD-OUTPUT-9c1d')")
-    secrets = [hmac_key, curve_secret, b"TOP-SECRET-OUTPUT-7f3a", b"TOP-SECRET-FD-OUTPUT-9c1d"]
+    identity = GatewayIdentity.load_or_create().secret.private_bytes_raw()  # the gateway's G, in the data dir
+    secrets = [hmac_key, curve_secret, b"TOP-SECRET-OUTPUT-7f3a", b"TOP-SECRET-FD-OUTPUT-9c1d", identity]
+    secrets += [identity.hex().encode(), base64.b64encode(identity)]
     process = km.provisioner.process  # type: ignore[union-attr]
     assert process is not None and process.scratch is not None
 
@@ -160,7 +164,7 @@ def test_secrets_appear_nowhere_the_host_can_read(
             seen[f"/proc/{pid}/{name}"] = Path(f"/proc/{pid}/{name}").read_bytes()
     for root in (process.scratch, kernel_env.data):
         for path in Path(root).rglob("*"):
-            if path.is_file():
+            if path.is_file() and path != default_identity_file():  # G's own file is in the user's domain
                 seen[str(path)] = path.read_bytes()
     for direction in ("to-tee", "to-gateway"):
         seen[f"handshake {direction}"] = b"".join(evil.proxies[-1].frames_to(direction))
