@@ -28,6 +28,7 @@ from teelab.sealed_store.kbs.identity import (
     OidcTokens,
     issue_local_token,
 )
+from teelab.sealed_store.kbs.validation import USER_NAME
 
 # A file name, not a token: the token is random and created on first start.
 ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105
@@ -49,7 +50,9 @@ def build_authentication(state_dir: Path, config: AuthConfig, *, clock: Clock) -
     for name in config.providers:
         if name == "local":
             # One machine, no set-up: the user who runs the broker gets a token beside its state.
-            issue_local_token(state_dir, getpass.getuser())
+            login = login_name()
+            if login is not None:
+                issue_local_token(state_dir, login)
             providers.append(LocalUsers(state_dir))
         elif name == "oidc" and config.oidc is not None:
             providers.append(OidcTokens(config.oidc, clock=clock))
@@ -61,6 +64,15 @@ def build_authentication(state_dir: Path, config: AuthConfig, *, clock: Clock) -
         admin_users=config.admin_users,
         admin_groups=config.admin_groups,
     )
+
+
+def login_name() -> str | None:
+    """The serving user's name, if it has one that is a valid user name (a container may have neither)."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        return None
+    return name if USER_NAME.fullmatch(name) else None
 
 
 def read_token(path: Path) -> str:

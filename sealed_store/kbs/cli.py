@@ -265,10 +265,8 @@ def _check_transport(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import getpass
-
     from teelab.files import replace_atomically
-    from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE
+    from teelab.sealed_store.kbs.auth import ADMIN_TOKEN_FILE, login_name
     from teelab.sealed_store.kbs.config import KbsConfig, default_state_dir
     from teelab.sealed_store.kbs.identity import local_token_file
     from teelab.sealed_store.kbs.server import KbsServer, tune_gc_for_serving
@@ -312,8 +310,9 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  transport:   {'TLS (' + str(args.tls_cert) + ')' if args.tls_cert else 'plaintext gRPC'}")
     print(f"  admin token: {state / ADMIN_TOKEN_FILE} (the operator's; never give it to a Jupyter server)")
     print(f"  identity:    {', '.join(config.auth.providers)}")
-    if "local" in config.auth.providers:
-        print(f"  your token:  {local_token_file(state, getpass.getuser())}")
+    login = login_name()
+    if "local" in config.auth.providers and login is not None:
+        print(f"  your token:  {local_token_file(state, login)}")
     print(f"  signing key: {server.broker.keys.signing_public_key.hex()} (pin it for `teelab audit verify`)")
     print("Ctrl-C stops it.", flush=True)
     try:
