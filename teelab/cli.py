@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "teelab.kernel.cli",
     "teelab.sealed_store.cli",
     "teelab.sealed_store.kbs.cli",
+    "teelab.extension.hub.cli",
 )
 
 DESCRIPTION = """\

@@ -1,0 +1,137 @@
+"""A hub user as a browser is one: signs in through the hub's login form, follows the OAuth redirects to their
+single-user server, and drives it over REST (cookie + XSRF header) and the kernel websocket."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+import websocket
+
+from teelab.extension.hub.demo import HubProcess
+
+SPAWN_SECONDS = 120.0
+CELL_SECONDS = 120.0
+
+
+@dataclass
+class HubUser:
+    hub: HubProcess
+    name: str
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def login(self, password: str | None = None) -> requests.Response:
+        """POST /hub/login with the form and its XSRF token, as the login page's form does."""
+        url = f"{self.hub.url}/hub/login"
+        page = self.session.get(url, timeout=30)
+        page.raise_for_status()
+        xsrf = self.session.cookies.get("_xsrf", path="/hub/")
+        assert xsrf, "the login page sets its XSRF cookie"
+        return self.session.post(
+            url,
+            data={"username": self.name, "password": password or self.hub.password, "_xsrf": xsrf},
+            allow_redirects=False,
+            timeout=30,
+        )
+
+    def spawn(self) -> None:
+        """Start the server as the hub's home page does (GET /hub/spawn), wait for it, then open it: the
+        OAuth redirects end with the server's own cookie in this session."""
+        self.session.get(f"{self.hub.url}/hub/spawn", timeout=60)
+        deadline = time.monotonic() + SPAWN_SECONDS
+        while time.monotonic() < deadline:
+            model = self.hub.api("GET", f"users/{self.name}")
+            server = (model.get("servers") or {}).get("")
+            if server and server.get("ready"):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"{self.name}'s server did not become ready")
+        landing = self.session.get(self.server_url("lab"), timeout=60)
+        landing.raise_for_status()
+
+    def server_url(self, path: str, owner: str | None = None) -> str:
+        return f"{self.hub.url}/user/{owner or self.name}/{path}"
+
+    def _xsrf(self, owner: str) -> dict[str, str]:
+        token = self.session.cookies.get("_xsrf", path=f"/user/{owner}/") or ""
+        return {"X-XSRFToken": token} if token else {}
+
+    def request(
+        self, method: str, path: str, *, owner: str | None = None, **kwargs: Any
+    ) -> requests.Response:
+        owner = owner or self.name
+        if method != "GET" and not self.session.cookies.get("_xsrf", path=f"/user/{owner}/"):
+            self.session.get(self.server_url("lab", owner), timeout=60)  # the page sets the XSRF cookie
+        headers = {**self._xsrf(owner), **kwargs.pop("headers", {})}
+        return self.session.request(
+            method,
+            self.server_url(path, owner),
+            headers=headers,
+            timeout=kwargs.pop("timeout", 180),
+            **kwargs,
+        )
+
+    def start_kernel(self, name: str = "teelab-sim") -> dict[str, Any]:
+        answer = self.request("POST", "api/kernels", json={"name": name})
+        assert answer.status_code == 201, answer.text
+        return dict(answer.json())
+
+    def run_cell(self, kernel_id: str, code: str) -> tuple[str, dict[str, Any]]:
+        """Execute ``code`` over the kernel's websocket; the stream output and the execute_reply content."""
+        url = self.server_url(f"api/kernels/{kernel_id}/channels").replace("http://", "ws://")
+        cookies = "; ".join(
+            f"{c.name}={c.value}"
+            for c in self.session.cookies
+            if c.path.startswith(f"/user/{self.name}") or c.path == "/"
+        )
+        ws = websocket.create_connection(
+            url,
+            header=[f"Cookie: {cookies}", *[f"{k}: {v}" for k, v in self._xsrf(self.name).items()]],
+            timeout=CELL_SECONDS,
+        )
+        try:
+            msg_id = uuid.uuid4().hex
+            ws.send(
+                json.dumps(
+                    {
+                        "header": {
+                            "msg_id": msg_id,
+                            "username": self.name,
+                            "session": uuid.uuid4().hex,
+                            "msg_type": "execute_request",
+                            "version": "5.3",
+                        },
+                        "parent_header": {},
+                        "metadata": {},
+                        "content": {
+                            "code": code,
+                            "silent": False,
+                            "store_history": False,
+                            "user_expressions": {},
+                            "allow_stdin": False,
+                        },
+                        "channel": "shell",
+                    }
+                )
+            )
+            output: list[str] = []
+            deadline = time.monotonic() + CELL_SECONDS
+            while time.monotonic() < deadline:
+                message = json.loads(ws.recv())
+                if message.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                kind = message["msg_type"]
+                if kind == "stream":
+                    output.append(message["content"]["text"])
+                elif kind == "error":
+                    output.append("\n".join(message["content"]["traceback"]))
+                elif kind == "execute_reply":
+                    return "".join(output), dict(message["content"])
+            raise AssertionError("no execute_reply in time")
+        finally:
+            ws.close()
