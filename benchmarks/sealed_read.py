@@ -141,6 +141,7 @@ def _attested_session(root: Path, store: object, sealed: SealResult) -> object:
     from teelab.sealed_store.kbs.client import KbsClient
     from teelab.sealed_store.kbs.config import KbsConfig
     from teelab.sealed_store.kbs.server import KbsServer
+    from teelab.sealed_store.notebook import ReaderSession, install_key_release
     from teelab.timeutil import utcnow
 
     platform = SimPlatform.create(root / "sim-platform", now=utcnow())
@@ -175,18 +176,17 @@ def _attested_session(root: Path, store: object, sealed: SealResult) -> object:
     with KbsClient.with_token_file(broker.target, root / "kbs" / "gateway-token") as gateway:
         grant = gateway.issue_session_grant("analyst", enclave_key=enclave_key)
         gateway_key = gateway.kbs_public_key()
-    teelab.session.install(
-        attestation={"verdict": "warning", "simulated": True},
-        enclave_key=secret,
-        key_broker=KeyBrokerSection(
-            address=broker.target,
-            kbs_key=gateway_key,
-            store=store.url,  # type: ignore[attr-defined]
-            grant=grant.token,
-            user="analyst",
-        ),
-        attest=runtime.evidence,
+    section = KeyBrokerSection(
+        address=broker.target,
+        kbs_key=gateway_key,
+        store=store.url,  # type: ignore[attr-defined]
+        grant=grant.token,
+        user="analyst",
     )
+    teelab.session.install(
+        attestation={"verdict": "warning", "simulated": True}, key_broker=section, attest=runtime.evidence
+    )
+    install_key_release(ReaderSession(section, secret, runtime.evidence))
     return broker
 
 

@@ -55,6 +55,7 @@ from teelab.protocols.session import (
     send_frame,
     session_report_data,
 )
+from teelab.sealed_store.notebook import ReaderSession, install_key_release
 
 HANDSHAKE_TIMEOUT = 300.0  # the gateway answers after verification; it holds the real deadline
 
@@ -189,11 +190,10 @@ def boot() -> Any:
         from teelab.kernel.kernelapp import TeeKernelApp
 
         teelab.session.install(
-            attestation=bundle.attestation,
-            enclave_key=secret,
-            key_broker=bundle.key_broker,
-            attest=runtime.evidence,
+            attestation=bundle.attestation, key_broker=bundle.key_broker, attest=runtime.evidence
         )
+        # E's secret and the raw evidence function go to the dataset reader only, never to teelab.session.
+        install_key_release(ReaderSession(bundle.key_broker, secret, runtime.evidence))
         try:
             app = TeeKernelApp.instance(config=config)
             # Not configurable traits upstream (they normally come from the connection file).

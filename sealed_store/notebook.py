@@ -11,11 +11,15 @@ Nothing leaves the kernel: the data key lives in this call's memory only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from teelab.errors import KeyBrokerError
-from teelab.session import NotAttested, key_release
+from teelab.protocols.session import KeyBrokerSection
+from teelab.session import NotAttested
 
 _HINTS = {
     "not_granted": "ask the dataset's owner for access (`teelab dataset grant NAME user:YOU`)",
@@ -27,6 +31,24 @@ _HINTS = {
     "release_expired": "the owner stopped releasing this dataset's key",
     "unavailable": "the key broker cannot be reached",
 }
+
+
+@dataclass(frozen=True)
+class ReaderSession:
+    """What this reader needs to ask the key broker for a data key; the kernel boot installs it."""
+
+    key_broker: KeyBrokerSection | None  # None: no key broker was configured when the session was attested
+    enclave_secret: X25519PrivateKey  # the secret of E, whose public half the session's evidence binds
+    evidence: Callable[[bytes], Any]  # the TEE's evidence function, for fresh evidence at each release
+
+
+_release: ReaderSession | None = None
+
+
+def install_key_release(release: ReaderSession) -> None:
+    """Called once by the kernel boot, beside :func:`teelab.session.install`."""
+    global _release
+    _release = release
 
 
 def read_dataset(
@@ -46,13 +68,12 @@ def read_dataset(
     from teelab.sealed_store.reader import read_sealed
     from teelab.sealed_store.storage import DatasetStore
 
-    try:
-        session = key_release()
-    except NotAttested:
+    session = _release
+    if session is None:
         raise NotAttested(
             "read_dataset works only inside an attested teelab kernel",
             hint='switch this notebook to a teelab kernel, e.g. "Python 3 (teelab · simulated TEE)"',
-        ) from None
+        )
     if not isinstance(name, str):
         raise TypeError(f"the dataset name must be a string, not {type(name).__name__}")
     broker, attest = session.key_broker, session.evidence

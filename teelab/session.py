@@ -1,10 +1,10 @@
 """Inside an attested kernel: what attestation established about this session.
 
 ``teelab.session.attestation()`` returns the gateway's verdict on this kernel (TEE, measurement, TCB status,
-every check, whether it is simulated). The kernel boot installs it, along with the session's attested
-ephemeral key that the key broker releases data keys to and the key-broker section of the session bundle
-(:func:`key_release`, for teelab's dataset reader); nothing here is ever written to disk. User code gets
-evidence only through :func:`attest`, whose report_data is domain-separated from every teelab protocol.
+every check, whether it is simulated). The kernel boot installs it with the key-broker section of the session
+bundle (:func:`services`); nothing here is ever written to disk. User code gets evidence only through
+:func:`attest`, whose report_data is domain-separated from every teelab protocol; the session's attested key E
+and the TEE's raw evidence function go to the dataset reader alone (:mod:`teelab.sealed_store.notebook`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from teelab.errors import TeelabError
 from teelab.protocols.session import KeyBrokerSection
@@ -75,19 +73,12 @@ class Attestation(Mapping[str, Any]):
 
 
 @dataclass(frozen=True)
-class KeyRelease:
-    """What teelab's dataset reader needs to ask the key broker for a data key (see :func:`key_release`)."""
-
-    key_broker: KeyBrokerSection | None  # None: no key broker was configured when the session was attested
-    enclave_secret: X25519PrivateKey  # the secret of E, whose public half the session's evidence binds
-    # The TEE's evidence function (report_data -> evidence), for fresh evidence bound to E at each release.
-    evidence: Callable[[bytes], Any] | None
-
-
-@dataclass(frozen=True)
 class _SessionState:
     attestation: Attestation
-    release: KeyRelease
+    key_broker: KeyBrokerSection | None  # None: no key broker was configured when the session was attested
+    # The TEE's evidence function (report_data -> evidence). Private: user code gets attest(), whose
+    # report_data is domain-separated; teelab's dataset reader gets its own copy from the boot.
+    evidence: Callable[[bytes], Any] | None
 
 
 _state: _SessionState | None = None
@@ -95,18 +86,17 @@ _state: _SessionState | None = None
 
 def install(
     attestation: Mapping[str, Any],
-    enclave_key: X25519PrivateKey,
     key_broker: KeyBrokerSection | None = None,
     attest: Callable[[bytes], Any] | None = None,
 ) -> None:
     """Called once by the kernel boot after it opened the session bundle."""
     global _state
-    _state = _SessionState(Attestation(attestation), KeyRelease(key_broker, enclave_key, attest))
+    _state = _SessionState(Attestation(attestation), key_broker, attest)
 
 
 def services() -> dict[str, Any]:
     """Where this session's data services are (key broker, dataset store), as the gateway configured them."""
-    section = _current().release.key_broker
+    section = _current().key_broker
     if section is None:
         return {"kbs": None, "store": None, "user": None}
     return {"kbs": section.address, "store": section.store, "user": section.user}
@@ -143,15 +133,10 @@ def attest(user_data: bytes) -> Any:
     """
     if not isinstance(user_data, bytes | bytearray | memoryview):
         raise TypeError(f"user_data must be bytes, not {type(user_data).__name__}")
-    evidence = _current().release.evidence
+    evidence = _current().evidence
     if evidence is None:
         raise NotAttested("this kernel's TEE gave the session no evidence function")
     return evidence(user_report_data(bytes(user_data)))
-
-
-def key_release() -> KeyRelease:
-    """This session's key-broker section and attested key, for ``teelab.sealed_store.read_dataset``."""
-    return _current().release
 
 
 def _current() -> _SessionState:

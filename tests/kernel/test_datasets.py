@@ -174,9 +174,9 @@ def test_session_grant_is_in_the_sealed_bundle_not_on_the_host(
         assert read_in_kernel(km, "print(len(read_dataset('quiet')))")[1] == "200\n"
         process = km.provisioner.process  # type: ignore[union-attr]
         assert process is not None
-        grant = read_in_kernel(km, "import teelab.session as s; print(s.key_release().key_broker.grant)")[
-            1
-        ].strip()
+        grant = read_in_kernel(
+            km, "import teelab.sealed_store.notebook as n; print(n._release.key_broker.grant)"
+        )[1].strip()
         assert grant.count(".") == 2  # a JWT
         environ = Path(f"/proc/{process.pid}/environ").read_bytes()
         assert grant.encode() not in environ
@@ -212,9 +212,9 @@ def test_the_session_grant_never_crosses_the_host_in_the_clear(
     km = kernel_for("alice")
     try:
         assert read_in_kernel(km, "print(len(read_dataset('wire')))")[1] == "200\n"
-        grant = read_in_kernel(km, "import teelab.session as s; print(s.key_release().key_broker.grant)")[
-            1
-        ].strip()
+        grant = read_in_kernel(
+            km, "import teelab.sealed_store.notebook as n; print(n._release.key_broker.grant)"
+        )[1].strip()
     finally:
         km.shutdown_kernel(now=True)
     assert len(proxy.seen) > 1000  # the release went through the host
