@@ -39,6 +39,7 @@ log = logging.getLogger("teelab.kernel.fork_output")
 
 _RECORD_HEADER = struct.Struct("!IIBH")  # writer pid, writer thread id, flags, payload length
 _LAST = 1
+_FIRST = 2  # a writer that died mid-message leaves a partial one; a reused pid must not continue it
 _RECORD_PAYLOAD = select.PIPE_BUF - _RECORD_HEADER.size
 _FRAME_COUNT = struct.Struct("!I")
 _FRAME_LENGTH = struct.Struct("!Q")
@@ -88,7 +89,7 @@ def records(message: bytes, pid: int, tid: int) -> Iterator[bytes]:
     """``message`` cut into pipe records, each small enough for one atomic write."""
     for start in range(0, max(len(message), 1), _RECORD_PAYLOAD):
         chunk = message[start : start + _RECORD_PAYLOAD]
-        flags = _LAST if start + _RECORD_PAYLOAD >= len(message) else 0
+        flags = (_FIRST if start == 0 else 0) | (_LAST if start + _RECORD_PAYLOAD >= len(message) else 0)
         yield _RECORD_HEADER.pack(pid, tid, flags, len(chunk)) + chunk
 
 
@@ -111,6 +112,9 @@ class RecordAssembler:
             if end > len(self._pending):
                 break
             writer = (pid, tid)
+            if flags & _FIRST:
+                self._partial.pop(writer, None)
+                self._oversized.discard(writer)
             if writer not in self._partial and len(self._partial) >= MAX_PARTIAL:
                 log.error("dropping the partial output of %d forked writers", len(self._partial))
                 self._partial.clear()

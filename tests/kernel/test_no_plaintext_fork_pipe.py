@@ -85,3 +85,11 @@ def test_plaintext_pipe_decoder_raises_only_its_own_error(data: bytes) -> None:
 def test_plaintext_pipe_decoder_refuses_malformed_messages(data: bytes) -> None:
     with pytest.raises(ForkOutputError):
         decode_message(data)
+
+
+def test_plaintext_pipe_a_reused_writer_id_does_not_continue_a_dead_writers_message() -> None:
+    cut_off = list(records(encode_message([b"a" * 10_000]), 42, 42))[:-1]  # its writer died mid-message
+    whole = encode_message([b"from the next process with pid 42"])
+    assembler = RecordAssembler()
+    received = [m for r in [*cut_off, *records(whole, 42, 42)] for m in assembler.feed(r)]
+    assert received == [whole]
