@@ -98,7 +98,7 @@ def python_module_spec(
         os.path.join(stdlib, d)
         for d in ("site-packages", "dist-packages")
         if os.path.join(stdlib, d) not in sys_path
-    )
+    ) + _left_out_packages(sys_path)
     bindir = os.path.dirname(interpreter)
     env = {
         "PATH": f"{bindir}:/usr/bin:/bin",
@@ -126,6 +126,24 @@ def python_module_spec(
         isv_prod_id=isv_prod_id,
         isv_svn=isv_svn,
     )
+
+
+# Installed beside ipykernel but never run in a TEE kernel: debugpy's adapter would talk in plaintext over the
+# host's loopback (kernel/no_debugger.py refuses it before any of its files is read), and its ~500 files only
+# make the image slower to measure and to start.
+_LEFT_OUT = ("debugpy",)
+
+
+def _left_out_packages(sys_path: list[str]) -> tuple[str, ...]:
+    found: list[str] = []
+    for folder in sys_path:
+        if not os.path.isdir(folder):
+            continue
+        for entry in sorted(os.listdir(folder)):
+            stem = entry.split("-", 1)[0] if entry.endswith(".dist-info") else entry
+            if stem in _LEFT_OUT:
+                found.append(os.path.join(folder, entry))
+    return tuple(found)
 
 
 def kernel_image_spec(python: str | None = None, *, isv_prod_id: int = 0, isv_svn: int = 0) -> ImageSpec:

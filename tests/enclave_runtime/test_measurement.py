@@ -144,3 +144,16 @@ def test_the_kernel_image_measures_identically_from_a_cold_cache(tmp_path: Path)
     assert any(p.endswith("/ipykernel/kernelapp.py") for p in paths)
     assert any(p.endswith("/enclave_runtime/manifest.py") for p in paths)
     assert not any("__pycache__" in p for p in paths)
+
+
+def test_the_kernel_image_leaves_the_debugger_out() -> None:
+    """debugpy is installed beside ipykernel, but a TEE kernel never runs it (its adapter talks plaintext)."""
+    import debugpy
+
+    spec = kernel_image_spec()
+    installed = os.path.dirname(os.path.abspath(debugpy.__file__))
+    assert installed in spec.excluded
+    from teelab.enclave_runtime.manifest import trusted_paths
+
+    leaked = [path for path, _ in trusted_paths(spec) if "/debugpy" in path]
+    assert leaked == []
