@@ -1,8 +1,12 @@
 """``KbsClient``: typed calls to a key broker; every failure is a ``KeyBrokerError(reason, message)``.
 
-    kbs = KbsClient("127.0.0.1:7443", token=admin_token)
-    kbs.register_dataset("sales", 1, manifest_sha256=..., dek=dek, release_policy_toml=..., owner="olivia")
+    kbs = KbsClient("127.0.0.1:7443", token=olivias_token)   # a credential naming the user (docs/protocols/kbs.md §1)
+    kbs.register_dataset("sales", 1, manifest_sha256=..., dek=dek, release_policy_toml=...)  # owned by olivia
     kbs.grant("sales", "group:analysts", expires_at=...)
+
+A gateway, for the user whose server it runs in (the grant names that user, never another)::
+
+    grant = KbsClient(address, token=user_credential).issue_session_grant(enclave_key=E_pub, controller=ctl)
 
 Inside an attested kernel (no token; the session grant authorizes)::
 
