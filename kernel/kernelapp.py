@@ -13,7 +13,9 @@ Differences from stock ``IPKernelApp``, each for a reason:
   ``tcp://127.0.0.1`` socket (``fork_output``), and there is no debugger — debugpy is unimportable and a
   ``debug_request`` gets a refusal (``no_debugger``);
 - nothing forks while the kernel starts (``startup``), and ``!cmd`` runs without a pty where the TEE has
-  none (``shell``).
+  none (``shell``);
+- every socket binds through a descriptor the kernel opened (``tcp_bind``): libzmq's own bind asks
+  ``getifaddrs()``, which aborts the process in a LibOS without AF_NETLINK.
 The heartbeat runs on its own context without the allow-list: it only echoes bytes, and the stock client's
 heartbeat channel connects with a throwaway key.
 
@@ -34,6 +36,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from teelab.kernel.fork_output import ForkPipeIOPubThread
 from teelab.kernel.no_debugger import refuse_debugpy
 from teelab.kernel.startup import no_processes
+from teelab.kernel.tcp_bind import PreopenedHeartbeat, bind_preopened
 from teelab.kernel.tee_kernel import TeeKernel
 from teelab.kernel.zap import start_allow_list
 
@@ -88,6 +91,22 @@ class TeeKernelApp(IPKernelApp):  # type: ignore[misc]
 
         self.init_control(context)
         self.init_iopub(context)
+
+    def _try_bind_socket(self, s: zmq.Socket[bytes], port: int) -> int:
+        if self.transport != "tcp":
+            raise ValueError(f"the TEE kernel serves tcp only, not {self.transport!r}")
+        return bind_preopened(s, self.ip, port)
+
+    def init_heartbeat(self) -> None:
+        """ipykernel 7.4's init_heartbeat with the heartbeat bound through ``tcp_bind``."""
+        self.heartbeat = PreopenedHeartbeat(
+            zmq.Context(),  # its own context, as ipykernel's: the GIL must not block the echo
+            (self.transport, self.ip, self.hb_port),
+            curve_publickey=self.curve_publickey,
+            curve_secretkey=self.curve_secretkey,
+        )
+        self.hb_port = self.heartbeat.port
+        self.heartbeat.start()
 
     def init_control(self, context: zmq.Context[zmq.Socket[bytes]]) -> None:
         super().init_control(context)
