@@ -7,10 +7,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.teelab-installed
 PYTEST_ARGS ?=
 
-.PHONY: help demo test lint format bench protos clean venv system-deps typecheck-tree labextension wheel-check
+.PHONY: help demo hub-demo test lint format bench protos clean venv system-deps typecheck-tree labextension wheel-check
 
 help:
 	@echo "make demo    start the demo (simulated TEE, attested kernel, key broker, sample sealed dataset)"
+	@echo "make hub-demo  a real JupyterHub: alice, bob, carol, the key broker as a hub service (docs/jupyterhub.md)"
 	@echo "make test    install what is needed, lint, and run every test"
 	@echo "make bench   run the benchmarks; writes benchmarks/results/*.json and BENCHMARKS.md"
 	@echo "make lint    ruff + mypy"
@@ -53,6 +54,10 @@ system-deps:
 
 demo: $(STAMP) system-deps
 	$(PY) scripts/demo.py
+
+# Many users: JupyterHub with configurable-http-proxy (npm), the key broker as the hub service teelab-kbs.
+hub-demo: $(STAMP) system-deps
+	$(VENV)/bin/teelab hub demo
 
 lint: $(STAMP) typecheck-tree
 	$(VENV)/bin/ruff check .

@@ -69,6 +69,8 @@ def configure_hub(
     operators: Sequence[str] = (),
     operator_groups: Sequence[str] = (),
     dataset_admin_groups: Sequence[str] | None = None,
+    kbs_admin_users: Sequence[str] = (),
+    kbs_admin_groups: Sequence[str] = (),
     kbs_listen: str = "127.0.0.1:7443",
     kbs_db: str | None = None,
     kbs_tls_cert: str | None = None,
@@ -83,6 +85,10 @@ def configure_hub(
     """Configure the JupyterHub config object ``c`` for teelab (see the module docstring).
 
     ``public_url`` is where the proxy serves the hub (the service reaches the users' servers there);
+    ``operators``/``operator_groups`` get ``custom:teelab:kbs:operate``: every kernel's verdict, never data.
+    ``kbs_admin_users``/``kbs_admin_groups`` get the broker's admin role (groups, the whole audit log, and
+    administration of *every* dataset — re-policy, grant — so give it to nobody who must not read data; by
+    default nobody but the holder of the broker's admin-token).
     ``kbs_listen`` the broker's gRPC address (``grpcs://`` for clients when ``kbs_tls_cert`` is given, with
     ``kbs_ca`` the private CA the servers trust); ``kernel`` the kernelspec whose policy file
     ``<root>/policies/<kernel>.toml`` judges every teelab kernel of every server.
@@ -94,8 +100,8 @@ def configure_hub(
         c,
         paths,
         public_url,
-        operators,
-        operator_groups,
+        kbs_admin_users,
+        kbs_admin_groups,
         kbs_listen,
         service_port,
         python,
@@ -160,8 +166,8 @@ def _service(
     c: Any,
     paths: Mapping[str, Path],
     public_url: str,
-    operators: Sequence[str],
-    operator_groups: Sequence[str],
+    kbs_admin_users: Sequence[str],
+    kbs_admin_groups: Sequence[str],
     kbs_listen: str,
     port: int,
     python: str,
@@ -173,7 +179,9 @@ def _service(
         "TEELAB_HUB_KBS_STATE": str(paths["kbs"]),
         "TEELAB_HUB_KBS_LISTEN": kbs_listen,
         "TEELAB_HUB_KBS_OPTIONS": json.dumps({k: v for k, v in kbs_options.items() if v}),
-        "TEELAB_HUB_KBS_ADMINS": json.dumps({"users": list(operators), "groups": list(operator_groups)}),
+        "TEELAB_HUB_KBS_ADMINS": json.dumps(
+            {"users": list(kbs_admin_users), "groups": list(kbs_admin_groups)}
+        ),
         "TEELAB_HUB_PUBLIC_URL": public_url,
         "PYTHONUNBUFFERED": "1",
     }
