@@ -26,12 +26,14 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from teelab.enclave_runtime.backend import TeeRuntime
+from teelab.enclave_runtime.controller import CONTROLLER_ENV
 from teelab.enclave_runtime.runtime import current_runtime
 from teelab.errors import TeelabError
 from teelab.protocols.session import (
@@ -139,24 +141,32 @@ def _exit_cleanly_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def _check_launch_controller(runtime: TeeRuntime, request: BootRequest) -> None:
+def _check_launch_controller(
+    runtime: TeeRuntime, request: BootRequest, env: Mapping[str, str] | None = None
+) -> None:
     """Obey only the controller the platform names: the one bound into this TEE's evidence at launch.
 
     Otherwise a host could launch the image bound to a victim's controller while the boot request names the
-    host's own key, and run code in a kernel whose evidence carries the victim's controller. Runtimes that
-    can read their launch-time field say it through ``controller()``; a 32-byte all-zero or absent answer
-    means the platform bound none (then the gateway's controller check refuses this kernel's evidence).
+    host's own key, and run code in a kernel whose evidence carries the victim's controller. The controller
+    comes from the runtime's launch-time field (``controller()``, where a runtime can read it; all zero or
+    absent: none bound, and the gateway's controller check refuses this kernel's evidence) and, for images
+    that pin it ("measurement" binding), from the measured environment. Either can only make the boot refuse.
     """
+    expected = controller_hash(request.controller_key)
     read = getattr(runtime, "controller", None)
     bound = read() if callable(read) else None
-    if (
-        isinstance(bound, bytes)
-        and any(bound)
-        and not hmac.compare_digest(bound, controller_hash(request.controller_key))
-    ):
-        raise HandshakeError(
-            "the boot request names another controller than the one this TEE was launched for"
-        )
+    pinned = (os.environ if env is None else env).get(CONTROLLER_ENV)
+    for source, value in (("the platform's launch-time field", bound), ("the measured image", pinned)):
+        if isinstance(value, str):
+            value = bytes.fromhex(value) if _is_hex(value) else b"?"
+        if isinstance(value, bytes) and any(value) and not hmac.compare_digest(value, expected):
+            raise HandshakeError(
+                f"the boot request names another controller than {source} this kernel was launched with"
+            )
+
+
+def _is_hex(value: str) -> bool:
+    return len(value) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in value)
 
 
 def boot() -> Any:

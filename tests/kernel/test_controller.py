@@ -214,9 +214,17 @@ def test_the_boot_refuses_a_boot_request_naming_another_controller_than_its_plat
             return self.bound
 
     request = BootRequest(nonce=bytes(32), host="127.0.0.1", port=1, controller_key=host)
-    with pytest.raises(HandshakeError, match="another controller"):
-        _check_launch_controller(Runtime(controller_hash(victim)), request)  # type: ignore[arg-type]
-    _check_launch_controller(Runtime(controller_hash(host)), request)  # type: ignore[arg-type]
+    with pytest.raises(HandshakeError, match="another controller than the platform's"):
+        _check_launch_controller(Runtime(controller_hash(victim)), request, env={})  # type: ignore[arg-type]
+    _check_launch_controller(Runtime(controller_hash(host)), request, env={})  # type: ignore[arg-type]
+    _check_launch_controller(Runtime(bytes(32)), request, env={})  # type: ignore[arg-type]  # none bound
+    # An image that pins its controller in the measured environment ("measurement" binding).
+    pinned = {"TEELAB_CONTROLLER": controller_hash(victim).hex()}
+    with pytest.raises(HandshakeError, match="another controller than the measured image"):
+        _check_launch_controller(Runtime(bytes(32)), request, env=pinned)  # type: ignore[arg-type]
+    _check_launch_controller(
+        Runtime(bytes(32)), request, env={"TEELAB_CONTROLLER": controller_hash(host).hex()}
+    )  # type: ignore[arg-type]
 
 
 def test_the_gateway_identity_is_made_once_private_and_names_its_controller(tmp_path: Path) -> None:
