@@ -113,6 +113,32 @@ def mount_roots(paths: Iterable[str], covered: Iterable[str] = ()) -> list[str]:
     return [str(r) for r in roots]
 
 
+Mount = tuple[tuple[str, str], ...]
+
+
+def ordered_mounts(mounts: Iterable[Mount]) -> list[Mount]:
+    """``mounts`` with every mount after the mounts of its parent folders (stable otherwise).
+
+    Gramine applies ``fs.mounts`` in order; one listed after a mount beneath it hides that mount.
+    """
+    return sorted(mounts, key=lambda mount: len(PurePosixPath(dict(mount)["path"]).parts))
+
+
+def fs_mounts(lib_dirs: Iterable[str], roots: Iterable[str]) -> list[Mount]:
+    """Every mount of the enclave, in an order Gramine can apply."""
+    mounts: list[Mount] = [(("path", "/lib"), ("uri", "file:{{ gramine.runtimedir() }}"))]
+    mounts += [(("path", path), ("uri", f"file:{path}")) for path in (*lib_dirs, *roots)]
+    mounts += [
+        # /tmp for libraries that ignore TMPDIR; in enclave memory, never on a host disk.
+        (("type", "tmpfs"), ("path", "/tmp")),
+        # The TEE's private scratch space, also in enclave memory.
+        (("type", "tmpfs"), ("path", TEE_TMP_PATH)),
+        # The TEE's own storage: encrypted with the MRENCLAVE sealing key, under the launch folder on the host.
+        (("type", "encrypted"), ("path", TEE_STATE_PATH), ("uri", STATE_URI), ("key_name", "_sgx_mrenclave")),
+    ]
+    return ordered_mounts(mounts)
+
+
 def _check_value(where: str, value: str) -> None:
     # gramine-manifest renders the output again with Jinja: markup in a value would be evaluated there.
     if any(token in value for token in _JINJA_MARKUP):
@@ -160,6 +186,12 @@ def render_template(manifest: EnclaveManifest, options: GramineOptions | None = 
             raise EnclaveError(f"passthrough variable {name!r} is invalid or also has a measured value")
     for arg in argv:
         _check_value("the argument", arg)
+    roots = mount_roots((f.path for f in files), covered=options.lib_dirs)
+    if any(root in ("/tmp", "/") for root in roots):
+        raise EnclaveError(
+            f"the image has files directly in {sorted(r for r in roots if r in ('/tmp', '/'))}, where the "
+            "enclave mounts its own tmpfs or root; move the Python environment into a folder of its own"
+        )
     native_dirs = sorted({str(PurePosixPath(f.path).parent) for f in options.native_files})
     library_path = ":".join(["/lib", *options.lib_dirs, *native_dirs])
     environment = jinja2.Environment(
@@ -183,7 +215,7 @@ def render_template(manifest: EnclaveManifest, options: GramineOptions | None = 
         tee_state=TEE_STATE_PATH,
         state_uri=STATE_URI,
         lib_mounts=list(options.lib_dirs),
-        mounts=mount_roots((f.path for f in files), covered=options.lib_dirs),
+        fs_mounts=fs_mounts(options.lib_dirs, roots),
         debug=options.debug,
         enclave_size=options.enclave_size,
         max_threads=options.max_threads,

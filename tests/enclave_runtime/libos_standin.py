@@ -40,3 +40,36 @@ def build_no_netlink(folder: Path) -> Path:
     source.write_text(NO_NETLINK_C)
     subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"], check=True)
     return library
+
+
+# What Gramine's loader checks before the first instruction of the application, as a stand-in launcher runs it
+# (source text, so a stand-in script can exec it): mount order and the file policy of the entrypoint. Gramine
+# applies fs.mounts in order, and with file policy on (direct mode too, v1.9) it refuses to open a file that is
+# neither trusted nor allowed: "Disallowing access to file '…'; file is not allowed".
+GRAMINE_LOADER_CHECKS = r"""
+def gramine_loader_errors(doc):
+    from pathlib import PurePosixPath
+    errors = []
+    mounts = [m["path"] for m in doc.get("fs", {}).get("mounts", [])]
+    for i, path in enumerate(mounts):
+        for later in mounts[i + 1:]:
+            if later == path or PurePosixPath(later) in PurePosixPath(path).parents:
+                errors.append(f"mount {path} is hidden by the later mount {later}")
+    sgx = doc.get("sgx", {})
+    covered = [t if isinstance(t, str) else t["uri"] for t in sgx.get("trusted_files", [])]
+    covered += list(sgx.get("allowed_files", []))
+    entry = "file:" + doc["libos"]["entrypoint"]
+    if not any(entry == c or (c.endswith("/") and entry.startswith(c)) for c in covered):
+        name = doc["libos"]["entrypoint"].rsplit("/", 1)[-1]
+        errors.append(f"Disallowing access to file '{name}'; file is not allowed. init_exec_handle: Permission denied")
+    return errors
+"""
+
+
+def gramine_loader_errors(doc: dict[str, object]) -> list[str]:
+    scope: dict[str, object] = {}
+    exec(GRAMINE_LOADER_CHECKS, scope)  # the stand-in's own source text above
+    check = scope["gramine_loader_errors"]
+    assert callable(check)
+    result: list[str] = check(doc)
+    return result

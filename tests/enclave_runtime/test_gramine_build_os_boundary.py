@@ -29,6 +29,8 @@ from teelab.enclave_runtime.gramine.sigstruct import build_sigstruct, parse_sigs
 from teelab.enclave_runtime.manifest import ImageSpec
 from teelab.errors import EnclaveError
 
+from .libos_standin import GRAMINE_LOADER_CHECKS
+
 MANIFEST_TOOL = f"""#!{sys.executable}
 import sys, tomllib
 from teelab.enclave_runtime.gramine.template import preview_manifest
@@ -54,7 +56,13 @@ open(a.sigfile, "wb").write(sig)
 open(a.output, "wb").write(data)
 """
 LAUNCH_TOOL = f"""#!{sys.executable}
-import json, os, sys
+import json, os, sys, tomllib
+{GRAMINE_LOADER_CHECKS}
+manifest = os.path.join(os.getcwd(), sys.argv[-1] + ".manifest.sgx")
+if os.path.exists(manifest):  # Gramine's loader refuses what it cannot apply, before the application runs
+    errors = gramine_loader_errors(tomllib.loads(open(manifest).read()))
+    if errors:
+        sys.exit("error: " + "; ".join(errors))
 record = {{"argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ)}}
 open(os.environ["TEELAB_TEST_RECORD"] if "TEELAB_TEST_RECORD" in os.environ else os.path.join(os.getcwd(), "launch.json"), "w").write(json.dumps(record))
 """

@@ -206,3 +206,47 @@ def test_os_boundary_the_real_kernel_image_renders_to_a_valid_manifest() -> None
     assert doc["loader"]["argv"][1:] == ["-s", "-m", "teelab.kernel.boot"]
     assert len(doc["sgx"]["trusted_files"]) >= len(manifest.trusted_files) + 3
     assert doc["loader"]["env"]["TEELAB_BOOT_REQUEST"] == {"passthrough": True}
+
+
+def test_os_boundary_a_tmpfs_at_tmp_comes_before_the_image_folders_beneath_it(tmp_path: Path) -> None:
+    """The Python environment here lives under /tmp (pytest's tmp_path): Gramine must mount the /tmp tmpfs
+    first, or it hides the interpreter's folders (tee_runtimes.md §1.7)."""
+    from .libos_standin import gramine_loader_errors
+
+    assert str(tmp_path).startswith("/tmp/")
+    manifest, options = small_manifest(tmp_path)
+    doc = rendered(manifest, options)
+    paths = [m["path"] for m in doc["fs"]["mounts"]]
+    assert {"type": "tmpfs", "path": "/tmp"} in doc["fs"]["mounts"]
+    assert paths.index("/tmp") < paths.index(str(tmp_path / "env" / "bin"))
+    assert gramine_loader_errors(doc) == []
+    # The stand-in loader tells the truth about the other order.
+    backwards = {**doc, "fs": {**doc["fs"], "mounts": list(reversed(doc["fs"]["mounts"]))}}
+    assert any("is hidden by the later mount" in e for e in gramine_loader_errors(backwards))
+
+
+def test_os_boundary_the_entrypoint_passes_gramines_file_policy(tmp_path: Path) -> None:
+    from .libos_standin import gramine_loader_errors
+
+    manifest, _ = small_manifest(tmp_path)
+    doc = rendered(manifest, GramineOptions(real_entrypoint="/opt/python/bin/python3.11"))
+    assert gramine_loader_errors(doc) == []
+    untrusted = {**doc, "sgx": {**doc["sgx"], "trusted_files": doc["sgx"]["trusted_files"][:3]}}
+    assert gramine_loader_errors(untrusted) == [
+        "Disallowing access to file 'python3.11'; file is not allowed. init_exec_handle: Permission denied"
+    ]
+
+
+def test_os_boundary_image_files_directly_in_tmp_are_refused() -> None:
+    manifest = EnclaveManifest(
+        name="k",
+        entrypoint="/tmp/python",
+        argv=("/tmp/python",),
+        env=(),
+        passthrough_env=(),
+        trusted_files=(TrustedFile("/tmp/python", "00" * 32, 1),),
+        isv_prod_id=0,
+        isv_svn=0,
+    )
+    with pytest.raises(EnclaveError, match="directly in"):
+        render_template(manifest, GramineOptions())
