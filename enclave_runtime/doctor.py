@@ -26,6 +26,15 @@ QUOTE_PROVIDER_LIBS = (
     "/usr/lib/libdcap_quoteprov.so.1",
 )
 TSM_REPORT = "/sys/kernel/config/tsm/report"
+MAX_MAP_COUNT = "/proc/sys/vm/max_map_count"
+# A fork under Gramine re-creates the parent's memory in the child enclave as one-page mappings: ~65k for a
+# threaded CPython kernel under gramine-direct, above Linux's default of 65530, and the child died with
+# -ENOMEM from mmap (research/tee_runtimes.md §1.7). 16x the default leaves room for the 8G enclave's heap.
+MIN_MAX_MAP_COUNT = 1048576
+MAX_MAP_COUNT_FIX = (
+    f"sysctl -w vm.max_map_count={MIN_MAX_MAP_COUNT} (as root; to keep it, "
+    f"echo vm.max_map_count={MIN_MAX_MAP_COUNT} > /etc/sysctl.d/60-teelab-gramine.conf)"
+)
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,23 @@ def _tools(
     return ok
 
 
+def _max_map_count(view: HostView, found: list[str], missing: list[str]) -> bool:
+    text = view.read(MAX_MAP_COUNT)
+    try:
+        value = int((text or "").strip())
+    except ValueError:
+        found.append(f"cannot read {MAX_MAP_COUNT}; forks in the kernel need it ≥ {MIN_MAX_MAP_COUNT}")
+        return True
+    if value >= MIN_MAX_MAP_COUNT:
+        found.append(f"vm.max_map_count = {value} (a fork under Gramine needs many mappings)")
+        return True
+    missing.append(
+        f"vm.max_map_count = {value}: a fork or subprocess in the kernel fails (the child enclave's memory "
+        f"needs more mappings, mmap returns ENOMEM); fix: {MAX_MAP_COUNT_FIX}"
+    )
+    return False
+
+
 def gramine_status(view: HostView) -> BackendStatus:
     found: list[str] = []
     missing: list[str] = []
@@ -173,13 +199,14 @@ def gramine_status(view: HostView) -> BackendStatus:
     device = _sgx_device(view, found, missing)
     aesmd = _aesmd(view, found, missing, required=True)
     provider = _quote_provider(view, found, missing)
+    mappings = _max_map_count(view, found, missing)
     if view.which("gramine-direct"):
         found.append("gramine-direct (development only: no attestation, policy refuses it unless told)")
     found.append(
         "controller binding: measurement (Gramine sets no CONFIGID; build with `teelab enclave build "
         "--controller HEX`)"
     )
-    available = tools and device and aesmd and provider
+    available = tools and device and aesmd and provider and mappings
     summary = "SGX enclaves under Gramine" if available else "cannot run Gramine SGX enclaves here"
     return BackendStatus("gramine", available, summary, found, missing)
 

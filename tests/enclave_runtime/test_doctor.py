@@ -34,6 +34,7 @@ def stand_in(
     euid: int = 0,
     cpuinfo: str | None = None,
     qcnl: str | None = QCNL,
+    max_map_count: int | None = 1048576,
 ) -> HostView:
     for name in files:
         path = tmp_path / name.lstrip("/")
@@ -43,6 +44,9 @@ def stand_in(
     if cpuinfo is not None:
         (tmp_path / "proc").mkdir(exist_ok=True)
         (tmp_path / "proc" / "cpuinfo").write_text(cpuinfo)
+    if max_map_count is not None:
+        (tmp_path / "proc" / "sys" / "vm").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "proc" / "sys" / "vm" / "max_map_count").write_text(f"{max_map_count}\n")
     if qcnl is not None:
         (tmp_path / "etc").mkdir(exist_ok=True)
         (tmp_path / "etc" / "sgx_default_qcnl.conf").write_text(qcnl)
@@ -151,3 +155,18 @@ def test_each_hardware_backend_says_how_it_binds_the_controller(tmp_path: Path) 
     (tmp_path / "dev" / "sev-guest").write_bytes(b"")
     cvm = {s.name: s for s in all_statuses(HostView(root=tmp_path, which=lambda _: None))}["cvm"]
     assert "controller binding: HOST_DATA, set by the VMM when it created this VM" in cvm.found
+
+
+def test_gramine_needs_vm_max_map_count_raised_for_forks_and_says_how(tmp_path: Path) -> None:
+    """Linux's default 65530 is what made a fork under gramine-direct fail (tee_runtimes.md §1.7)."""
+    status = gramine_status(stand_in(tmp_path, SGX_HOST, gramine_tools(), max_map_count=65530))
+    assert not status.available
+    assert [m for m in status.missing if m.startswith("vm.max_map_count = 65530")] == [
+        "vm.max_map_count = 65530: a fork or subprocess in the kernel fails (the child enclave's memory needs "
+        "more mappings, mmap returns ENOMEM); fix: sysctl -w vm.max_map_count=1048576 (as root; to keep it, "
+        "echo vm.max_map_count=1048576 > /etc/sysctl.d/60-teelab-gramine.conf)"
+    ]
+    raised = gramine_status(stand_in(tmp_path, SGX_HOST, gramine_tools(), max_map_count=1048576))
+    assert raised.available and "vm.max_map_count = 1048576 (a fork under Gramine needs many mappings)" in (
+        raised.found
+    )
