@@ -197,6 +197,12 @@ class EnclaveBackend(ABC):
     simulated: ClassVar[bool] = False
     # How this backend binds the launching gateway's controller into its evidence (see .controller).
     binding: ControllerBinding
+    # What this TEE calls the code measurement a verifier pins: every CLI and UI surface labels it so.
+    measurement_label: str = "MRENCLAVE"
+
+    def describe_measurement(self, image: EnclaveImage) -> tuple[str, str]:
+        """``(label, value)`` of the measurement a policy pins for ``image`` under this TEE."""
+        return self.measurement_label, image.mrenclave.hex()
 
     @classmethod
     @abstractmethod

@@ -118,6 +118,7 @@ def _measure(args: argparse.Namespace) -> int:
                     "isv_prod_id": manifest.isv_prod_id,
                     "isv_svn": manifest.isv_svn,
                     "mrenclave": mrenclave,
+                    "measurement_label": backend.measurement_label,
                 }
             )
         )
@@ -129,7 +130,7 @@ def _measure(args: argparse.Namespace) -> int:
     print(f"trusted files  {len(manifest.trusted_files):,} files, {manifest.total_size / 1e6:,.1f} MB")
     print(f"isv ids        product {manifest.isv_prod_id}, svn {manifest.isv_svn}")
     signer = "" if backend.simulated else "  (MRSIGNER depends on the key given to `enclave build`)"
-    print(f"mrenclave      {mrenclave}{signer}")
+    print(f"{backend.measurement_label:<14} {mrenclave}{signer}")
     print(mrenclave)
     return 0
 
@@ -149,14 +150,16 @@ def _build(args: argparse.Namespace) -> int:
         from teelab.enclave_runtime.cvm.backend import MEASURE_EXPLANATION
 
         print(f"trusted files  {len(image.manifest.trusted_files):,} (checked before each launch)")
-        print(f"attested by    the VM: {MEASURE_EXPLANATION} (see `teelab enclave measure --backend cvm`)")
+        label, value = backend.describe_measurement(image)
+        print(f"attested by    the VM's {label}, {value}: {MEASURE_EXPLANATION}")
         return 0
     if args.backend == "gramine-direct":
         print("WARNING        gramine-direct launches have no SGX protection and no attestation")
     print(f"trusted files  {len(image.manifest.trusted_files):,}")
     print(f"debug          {'yes — attestation policies refuse debug enclaves' if args.debug else 'no'}")
     print(f"mrsigner       {image.mrsigner.hex()}")
-    print(f"mrenclave      {image.mrenclave.hex()}")
+    label, value = backend.describe_measurement(image)
+    print(f"{label:<14} {value}")
     print(image.mrenclave.hex())
     return 0
 

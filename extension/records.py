@@ -16,7 +16,7 @@ BadgeLevel = Literal["attested", "warning", "simulated", "failed"]
 
 TEE_LABELS = {"sgx": "SGX", "tdx": "TDX", "sev-snp": "SEV-SNP"}
 # The claim that identifies the code in each TEE, in the order tried: what a user compares with a policy.
-MEASUREMENT_CLAIMS = (("mrenclave", "MRENCLAVE"), ("mrtd", "MRTD"), ("measurement", "Measurement"))
+MEASUREMENT_CLAIMS = (("mrenclave", "MRENCLAVE"), ("mrtd", "MRTD"), ("measurement", "SNP launch measurement"))
 SIMULATED_TEXT = NOT_CONFIDENTIAL[0].upper() + NOT_CONFIDENTIAL[1:]  # "Simulated TEE — not confidential"
 
 

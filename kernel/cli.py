@@ -22,6 +22,7 @@ then: jupyter lab, and pick the kernel; or  jupyter console --kernel teelab-sim
 
 
 def _install(args: argparse.Namespace) -> int:
+    from teelab.enclave_runtime.backends import get_backend
     from teelab.enclave_runtime.progress import hashing_progress
     from teelab.kernel.kernelspec import install
 
@@ -38,7 +39,8 @@ def _install(args: argparse.Namespace) -> int:
     print(f"kernelspec     {installed.name} → {installed.kernelspec_dir}")
     print(f"policy         {installed.policy_file}")
     print(f"image          {installed.image.path}")
-    print(f"mrenclave      {installed.image.mrenclave.hex()}")
+    label, value = get_backend(args.backend).describe_measurement(installed.image)
+    print(f"{label:<14} {value}")
     if args.backend == "sim":
         print("note           the simulated TEE is NOT confidential: the real protocol, no isolation")
     return 0

@@ -73,6 +73,18 @@ class CvmBackend(PccsCollateral, EnclaveBackend):
             tdx = (root / "dev" / "tdx_guest").exists()
             self.binding = ControllerBinding.MRCONFIGID if tdx else ControllerBinding.HOST_DATA
 
+    @property  # type: ignore[override]
+    def measurement_label(self) -> str:
+        """What the VM's TEE measures: the SNP launch measurement, or the TD's MRTD and RTMRs."""
+        return "MRTD/RTMRs" if self.binding is ControllerBinding.MRCONFIGID else "SNP launch measurement"
+
+    def describe_measurement(self, image: EnclaveImage) -> tuple[str, str]:
+        # The image's own digest is not what the VM's evidence carries; say where the value comes from.
+        return (
+            self.measurement_label,
+            "of the VM image, not teelab's: see `teelab enclave measure --backend cvm`",
+        )
+
     @classmethod
     def status(cls) -> BackendStatus:
         from teelab.enclave_runtime.doctor import HostView, cvm_status

@@ -83,7 +83,7 @@ def test_measure_is_reproducible_and_ends_with_the_bare_mrenclave() -> None:
     last = first.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"[0-9a-f]{64}", last)
     assert second.stdout.strip().splitlines()[-1] == last
-    assert f"mrenclave      {last}" in first.stdout
+    assert f"MRENCLAVE      {last}" in first.stdout
 
 
 def test_build_then_quote_over_the_built_image(tmp_path: Path) -> None:

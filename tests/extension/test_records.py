@@ -90,7 +90,7 @@ def test_the_measurement_is_the_tee_specific_claim() -> None:
     tdx = result(tee="tdx", claims={"mrtd": "cd" * 48})
     assert measurement(tdx) == {"name": "MRTD", "claim": "mrtd", "value": "cd" * 48}
     snp = result(tee="sev-snp", tcb_status=None, claims={"measurement": "ef" * 48})
-    assert measurement(snp) == {"name": "Measurement", "claim": "measurement", "value": "ef" * 48}
+    assert measurement(snp) == {"name": "SNP launch measurement", "claim": "measurement", "value": "ef" * 48}
     assert measurement(None) is None
 
 
