@@ -25,7 +25,7 @@ def _setup(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from teelab.extension.hub.demo import run_demo
 
-    return run_demo(args.root, args.port)
+    return run_demo(args.root, args.port, check_only=args.check)
 
 
 def register(subparsers: Subparsers) -> None:
@@ -54,3 +54,8 @@ def register(subparsers: Subparsers) -> None:
     )
     demo.add_argument("--root", type=Path, help="state folder (default: <teelab data dir>/hub-demo)")
     demo.add_argument("--port", type=int, help="the hub's port on 127.0.0.1 (default: a free one)")
+    demo.add_argument(
+        "--check",
+        action="store_true",
+        help="sign in as bob and carol, read and be refused, show the operator view, then stop (what CI runs)",
+    )

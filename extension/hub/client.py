@@ -1,5 +1,9 @@
 """A hub user as a browser is one: signs in through the hub's login form, follows the OAuth redirects to their
-single-user server, and drives it over REST (cookie + XSRF header) and the kernel websocket."""
+single-user server, and drives it over REST (cookie + XSRF header) and the kernel websocket.
+
+``teelab hub demo --check`` and the hub tests (tests/hub) use it; nothing here mints a token in the hub's
+database: the session is the one the hub's login flow gives.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 import requests
 import websocket
 
+from teelab.errors import ConfigError
 from teelab.extension.hub.demo import HubProcess
 
 SPAWN_SECONDS = 120.0
@@ -30,7 +35,8 @@ class HubUser:
         page = self.session.get(url, timeout=30)
         page.raise_for_status()
         xsrf = self.session.cookies.get("_xsrf", path="/hub/")
-        assert xsrf, "the login page sets its XSRF cookie"
+        if not xsrf:
+            raise ConfigError(f"{url} set no XSRF cookie: is this a JupyterHub?")
         return self.session.post(
             url,
             data={"username": self.name, "password": password or self.hub.password, "_xsrf": xsrf},
@@ -50,7 +56,7 @@ class HubUser:
                 break
             time.sleep(0.5)
         else:
-            raise AssertionError(f"{self.name}'s server did not become ready")
+            raise ConfigError(f"{self.name}'s server did not become ready within {SPAWN_SECONDS:.0f} s")
         landing = self.session.get(self.server_url("lab"), timeout=60)
         landing.raise_for_status()
 
@@ -78,7 +84,10 @@ class HubUser:
 
     def start_kernel(self, name: str = "teelab-sim") -> dict[str, Any]:
         answer = self.request("POST", "api/kernels", json={"name": name})
-        assert answer.status_code == 201, answer.text
+        if answer.status_code != 201:
+            raise ConfigError(
+                f"kernel {name} did not start (HTTP {answer.status_code}): {answer.text[:2000]}"
+            )
         return dict(answer.json())
 
     def run_cell(self, kernel_id: str, code: str) -> tuple[str, dict[str, Any]]:
@@ -132,6 +141,6 @@ class HubUser:
                     output.append("\n".join(message["content"]["traceback"]))
                 elif kind == "execute_reply":
                     return "".join(output), dict(message["content"])
-            raise AssertionError("no execute_reply in time")
+            raise ConfigError(f"no answer from kernel {kernel_id} within {CELL_SECONDS:.0f} s")
         finally:
             ws.close()

@@ -208,7 +208,38 @@ c.JupyterHub.load_roles.append({{"name": {SETUP_SERVICE!r}, "scopes": ["tokens",
             )
 
 
-def run_demo(root: Path | None, port: int | None) -> int:
+def check(hub: HubProcess) -> None:
+    """What a visitor would do, through the hub's login form: bob reads alice's dataset in an attested kernel,
+    carol is refused and told why, carol's operator page shows bob's kernel's verdict."""
+    from teelab.extension.hub.client import HubUser
+
+    read = "from teelab.sealed_store import read_dataset\nprint('rows', len(read_dataset('sample-sales')))"
+    bob, carol = HubUser(hub, "bob"), HubUser(hub, "carol")
+    for user in (bob, carol):
+        if user.login().status_code != 302:
+            raise ConfigError(f"{user.name} could not sign in")
+        user.spawn()
+    kernel = bob.start_kernel()["id"]
+    badge = bob.request("GET", f"teelab/api/kernels/{kernel}/attestation").json()["badge"]
+    print(f"bob's kernel   {badge['text']}")
+    output, reply = bob.run_cell(kernel, read)
+    print(f"bob reads      {output.strip()}")
+    if reply.get("status") != "ok":
+        raise ConfigError("bob could not read sample-sales")
+    output, reply = carol.run_cell(carol.start_kernel()["id"], read)
+    refusal = output.strip().splitlines()[-2:] if output.strip() else ["(no output)"]
+    print(f"carol refused  {' '.join(line.strip() for line in refusal)}")
+    if reply.get("status") == "ok":
+        raise ConfigError("carol read a dataset that was not granted to her")
+    verdicts = carol.session.get(f"{hub.url}/services/teelab-kbs/api/kernels", timeout=60).json()
+    seen = [k["badge"]["level"] for s in verdicts["servers"] if s["user"] == "bob" for k in s["kernels"]]
+    print(f"operator view  bob's kernels: {seen}")
+    if seen != ["simulated"]:
+        raise ConfigError("the operators' page does not show bob's kernel")
+    print("hub demo check passed")
+
+
+def run_demo(root: Path | None, port: int | None, *, check_only: bool = False) -> int:
     from teelab.paths import data_dir
 
     hub = HubProcess(root or data_dir() / "hub-demo")
@@ -219,7 +250,14 @@ def run_demo(root: Path | None, port: int | None) -> int:
     print("starting JupyterHub with configurable-http-proxy and the teelab-kbs service ...")
     hub.start()
     try:
-        hub.publish_sample()
+        if hub.as_user("alice", "dataset", "show", "sample-sales").returncode == 0:
+            print("sample-sales   already published (alice's, granted to group:analysts)")
+        else:
+            hub.publish_sample()
+            print("sample-sales   published by alice, granted to group:analysts")
+        if check_only:
+            check(hub)
+            return 0
         print(f"""
 JupyterHub is up: {hub.url}/hub/login
   users alice, bob, carol — password {hub.password!r} (demo only)
@@ -228,7 +266,8 @@ JupyterHub is up: {hub.url}/hub/login
   alice's dataset sample-sales is granted to group:analysts: bob may read it in an attested kernel, carol not:
       from teelab.sealed_store import read_dataset; read_dataset("sample-sales").head()
 Ctrl-C stops the hub, the servers it spawned and the key broker.""")
-        hub.process.wait() if hub.process else None
+        if hub.process is not None:
+            hub.process.wait()
     except KeyboardInterrupt:
         pass
     finally:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from teelab.extension.hub.client import HubUser
 from teelab.extension.hub.demo import HubProcess
-
-from .hubclient import HubUser
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,9 @@ import pytest
 import websocket
 
 from teelab.errors import KeyBrokerError
+from teelab.extension.hub.client import HubUser
 from teelab.extension.hub.demo import HubProcess
 from teelab.sealed_store.kbs.client import KbsClient
-
-from .hubclient import HubUser
 
 pytestmark = pytest.mark.slow
 
