@@ -146,8 +146,12 @@ def occlum_json(
     metadata["disable_log"] = not options.debug
     feature = config.setdefault("feature", {})
     feature["enable_edmm"] = False
-    feature["enable_posix_shm"] = False
-    mounts = [m for m in config.get("mount", []) if m.get("target") != TEE_TMP_PATH]
+    # multiprocessing's locks and queues are POSIX semaphores in shared memory (Occlum's own multiprocessing
+    # demo turns this on); Occlum keeps that memory inside the enclave.
+    feature["enable_posix_shm"] = True
+    mounts = [m for m in config.get("mount", []) if m.get("target") not in (TEE_TMP_PATH, "/tmp")]
+    # Scratch space in enclave memory: /tmp for libraries that ignore TMPDIR, and the image's own.
+    mounts.append({"target": "/tmp", "type": "ramfs"})
     mounts.append({"target": TEE_TMP_PATH, "type": "ramfs"})
     config["mount"] = mounts
     return config
@@ -199,6 +203,9 @@ def launcher_script(
         "import site\n"
         f"for folder in {sites!r}:\n"
         "    site.addsitedir(folder)  # runs the folder's .pth files (editable installs)\n"
+        "import multiprocessing\n"
+        "# Occlum has no fork() (ENOSYS); multiprocessing starts children with spawn (vfork + exec) instead.\n"
+        "multiprocessing.set_start_method('spawn', force=True)\n"
         "import runpy\n"
         f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
     )

@@ -73,3 +73,23 @@ def gramine_loader_errors(doc: dict[str, object]) -> list[str]:
     assert callable(check)
     result: list[str] = check(doc)
     return result
+
+
+NO_FORK_C = r"""
+#include <errno.h>
+#include <sys/types.h>
+pid_t fork(void) { errno = ENOSYS; return -1; }
+"""
+
+
+def build_no_fork(folder: Path) -> Path:
+    """A preload library for Occlum's process model: ``fork()`` fails with ENOSYS (Occlum's
+    ``handle_unsupported``); ``vfork`` and ``posix_spawn`` work, as in Occlum."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("the no-fork stand-in needs a C compiler (cc) on PATH")
+    source = folder / "no_fork.c"
+    library = folder / "no_fork.so"
+    source.write_text(NO_FORK_C)
+    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source)], check=True)
+    return library
