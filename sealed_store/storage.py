@@ -11,6 +11,13 @@ never shows a half-uploaded version, and deleting removes the manifest first.
 
 The store holds only ciphertext and manifests; it needs no key and checks no authenticity: that is the
 reader's job (reader.py), against the digest the key broker registered.
+
+An ``s3://`` URL may carry its connection settings in a query string, so that the one URL the gateway puts
+into a kernel's sealed bundle is all the kernel needs (docs/datasets.md, "Datasets on S3")::
+
+    s3://bucket/prefix?endpoint_url=https://minio.example:9000&region=eu-central-1&key=…&secret=…
+
+``secret`` and ``token`` never appear in :attr:`DatasetStore.url` (what messages and reprs show).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
+from urllib.parse import unquote
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -45,6 +53,10 @@ STAGING = ".staging"
 # Object stores have no folders; asking s3fs/gcsfs for one may even create a bucket. Skip makedirs there.
 _FOLDERLESS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
 _VERSION_DIR = re.compile(r"v([1-9][0-9]*)")
+# What an s3:// URL's query may set (anything else is a typo we refuse rather than silently ignore).
+_S3_PROTOCOLS = ("s3://", "s3a://")
+_S3_QUERY = frozenset({"endpoint_url", "region", "key", "secret", "token", "anon", "profile"})
+_S3_SECRETS = frozenset({"secret", "token"})
 
 
 def default_store_url() -> str:
@@ -62,10 +74,18 @@ class DatasetStore:
     """Sealed datasets under one fsspec URL. ``storage_options`` go to fsspec (credentials, endpoint…)."""
 
     def __init__(self, url: str | Path | None = None, **storage_options: Any) -> None:
-        self.url = str(url) if url is not None else default_store_url()
+        full = str(url) if url is not None else default_store_url()
+        location, from_query, self.url = split_store_url(full)
         try:
-            fs, root = url_to_fs(self.url, **storage_options)
-        except (ValueError, ImportError, OSError) as error:
+            fs, root = url_to_fs(location, **{**from_query, **storage_options})
+        except ImportError as error:
+            raise StorageError(
+                f"cannot open the dataset store {self.url!r}: {error}",
+                hint="install teelab's s3 extra (pip install 'teelab[s3]')"
+                if location.startswith(_S3_PROTOCOLS)
+                else None,
+            ) from None
+        except (ValueError, OSError) as error:
             raise StorageError(f"cannot open the dataset store {self.url!r}: {error}") from None
         self.fs: fsspec.AbstractFileSystem = fs
         self.root: str = root.rstrip("/") or "/"
@@ -113,6 +133,8 @@ class DatasetStore:
         with self._errors("list"):
             self._refresh()
             found = self.fs.glob(pattern)
+            if not found:
+                self._check_bucket()
         prefix = self.root.rstrip("/") + "/"
         versions = []
         for path in found:
@@ -243,6 +265,16 @@ class DatasetStore:
         # fsspec caches listings (s3fs, gcsfs); another process may have uploaded or deleted since.
         self.fs.invalidate_cache(path)
 
+    def _check_bucket(self) -> None:
+        """A listing of a missing bucket is empty, not an error, on S3: say so rather than show no datasets."""
+        if {"s3", "s3a"}.isdisjoint(_protocols(self.fs)):
+            return
+        bucket = self.root.strip("/").split("/", 1)[0]
+        if not self.fs.exists(bucket):
+            raise StorageError(
+                f"the bucket {bucket!r} of the store {self.url!r} does not exist (or is not yours)"
+            )
+
     def _not_found(self, name: str, version: int) -> DatasetNotFoundError:
         return DatasetNotFoundError(
             f"not in the store {self.url!r} (no manifest: never uploaded, deleted, or the upload is unfinished)",
@@ -261,6 +293,44 @@ class DatasetStore:
             raise StorageError(
                 f"cannot {action} the store {self.url!r}: {error}", dataset=name, version=version
             ) from None
+
+
+def split_store_url(url: str) -> tuple[str, dict[str, Any], str]:
+    """``(location, storage options, url for display)``: an ``s3://`` URL's query becomes s3fs options.
+
+    Values are percent-decoded but a ``+`` stays a ``+`` (S3 secret keys contain them). Other protocols, and
+    local paths (which may contain ``?``), are passed through untouched.
+    """
+    if not url.startswith(_S3_PROTOCOLS) or "?" not in url:
+        return url, {}, url
+    location, query = url.split("?", 1)
+    options: dict[str, Any] = {}
+    client: dict[str, str] = {}
+    shown: list[str] = []
+    seen: set[str] = set()
+    for item in query.split("&"):
+        field, equals, raw = item.partition("=")
+        if not field:
+            continue
+        if not equals or field not in _S3_QUERY or field in seen:
+            raise StorageError(
+                f"the store URL's setting {field[:40]!r} is not one of {', '.join(sorted(_S3_QUERY))} "
+                "(each once, as name=value)"
+            )
+        seen.add(field)
+        value = unquote(raw)
+        shown.append(f"{field}=***" if field in _S3_SECRETS else item)
+        if field == "region":
+            client["region_name"] = value
+        elif field == "anon":
+            if value not in ("true", "false"):
+                raise StorageError(f"the store URL's anon must be true or false, not {value[:20]!r}")
+            options["anon"] = value == "true"
+        else:
+            options[field] = value
+    if client:
+        options["client_kwargs"] = client
+    return location, options, f"{location}?{'&'.join(shown)}" if shown else location
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:

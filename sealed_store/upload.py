@@ -108,15 +108,21 @@ def _copy_part(
     digest = hashlib.sha256()
     size = 0
     try:
-        with local.open("rb", buffering=0) as source, _open_for_write(store, remote) as target:
-            while chunk := source.read(chunk_size):
-                digest.update(chunk)
-                target.write(chunk)
-                size += len(chunk)
-                advance(len(chunk))
-            if store.is_local:
-                target.flush()
-                os.fsync(target.fileno())  # recorded as done only once it is durable
+        with local.open("rb", buffering=0) as source:
+            target = _open_for_write(store, remote)
+            try:
+                while chunk := source.read(chunk_size):
+                    digest.update(chunk)
+                    target.write(chunk)
+                    size += len(chunk)
+                    advance(len(chunk))
+                if store.is_local:
+                    target.flush()
+                    os.fsync(target.fileno())  # recorded as done only once it is durable
+            except BaseException:
+                _abandon(store, target)
+                raise
+            target.close()
     except OSError as error:
         raise StorageError(
             f"copying {entry.name} to {store.url!r} failed: {error}",
@@ -147,6 +153,21 @@ def _open_for_write(store: DatasetStore, path: str) -> IO[bytes]:
     if store.is_local:
         return open(path, "wb")  # closed by the caller's with-statement
     return cast(IO[bytes], store.fs.open(path, "wb"))
+
+
+def _abandon(store: DatasetStore, target: IO[bytes]) -> None:
+    """Give up a half-written part. fsspec commits an object-store file when it is closed, so closing it
+    would store a truncated object (and complete its multipart upload): discard it instead."""
+    if store.is_local:
+        target.close()  # a truncated staged file; the resume check (size, progress.json) ignores it
+        return
+    discard = getattr(target, "discard", None)
+    with contextlib.suppress(Exception):
+        if callable(discard):
+            discard()  # s3fs: aborts the multipart upload, drops the buffer
+        target.closed = True  # type: ignore[misc]  # so that nothing flushes it later
+    with contextlib.suppress(Exception):
+        target.close()
 
 
 def _publish(store: DatasetStore, sealed: SealedDataset, staging: str) -> None:
