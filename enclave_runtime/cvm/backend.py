@@ -72,11 +72,9 @@ class CvmBackend(PccsCollateral, EnclaveBackend):
         else:
             tdx = (root / "dev" / "tdx_guest").exists()
             self.binding = ControllerBinding.MRCONFIGID if tdx else ControllerBinding.HOST_DATA
-
-    @property  # type: ignore[override]
-    def measurement_label(self) -> str:
-        """What the VM's TEE measures: the SNP launch measurement, or the TD's MRTD and RTMRs."""
-        return "MRTD/RTMRs" if self.binding is ControllerBinding.MRCONFIGID else "SNP launch measurement"
+        # What the VM's TEE measures: the TD's MRTD and RTMRs, or the SNP launch measurement.
+        tdx_vm = self.binding is ControllerBinding.MRCONFIGID
+        self.measurement_label = "MRTD/RTMRs" if tdx_vm else "SNP launch measurement"
 
     def describe_measurement(self, image: EnclaveImage) -> tuple[str, str]:
         # The image's own digest is not what the VM's evidence carries; say where the value comes from.
