@@ -92,7 +92,6 @@ class HubProcess:
             proxy_api_port=free_port(),
             kbs_port=self.kbs_port,
             service_port=free_port(),
-            password=self.password,
             chp=find_chp(),
             users=self.users,
         )

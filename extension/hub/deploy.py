@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +64,6 @@ def hub_config_text(
     proxy_api_port: int,
     kbs_port: int,
     service_port: int,
-    password: str,
     chp: Path,
     users: tuple[str, ...] = DEMO_USERS,
     groups: dict[str, list[str]] | None = None,
@@ -107,7 +105,7 @@ configure_hub(
     kbs_listen="127.0.0.1:{kbs_port}",
     service_port={service_port},
 )
-""".replace("{password}", password)
+"""
 
 
 def write_demo_root(root: Path, password: str) -> None:
@@ -115,7 +113,3 @@ def write_demo_root(root: Path, password: str) -> None:
     secret = root / "demo-password"
     secret.touch(mode=0o600)
     secret.write_text(password + "\n")
-
-
-def python() -> str:
-    return sys.executable

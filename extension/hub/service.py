@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
@@ -229,5 +228,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-__all__ = ["collect_verdicts", "kbs_toml", "main", "quote"]
