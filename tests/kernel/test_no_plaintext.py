@@ -15,7 +15,6 @@ from __future__ import annotations
 import queue
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,12 +24,13 @@ import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
+from teelab.enclave_runtime.acceptance.loopback import LoopbackCapture
+
 from .conftest import KERNEL, KernelEnv
 from .test_kernel_manager import run
 
 pytestmark = pytest.mark.evil_host
 
-ETH_P_ALL = 0x0003
 
 # The cells build their markers at run time, so the only way a marker's bytes can cross the loopback is as
 # output (the cell's code travels on the encrypted shell channel anyway).
@@ -64,34 +64,6 @@ EXPECTED_FORK_STDERR = ["FORKED-CHILD-A-stderr\n", "FORKED-CHILD-B-stderr\n", "F
 FORK_MARKERS = [b"FORKED-CHILD-A", b"FORKED-CHILD-B", b"FORKED-MP-C", b"x" * 200]
 DEBUG_MARKER = "DEBUG-CLIENT-7d41c0"
 DAP_MESSAGE = re.compile(rb'Content-Length: \d+\r\n\r\n\{.{0,200}?"(command|event)"', re.DOTALL)
-
-
-class LoopbackCapture:
-    """Every frame on the host's loopback interface while it runs (a raw AF_PACKET socket)."""
-
-    def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self._sock.bind(("lo", 0))
-        self._sock.settimeout(0.1)
-        self._frames: list[bytes] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="loopback-capture", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._frames.append(self._sock.recv(1 << 17))
-            except TimeoutError:
-                continue
-
-    def stop(self) -> bytes:
-        if not self._stop.is_set():
-            time.sleep(0.3)  # let frames already on the wire reach the socket before it closes
-            self._stop.set()
-            self._thread.join()
-            self._sock.close()
-        return b"\n".join(self._frames)
 
 
 def _capture_or_skip() -> LoopbackCapture:
