@@ -130,8 +130,9 @@ def python_module_spec(
 
 # Installed beside ipykernel but never run in a TEE kernel: debugpy's adapter would talk in plaintext over the
 # host's loopback (kernel/no_debugger.py refuses it before any of its files is read), and its ~500 files only
-# make the image slower to measure and to start.
-_LEFT_OUT = ("debugpy",)
+# make the image slower to measure and to start. moto: the dev extra's S3 test server (~3,400 files), never
+# imported by a kernel.
+_LEFT_OUT = ("debugpy", "moto")
 
 
 def _left_out_packages(sys_path: list[str]) -> tuple[str, ...]:
