@@ -99,13 +99,19 @@ class LaunchPlan:
 
 
 def local_launch_plan(
-    image: EnclaveImage, inputs: Mapping[str, str], *, backend: str, scratch_prefix: str
+    image: EnclaveImage,
+    inputs: Mapping[str, str],
+    *,
+    backend: str,
+    scratch_prefix: str,
+    scratch_parent: str | None = None,
 ) -> LaunchPlan:
-    """``{tee_tmp}`` becomes a fresh 0700 folder, ``{tee_state}`` the image's own state folder."""
+    """``{tee_tmp}`` becomes a fresh 0700 folder (in ``scratch_parent``, default the system's temporary
+    folder), ``{tee_state}`` the image's own state folder."""
     manifest = image.manifest
     state = image.path / "tee-state"
     state.mkdir(mode=0o700, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix))
+    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix, dir=scratch_parent))
 
     def place(value: str) -> str:
         return value.replace(TEE_TMP, str(scratch)).replace(TEE_STATE, str(state))

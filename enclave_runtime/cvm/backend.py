@@ -24,6 +24,7 @@ from teelab.enclave_runtime.backend import (
 )
 from teelab.enclave_runtime.controller import ControllerBinding
 from teelab.enclave_runtime.cvm.privileges import DEFAULT_KERNEL_USER, KERNEL_USER_ENV, KernelUser
+from teelab.enclave_runtime.cvm.scratch import memory_scratch_parent
 from teelab.enclave_runtime.cvm.vmm import ConfidentialVm, qemu_argv
 from teelab.enclave_runtime.image import EnclaveImage, build_image
 from teelab.enclave_runtime.launching import LaunchPlan, local_launch_plan, passthrough
@@ -64,6 +65,7 @@ class CvmBackend(PccsCollateral, EnclaveBackend):
         kernel_user: str | None = None,
     ) -> None:
         self.vm = vm
+        self.root = root
         # Inside the VM the boot starts as root (only it reads the attestation device) and runs the kernel as
         # this user (cvm.privileges); its scratch space is handed to that user.
         self.kernel_user = kernel_user or os.environ.get(KERNEL_USER_ENV) or DEFAULT_KERNEL_USER
@@ -117,7 +119,14 @@ class CvmBackend(PccsCollateral, EnclaveBackend):
         self, image: EnclaveImage, inputs: Mapping[str, str], controller: bytes | None
     ) -> LaunchPlan:
         if self.vm is None:
-            plan = local_launch_plan(image, inputs, backend=self.name, scratch_prefix="teelab-cvm-")
+            mounts = (self.root / "proc" / "mounts").read_text()
+            plan = local_launch_plan(
+                image,
+                inputs,
+                backend=self.name,
+                scratch_prefix="teelab-cvm-",
+                scratch_parent=memory_scratch_parent(mounts),
+            )
             plan.env[KERNEL_USER_ENV] = self.kernel_user
             if os.geteuid() == 0 and plan.scratch is not None:
                 user = KernelUser.named(self.kernel_user)
