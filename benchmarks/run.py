@@ -121,6 +121,11 @@ def _section(name: str, data: dict[str, object]) -> list[str]:
                 ]
             ),
             _row(["sealing throughput", f"{seal['input_arrow_MB_per_s']} MB/s of Arrow data in", "", ""]),
+            *(  # only with `sealed_read.py --s3`: both copies read from an S3 API server on loopback
+                [_row(["`read_sealed` vs plain, both from S3 (moto)", "", f"{data['s3']['ratio']}×", ""])]  # type: ignore[index]
+                if "s3" in data
+                else []
+            ),
             "",
             f"{data['rows']:,} rows, {gb:.2f} GB as a DataFrame, {data['parts']} sealed parts; "
             f"{data['runs']} interleaved runs each; CPU-time ratio (sealed/plain) {data['cpu_ratio']}×.",

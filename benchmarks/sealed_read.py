@@ -20,6 +20,7 @@
 
     .venv/bin/python benchmarks/sealed_read.py [--rows 16000000] [--runs 7]
     .venv/bin/python benchmarks/sealed_read.py --quick      # a small run that checks the benchmark works
+    .venv/bin/python benchmarks/sealed_read.py --s3         # also both reads from an S3 API server (moto)
 
 Writes benchmarks/results/sealed_read.json (``--quick``: sealed_read_quick.json, which BENCHMARKS.md never
 shows: its data is too small to mean anything).
@@ -33,9 +34,14 @@ import json
 import os
 import random
 import shutil
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -228,7 +234,88 @@ def _attested_session(root: Path, store: object, sealed: SealResult) -> object:
     return broker
 
 
-def run(rows: int = FULL_ROWS, runs: int = 7, *, quick: bool = False) -> dict[str, object]:
+def _interleaved(
+    variants: dict[str, Callable[[], pd.DataFrame]], runs: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and CPU seconds of each variant, ``runs`` rounds in a random order each."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    order = random.Random(5)
+    for round_number in range(runs):
+        names = list(variants)
+        order.shuffle(names)
+        for name in names:
+            gc.collect()
+            started, cpu_started = time.perf_counter(), time.process_time()
+            frame = variants[name]()
+            times[name].append(time.perf_counter() - started)
+            cpu[name].append(time.process_time() - cpu_started)  # all threads; less sensitive to load
+            del frame
+        print(f"round {round_number + 1}/{runs}: " + ", ".join(f"{n} {times[n][-1]:.3f} s" for n in times))
+    return times, cpu
+
+
+@contextmanager
+def _s3_server() -> Iterator[str]:
+    """moto's S3 API server in its own process on loopback (in this one, it would compete for the GIL)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto's S3 server did not start") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _s3_variant(sealed: SealResult, plain_parts: list[Path], runs: int) -> dict[str, object]:
+    """The same comparison with both copies on an S3 API server on loopback (``--s3``): what reading from
+    object storage adds, to the sealed read and to the plain one alike."""
+    from teelab.sealed_store.reader import read_sealed
+    from teelab.sealed_store.storage import DatasetStore
+
+    with _s3_server() as endpoint:
+        options = {"endpoint_url": endpoint, "key": "bench", "secret": "bench"}
+        store = DatasetStore(f"s3://bench/sealed?endpoint_url={endpoint}&key=bench&secret=bench")
+        store.fs.mkdir("bench")
+        store.upload(sealed.dataset, progress=False)
+        store.fs.put([str(p) for p in plain_parts], "bench/plain/")
+
+        def sealed_s3() -> pd.DataFrame:
+            return read_sealed(
+                store, "bench", version=1, manifest_sha256=sealed.dataset.manifest_sha256, dek=sealed.dek
+            )
+
+        def plain_s3() -> pd.DataFrame:
+            return pd.read_parquet("s3://bench/plain/", storage_options=options)
+
+        assert sealed_s3().equals(plain_s3()), "sealed and plain reads from S3 differ"
+        times, cpu = _interleaved({"plain_s3": plain_s3, "sealed_s3": sealed_s3}, runs)
+    medians = {name: round(median(values), 4) for name, values in times.items()}
+    return {
+        "server": "moto (S3 API) on loopback, its own process",
+        "times_seconds": {name: [round(t, 4) for t in values] for name, values in times.items()},
+        "medians": medians,
+        "ratio": round(medians["sealed_s3"] / medians["plain_s3"], 3),
+        "cpu_ratio": round(median(cpu["sealed_s3"]) / median(cpu["plain_s3"]), 3),
+    }
+
+
+def run(rows: int = FULL_ROWS, runs: int = 7, *, quick: bool = False, s3: bool = False) -> dict[str, object]:
     from teelab.paths import cache_dir
     from teelab.sealed_store.reader import read_sealed
     from teelab.sealed_store.seal import seal_dataset
@@ -288,26 +375,12 @@ def run(rows: int = FULL_ROWS, runs: int = 7, *, quick: bool = False) -> dict[st
         del check_sealed, check_plain, check_dataset
 
         variants = {"plain": plain_read, "sealed": sealed_read, "read_dataset": dataset_read}
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        cpu: dict[str, list[float]] = {name: [] for name in variants}
-        order = random.Random(5)
-        for round_number in range(runs):
-            names = list(variants)
-            order.shuffle(names)
-            for name in names:
-                gc.collect()
-                started, cpu_started = time.perf_counter(), time.process_time()
-                frame = variants[name]()
-                times[name].append(time.perf_counter() - started)
-                cpu[name].append(time.process_time() - cpu_started)  # all threads; less sensitive to load
-                del frame
-            print(
-                f"round {round_number + 1}/{runs}: " + ", ".join(f"{n} {times[n][-1]:.3f} s" for n in times)
-            )
+        times, cpu = _interleaved(variants, runs)
+        s3_result = _s3_variant(sealed, plain_parts, runs) if s3 else None
         parts = len(sealed.dataset.manifest.parts)
         assert [_row_groups(p) for p in plain_parts] == _sealed_part_groups(sealed), "layouts differ"
         plain_parquet_bytes = sum(p.stat().st_size for p in plain_parts)
-        broker.stop(grace=1)
+        broker.stop(grace=1)  # type: ignore[attr-defined]
         shutil.rmtree(store_root)
         shutil.rmtree(plain_folder)
 
@@ -352,6 +425,7 @@ def run(rows: int = FULL_ROWS, runs: int = 7, *, quick: bool = False) -> dict[st
         },
         "versions": {"pyarrow": pa.__version__, "pandas": pd.__version__, "numpy": np.__version__},
         "load_average_during_run": _load_average(),
+        **({"s3": s3_result} if s3_result is not None else {}),
     }
     write_result("sealed_read_quick" if quick else "sealed_read", result)
     return result
@@ -370,7 +444,10 @@ if __name__ == "__main__":
         action="store_true",
         help="a small run that checks the benchmark works; results go to sealed_read_quick.json",
     )
+    parser.add_argument(
+        "--s3", action="store_true", help="also compare both reads from an S3 API server (moto) on loopback"
+    )
     options = parser.parse_args()
     rows = options.rows or (QUICK_ROWS if options.quick else FULL_ROWS)
     runs = options.runs or (QUICK_RUNS if options.quick else 7)
-    print(json.dumps(run(rows, runs, quick=options.quick), indent=1))
+    print(json.dumps(run(rows, runs, quick=options.quick, s3=options.s3), indent=1))
