@@ -26,6 +26,7 @@ PROTOS = ROOT / "protos"
 # proto package folder (under protos/) -> (source folder in the repository, Python package it is imported as)
 PACKAGES: dict[str, tuple[str, str]] = {
     "teelab/kbs/v1": ("sealed_store/kbs/v1", "teelab.sealed_store.kbs.v1"),
+    "teelab/host/v1": ("enclave_runtime/agent/v1", "teelab.enclave_runtime.agent.v1"),
 }
 
 # Generated code is not ours to lint, format or type-check; ruff and mypy read these markers (pyproject

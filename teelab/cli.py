@@ -22,6 +22,7 @@ __all__ = ["DESCRIPTION", "HelpFormatter", "build_parser", "main", "run"]
 # (module, description) of each part that contributes commands; imported lazily so `teelab --help` stays fast.
 COMMAND_MODULES = (
     "teelab.enclave_runtime.cli",
+    "teelab.enclave_runtime.agent.cli",
     "teelab.gateway.cli",
     "teelab.kernel.cli",
     "teelab.sealed_store.cli",

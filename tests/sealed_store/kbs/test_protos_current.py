@@ -19,6 +19,10 @@ def test_generated_modules_are_current(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert [str(p) for p in generated] == [
+        "enclave_runtime/agent/v1/__init__.py",
+        "enclave_runtime/agent/v1/host_pb2.py",
+        "enclave_runtime/agent/v1/host_pb2.pyi",
+        "enclave_runtime/agent/v1/host_pb2_grpc.py",
         "sealed_store/kbs/v1/__init__.py",
         "sealed_store/kbs/v1/kbs_pb2.py",
         "sealed_store/kbs/v1/kbs_pb2.pyi",

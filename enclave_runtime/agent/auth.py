@@ -1,0 +1,80 @@
+"""Who is calling the host agent: a gateway presenting a bearer token the operator issued it.
+
+The tokens file has one ``NAME TOKEN`` per line (``#`` comments), is the operator's and must not be readable
+by other users. A caller is known by the name of the token it presented; every look-up compares against every
+token in constant time, so timing tells nothing about which prefix matched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from teelab.errors import ConfigError
+
+MIN_TOKEN_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class GatewayTokens:
+    tokens: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def load(cls, path: Path) -> GatewayTokens:
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"cannot read the gateway tokens file {path}: {error}") from None
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            raise ConfigError(
+                f"the gateway tokens file {path} is readable by others", hint=f"chmod 600 {path}"
+            )
+        entries: list[tuple[str, bytes]] = []
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, _, token = line.partition(" ")
+            token = token.strip()
+            if not name.isprintable() or len(token) < MIN_TOKEN_LENGTH or " " in token:
+                raise ConfigError(
+                    f"{path}:{number}: expected 'NAME TOKEN' with a token of at least {MIN_TOKEN_LENGTH} "
+                    "characters"
+                )
+            entries.append((name, token.encode()))
+        if not entries:
+            raise ConfigError(f"the gateway tokens file {path} names no gateway")
+        if len({name for name, _ in entries}) != len(entries):
+            raise ConfigError(f"the gateway tokens file {path} names a gateway twice")
+        return cls(tuple(entries))
+
+    def caller(self, presented: str | None) -> str | None:
+        """The gateway named by ``presented`` (the bearer token), or None."""
+        if not presented:
+            return None
+        given = presented.encode()
+        found: str | None = None
+        for name, token in self.tokens:
+            if hmac.compare_digest(given, token):
+                found = name
+        return found
+
+
+def bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer ") :]
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,1 @@
+"""Generated gRPC modules for protos/teelab/host/v1/ (``make protos`` regenerates them)."""

@@ -1,0 +1,143 @@
+"""The gateway's client of a host agent (protos/teelab/host/v1/host.proto): addresses, calls, the relay.
+
+``grpc://HOST:PORT`` is plaintext and allowed on loopback only (the gateway token is a bearer credential);
+``grpcs://HOST:PORT`` is TLS with the system's roots or the operator's CA. Every error of the agent becomes a
+:class:`HostAgentError`. :meth:`HostClient.relay` turns the agent's Relay stream into the ordinary
+(reader, writer) pair that :func:`teelab.gateway.session.attest_and_seal` talks on, so the remote handshake is
+the local one, byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from teelab.enclave_runtime.agent.auth import is_loopback
+from teelab.enclave_runtime.agent.v1 import host_pb2, host_pb2_grpc
+from teelab.errors import ConfigError, TeelabError
+
+Channel = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+CALL_TIMEOUT = 10.0
+RELAY_CHUNK = 64 * 1024
+
+
+class HostAgentError(TeelabError):
+    """A host agent refused a call or could not be reached."""
+
+
+@dataclass(frozen=True)
+class HostTarget:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, text: str) -> HostTarget:
+        scheme, sep, rest = text.strip().partition("://")
+        if not sep or scheme not in ("grpc", "grpcs"):
+            raise ConfigError(f"a host agent address is grpc://HOST:PORT or grpcs://HOST:PORT, not {text!r}")
+        host, colon, port = rest.rpartition(":")
+        host = host.strip("[]")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
+            raise ConfigError(f"the host agent address {text!r} is not grpc[s]://HOST:PORT")
+        target = cls(host, int(port), scheme == "grpcs")
+        if not target.tls and not is_loopback(host):
+            raise ConfigError(
+                f"refusing plaintext to the host agent {text!r}: the gateway token would cross the network",
+                hint="use grpcs://",
+            )
+        return target
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{'grpcs' if self.tls else 'grpc'}://{self.address}"
+
+
+class HostClient:
+    """One agent, on the event loop it was created on (grpc.aio channels belong to a loop)."""
+
+    def __init__(self, target: HostTarget, token: str, *, ca: bytes | None = None) -> None:
+        self.target = target
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        if target.tls:
+            self._channel = grpc.aio.secure_channel(target.address, grpc.ssl_channel_credentials(ca))
+        else:
+            self._channel = grpc.aio.insecure_channel(target.address)
+        self._stub = host_pb2_grpc.HostAgentStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: str, request: object, timeout: float = CALL_TIMEOUT) -> object:
+        try:
+            return await getattr(self._stub, method)(request, metadata=self._metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise HostAgentError(
+                f"host agent {self.target}: {method}: {error.code().name}: {error.details()}"
+            ) from None
+
+    async def launch(
+        self, backend: str, image: str, nonce: bytes, controller_key: bytes
+    ) -> host_pb2.LaunchReply:
+        request = host_pb2.LaunchRequest(
+            backend=backend, image=image, nonce=nonce, controller_key=controller_key
+        )
+        reply = await self._call("Launch", request, timeout=120.0)
+        assert isinstance(reply, host_pb2.LaunchReply)
+        return reply
+
+    async def status(self, kernel_id: str, timeout: float = CALL_TIMEOUT) -> host_pb2.KernelStatus:
+        reply = await self._call("Status", host_pb2.KernelRef(kernel_id=kernel_id), timeout)
+        assert isinstance(reply, host_pb2.KernelStatus)
+        return reply
+
+    async def kill(self, kernel_id: str) -> None:
+        await self._call("Kill", host_pb2.KernelRef(kernel_id=kernel_id), 30.0)
+
+    async def list(self, timeout: float = CALL_TIMEOUT) -> host_pb2.ListReply:
+        reply = await self._call("List", host_pb2.ListRequest(), timeout)
+        assert isinstance(reply, host_pb2.ListReply)
+        return reply
+
+    @contextlib.asynccontextmanager
+    async def relay(self, kernel_id: str) -> AsyncIterator[Channel]:
+        """The boot's handshake connection, through the agent, as a local (reader, writer) pair."""
+        ours, pump_side = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        pump_reader, pump_writer = await asyncio.open_connection(sock=pump_side)
+
+        async def outgoing() -> AsyncIterator[host_pb2.RelayFrame]:
+            yield host_pb2.RelayFrame(kernel_id=kernel_id)
+            while chunk := await pump_reader.read(RELAY_CHUNK):
+                yield host_pb2.RelayFrame(kernel_id=kernel_id, data=chunk)
+
+        call = self._stub.Relay(outgoing(), metadata=self._metadata)
+
+        async def incoming() -> None:
+            try:
+                async for frame in call:
+                    pump_writer.write(frame.data)
+                    await pump_writer.drain()
+            except grpc.aio.AioRpcError:
+                pass  # the gateway sees the end of the stream: the handshake fails with its own error
+            finally:
+                pump_writer.close()
+
+        task = asyncio.create_task(incoming())
+        try:
+            yield reader, writer
+        finally:
+            call.cancel()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            writer.close()
+            pump_writer.close()

@@ -1,0 +1,211 @@
+"""``teelab-remote``: the teelab provisioner with its kernels on remote TEE hosts (docs/remote-hosts.md).
+
+The lifecycle is :class:`~teelab.kernel.provisioner.TeeProvisioner`'s; what differs is where the kernel
+runs. The operator lists host agents (``c.RemoteTeeProvisioner.hosts``); a launch picks the least loaded
+agent that offers the kernel's backend, asks it to launch the image under this gateway's controller, and runs
+the same :func:`~teelab.gateway.session.attest_and_seal` over the agent's relay. Evidence is verified with
+this gateway's own backend object (its roots and collateral), never with anything the agent supplies. The
+kernel's ports are the agent's (untrusted: they go into the sealed bundle, and a listener that is not the
+attested kernel cannot complete CURVE with the session's key). The client connects to the address the
+gateway dialled, not to one the agent names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from pathlib import Path
+from typing import Any
+
+import grpc
+from traitlets import List, Unicode
+
+from teelab.enclave_runtime.images import KERNEL_IMAGE
+from teelab.errors import ConfigError
+from teelab.gateway.session import appraiser, attest_and_seal
+from teelab.kernel.host_client import HostAgentError, HostClient, HostTarget
+from teelab.kernel.policy_files import load_kernel_policy
+from teelab.kernel.provisioner import TeeProvisioner
+from teelab.protocols.session import PORT_NAMES
+
+LOCAL_IP = "127.0.0.1"  # where pre_launch's placeholder ports are taken before a host is chosen
+
+
+class RemoteTeeProvisioner(TeeProvisioner):
+    hosts = List(
+        Unicode(),
+        config=True,
+        help="Host agents (grpcs://HOST:PORT; grpc:// on loopback only) that run this server's kernels.",
+    )
+    host_token_file = Unicode(
+        None, allow_none=True, config=True, help="This gateway's token for the host agents (a 0600 file)."
+    )
+    host_ca_file = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="PEM CA of the host agents' TLS certificates (default: system).",
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.remote: tuple[HostClient, str] | None = None
+        self._dead: int | None = None
+        self._session_name = ""
+
+    @property
+    def has_process(self) -> bool:
+        return self.remote is not None
+
+    def _token(self) -> str:
+        if not self.host_token_file:
+            raise ConfigError("c.RemoteTeeProvisioner.host_token_file is not set")
+        path = Path(self.host_token_file)
+        try:
+            if path.stat().st_mode & 0o044:
+                raise ConfigError(
+                    f"the host token file {path} is readable by others", hint=f"chmod 600 {path}"
+                )
+            return path.read_text().strip()
+        except OSError as error:
+            raise ConfigError(f"cannot read the host token file {path}: {error.strerror}") from None
+
+    async def _place(self) -> HostClient:
+        """The least loaded reachable agent offering this kernel's backend."""
+        if not self.hosts:
+            raise ConfigError("c.RemoteTeeProvisioner.hosts names no host agent")
+        token = self._token()
+        ca = Path(self.host_ca_file).read_bytes() if self.host_ca_file else None
+        best: tuple[float, HostClient] | None = None
+        reasons = []
+        for text in self.hosts:
+            client = HostClient(HostTarget.parse(text), token, ca=ca)
+            try:
+                listing = await client.list(timeout=5.0)
+            except HostAgentError as error:
+                reasons.append(error.message)
+                await client.close()
+                continue
+            if self.backend not in listing.backends or listing.running >= listing.capacity:
+                reasons.append(f"{client.target}: no room for a {self.backend} kernel")
+                await client.close()
+                continue
+            mine = sum(1 for k in listing.kernels if not k.exited)
+            if mine >= listing.per_gateway:
+                reasons.append(f"{client.target}: this gateway's limit is reached")
+                await client.close()
+                continue
+            load = listing.running / listing.capacity
+            if best is None or load < best[0]:
+                if best is not None:
+                    await best[1].close()
+                best = (load, client)
+            else:
+                await client.close()
+        if best is None:
+            raise HostAgentError("no host agent can take the kernel: " + "; ".join(reasons))
+        return best[1]
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        self.km.ip = LOCAL_IP  # placeholders; the chosen agent's address and ports replace them
+        self._session_name = (kwargs.get("env") or {}).get("JPY_SESSION_NAME", "")
+        return await super().pre_launch(**kwargs)
+
+    async def _launch_and_attest(self) -> None:
+        backend = self._backend()  # this gateway's: its roots and collateral judge the remote evidence
+        policy = load_kernel_policy(self.km.kernel_name, self.policy_settings())
+        identity = self.gateway_identity()
+        self.result, self._dead = None, None
+        self.host_output.clear()
+        client = await self._place()
+        reply = await client.launch(self.backend, KERNEL_IMAGE, self._nonce, identity.public)
+        self.remote = (client, reply.kernel_id)
+        ports = tuple(reply.ports)
+        if (
+            len(ports) != len(PORT_NAMES)
+            or len(set(ports)) != len(ports)
+            or not all(0 < p < 65536 for p in ports)
+        ):
+            raise HostAgentError(f"host agent {client.target} reported unusable ports {list(ports)[:8]}")
+        km = self.km
+        self._release_ports()  # the local placeholders
+        km.ip = client.target.host
+        for name, port in zip(PORT_NAMES, ports, strict=True):
+            setattr(km, name, port)
+        km.cleanup_connection_file()
+        km.write_connection_file(jupyter_session=self._session_name)
+        self.connection_info = km.get_connection_info()
+        async with client.relay(reply.kernel_id) as channel:
+            self.result = await attest_and_seal(
+                channel,
+                nonce=self._nonce,
+                identity=identity,
+                appraise=appraiser(backend, policy, controller=identity.controller),
+                make_bundle=functools.partial(self._bundle, controller=identity.controller),
+                timeout=self.launch_timeout,
+            )
+
+    async def _explain(self, error: BaseException) -> BaseException | None:
+        if isinstance(error, HostAgentError):
+            return self._failure("host_agent", error.message)
+        return await super()._explain(error)
+
+    # -- the remote kernel's lifecycle -----------------------------------------------------------------
+
+    async def poll(self) -> int | None:
+        if self.remote is None:
+            return 0
+        if self._dead is not None:
+            return self._dead
+        client, kernel_id = self.remote
+        try:
+            status = await client.status(kernel_id, timeout=3.0)
+        except HostAgentError:
+            # An agent that cannot be reached took its kernels with it (they end with their launcher).
+            self._dead = -1
+            return self._dead
+        if status.exited:
+            self._dead = status.exit_code or -1
+            return self._dead
+        return None
+
+    async def wait(self) -> int | None:
+        while (code := await self.poll()) is None:
+            await asyncio.sleep(0.1)
+        return code
+
+    async def send_signal(self, signum: int) -> None:
+        pass  # interrupts are messages (interrupt_mode: message); a remote host is not signalled
+
+    async def kill(self, restart: bool = False) -> None:
+        await self._kill_remote()
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self._kill_remote()
+
+    async def cleanup(self, restart: bool = False) -> None:
+        await self._kill_remote()
+        if self.remote is not None:
+            await self.remote[0].close()
+            self.remote = None
+        await super().cleanup(restart)
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info["host"] = str(self.remote[0].target) if self.remote else None
+        return info
+
+    async def _abort(self) -> None:
+        await self._kill_remote()
+        if self.remote is not None:
+            await self.remote[0].close()
+            self.remote = None
+        await super()._abort()
+
+    async def _kill_remote(self) -> None:
+        if self.remote is not None and self._dead is None:
+            client, kernel_id = self.remote
+            with contextlib.suppress(HostAgentError, grpc.aio.AioRpcError):
+                await client.kill(kernel_id)
+            self._dead = -9

@@ -1,0 +1,98 @@
+"""An evil host agent: the genuine agent with one dishonest step, run as its own process by the tests.
+
+    python evil_agent.py MODE --listen HOST:0 --tokens FILE
+
+MODE is one of: replay (send the first session's hello in every later session), key (substitute its own
+enclave key in the hello), controller (launch the kernel under its own controller key), ports (report ports
+where its own listeners wait, recording what reaches them to FILE.ports-log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from teelab.enclave_runtime.agent.auth import GatewayTokens
+from teelab.enclave_runtime.agent.kernels import HostedKernel, KernelTable
+from teelab.enclave_runtime.agent.server import AgentConfig, serve
+from teelab.enclave_runtime.agent.service import HostAgentService
+from teelab.enclave_runtime.backends import get_backend
+from teelab.protocols.session import BootRequest, Hello, encode_frame, read_frame
+
+_RAW = (Encoding.Raw, PublicFormat.Raw)
+
+
+class ReplayingService(HostAgentService):
+    first_hello: bytes | None = None
+
+    async def from_boot(self, kernel: HostedKernel, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+        hello = encode_frame(Hello.from_json(await read_frame(reader)))
+        if ReplayingService.first_hello is None:
+            ReplayingService.first_hello = hello
+        yield ReplayingService.first_hello
+        async for chunk in super().from_boot(kernel, reader):
+            yield chunk
+
+
+class KeySwappingService(HostAgentService):
+    async def from_boot(self, kernel: HostedKernel, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+        genuine = Hello.from_json(await read_frame(reader))
+        own = X25519PrivateKey.generate().public_key().public_bytes(*_RAW)
+        yield encode_frame(Hello(own, genuine.evidence))
+        async for chunk in super().from_boot(kernel, reader):
+            yield chunk
+
+
+class OwnControllerTable(KernelTable):
+    def boot_request(self, nonce: bytes, port: int, controller_key: bytes) -> tuple[BootRequest, bytes]:
+        own = Ed25519PrivateKey.generate().public_key().public_bytes(*_RAW)
+        return super().boot_request(nonce, port, own)
+
+
+class OwnPortsTable(KernelTable):
+    log: Path
+
+    async def launch(self, gateway: str, **request: object) -> HostedKernel:
+        kernel = await super().launch(gateway, **request)  # type: ignore[arg-type]
+        servers = []
+        for port in kernel.ports:  # the agent's own listeners take the ports it reports
+            servers.append(await asyncio.start_server(self._record, host=self.host, port=port))
+        kernel.extra["servers"] = servers
+        return kernel
+
+    async def _record(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read(65536)
+        with self.log.open("ab") as out:
+            out.write(data or b"<connected>")
+        writer.close()
+
+
+def main(argv: list[str]) -> None:
+    mode, listen, tokens = argv[0], argv[argv.index("--listen") + 1], Path(argv[argv.index("--tokens") + 1])
+    service = {"replay": ReplayingService, "key": KeySwappingService}.get(mode, HostAgentService)
+    config = AgentConfig(
+        listen=listen,
+        tokens=GatewayTokens.load(tokens),
+        backends={"sim": get_backend("sim")},
+        service=service,
+    )
+    if mode in ("controller", "ports"):
+        table_class = OwnControllerTable if mode == "controller" else OwnPortsTable
+        OwnPortsTable.log = Path(f"{tokens}.ports-log")
+
+        def with_table(table: KernelTable, gateway_tokens: GatewayTokens) -> HostAgentService:
+            table.__class__ = table_class
+            return HostAgentService(table, gateway_tokens)
+
+        config.service = with_table
+    asyncio.run(serve(config, announce=lambda line: print(line, flush=True)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

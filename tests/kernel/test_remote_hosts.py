@@ -1,0 +1,270 @@
+"""Remote TEE hosts (issue 15): kernels launched by host agents on other loopback addresses, real processes.
+
+The agents (``teelab host serve``) run as their own processes on 127.0.0.2 and 127.0.0.3; the gateway is
+this test's jupyter_client KernelManager with the ``teelab-remote`` provisioner. Evil agents
+(tests/kernel/evil_agent.py) are the genuine agent with one dishonest step each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import grpc
+import pytest
+from jupyter_client.manager import KernelManager
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
+from traitlets.config import Config
+
+from teelab.enclave_runtime.agent.auth import GatewayTokens
+from teelab.enclave_runtime.agent.server import AgentConfig, start
+from teelab.enclave_runtime.agent.v1 import host_pb2, host_pb2_grpc
+from teelab.errors import AttestationFailed, ConfigError
+
+from .conftest import KernelEnv, copy_kernelspec
+from .test_kernel_manager import run
+
+REMOTE = "teelab-remote"
+TOKEN = "gateway-one-token-0123456789"
+OTHER_TOKEN = "gateway-two-token-0123456789"
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def remote_env(kernel_env: KernelEnv, tmp_path: Path) -> Iterator[Path]:
+    """The session's kernelspec under the teelab-remote provisioner, and the agents' token file."""
+    # Until the editable install is refreshed with pyproject's new entry point, register it as it would.
+    KernelProvisionerFactory.instance().provisioners.setdefault(
+        REMOTE,
+        EntryPoint(
+            REMOTE,
+            "teelab.kernel.remote_provisioner:RemoteTeeProvisioner",
+            KernelProvisionerFactory.GROUP_NAME,
+        ),
+    )
+    spec_dir = copy_kernelspec(kernel_env, kernel_env.jupyter_data, REMOTE)
+    spec = json.loads((spec_dir / "kernel.json").read_text())
+    spec["metadata"]["kernel_provisioner"]["provisioner_name"] = REMOTE
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    policy = kernel_env.policy.parent / f"{REMOTE}.toml"  # the same operator policy judges remote kernels
+    shutil.copyfile(kernel_env.policy, policy)
+    tokens = tmp_path / "gateways"
+    tokens.write_text(f"one {TOKEN}\ntwo {OTHER_TOKEN}\n")
+    tokens.chmod(0o600)
+    (tmp_path / "token").write_text(TOKEN)
+    (tmp_path / "token").chmod(0o600)
+    yield tmp_path
+    policy.unlink()
+    shutil.rmtree(spec_dir)
+
+
+Agent = tuple[subprocess.Popen[str], str]
+
+
+@pytest.fixture
+def agents(remote_env: Path) -> Iterator[Callable[..., Agent]]:
+    started: list[subprocess.Popen[str]] = []
+
+    def start_agent(host: str, mode: str | None = None) -> Agent:
+        tokens = str(remote_env / "gateways")
+        if mode is None:
+            argv = ["-m", "teelab.cli", "host", "serve", "--backend", "sim"]
+        else:
+            argv = [str(HERE / "evil_agent.py"), mode]
+        process = subprocess.Popen(
+            [sys.executable, *argv, "--listen", f"{host}:0", "--tokens", tokens],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        started.append(process)
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "listening on" in line, line
+        return process, line.split()[-1]
+
+    yield start_agent
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def manager(remote_env: Path, *hosts: str) -> KernelManager:
+    config = Config(
+        {
+            "RemoteTeeProvisioner": {
+                "hosts": list(hosts),
+                "host_token_file": str(remote_env / "token"),
+                "launch_timeout": 60.0,
+            }
+        }
+    )
+    return KernelManager(kernel_name=REMOTE, config=config)
+
+
+def run_cell(km: KernelManager, code: str) -> str:
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        content, out = run(kc, code)
+        assert content["status"] == "ok", out
+        return out
+    finally:
+        kc.stop_channels()
+
+
+def test_kernels_run_on_remote_agents_and_spread_over_them(
+    agents: Callable[..., Agent], remote_env: Path
+) -> None:
+    (_, first), (_, second) = agents("127.0.0.2"), agents("127.0.0.3")
+    managers = [manager(remote_env, first, second) for _ in range(2)]
+    try:
+        for km in managers:
+            km.start_kernel()
+        ips = sorted(km.get_connection_info()["ip"] for km in managers)
+        assert ips == ["127.0.0.2", "127.0.0.3"]  # least loaded: one on each
+        for km in managers:
+            assert run_cell(km, "print(6 * 7)").strip() == "42"
+            assert km.get_connection_info()["transport"] == "tcp"
+    finally:
+        for km in managers:
+            km.shutdown_kernel(now=True)
+
+
+@pytest.mark.parametrize(
+    ("mode", "check"),
+    [
+        ("key", "policy.expected_report_data"),
+        ("controller", "controller"),
+    ],
+)
+def test_an_evil_agent_is_refused_before_anything_is_sealed(
+    agents: Callable[..., Agent], remote_env: Path, mode: str, check: str
+) -> None:
+    _, target = agents("127.0.0.2", mode)
+    km = manager(remote_env, target)
+    with pytest.raises(AttestationFailed) as refused:
+        km.start_kernel()
+    assert refused.value.check == check
+    assert km.provisioner is None or not km.provisioner.has_process
+
+
+def test_a_replayed_hello_is_refused(agents: Callable[..., Agent], remote_env: Path) -> None:
+    _, target = agents("127.0.0.2", "replay")
+    genuine = manager(remote_env, target)
+    genuine.start_kernel()  # the first session passes, and the agent keeps its hello
+    try:
+        replayed = manager(remote_env, target)
+        with pytest.raises(AttestationFailed) as refused:
+            replayed.start_kernel()
+        assert refused.value.check == "policy.expected_report_data"
+    finally:
+        genuine.shutdown_kernel(now=True)
+
+
+def test_wrong_ports_reach_nothing_of_the_session(agents: Callable[..., Agent], remote_env: Path) -> None:
+    _, target = agents("127.0.0.2", "ports")
+    km = manager(remote_env, target)
+    with pytest.raises(AttestationFailed):
+        km.start_kernel()  # the genuine kernel cannot bind the agent's ports and says so
+    log = remote_env / "gateways.ports-log"
+    assert not log.exists() or log.read_bytes() == b""
+
+
+def test_a_killed_agent_takes_its_kernel_and_a_restart_lands_elsewhere(
+    agents: Callable[..., Agent], remote_env: Path
+) -> None:
+    (doomed, first) = agents("127.0.0.2")
+    km = manager(remote_env, first)
+    km.start_kernel()
+    try:
+        assert km.get_connection_info()["ip"] == "127.0.0.2"
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        assert not km.is_alive()
+        (_, second) = agents("127.0.0.3")
+        assert km.provisioner is not None
+        km.provisioner.hosts = [first, second]  # type: ignore[attr-defined]
+        km.restart_kernel(now=True)
+        assert km.get_connection_info()["ip"] == "127.0.0.3"
+        assert run_cell(km, "print('moved')").strip() == "moved"
+    finally:
+        km.shutdown_kernel(now=True)
+
+
+def _call(target: str, method: str, request: object, token: str | None = TOKEN) -> object:
+    async def go() -> object:
+        async with grpc.aio.insecure_channel(target.removeprefix("grpc://")) as channel:
+            stub = host_pb2_grpc.HostAgentStub(channel)
+            metadata = (("authorization", f"Bearer {token}"),) if token else ()
+            return await getattr(stub, method)(request, metadata=metadata, timeout=10)
+
+    return asyncio.run(go())
+
+
+def _code(target: str, method: str, request: object, token: str | None = TOKEN) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        _call(target, method, request, token)
+    return failed.value.code()  # type: ignore[no-any-return]
+
+
+def test_bad_input_at_the_agent_starts_nothing(agents: Callable[..., Agent]) -> None:
+    _, target = agents("127.0.0.2")
+    good = host_pb2.LaunchRequest(
+        backend="sim", image="python-kernel", nonce=b"n" * 32, controller_key=b"g" * 32
+    )
+    assert _code(target, "Launch", good, token=None) == grpc.StatusCode.UNAUTHENTICATED
+    assert _code(target, "Launch", good, token="not-a-known-token-000000") == grpc.StatusCode.UNAUTHENTICATED
+    assert _code(target, "List", host_pb2.ListRequest(), token=None) == grpc.StatusCode.UNAUTHENTICATED
+    huge = host_pb2.LaunchRequest(
+        backend="sim", image="python-kernel", nonce=b"n" * (2 << 20), controller_key=b"g" * 32
+    )
+    assert _code(target, "Launch", huge) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    short = host_pb2.LaunchRequest(backend="sim", image="python-kernel", nonce=b"n", controller_key=b"g" * 32)
+    assert _code(target, "Launch", short) == grpc.StatusCode.INVALID_ARGUMENT
+    other = host_pb2.LaunchRequest(
+        backend="gramine", image="python-kernel", nonce=b"n" * 32, controller_key=b"g" * 32
+    )
+    assert _code(target, "Launch", other) == grpc.StatusCode.FAILED_PRECONDITION
+    path = host_pb2.LaunchRequest(backend="sim", image="../kernel", nonce=b"n" * 32, controller_key=b"g" * 32)
+    assert _code(target, "Launch", path) == grpc.StatusCode.INVALID_ARGUMENT
+    listing = _call(target, "List", host_pb2.ListRequest())
+    assert isinstance(listing, host_pb2.ListReply)
+    assert listing.running == 0 and not listing.kernels and list(listing.backends) == ["sim"]
+
+
+def test_a_gateway_reaches_only_its_own_kernels(agents: Callable[..., Agent]) -> None:
+    _, target = agents("127.0.0.2")
+    launch = host_pb2.LaunchRequest(
+        backend="sim", image="python-kernel", nonce=b"n" * 32, controller_key=b"g" * 32
+    )
+    reply = _call(target, "Launch", launch)
+    assert isinstance(reply, host_pb2.LaunchReply)
+    ref = host_pb2.KernelRef(kernel_id=reply.kernel_id)
+    assert _code(target, "Status", ref, token=OTHER_TOKEN) == grpc.StatusCode.NOT_FOUND
+    assert _code(target, "Kill", ref, token=OTHER_TOKEN) == grpc.StatusCode.NOT_FOUND
+    theirs = _call(target, "List", host_pb2.ListRequest(), token=OTHER_TOKEN)
+    assert isinstance(theirs, host_pb2.ListReply) and not theirs.kernels and theirs.running == 1
+    killed = _call(target, "Kill", ref)
+    assert isinstance(killed, host_pb2.KernelStatus) and killed.exited
+
+
+def test_the_agent_refuses_plaintext_beyond_loopback(tmp_path: Path) -> None:
+    tokens = tmp_path / "gateways"
+    tokens.write_text(f"one {TOKEN}\n")
+    tokens.chmod(0o600)
+    config = AgentConfig(listen="0.0.0.0:0", tokens=GatewayTokens.load(tokens), backends={})
+    with pytest.raises(ConfigError, match="plaintext"):
+        asyncio.run(start(config))
+    tokens.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        GatewayTokens.load(tokens)
