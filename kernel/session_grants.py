@@ -60,9 +60,11 @@ class KeyBrokerGrants:
         from teelab.sealed_store.kbs.client import KbsClient
         from teelab.sealed_store.kbs.transport import ca_from_environment, read_ca
 
-        token_file = services.gateway_token_file(self.token_file)
+        # The user's own credential (token file, else this server's hub token): the broker mints a grant only
+        # for the user it authenticates, so nothing here can act for another user.
+        credential = services.user_credential(self.token_file)
         ca = read_ca(self.ca_file) if self.ca_file else ca_from_environment()
-        with KbsClient.with_token_file(address, token_file, timeout=10, tls_ca=ca) as client:
+        with KbsClient(address, credential, timeout=10, tls_ca=ca) as client:
             # Bound to E.pub and to the controller: the broker releases keys only to evidence that carries the
             # same controller, so evidence from an oracle kernel (another controller) gets nothing.
             grant = client.issue_session_grant(user, enclave_key=enclave_key, controller=controller)

@@ -43,7 +43,10 @@ class ProvisionerSettings(LoggingConfigurable):
         "The key broker (HOST:PORT, or grpcs://HOST:PORT for TLS) that releases dataset keys to this server's "
         "kernels (default: $TEELAB_KBS, or the local broker started by `teelab kbs serve`)."
     )
-    kbs_token_file = _optional("The key broker's gateway token (default: the local broker's).")
+    kbs_token_file = _optional(
+        "This user's key broker token file (default: $TEELAB_KBS_TOKEN_FILE, else the local broker's "
+        "users/<login>.token, else this server's JupyterHub token). It can ask grants only for this user."
+    )
     kbs_ca_file = _optional(
         "PEM CA certificate of a key broker at grpcs://HOST:PORT with a private CA (default: $TEELAB_KBS_CA; "
         "else the system's roots). The kernel receives it in its sealed session bundle."
