@@ -71,7 +71,7 @@ class HostClient:
             self._channel = grpc.aio.secure_channel(target.address, grpc.ssl_channel_credentials(ca))
         else:
             self._channel = grpc.aio.insecure_channel(target.address)
-        self._stub = host_pb2_grpc.HostAgentStub(self._channel)
+        self._stub = host_pb2_grpc.HostAgentStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         await self._channel.close()

@@ -64,7 +64,9 @@ async def start(config: AgentConfig) -> tuple[grpc.aio.Server, KernelTable, str]
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    host_pb2_grpc.add_HostAgentServicer_to_server(config.service(table, config.tokens), server)
+    host_pb2_grpc.add_HostAgentServicer_to_server(  # type: ignore[no-untyped-call]
+        config.service(table, config.tokens), server
+    )
     try:
         if config.tls_certificate is not None and config.tls_key is not None:
             key, chain = config.tls_key.read_bytes(), config.tls_certificate.read_bytes()
