@@ -59,6 +59,9 @@ DIRECT_WARNING = (
     "protection, no attestation. The host sees everything. The gateway will refuse this kernel."
 )
 
+# Host data folders the kernel's libraries open (Gramine's file policy refuses anything not listed).
+SYSTEM_DATA_DIRS = ("/usr/share/zoneinfo",)
+
 _INTERPRETER_PROBE = r"""
 import json, os, sys, sysconfig
 libdir = sysconfig.get_config_var("LIBDIR") or ""
@@ -104,8 +107,13 @@ def gramine_options(spec: ImageSpec, cache: HashCache, *, debug: bool) -> Gramin
     if library and not any(library.startswith(d + "/") for d in lib_dirs):
         info = os.stat(library)
         native.append(TrustedFile(library, cache.digest(library, info), info.st_size))
+    data_dirs = tuple(d for d in SYSTEM_DATA_DIRS if os.path.isdir(d))
     return GramineOptions(
-        debug=debug, lib_dirs=lib_dirs, native_files=tuple(native), real_entrypoint=found["real"]
+        debug=debug,
+        lib_dirs=lib_dirs,
+        data_dirs=data_dirs,
+        native_files=tuple(native),
+        real_entrypoint=found["real"],
     )
 
 
@@ -116,6 +124,7 @@ def _options_json(options: GramineOptions) -> dict[str, object]:
         "max_threads": options.max_threads,
         "stack_size": options.stack_size,
         "lib_dirs": list(options.lib_dirs),
+        "data_dirs": list(options.data_dirs),
         "native_files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in options.native_files],
         "real_entrypoint": options.real_entrypoint,
     }
@@ -124,8 +133,9 @@ def _options_json(options: GramineOptions) -> dict[str, object]:
 def _options_from_json(data: Mapping[str, object]) -> GramineOptions:
     native = data.get("native_files") or []
     lib_dirs = data.get("lib_dirs") or []
-    if not isinstance(native, list) or not isinstance(lib_dirs, list):
-        raise ValueError("native_files and lib_dirs must be lists")
+    data_dirs = data.get("data_dirs") or []
+    if not isinstance(native, list) or not isinstance(lib_dirs, list) or not isinstance(data_dirs, list):
+        raise ValueError("native_files, lib_dirs and data_dirs must be lists")
     real = data.get("real_entrypoint")
     return GramineOptions(
         debug=bool(data["debug"]),
@@ -133,6 +143,7 @@ def _options_from_json(data: Mapping[str, object]) -> GramineOptions:
         max_threads=int(str(data["max_threads"])),
         stack_size=str(data["stack_size"]),
         lib_dirs=tuple(str(d) for d in lib_dirs),
+        data_dirs=tuple(str(d) for d in data_dirs),
         native_files=tuple(TrustedFile(str(f["path"]), str(f["sha256"]), int(f["size"])) for f in native),
         real_entrypoint=None if real is None else str(real),
     )

@@ -51,6 +51,9 @@ class GramineOptions:
     # The system library folders (e.g. /lib/x86_64-linux-gnu and /usr/lib/x86_64-linux-gnu), mounted and
     # trusted whole as in Gramine's Python example: extension modules load libraries ldd cannot predict.
     lib_dirs: tuple[str, ...] = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu")
+    # System data folders the kernel's libraries read (the time zone database: dateutil/pandas open
+    # /usr/share/zoneinfo/UTC at import), mounted and trusted whole like the library folders.
+    data_dirs: tuple[str, ...] = ()
     # Shared libraries the interpreter needs from elsewhere (a pyenv/conda libpython), measured by teelab.
     native_files: tuple[TrustedFile, ...] = ()
     # The interpreter's real path: Gramine loads an ELF file, not the symlink a venv has.
@@ -186,7 +189,7 @@ def render_template(manifest: EnclaveManifest, options: GramineOptions | None = 
             raise EnclaveError(f"passthrough variable {name!r} is invalid or also has a measured value")
     for arg in argv:
         _check_value("the argument", arg)
-    roots = mount_roots((f.path for f in files), covered=options.lib_dirs)
+    roots = mount_roots((f.path for f in files), covered=(*options.lib_dirs, *options.data_dirs))
     if any(root in ("/tmp", "/") for root in roots):
         raise EnclaveError(
             f"the image has files directly in {sorted(r for r in roots if r in ('/tmp', '/'))}, where the "
@@ -215,7 +218,8 @@ def render_template(manifest: EnclaveManifest, options: GramineOptions | None = 
         tee_state=TEE_STATE_PATH,
         state_uri=STATE_URI,
         lib_mounts=list(options.lib_dirs),
-        fs_mounts=fs_mounts(options.lib_dirs, roots),
+        fs_mounts=fs_mounts((*options.lib_dirs, *options.data_dirs), roots),
+        data_dirs=list(options.data_dirs),
         debug=options.debug,
         enclave_size=options.enclave_size,
         max_threads=options.max_threads,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 NO_NETLINK_C = r"""
 #define _GNU_SOURCE
@@ -93,3 +94,17 @@ def build_no_fork(folder: Path) -> Path:
     source.write_text(NO_FORK_C)
     subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source)], check=True)
     return library
+
+
+# Gramine's pseudo file systems and what teelab mounts in enclave memory: never checked against the file lists.
+GRAMINE_UNCHECKED = ("/proc/", "/dev/", "/sys/", "/teelab/")
+
+
+def gramine_file_allowed(path: str, doc: dict[str, Any]) -> bool:
+    """Whether Gramine's strict file policy lets the enclave open ``path`` (a host path, as the manifest
+    names files): listed as a trusted/allowed file, or under a trusted/allowed directory entry."""
+    sgx = doc["sgx"]
+    uris = [t if isinstance(t, str) else t["uri"] for t in sgx.get("trusted_files", [])]
+    uris += list(sgx.get("allowed_files", []))
+    target = "file:" + path
+    return any(target == uri or (uri.endswith("/") and target.startswith(uri)) for uri in uris)

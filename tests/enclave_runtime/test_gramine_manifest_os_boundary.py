@@ -250,3 +250,49 @@ def test_os_boundary_image_files_directly_in_tmp_are_refused() -> None:
     )
     with pytest.raises(EnclaveError, match="directly in"):
         render_template(manifest, GramineOptions())
+
+
+OPENED_AT_START = """
+import json, os, sys
+opened = set()
+def hook(event, args):
+    if event == "open" and args and isinstance(args[0], (str, bytes)):
+        opened.add(os.path.abspath(os.fsdecode(args[0])))
+sys.addaudithook(hook)
+import teelab.kernel.kernelapp, teelab.kernel.boot, teelab.sealed_store, ipykernel.ipkernel, pandas, zmq
+print(json.dumps(sorted(p for p in opened if os.path.isfile(p))))
+"""
+
+
+def test_os_boundary_every_file_the_kernel_opens_at_start_passes_gramines_file_policy(tmp_path: Path) -> None:
+    """The files the real kernel's imports open (an audit hook records them) checked against the rendered
+    manifest as Gramine's strict file policy checks them: one refusal would stop the kernel on hardware (the
+    time zone database, which pandas' dateutil opens at import, was such a file)."""
+    import json
+    import subprocess
+
+    from teelab.enclave_runtime.gramine.backend import gramine_options
+
+    from .libos_standin import GRAMINE_UNCHECKED, gramine_file_allowed
+
+    spec = kernel_image_spec()
+    with HashCache() as cache:
+        manifest = expand(spec, cache)
+        options = gramine_options(spec, cache, debug=False)
+    doc = rendered(manifest, options)
+    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(tmp_path / "pycache")}  # the manifest's: the state mount
+    result = subprocess.run(
+        [spec.entrypoint, "-s", "-c", OPENED_AT_START], env=env, capture_output=True, text=True, check=True
+    )
+    opened = json.loads(result.stdout)
+    assert len(opened) > 100  # the hook saw the imports
+    refused = [
+        path
+        for path in opened
+        if not path.startswith(GRAMINE_UNCHECKED)
+        and not path.startswith(str(tmp_path))
+        and not gramine_file_allowed(path, doc)
+        and not gramine_file_allowed(os.path.realpath(path), doc)
+    ]
+    assert refused == []
+    assert "file:/usr/share/zoneinfo/" in doc["sgx"]["trusted_files"]
