@@ -97,6 +97,12 @@ class TeeRuntime(ABC):
     def sealing_key(self, policy: SealPolicy = SealPolicy.MRENCLAVE, *, label: bytes = b"") -> bytes:
         """A 256-bit key only this enclave (or this author's enclaves) can derive on this platform."""
 
+    @abstractmethod
+    def controller(self) -> bytes | None:
+        """The controller hash this TEE was launched for, read from the launch-time platform field every
+        evidence of it carries (or, under the "measurement" binding, from the measured image); None when none
+        is bound. The boot obeys only a boot request naming this controller (ARCHITECTURE §3)."""
+
 
 @dataclass
 class BackendStatus:

@@ -102,3 +102,20 @@ def tdx_mrconfigid(controller: bytes | None) -> bytes:
 def snp_host_data(controller: bytes | None) -> bytes:
     """SEV-SNP HOST_DATA for ``controller``: the hash itself."""
     return _padded(controller, 32)
+
+
+def controller_from_field(field: bytes) -> bytes | None:
+    """The controller a platform field carries (the inverse of the encodings above): its first 32 bytes, None
+    when the field is all zero (no controller bound). Any other content is no controller teelab bound: an
+    EnclaveError, so the boot refuses rather than guess."""
+    if len(field) < CONTROLLER_SIZE:
+        raise EnclaveError(
+            f"a {len(field)}-byte platform field cannot carry a {CONTROLLER_SIZE}-byte controller"
+        )
+    if not any(field):
+        return None
+    if any(field[CONTROLLER_SIZE:]):
+        raise EnclaveError(
+            "the platform field carries something other than a controller (its padding is not zero)"
+        )
+    return field[:CONTROLLER_SIZE]

@@ -148,13 +148,12 @@ def _check_launch_controller(
 
     Otherwise a host could launch the image bound to a victim's controller while the boot request names the
     host's own key, and run code in a kernel whose evidence carries the victim's controller. The controller
-    comes from the runtime's launch-time field (``controller()``, where a runtime can read it; all zero or
-    absent: none bound, and the gateway's controller check refuses this kernel's evidence) and, for images
-    that pin it ("measurement" binding), from the measured environment. Either can only make the boot refuse.
+    comes from the runtime's launch-time field (:meth:`TeeRuntime.controller`; None: none bound, and the
+    gateway's controller check refuses this kernel's evidence) and, for images that pin it ("measurement"
+    binding), from the measured environment. Either can only make the boot refuse.
     """
     expected = controller_hash(request.controller_key)
-    read = getattr(runtime, "controller", None)
-    bound = read() if callable(read) else None
+    bound = runtime.controller()
     pinned = (os.environ if env is None else env).get(CONTROLLER_ENV)
     for source, value in (("the platform's launch-time field", bound), ("the measured image", pinned)):
         if isinstance(value, str):

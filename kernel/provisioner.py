@@ -171,6 +171,8 @@ class TeeProvisioner(ProvisionerSettings, KernelProvisionerBase):  # type: ignor
     async def _launch_and_attest(self) -> None:
         backend = self._backend()
         policy = load_kernel_policy(self.km.kernel_name, self.policy_settings())
+        # As `teelab kernel install` does: a policy edited since, or the server's policy_file, is caught here.
+        policy.require_identity_pin(self.backend, simulated=backend.simulated)
         image = backend.load_image(KERNEL_IMAGE, Path(self.image_path) if self.image_path else None)
         identity = self.gateway_identity()  # G: this kernel obeys it alone, and its evidence names it
         self.result = None

@@ -16,7 +16,15 @@ import os
 import struct
 from pathlib import Path
 
-from teelab.enclave_runtime.backend import Evidence, EvidenceKind, SealPolicy, TeeRuntime, check_report_data
+from teelab.enclave_runtime.backend import (
+    REPORT_DATA_SIZE,
+    Evidence,
+    EvidenceKind,
+    SealPolicy,
+    TeeRuntime,
+    check_report_data,
+)
+from teelab.enclave_runtime.controller import controller_from_field
 from teelab.enclave_runtime.cvm.kds import KdsClient
 from teelab.enclave_runtime.cvm.sevguest import (
     FIELD_GUEST_POLICY,
@@ -31,6 +39,8 @@ from teelab.errors import EvidenceError, PlatformError
 
 TDX_GUEST = "/dev/tdx_guest"
 _KINDS = {"sev_guest": EvidenceKind.SNP_REPORT, "tdx_guest": EvidenceKind.TDX_QUOTE}
+SNP_HOST_DATA = slice(0xC0, 0xE0)  # in the SNP attestation report
+TDX_MRCONFIGID = (184, 232)  # in a TDX quote's TD report body
 
 
 def tdx_quote_report_data(quote: bytes) -> bytes | None:
@@ -117,6 +127,28 @@ class CvmRuntime(TeeRuntime):
         elif tdx_quote_report_data(blob) != report_data:
             raise EvidenceError("the TDX quote does not carry the report data that was asked for")
         return Evidence(evidence, blob, certificates)
+
+    def controller(self) -> bytes | None:
+        """HOST_DATA (SEV-SNP) or MRCONFIGID (TDX) of a report of this guest: set by the VMM when it created the
+        VM, the same in every report (the report data asked for here does not matter)."""
+        kind = self.guest_kind()
+        probe = bytes(REPORT_DATA_SIZE)
+        if self.tsm.available():
+            report = self.tsm.report(probe, provider=kind or None)
+            provider, blob = report.provider, report.outblob
+        elif kind == "sev_guest":
+            provider, blob = kind, self.sev.report(probe)
+        else:
+            raise EvidenceError("this TDX guest has no configfs-tsm: it cannot read its own MRCONFIGID")
+        if provider == "sev_guest":
+            if len(blob) < SNP_REPORT_SIZE:
+                raise EvidenceError(f"the SNP report is {len(blob)} bytes; a report is {SNP_REPORT_SIZE}")
+            return controller_from_field(blob[SNP_HOST_DATA])
+        if tdx_quote_report_data(blob) is None:
+            raise EvidenceError("configfs-tsm returned something that is not a TDX quote")
+        body = {4: 48, 5: 54}[struct.unpack_from("<H", blob)[0]]
+        start, end = TDX_MRCONFIGID
+        return controller_from_field(blob[body + start : body + end])
 
     def _certificates(self, report: bytes) -> bytes:
         try:

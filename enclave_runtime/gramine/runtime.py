@@ -15,6 +15,7 @@ Every path is under a root prefix, so tests drive this against a stand-in tree.
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from pathlib import Path
@@ -30,6 +31,7 @@ from teelab.enclave_runtime.backend import (
     TeeRuntime,
     check_report_data,
 )
+from teelab.enclave_runtime.controller import pinned_controller
 from teelab.errors import EvidenceError
 
 ATTESTATION_DIR = "/dev/attestation"
@@ -127,6 +129,12 @@ class GramineRuntime(TeeRuntime):
                 "refusing to send it"
             )
         return Evidence(EvidenceKind.SGX_QUOTE, quote)
+
+    def controller(self) -> bytes | None:
+        # Gramine has no KSS: the measured manifest's loader.env pins the controller ("measurement" binding),
+        # and this process's environment is that manifest's (the launch refuses an image that lets the
+        # variable in from the host).
+        return pinned_controller(os.environ.items())
 
     def sealing_key(self, policy: SealPolicy = SealPolicy.MRENCLAVE, *, label: bytes = b"") -> bytes:
         path = self.dir / "keys" / _KEY_FILES[policy]

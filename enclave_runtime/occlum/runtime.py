@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from teelab.enclave_runtime.backend import Evidence, EvidenceKind, SealPolicy, TeeRuntime, check_report_data
+from teelab.enclave_runtime.controller import controller_from_field, pinned_controller
 from teelab.enclave_runtime.gramine.runtime import derive_sealing_key, sgx_quote_report_data
 from teelab.enclave_runtime.occlum.ioctl import (
     KEY_REQUEST_SIZE,
@@ -47,6 +48,7 @@ KEYPOLICY = {SealPolicy.MRENCLAVE: 0x0001, SealPolicy.MRSIGNER: 0x0002}
 ATTRIBUTE_FLAGS_MASK = 0xFF0000000000000B
 ATTRIBUTE_XFRM_MASK = 0x0
 MISC_MASK = 0xF0000000  # TSEAL_DEFAULT_MISCMASK
+ATTRIBUTE_KSS = 0x80  # SGX_FLAGS_KSS: the enclave was built with KSS, so its launcher set CONFIGID
 # A fixed key id makes the key deterministic for this enclave on this platform (Gramine uses zero).
 KEY_ID = hashlib.sha256(b"teelab/occlum/seal-key-id/v1").digest()
 MAX_QUOTE = 64 * 1024
@@ -167,6 +169,20 @@ class OcclumRuntime(TeeRuntime):
         arg = CreateReportArg(None, None, ctypes.addressof(report))
         self._call(fd, SGXIOC_CREATE_REPORT, ctypes.addressof(arg), "SGXIOC_CREATE_REPORT")
         return bytes(report)
+
+    def controller(self) -> bytes | None:
+        """CONFIGID of a report to itself when the enclave has KSS (``occlum run --config-id``), else the
+        controller its measured environment pins (instances built before KSS: the "measurement" binding)."""
+        with _LOCK:
+            fd = self._open()
+            try:
+                body = self.self_report(fd)[:384]
+            finally:
+                os.close(fd)
+        (flags,) = struct.unpack_from("<Q", body, 48)
+        if flags & ATTRIBUTE_KSS:
+            return controller_from_field(body[192:256])
+        return pinned_controller(os.environ.items())
 
     def sealing_key(self, policy: SealPolicy = SealPolicy.MRENCLAVE, *, label: bytes = b"") -> bytes:
         with _LOCK:

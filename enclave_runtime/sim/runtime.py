@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from teelab.enclave_runtime.backend import Evidence, EvidenceKind, SealPolicy, TeeRuntime, check_report_data
+from teelab.enclave_runtime.controller import controller_from_field
 from teelab.enclave_runtime.sim.identity import IDENTITY_FD_ENV, SimIdentity
 from teelab.enclave_runtime.sim.platform import SimPlatform
 from teelab.enclave_runtime.sim.sgx_structs import (
@@ -49,6 +50,10 @@ class SimRuntime(TeeRuntime):
     def evidence(self, report_data: bytes) -> Evidence:
         check_report_data(report_data)
         return Evidence(EvidenceKind.SGX_QUOTE, self.platform.quote(self.report_body(report_data)))
+
+    def controller(self) -> bytes | None:
+        # The CONFIGID the sim backend set at launch: what every quote of this enclave carries.
+        return controller_from_field(self.identity.config_id)
 
     def sealing_key(self, policy: SealPolicy = SealPolicy.MRENCLAVE, *, label: bytes = b"") -> bytes:
         return self.platform.sealing_key(self.identity.sealing_identity(policy), label=label)
