@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -289,10 +290,21 @@ class DatasetStore:
             yield
         except FileNotFoundError:
             raise
-        except OSError as error:
+        except store_errors() as error:
             raise StorageError(
                 f"cannot {action} the store {self.url!r}: {error}", dataset=name, version=version
             ) from None
+
+
+@functools.cache
+def store_errors() -> tuple[type[Exception], ...]:
+    """What a store's client raises when the store cannot be reached or refuses: OSError (fsspec's own, and
+    s3fs's translation of S3's errors), and botocore's that s3fs lets through (no credentials, a bad endpoint)."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return (OSError,)
+    return (OSError, BotoCoreError, ClientError)
 
 
 def split_store_url(url: str) -> tuple[str, dict[str, Any], str]:

@@ -27,7 +27,7 @@ from teelab.sealed_store.errors import PartSizeError, PartTamperedError, Storage
 from teelab.sealed_store.folder import SealedDataset
 from teelab.sealed_store.manifest import PartEntry
 from teelab.sealed_store.progress import Advance, Progress, progress_bar
-from teelab.sealed_store.storage import DatasetStore
+from teelab.sealed_store.storage import DatasetStore, store_errors
 
 PROGRESS_FORMAT = "teelab/sealed-upload/v1"
 PROGRESS_NAME = "progress.json"
@@ -123,7 +123,7 @@ def _copy_part(
                 _abandon(store, target)
                 raise
             target.close()
-    except OSError as error:
+    except store_errors() as error:
         raise StorageError(
             f"copying {entry.name} to {store.url!r} failed: {error}",
             dataset=sealed.name,
@@ -179,7 +179,7 @@ def _publish(store: DatasetStore, sealed: SealedDataset, staging: str) -> None:
             if staged.get(entry.name) == entry.size:  # else it is already in place (an earlier publish)
                 store.ensure_folder(folder)
                 store.fs.mv(f"{staging}/{entry.name}", f"{folder}/{entry.name}")
-    except OSError as error:
+    except store_errors() as error:
         raise StorageError(f"publishing failed: {error}", dataset=name, version=version) from None
     final = store.part_sizes(name, version)
     for entry in sealed.manifest.parts:
@@ -194,7 +194,7 @@ def _publish(store: DatasetStore, sealed: SealedDataset, staging: str) -> None:
     # The one step that makes the version visible.
     try:
         store.put_atomic(store.manifest_path(name, version), sealed.manifest.to_bytes())
-    except OSError as error:
+    except store_errors() as error:
         raise StorageError(f"writing the manifest failed: {error}", dataset=name, version=version) from None
     _remove(store, staging)
 
@@ -204,7 +204,7 @@ def _load_progress(store: DatasetStore, staging: str, sealed: SealedDataset) -> 
     try:
         raw = store.fs.cat_file(f"{staging}/{PROGRESS_NAME}")
         record = json.loads(raw)
-    except (OSError, ValueError):
+    except (*store_errors(), ValueError):
         return {}
     if (
         not isinstance(record, dict)
@@ -226,7 +226,7 @@ def _save_progress(store: DatasetStore, staging: str, sealed: SealedDataset, don
     }
     try:
         store.put_atomic(f"{staging}/{PROGRESS_NAME}", json.dumps(record, sort_keys=True).encode())
-    except OSError as error:
+    except store_errors() as error:
         raise StorageError(
             f"recording upload progress failed: {error}", dataset=sealed.name, version=sealed.version
         ) from None
@@ -238,7 +238,7 @@ def _sizes(store: DatasetStore, folder: str) -> dict[str, int]:
         entries = store.fs.ls(folder, detail=True)
     except FileNotFoundError:
         return {}
-    except OSError as error:
+    except store_errors() as error:
         raise StorageError(f"cannot list {folder!r} in {store.url!r}: {error}") from None
     return {
         os.path.basename(str(e["name"]).rstrip("/")): int(e.get("size") or 0)
@@ -248,7 +248,7 @@ def _sizes(store: DatasetStore, folder: str) -> dict[str, int]:
 
 
 def _remove(store: DatasetStore, path: str) -> None:
-    with contextlib.suppress(FileNotFoundError, OSError):
+    with contextlib.suppress(*store_errors()):
         store.fs.invalidate_cache(path)
         if store.fs.exists(path):
             store.fs.rm(path, recursive=True)
