@@ -201,10 +201,11 @@ def _publish(store: DatasetStore, sealed: SealedDataset, staging: str) -> None:
 
 def _load_progress(store: DatasetStore, staging: str, sealed: SealedDataset) -> dict[str, str]:
     """Parts an earlier run finished; anything unreadable or for other content counts as nothing done."""
+    unreadable: tuple[type[Exception], ...] = (*store_errors(), ValueError)
     try:
         raw = store.fs.cat_file(f"{staging}/{PROGRESS_NAME}")
         record = json.loads(raw)
-    except (*store_errors(), ValueError):
+    except unreadable:
         return {}
     if (
         not isinstance(record, dict)
