@@ -3,7 +3,7 @@
     python evil_agent.py MODE --listen HOST:0 --tokens FILE
 
 MODE is one of: replay (send the first session's hello in every later session), key (substitute its own
-enclave key in the hello), controller (launch the kernel under its own controller key), ports (report ports
+enclave key in the hello), drop (swallow the hello), controller (launch the kernel under its own controller key), ports (report ports
 where its own listeners wait, recording what reaches them to FILE.ports-log).
 """
 
@@ -49,6 +49,16 @@ class KeySwappingService(HostAgentService):
             yield chunk
 
 
+class DroppingService(HostAgentService):
+    marker: Path  # touched once a hello was swallowed: the gateway is then waiting in the handshake
+
+    async def from_boot(self, kernel: HostedKernel, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+        await read_frame(reader)  # the hello goes nowhere; the gateway hears nothing
+        DroppingService.marker.touch()
+        await asyncio.Event().wait()
+        yield b""
+
+
 class OwnControllerTable(KernelTable):
     def boot_request(self, nonce: bytes, port: int, controller_key: bytes) -> tuple[BootRequest, bytes]:
         own = Ed25519PrivateKey.generate().public_key().public_bytes(*_RAW)
@@ -75,13 +85,16 @@ class OwnPortsTable(KernelTable):
 
 def main(argv: list[str]) -> None:
     mode, listen, tokens = argv[0], argv[argv.index("--listen") + 1], Path(argv[argv.index("--tokens") + 1])
-    service = {"replay": ReplayingService, "key": KeySwappingService}.get(mode, HostAgentService)
+    service = {"replay": ReplayingService, "key": KeySwappingService, "drop": DroppingService}.get(
+        mode, HostAgentService
+    )
     config = AgentConfig(
         listen=listen,
         tokens=GatewayTokens.load(tokens),
         backends={"sim": get_backend("sim")},
         service=service,
     )
+    DroppingService.marker = Path(f"{tokens}.dropped")
     if mode in ("controller", "ports"):
         table_class = OwnControllerTable if mode == "controller" else OwnPortsTable
         OwnPortsTable.log = Path(f"{tokens}.ports-log")

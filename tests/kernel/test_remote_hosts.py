@@ -14,6 +14,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -73,14 +75,14 @@ Agent = tuple[subprocess.Popen[str], str]
 def agents(remote_env: Path) -> Iterator[Callable[..., Agent]]:
     started: list[subprocess.Popen[str]] = []
 
-    def start_agent(host: str, mode: str | None = None) -> Agent:
+    def start_agent(host: str, mode: str | None = None, *extra: str) -> Agent:
         tokens = str(remote_env / "gateways")
         if mode is None:
             argv = ["-m", "teelab.cli", "host", "serve", "--backend", "sim"]
         else:
             argv = [str(HERE / "evil_agent.py"), mode]
         process = subprocess.Popen(
-            [sys.executable, *argv, "--listen", f"{host}:0", "--tokens", tokens],
+            [sys.executable, *argv, "--listen", f"{host}:0", "--tokens", tokens, *extra],
             stdout=subprocess.PIPE,
             text=True,
             env=dict(os.environ),
@@ -97,13 +99,14 @@ def agents(remote_env: Path) -> Iterator[Callable[..., Agent]]:
         process.wait()
 
 
-def manager(remote_env: Path, *hosts: str) -> KernelManager:
+def manager(remote_env: Path, *hosts: str, **settings: object) -> KernelManager:
     config = Config(
         {
             "RemoteTeeProvisioner": {
                 "hosts": list(hosts),
                 "host_token_file": str(remote_env / "token"),
                 "launch_timeout": 60.0,
+                **settings,
             }
         }
     )
@@ -174,8 +177,11 @@ def test_a_replayed_hello_is_refused(agents: Callable[..., Agent], remote_env: P
 def test_wrong_ports_reach_nothing_of_the_session(agents: Callable[..., Agent], remote_env: Path) -> None:
     _, target = agents("127.0.0.2", "ports")
     km = manager(remote_env, target)
-    with pytest.raises(AttestationFailed):
-        km.start_kernel()  # the genuine kernel cannot bind the agent's ports and says so
+    with pytest.raises(AttestationFailed) as refused:
+        km.start_kernel()
+    # The genuine kernel cannot bind the agent's ports, and says so over the sealed session's channel.
+    assert refused.value.check == "handshake"
+    assert "failed to start" in refused.value.detail
     log = remote_env / "gateways.ports-log"
     assert not log.exists() or log.read_bytes() == b""
 
@@ -268,3 +274,151 @@ def test_the_agent_refuses_plaintext_beyond_loopback(tmp_path: Path) -> None:
     tokens.chmod(0o644)
     with pytest.raises(ConfigError, match="readable by others"):
         GatewayTokens.load(tokens)
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _gone(pids: set[int], within: float = 30.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return "Z"
+
+
+def test_an_agent_that_drops_the_hello_times_out(agents: Callable[..., Agent], remote_env: Path) -> None:
+    _, target = agents("127.0.0.2", "drop")
+    km = manager(remote_env, target, launch_timeout=3.0)
+    with pytest.raises(AttestationFailed) as refused:
+        km.start_kernel()
+    assert refused.value.check == "timeout"
+    listing = _call(target, "List", host_pb2.ListRequest())
+    assert isinstance(listing, host_pb2.ListReply) and listing.running == 0  # the gateway killed it
+
+
+def test_an_agent_killed_while_its_kernel_starts(agents: Callable[..., Agent], remote_env: Path) -> None:
+    agent, target = agents("127.0.0.2", "drop")  # holds the kernel in its handshake
+    km = manager(remote_env, target)
+    outcome: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            km.start_kernel()
+        except BaseException as error:
+            outcome.append(error)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    dropped = remote_env / "gateways.dropped"
+    while not dropped.exists() and starter.is_alive():
+        time.sleep(0.05)
+    kernels = _children(agent.pid)
+    assert kernels, "the agent launched no kernel"
+    listing = _call(target, "List", host_pb2.ListRequest())
+    assert isinstance(listing, host_pb2.ListReply) and len(listing.kernels) == 1
+    agent.send_signal(signal.SIGKILL)
+    agent.wait()
+    starter.join(timeout=60)
+    assert not starter.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], AttestationFailed)
+    assert outcome[0].check == "handshake"  # the relay ended: the user is told at once
+    assert _gone(kernels)  # the kernel ended with its agent
+
+
+def test_a_killed_agent_leaves_no_kernel_process(agents: Callable[..., Agent], remote_env: Path) -> None:
+    agent, target = agents("127.0.0.2")
+    km = manager(remote_env, target)
+    km.start_kernel()
+    try:
+        kernels = _children(agent.pid)
+        assert kernels
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+        assert _gone(kernels)
+        assert not km.is_alive()
+    finally:
+        km.shutdown_kernel(now=True)
+
+
+def _tls_files(folder: Path, ip: str) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for ``ip`` signed by it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "operator CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = folder / "ca.pem", folder / "host.pem", folder / "host.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    paths[2].chmod(0o600)
+    return paths
+
+
+def test_a_kernel_through_a_tls_agent(agents: Callable[..., Agent], remote_env: Path) -> None:
+    ca, cert, key = _tls_files(remote_env, "127.0.0.2")
+    _, target = agents("127.0.0.2", None, "--tls-cert", str(cert), "--tls-key", str(key))
+    assert target.startswith("grpcs://")
+    km = manager(remote_env, target, host_ca_file=str(ca))
+    km.start_kernel()
+    try:
+        assert run_cell(km, "print(2 ** 10)").strip() == "1024"
+    finally:
+        km.shutdown_kernel(now=True)
+    # Without the operator's CA the gateway does not trust the agent, and starts nothing.
+    untrusting = manager(remote_env, target)
+    with pytest.raises(AttestationFailed) as refused:
+        untrusting.start_kernel()
+    assert refused.value.check == "host_agent"
