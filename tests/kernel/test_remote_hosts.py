@@ -422,3 +422,35 @@ def test_a_kernel_through_a_tls_agent(agents: Callable[..., Agent], remote_env: 
     with pytest.raises(AttestationFailed) as refused:
         untrusting.start_kernel()
     assert refused.value.check == "host_agent"
+
+
+def test_the_agent_limits_kernels_per_gateway_and_per_host(agents: Callable[..., Agent]) -> None:
+    _, target = agents("127.0.0.2", None, "--capacity", "3", "--per-gateway", "2")
+
+    def launch(token: str) -> host_pb2.LaunchReply:
+        request = host_pb2.LaunchRequest(
+            backend="sim", image="python-kernel", nonce=os.urandom(32), controller_key=os.urandom(32)
+        )
+        reply = _call(target, "Launch", request, token=token)
+        assert isinstance(reply, host_pb2.LaunchReply)
+        return reply
+
+    def refused(token: str) -> str:
+        request = host_pb2.LaunchRequest(
+            backend="sim", image="python-kernel", nonce=os.urandom(32), controller_key=os.urandom(32)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            _call(target, "Launch", request, token=token)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        return str(error.value.details())
+
+    mine = [launch(TOKEN), launch(TOKEN)]
+    assert "this gateway runs its 2" in refused(TOKEN)
+    theirs = launch(OTHER_TOKEN)
+    assert "this host runs its 3" in refused(OTHER_TOKEN)
+    listing = _call(target, "List", host_pb2.ListRequest())
+    assert isinstance(listing, host_pb2.ListReply) and listing.running == 3 and len(listing.kernels) == 2
+    _call(target, "Kill", host_pb2.KernelRef(kernel_id=mine[0].kernel_id))
+    again = launch(OTHER_TOKEN)  # a killed kernel frees its place
+    for reply, token in ((mine[1], TOKEN), (theirs, OTHER_TOKEN), (again, OTHER_TOKEN)):
+        _call(target, "Kill", host_pb2.KernelRef(kernel_id=reply.kernel_id), token=token)
