@@ -85,10 +85,10 @@ def test_two_environments_each_install_a_sim_kernel_and_both_kernels_start(tmp_p
         installed[python] = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
     image_a, image_b = (Path(installed[p]["image"]) for p in pythons)
     assert image_a != image_b
-    assert installed[pythons[0]]["mrenclave"] != installed[pythons[1]]["mrenclave"]
+    assert installed[pythons[0]]["MRENCLAVE"] != installed[pythons[1]]["MRENCLAVE"]
     # The first environment's image is still the one its policy pins, after the second environment's build.
     policy_a = Path(installed[pythons[0]]["policy"]).read_text()
-    assert installed[pythons[0]]["mrenclave"] in policy_a
+    assert installed[pythons[0]]["MRENCLAVE"] in policy_a
     for python in pythons:
         out = run(python, env, "-c", START_KERNEL)
         assert "status ok" in out, out
