@@ -282,13 +282,34 @@ class DatasetBrowserPage:
     def progress(self) -> Locator:
         return self.root.locator('[data-teelab="upload-progress"]')
 
-    def start_upload(self, file: Path, name: str) -> None:
+    @property
+    def upload_button(self) -> Locator:
+        return self.root.locator('[data-teelab="upload-form"] button[type="submit"]')
+
+    @property
+    def policy_select(self) -> Locator:
+        return self.root.locator('[data-teelab="upload-policy"]')
+
+    @property
+    def policy_preview(self) -> Locator:
+        """What the chosen release policy admits, shown before the upload."""
+        return self.root.locator('[data-teelab="policy-preview"]')
+
+    def choose_policy(self, policy: str) -> None:
+        expect(self.policy_select.locator(f'option[value="{policy}"]')).to_be_attached()
+        self.policy_select.select_option(policy)
+        expect(self.policy_preview.locator('[data-teelab="policy-admits"]')).to_be_visible()
+
+    def start_upload(self, file: Path, name: str, policy: str | None = None) -> None:
+        """Fill the upload form and submit it; ``policy`` is chosen first unless the test already did."""
         self.root.locator('[data-teelab="upload-file"]').set_input_files(str(file))
         self.root.locator('[data-teelab="upload-name"]').fill(name)
-        self.root.locator('[data-teelab="upload-form"] button[type="submit"]').click()
+        if policy is not None:
+            self.choose_policy(policy)
+        self.upload_button.click()
 
-    def upload(self, file: Path, name: str) -> None:
-        self.start_upload(file, name)
+    def upload(self, file: Path, name: str, policy: str) -> None:
+        self.start_upload(file, name, policy)
         expect(self.row(name)).to_be_visible(timeout=60_000)
 
     def grant(self, name: str, principal: str, expires: str | None = None) -> None:

@@ -4,7 +4,8 @@ The user starts a notebook on the simulated TEE kernel from the Launcher, sees t
 attestation panel (the measurement and every check), runs a cell, restarts (a restart re-attests), and a
 screenshot of each state is kept in tests/artifacts/.
 
-A data owner uploads a CSV from the dataset browser (with a progress bar), grants access, inserts
+A data owner chooses the release policy an upload is sealed under (seeing what it admits first), uploads a
+CSV from the dataset browser (with a progress bar), sees the policy on the dataset, grants access, inserts
 ``read_dataset(...)`` into the notebook and runs it in the attested kernel; revoking stops the next read.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Locator, expect
 
 from .conftest import KernelEnv, copy_kernelspec, write_policy
 from .lab import LabPage, LabServer, chromium, jupyter_lab
@@ -104,8 +105,26 @@ def test_simulated_kernel_badge_panel_and_restart(lab_page: LabPage, kernel_env:
     lab_page.screenshot("jupyterlab-after-restart")
 
 
-def test_upload_grant_and_read_a_dataset(lab_page: LabPage, broker: object, tmp_path: Path) -> None:
-    """A data owner uploads a CSV and grants themselves; the notebook reads it inside the attested kernel."""
+def amber(locator: Locator, prop: str) -> tuple[str, str]:
+    """The element's colour ``prop`` and the theme's warning colour (amber), both as the browser computes them."""
+    shown, warn = locator.evaluate(
+        """(node, prop) => {
+            const probe = document.body.appendChild(document.createElement('div'));
+            probe.style.color = 'var(--jp-warn-color1)';
+            const amber = getComputedStyle(probe).color;
+            probe.remove();
+            return [getComputedStyle(node)[prop], amber];
+        }""",
+        prop,
+    )
+    return str(shown), str(warn)
+
+
+def test_upload_grant_and_read_a_dataset(
+    lab_page: LabPage, broker: object, kernel_env: KernelEnv, tmp_path: Path
+) -> None:
+    """A data owner chooses a release policy, uploads a CSV and grants themselves; the notebook reads it inside
+    the attested kernel."""
     from teelab.sealed_store.services import session_user
 
     me = f"user:{session_user()}"
@@ -115,6 +134,27 @@ def test_upload_grant_and_read_a_dataset(lab_page: LabPage, broker: object, tmp_
     page = lab_page.page
     browser = lab_page.open_datasets()
 
+    # Nothing is released under a policy by omission: no policy is chosen for the user, no upload without one.
+    expect(browser.policy_select).to_have_value("")
+    expect(browser.upload_button).to_be_disabled()
+    browser.choose_policy("teelab-sim")
+    expect(browser.upload_button).to_be_enabled()
+    admits = browser.policy_preview
+    expect(admits.locator('[data-teelab="policy-id"]')).to_have_text(
+        "Releases the key under policy teelab-sim"
+    )
+    expect(admits.locator('[data-teelab="policy-tees"]')).to_have_text("TEE types admitted: SGX")
+    simulated = admits.locator('[data-teelab="policy-simulated"]')
+    expect(simulated).to_contain_text("Admits simulated kernels — not confidential")
+    shown, warn = amber(simulated, "borderTopColor")
+    assert shown == warn, (shown, warn)
+    expect(admits.locator('[data-teelab="policy-pin"][data-tee="sgx"]')).to_have_text(
+        "SGX: pins isv_prod_id, mrenclave, mrsigner"
+    )
+    admits.locator(".teelab-policy-text summary").click()
+    expect(admits.locator('[data-teelab="policy-text"]')).to_contain_text(kernel_env.mrenclave)
+    lab_page.screenshot("jupyterlab-dataset-policy-chosen")
+
     # A slow uplink, so the progress bar has something to show.
     cdp = page.context.new_cdp_session(page)
     cdp.send("Network.enable")
@@ -122,7 +162,7 @@ def test_upload_grant_and_read_a_dataset(lab_page: LabPage, broker: object, tmp_
         "Network.emulateNetworkConditions",
         {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 400_000},
     )
-    browser.start_upload(csv, "patients")
+    browser.start_upload(csv, "patients")  # under the policy chosen above
     expect(browser.progress).to_be_visible()
     page.wait_for_function(
         "el => el.value > 0 && el.value < el.max", arg=browser.progress.element_handle(), timeout=30_000
@@ -133,8 +173,17 @@ def test_upload_grant_and_read_a_dataset(lab_page: LabPage, broker: object, tmp_
         {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
     )
     expect(browser.row("patients")).to_be_visible(timeout=120_000)
-    expect(browser.message).to_contain_text("Uploaded patients version 1 (200000 rows)")
+    expect(browser.message).to_have_text(
+        "Uploaded patients version 1 (200000 rows), sealed under policy teelab-sim."
+    )
     expect(browser.progress).to_be_hidden()
+    expect(browser.row("patients").locator('[data-teelab="policy"]')).to_have_text(
+        "release policy: teelab-sim"
+    )
+    # The form is back to no policy: the next upload chooses again.
+    expect(browser.policy_select).to_have_value("")
+    expect(browser.upload_button).to_be_disabled()
+    lab_page.screenshot("jupyterlab-dataset-uploaded")
     expect(browser.row("patients").locator('[data-teelab="access"]')).to_contain_text("admin")
 
     browser.grant("patients", me, expires="2031-01-31T12:00")
@@ -180,4 +229,47 @@ def test_a_restart_the_policy_refuses_turns_the_badge_red(lab_page: LabPage, ker
         lab_page.screenshot("jupyterlab-refused-restart")
     finally:
         shutil.rmtree(spec_dir)
+        policy.unlink()
+
+
+UNPINNED_POLICY = """# <img src=x onerror="window.__teelabInjected = 1"> an operator's comment, shown as text
+id = "prod<b>bold</b>"
+allow_simulation = false
+
+[tdx]
+"""
+
+
+def test_the_policy_chooser_shows_an_unpinned_policy_in_amber_and_policy_text_as_text(
+    lab_page: LabPage, kernel_env: KernelEnv
+) -> None:
+    # Published beside the kernel's: the operator's policy text (and id) is data, never markup.
+    policy = write_policy(kernel_env, "prod-unpinned", UNPINNED_POLICY)
+    try:
+        lab_page.open()
+        browser = lab_page.open_datasets()
+        browser.choose_policy("prod-unpinned")
+        expect(browser.policy_select.locator('option[value="prod-unpinned"]')).to_have_text(
+            "prod-unpinned (id prod<b>bold</b>)"
+        )
+        admits = browser.policy_preview
+        expect(admits.locator('[data-teelab="policy-id"]')).to_have_text(
+            "Releases the key under policy prod<b>bold</b>"
+        )
+        expect(admits.locator('[data-teelab="policy-simulated"]')).to_have_text("Simulated kernels: refused")
+        expect(admits.locator('[data-teelab="policy-tees"]')).to_have_text("TEE types admitted: TDX")
+        unpinned = admits.locator('[data-teelab="policy-pin"][data-tee="tdx"]')
+        expect(unpinned).to_have_text(
+            "TDX: pins nothing — no identity pinned: any kernel image on this TEE receives the key"
+        )
+        shown, warn = amber(unpinned, "color")
+        assert shown == warn, (shown, warn)
+        admits.locator(".teelab-policy-text summary").click()
+        expect(admits.locator('[data-teelab="policy-text"]')).to_contain_text('<img src=x onerror="window.')
+        assert admits.locator("img, b").count() == 0
+        assert browser.root.locator("option b").count() == 0
+        assert lab_page.page.evaluate("window.__teelabInjected") is None
+        expect(browser.upload_button).to_be_enabled()
+        lab_page.screenshot("jupyterlab-dataset-policy-unpinned")
+    finally:
         policy.unlink()

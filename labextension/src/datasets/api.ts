@@ -15,16 +15,43 @@ export interface IDataset {
   versions: number[];
   owner: string;
   created_at: string;
+  policy_id: string | null; // the release policy the dataset's key is released under
   can_read: boolean;
   can_admin: boolean;
   grants?: IGrant[]; // only when can_admin
 }
 
+// What a release policy admits, as the server reads it (extension/datasets.py, describe_policy).
+export interface IPolicySummary {
+  id: string | null;
+  error?: string; // the policy file does not parse
+  allow_simulation?: boolean;
+  allow_debug?: boolean;
+  pins?: Record<string, string[]>; // per TEE table ("sgx", "tdx", "snp"): the keys it pins
+  pins_nothing?: boolean;
+}
+
+// A release policy the operator published (GET /teelab/api/datasets/policies).
+export interface IPolicy extends IPolicySummary {
+  name: string;
+  text: string;
+}
+
+export interface IPolicies {
+  policies: IPolicy[];
+  suggested: string | null; // the kernel's policy; shown as a hint, never chosen for the user
+}
+
 export interface IUploaded {
   name: string;
   version: number;
+  policy: IPolicySummary;
   manifest_sha256: string;
   rows: number;
+}
+
+export function listPolicies(settings: ServerConnection.ISettings): Promise<IPolicies> {
+  return requestJSON<IPolicies>(settings, ['datasets', 'policies']);
 }
 
 export async function listDatasets(settings: ServerConnection.ISettings): Promise<IDataset[]> {

@@ -1,5 +1,5 @@
-// The dataset browser side panel: the datasets this user can see, upload with a progress bar, grants, and
-// "insert read_dataset" per row.
+// The dataset browser side panel: the datasets this user can see, upload with a progress bar under a release
+// policy the user chooses explicitly, grants, and "insert read_dataset" per row.
 
 import { ServerConnection } from '@jupyterlab/services';
 import { CommandRegistry } from '@lumino/commands';
@@ -7,7 +7,8 @@ import { Widget } from '@lumino/widgets';
 
 import { ApiError } from '../api';
 import { append, clear, el } from '../dom';
-import { grant, IDataset, IGrant, listDatasets, PRINCIPAL, revoke } from './api';
+import { grant, IDataset, IGrant, IPolicies, IPolicy, listDatasets, listPolicies, PRINCIPAL, revoke } from './api';
+import { describePolicy, policyLabel, usable } from './policy';
 import { nameFromFile, uploadDataset } from './upload';
 
 export const INSERT_COMMAND = 'teelab:insert-read-dataset';
@@ -38,6 +39,7 @@ export class DatasetBrowser extends Widget {
   }
 
   async refresh(): Promise<void> {
+    void this._loadPolicies();
     try {
       this._render(await listDatasets(this.settings));
     } catch (error) {
@@ -54,6 +56,64 @@ export class DatasetBrowser extends Widget {
     void this.refresh();
   }
 
+  // -- release policies -------------------------------------------------------------------------------
+
+  // The operator's published policies, refreshed with the list; a choice still published is kept.
+  private async _loadPolicies(): Promise<void> {
+    let loaded: IPolicies;
+    try {
+      loaded = await listPolicies(this.settings);
+    } catch (error) {
+      this._policies = [];
+      this._fillPolicies(null);
+      this._policyPreview.textContent = `Cannot list the release policies: ${describe(error)}`;
+      return;
+    }
+    this._policies = loaded.policies;
+    this._fillPolicies(loaded.suggested);
+  }
+
+  private _fillPolicies(suggested: string | null): void {
+    const chosen = this._policySelect.value;
+    clear(this._policySelect);
+    // No policy is chosen for the user: the placeholder is what the form starts and resets to.
+    const placeholder = el('option', { attrs: { value: '' } }, 'Choose a release policy…');
+    placeholder.defaultSelected = true;
+    placeholder.disabled = true;
+    append(this._policySelect, placeholder);
+    for (const policy of this._policies) {
+      const option = el('option', { attrs: { value: policy.name } }, policyLabel(policy, suggested));
+      option.disabled = !usable(policy);
+      append(this._policySelect, option);
+    }
+    this._policySelect.value = this._policies.some(p => p.name === chosen && usable(p)) ? chosen : '';
+    this._showPolicy();
+  }
+
+  private _chosenPolicy(): IPolicy | undefined {
+    return this._policies.find(p => p.name === this._policySelect.value && usable(p));
+  }
+
+  // What the chosen policy admits, before the upload; the upload button waits for a choice.
+  private _showPolicy(): void {
+    clear(this._policyPreview);
+    const policy = this._chosenPolicy();
+    this._uploadButton.disabled = this._uploading || policy === undefined;
+    if (policy) {
+      append(this._policyPreview, describePolicy(policy));
+    } else if (!this._policies.length) {
+      append(
+        this._policyPreview,
+        el('p', { className: 'teelab-muted' }, 'The operator published no release policy: uploads are not possible.')
+      );
+    } else {
+      append(
+        this._policyPreview,
+        el('p', { className: 'teelab-muted' }, 'The key broker releases the dataset’s key only to kernels the policy admits.')
+      );
+    }
+  }
+
   // -- upload -----------------------------------------------------------------------------------------
 
   private _uploadForm(): HTMLElement {
@@ -63,7 +123,8 @@ export class DatasetBrowser extends Widget {
     const name = el('input', {
       attrs: { type: 'text', placeholder: 'dataset name', 'data-teelab': 'upload-name' }
     });
-    const button = el('button', { className: 'jp-mod-styled jp-mod-accept', attrs: { type: 'submit' } }, 'Upload');
+    const button = this._uploadButton;
+    this._policySelect.addEventListener('change', () => this._showPolicy());
     file.addEventListener('change', () => {
       const chosen = file.files?.[0];
       if (chosen && !name.value) {
@@ -75,6 +136,8 @@ export class DatasetBrowser extends Widget {
       { className: 'teelab-upload', attrs: { 'data-teelab': 'upload-form' } },
       el('label', {}, 'CSV or Parquet file', file),
       el('label', {}, 'Name', name),
+      el('label', {}, 'Release policy', this._policySelect),
+      this._policyPreview,
       button,
       this._progress,
       this._progressText
@@ -82,24 +145,27 @@ export class DatasetBrowser extends Widget {
     form.addEventListener('submit', event => {
       event.preventDefault();
       const chosen = file.files?.[0];
-      if (!chosen || !name.value.trim()) {
-        this._say('Choose a file and a name first.', 'error');
+      const policy = this._chosenPolicy();
+      if (!chosen || !name.value.trim() || !policy) {
+        this._say('Choose a file, a name and a release policy first.', 'error');
         return;
       }
+      this._uploading = true;
       button.disabled = true;
-      void this._upload(chosen, name.value.trim()).finally(() => {
-        button.disabled = false;
-        form.reset();
+      void this._upload(chosen, name.value.trim(), policy.name).finally(() => {
+        this._uploading = false;
+        form.reset(); // back to no policy chosen: the next upload chooses again
+        this._showPolicy();
       });
     });
     return form;
   }
 
-  private async _upload(file: File, name: string): Promise<void> {
+  private async _upload(file: File, name: string, policy: string): Promise<void> {
     this._progress.value = 0;
     this._progress.hidden = false;
     this._progressText.textContent = `Uploading ${file.name}…`;
-    const { done } = uploadDataset(this.settings, name, file, (sent, total) => {
+    const { done } = uploadDataset(this.settings, name, policy, file, (sent, total) => {
       this._progress.max = total || 1;
       this._progress.value = sent;
       this._progressText.textContent = `${percent(sent, total)} of ${formatBytes(total)}`;
@@ -109,7 +175,8 @@ export class DatasetBrowser extends Widget {
       this._progress.value = this._progress.max;
       this._progressText.textContent = '';
       this._say(
-        `Uploaded ${uploaded.name} version ${uploaded.version} (${uploaded.rows} rows), sealed.`,
+        `Uploaded ${uploaded.name} version ${uploaded.version} (${uploaded.rows} rows), sealed under policy ` +
+          `${uploaded.policy?.id ?? policy}.`,
         'success'
       );
       await this.refresh();
@@ -157,6 +224,11 @@ export class DatasetBrowser extends Widget {
         'div',
         { className: 'teelab-dataset-meta' },
         `v${dataset.current_version} · versions ${dataset.versions.join(', ')} · owner ${dataset.owner}`
+      ),
+      el(
+        'div',
+        { className: 'teelab-dataset-policy', attrs: { 'data-teelab': 'policy' } },
+        `release policy: ${dataset.policy_id ?? 'unknown'}`
       ),
       el(
         'div',
@@ -239,6 +311,17 @@ export class DatasetBrowser extends Widget {
   private readonly _progress = Object.assign(
     el('progress', { className: 'teelab-progress', attrs: { 'data-teelab': 'upload-progress', max: '1', value: '0' } }),
     { hidden: true }
+  );
+  private _policies: IPolicy[] = [];
+  private _uploading = false;
+  private readonly _policySelect = el('select', {
+    className: 'jp-mod-styled',
+    attrs: { required: '', 'data-teelab': 'upload-policy' }
+  });
+  private readonly _policyPreview = el('div', { attrs: { 'data-teelab': 'policy-preview' } });
+  private readonly _uploadButton = Object.assign(
+    el('button', { className: 'jp-mod-styled jp-mod-accept', attrs: { type: 'submit' } }, 'Upload'),
+    { disabled: true }
   );
   private readonly _progressText = el('span', { className: 'teelab-progress-text' });
   private readonly _message = el('div', { className: 'teelab-message', attrs: { 'data-teelab': 'message', role: 'status' } });

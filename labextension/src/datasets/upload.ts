@@ -29,12 +29,13 @@ function xsrfToken(): string | null {
 export function uploadDataset(
   settings: ServerConnection.ISettings,
   name: string,
+  policy: string,
   file: File,
   onProgress: Progress
 ): { done: Promise<IUploaded>; abort: () => void } {
   const xhr = new XMLHttpRequest();
   const done = new Promise<IUploaded>((resolve, reject) => {
-    xhr.open('POST', `${apiUrl(settings, 'datasets')}?${new URLSearchParams({ name }).toString()}`);
+    xhr.open('POST', `${apiUrl(settings, 'datasets')}?${new URLSearchParams({ name, policy }).toString()}`);
     xhr.setRequestHeader('Content-Type', contentType(file));
     if (settings.token) {
       xhr.setRequestHeader('Authorization', `token ${settings.token}`);
