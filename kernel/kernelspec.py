@@ -4,6 +4,13 @@ The kernelspec names the provisioner and the backend and nothing else; the polic
 beside the install location (see :mod:`teelab.kernel.policy_files`). For the simulated backend, without a
 ``--policy``, the installed policy pins the image just built and allows simulation — and every surface that
 shows its result says *simulated — not confidential*.
+
+Where it goes: inside a virtual environment the default is the environment itself (``sys.prefix``), so two
+environments each keep their own kernelspec and policy beside their own image; ``user=True`` opts into the
+per-user place (shared by every environment of this user). For a backend that binds the controller by
+measurement (Gramine has no KSS), the image is built with this install's gateway controller pinned
+(:func:`~teelab.enclave_runtime.controller.pin_controller`): the gateway that launches it must use the same
+identity file.
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ from pathlib import Path
 from jupyter_client.kernelspec import KernelSpecManager
 
 from teelab.enclave_runtime.backends import get_backend
+from teelab.enclave_runtime.controller import ControllerBinding, pin_controller
 from teelab.enclave_runtime.image import EnclaveImage
 from teelab.enclave_runtime.images import kernel_image_spec
 from teelab.enclave_runtime.manifest import ProgressCallback
 from teelab.errors import ConfigError, UsageError
 from teelab.files import replace_atomically
+from teelab.gateway.identity import GatewayIdentity
 from teelab.gateway.policy import load_policy, parse_policy
 from teelab.kernel.policy_files import sim_data_dir_marker, sys_prefix_policy_dir, user_policy_dir
 
@@ -35,6 +44,18 @@ class InstalledKernel:
     kernelspec_dir: Path
     policy_file: Path
     image: EnclaveImage
+    user: bool = True  # installed per user (else into the environment, sys.prefix)
+    controller: bytes | None = None  # the controller its measured image pins ("measurement" binding)
+
+
+def in_virtual_environment() -> bool:
+    return sys.prefix != sys.base_prefix
+
+
+def default_user_install() -> bool:
+    """Per user only outside a virtual environment: a per-user kernelspec and policy would be shared by every
+    environment of this user, and each install would replace the other's (issue 11, item 7)."""
+    return not in_virtual_environment()
 
 
 def default_name(backend: str) -> str:
@@ -94,10 +115,15 @@ def install(
     name: str | None = None,
     display_name: str | None = None,
     policy: Path | None = None,
-    user: bool = True,
+    user: bool | None = None,
     signing_key: Path | None = None,
     progress: ProgressCallback | None = None,
+    identity_file: Path | None = None,
 ) -> InstalledKernel:
+    """Build the image, write the policy, install the kernelspec. ``user=None``: the environment's place inside
+    a virtual environment, else the user's; ``identity_file``: the gateway identity whose controller a
+    measurement-bound image pins (default: the one the provisioner uses by default)."""
+    user = default_user_install() if user is None else user
     engine = get_backend(backend)
     name = check_kernel_name(name or default_name(backend))
     if policy is not None:
@@ -108,7 +134,12 @@ def install(
             f"the {backend} backend needs an attestation policy",
             hint="pass --policy FILE (see docs/policy.md)",
         )
-    image = engine.build(kernel_image_spec(), signing_key=signing_key, progress=progress)
+    spec, controller = kernel_image_spec(), None
+    if engine.binding is ControllerBinding.MEASUREMENT:
+        # No launch-time field on this TEE: the measured image itself names the gateway it obeys.
+        controller = GatewayIdentity.load_or_create(identity_file).controller
+        spec = pin_controller(spec, controller)
+    image = engine.build(spec, signing_key=signing_key, progress=progress)
     text = policy.read_text() if policy is not None else sim_policy_text(image, name)
     parse_policy(text, source=str(policy or "generated policy"))
     policy_dir = user_policy_dir() if user else sys_prefix_policy_dir()
@@ -125,7 +156,7 @@ def install(
             )
         except OSError as error:
             raise ConfigError(f"cannot install kernelspec {name}: {error.strerror or error}") from None
-    return InstalledKernel(name, Path(destination), policy_file, image)
+    return InstalledKernel(name, Path(destination), policy_file, image, user, controller)
 
 
 def uninstall(name: str) -> list[Path]:

@@ -275,14 +275,17 @@ def use_as_a_user(venv: Path, work: Path, wheel_version: str, report: Report) ->
         report.checks["doctor"] = backends
 
     with report.step("teelab kernel install"):
-        teelab("kernel", "install", timeout=BUILD_TIMEOUT)
+        # Inside a virtual environment the default is the environment's own kernelspec and policy.
+        said = teelab("kernel", "install", timeout=BUILD_TIMEOUT)
+        if "this environment (sys.prefix)" not in said:
+            raise SmokeError(f"`teelab kernel install` in a venv did not install into it:\n{said}")
         specs = json.loads(
             run([bin_dir / "jupyter", "kernelspec", "list", "--json"], env=env, cwd=home).stdout
         )
         spec_dir = Path(specs["kernelspecs"][KERNEL]["resource_dir"])
-        if not spec_dir.is_relative_to(home):
-            raise SmokeError(f"the kernelspec went to {spec_dir}, outside the isolated home {home}")
-        policy = Path(env["XDG_CONFIG_HOME"]) / "teelab" / "policies" / f"{KERNEL}.toml"
+        if not spec_dir.resolve().is_relative_to(venv.resolve()):
+            raise SmokeError(f"the kernelspec went to {spec_dir}, outside the environment {venv}")
+        policy = venv / "etc" / "teelab" / "policies" / f"{KERNEL}.toml"
         if not policy.is_file():
             raise SmokeError(f"`teelab kernel install` wrote no policy at {policy} (its --help says it does)")
         measured = teelab("enclave", "measure", "--json")

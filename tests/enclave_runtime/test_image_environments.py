@@ -1,9 +1,10 @@
 """An enclave image belongs to the Python environment (and backend) it was built from (issue 11 item 7).
 
 Two real virtual environments share one user's data folder, as two projects of one user do. Each runs
-`teelab kernel install --sys-prefix`; the second install must not replace the image the first environment's
-policy pins, so afterwards the kernels of both environments start and answer (through jupyter_client, the
-provisioner, the sim backend and the attested handshake, as in JupyterLab)."""
+`teelab kernel install` (inside a virtual environment that installs into the environment, sys.prefix, by default);
+the second install must not replace the image, kernelspec or policy of the first environment, so afterwards the
+kernels of both environments start and answer (through jupyter_client, the provisioner, the sim backend and the
+attested handshake, as in JupyterLab)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from pathlib import Path
 
 from teelab.enclave_runtime.image import default_image_dir, environment_key
 
+FIND_KERNELSPEC = """
+from jupyter_client.kernelspec import KernelSpecManager  # what `jupyter kernelspec list` reads
+
+print(KernelSpecManager().find_kernel_specs()["teelab-sim"])
+"""
 START_KERNEL = """
 from jupyter_client.manager import KernelManager
 
@@ -81,8 +87,14 @@ def test_two_environments_each_install_a_sim_kernel_and_both_kernels_start(tmp_p
     pythons = [make_environment(tmp_path / name) for name in ("env-a", "env-b")]
     installed = {}
     for python in pythons:
-        out = run(python, env, "-m", "teelab.cli", "kernel", "install", "--sys-prefix")
+        out = run(python, env, "-m", "teelab.cli", "kernel", "install")
         installed[python] = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
+        prefix = python.parent.parent
+        assert installed[python]["installed"] == "for this environment (sys.prefix) — the default here"
+        assert Path(installed[python]["policy"]) == prefix / "etc" / "teelab" / "policies" / "teelab-sim.toml"
+        assert Path(run(python, env, "-c", FIND_KERNELSPEC).strip()).is_relative_to(prefix)
+    # Nothing went to the per-user places both environments share.
+    assert not (home / "jupyter" / "kernels").exists() and not (tmp_path / "config" / "policies").exists()
     image_a, image_b = (Path(installed[p]["image"]) for p in pythons)
     assert image_a != image_b
     assert installed[pythons[0]]["MRENCLAVE"] != installed[pythons[1]]["MRENCLAVE"]

@@ -49,6 +49,7 @@ def test_kernel_install_for_a_cvm_does_not_print_an_mrenclave(tmp_path: Path, sh
             str(Path(sys.executable).with_name("teelab")),
             "kernel",
             "install",
+            "--user",  # not into the test run's own environment (the default inside a venv)
             "--backend",
             "cvm",
             "--policy",

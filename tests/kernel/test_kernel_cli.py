@@ -40,7 +40,8 @@ def test_help_explains_where_the_policy_goes(capsys: pytest.CaptureFixture[str])
 
 
 def test_install_then_uninstall(tmp_path: Path) -> None:
-    installed = run(tmp_path, "install", "--name", "teelab-try", "--display-name", "teelab try")
+    # --user: the tests run in a virtual environment, whose default place is the environment itself.
+    installed = run(tmp_path, "install", "--user", "--name", "teelab-try", "--display-name", "teelab try")
     assert installed.returncode == 0, installed.stderr
     spec = json.loads((tmp_path / "jupyter-data" / "kernels" / "teelab-try" / "kernel.json").read_text())
     assert spec["display_name"] == "teelab try" and spec["interrupt_mode"] == "message"
@@ -93,3 +94,24 @@ def test_path_like_kernel_names_are_refused_before_anything_is_written(tmp_path:
     assert result.returncode == 2 and "not a kernel name" in result.stderr
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p != policy]
     assert written == []
+
+
+def test_help_says_where_the_kernel_goes_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["kernel", "install", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "inside a virtual environment the default is --sys-prefix" in out
+    assert "install into this Python environment (default inside a virtual environment)" in out
+    assert "--identity-file PEM" in out
+
+
+def test_the_default_place_is_the_environment_only_inside_a_virtual_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from teelab.kernel.kernelspec import default_user_install
+
+    monkeypatch.setattr(sys, "base_prefix", sys.prefix)
+    assert default_user_install()  # a system Python: per user, as Jupyter's own default
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    monkeypatch.setattr(sys, "prefix", "/home/someone/project/.venv")
+    assert not default_user_install()  # this environment's own kernelspec and policy
