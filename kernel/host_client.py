@@ -62,19 +62,36 @@ class HostTarget:
 
 
 class HostClient:
-    """One agent, on the event loop it was created on (grpc.aio channels belong to a loop)."""
+    """One agent. A grpc.aio channel belongs to the event loop it was made on, and jupyter_client drives a
+    kernel manager from more than one loop (a blocking manager, nbclient), so each loop gets its own."""
 
     def __init__(self, target: HostTarget, token: str, *, ca: bytes | None = None) -> None:
         self.target = target
         self._metadata = (("authorization", f"Bearer {token}"),)
-        if target.tls:
-            self._channel = grpc.aio.secure_channel(target.address, grpc.ssl_channel_credentials(ca))
-        else:
-            self._channel = grpc.aio.insecure_channel(target.address)
-        self._stub = host_pb2_grpc.HostAgentStub(self._channel)  # type: ignore[no-untyped-call]
+        self._ca = ca
+        self._channels: dict[
+            asyncio.AbstractEventLoop, tuple[grpc.aio.Channel, host_pb2_grpc.HostAgentStub]
+        ] = {}
+
+    @property
+    def _stub(self) -> host_pb2_grpc.HostAgentStub:
+        loop = asyncio.get_running_loop()
+        for other in [other for other in self._channels if other.is_closed()]:
+            del self._channels[other]  # its channel went with it
+        if loop not in self._channels:
+            if self.target.tls:
+                credentials = grpc.ssl_channel_credentials(self._ca)
+                channel = grpc.aio.secure_channel(self.target.address, credentials)
+            else:
+                channel = grpc.aio.insecure_channel(self.target.address)
+            self._channels[loop] = (channel, host_pb2_grpc.HostAgentStub(channel))  # type: ignore[no-untyped-call]
+        return self._channels[loop][1]
 
     async def close(self) -> None:
-        await self._channel.close()
+        """Close this loop's channel (channels of other loops cannot be closed from here)."""
+        entry = self._channels.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[0].close()
 
     async def _call(self, method: str, request: object, timeout: float = CALL_TIMEOUT) -> object:
         try:

@@ -21,17 +21,23 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import grpc
+import nbformat
 import pytest
 from jupyter_client.manager import KernelManager
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
+from nbclient import NotebookClient
 from traitlets.config import Config
 
 from teelab.enclave_runtime.agent.auth import GatewayTokens
 from teelab.enclave_runtime.agent.server import AgentConfig, start
 from teelab.enclave_runtime.agent.v1 import host_pb2, host_pb2_grpc
 from teelab.errors import AttestationFailed, ConfigError
+from teelab.sealed_store import services
+from teelab.sealed_store.kbs.identity import issue_local_token
+from teelab.sealed_store.owner import DataOwner
 
 from .conftest import KernelEnv, copy_kernelspec
+from .test_datasets import publish, read_in_kernel
 from .test_kernel_manager import run
 
 REMOTE = "teelab-remote"
@@ -454,3 +460,38 @@ def test_the_agent_limits_kernels_per_gateway_and_per_host(agents: Callable[...,
     again = launch(OTHER_TOKEN)  # a killed kernel frees its place
     for reply, token in ((mine[1], TOKEN), (theirs, OTHER_TOKEN), (again, OTHER_TOKEN)):
         _call(target, "Kill", host_pb2.KernelRef(kernel_id=reply.kernel_id), token=token)
+
+
+def test_nbclient_runs_a_notebook_on_a_remote_kernel(agents: Callable[..., Agent], remote_env: Path) -> None:
+    _, target = agents("127.0.0.3")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import socket\nx = 21"), nbformat.v4.new_code_cell("print(x * 2)")]
+    km = manager(remote_env, target)
+    try:
+        NotebookClient(nb, km=km, timeout=120).execute()
+    finally:
+        km.shutdown_kernel(now=True)
+    assert nb.cells[1].outputs[0]["text"] == "42\n"
+
+
+@pytest.fixture
+def data_owner(broker: object, kernel_env: KernelEnv) -> Iterator[DataOwner]:
+    with DataOwner.connect(token_file=services.admin_token_file(), owner="dana") as owner:
+        yield owner
+
+
+def test_a_remote_kernel_reads_a_dataset_through_the_key_broker(
+    agents: Callable[..., Agent], remote_env: Path, data_owner: DataOwner, kernel_env: KernelEnv
+) -> None:
+    publish(data_owner, kernel_env, "sales", "user:alice")
+    _, target = agents("127.0.0.2")
+    token = issue_local_token(services.kbs_state_dir(), "alice")
+    km = manager(remote_env, target, kbs_user="alice", kbs_token_file=str(token))
+    km.start_kernel()
+    try:
+        assert km.get_connection_info()["ip"] == "127.0.0.2"
+        content, out = read_in_kernel(km, "print(read_dataset('sales').shape)")
+    finally:
+        km.shutdown_kernel(now=True)
+    assert content["status"] == "ok", out
+    assert out == "(200, 3)\n"
