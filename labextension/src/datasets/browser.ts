@@ -7,7 +7,17 @@ import { Widget } from '@lumino/widgets';
 
 import { ApiError } from '../api';
 import { append, clear, el } from '../dom';
-import { grant, IDataset, IGrant, IPolicies, IPolicy, listDatasets, listPolicies, PRINCIPAL, revoke } from './api';
+import {
+  grant,
+  IDataset,
+  IGrant,
+  IPolicies,
+  IPolicy,
+  listDatasets,
+  listPolicies,
+  PRINCIPAL,
+  revoke
+} from './api';
 import { describePolicy, policyLabel, usable } from './policy';
 import { nameFromFile, uploadDataset } from './upload';
 
@@ -101,16 +111,11 @@ export class DatasetBrowser extends Widget {
     this._uploadButton.disabled = this._uploading || policy === undefined;
     if (policy) {
       append(this._policyPreview, describePolicy(policy));
-    } else if (!this._policies.length) {
-      append(
-        this._policyPreview,
-        el('p', { className: 'teelab-muted' }, 'The operator published no release policy: uploads are not possible.')
-      );
     } else {
-      append(
-        this._policyPreview,
-        el('p', { className: 'teelab-muted' }, 'The key broker releases the dataset’s key only to kernels the policy admits.')
-      );
+      const hint = this._policies.length
+        ? 'The key broker releases the dataset’s key only to kernels the policy admits.'
+        : 'The operator published no release policy: uploads are not possible.';
+      append(this._policyPreview, el('p', { className: 'teelab-muted' }, hint));
     }
   }
 

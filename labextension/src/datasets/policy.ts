@@ -4,6 +4,7 @@
 import { el } from '../dom';
 import { IPolicy } from './api';
 
+const AMBER = 'teelab-policy-warning teelab-level-simulated';
 const TEE_NAMES: Record<string, string> = { sgx: 'SGX', tdx: 'TDX', snp: 'SEV-SNP' };
 
 // The keys that pin a kernel's identity per TEE (docs/policy.md, "Policies that pin nothing").
@@ -57,7 +58,7 @@ export function describePolicy(policy: IPolicy): HTMLElement {
     box.append(
       el(
         'div',
-        { className: 'teelab-policy-warning teelab-level-simulated', attrs: { 'data-teelab': 'policy-simulated' } },
+        { className: AMBER, attrs: { 'data-teelab': 'policy-simulated' } },
         'Admits simulated kernels — not confidential: the key is released to kernels without hardware ' +
           'isolation, whose host can read the data.'
       )
@@ -69,7 +70,7 @@ export function describePolicy(policy: IPolicy): HTMLElement {
     box.append(
       el(
         'div',
-        { className: 'teelab-policy-warning teelab-level-simulated', attrs: { 'data-teelab': 'policy-debug' } },
+        { className: AMBER, attrs: { 'data-teelab': 'policy-debug' } },
         'Admits debug TEEs — not confidential: the host can read a debug TEE’s memory.'
       )
     );
