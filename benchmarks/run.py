@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE))
 from common import RESULTS, git_revision  # noqa: E402
 
 # The memory-heavy read benchmark last: it leaves a large heap behind in this process.
-BENCHMARKS = ("measure", "verify", "kbs_release", "kernel_session", "sealed_read")
+BENCHMARKS = ("measure", "verify", "kbs_release", "kernel_session", "remote_hosts", "sealed_read")
 
 
 def _row(cells: list[object]) -> str:

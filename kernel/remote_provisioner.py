@@ -30,6 +30,9 @@ from teelab.kernel.provisioner import TeeProvisioner
 from teelab.protocols.session import PORT_NAMES
 
 LOCAL_IP = "127.0.0.1"  # where pre_launch's placeholder ports are taken before a host is chosen
+# Launches this server has placed on each agent that the agent may not count yet: kernels started at once
+# would otherwise all see the same loads and land on the same host.
+_PLACING: dict[str, int] = {}
 
 
 class RemoteTeeProvisioner(TeeProvisioner):
@@ -91,12 +94,13 @@ class RemoteTeeProvisioner(TeeProvisioner):
                 reasons.append(f"{client.target}: no room for a {self.backend} kernel")
                 await client.close()
                 continue
-            mine = sum(1 for k in listing.kernels if not k.exited)
-            if mine >= listing.per_gateway:
+            placing = _PLACING.get(str(client.target), 0)
+            mine = sum(1 for k in listing.kernels if not k.exited) + placing
+            if mine >= listing.per_gateway or listing.running + placing >= listing.capacity:
                 reasons.append(f"{client.target}: this gateway's limit is reached")
                 await client.close()
                 continue
-            load = listing.running / listing.capacity
+            load = (listing.running + placing) / listing.capacity
             if best is None or load < best[0]:
                 if best is not None:
                     await best[1].close()
@@ -105,6 +109,7 @@ class RemoteTeeProvisioner(TeeProvisioner):
                 await client.close()
         if best is None:
             raise HostAgentError("no host agent can take the kernel: " + "; ".join(reasons))
+        _PLACING[str(best[1].target)] = _PLACING.get(str(best[1].target), 0) + 1
         return best[1]
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
@@ -119,7 +124,10 @@ class RemoteTeeProvisioner(TeeProvisioner):
         self.result, self._dead = None, None
         self.host_output.clear()
         client = await self._place()
-        reply = await client.launch(self.backend, KERNEL_IMAGE, self._nonce, identity.public)
+        try:
+            reply = await client.launch(self.backend, KERNEL_IMAGE, self._nonce, identity.public)
+        finally:
+            _PLACING[str(client.target)] -= 1  # the agent counts it now (or it was never started)
         self.remote = (client, reply.kernel_id)
         ports = tuple(reply.ports)
         if (
