@@ -135,6 +135,7 @@ def run_acceptance(options: AcceptanceOptions, out: Path, stream: TextIO = sys.s
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
     report = AcceptanceReport(options.backend, utcnow().isoformat())
     report.facts["work folder"] = str(work)
+    report.facts["doctor"] = _doctor_facts(options.backend)
     recorder = Recorder(report, stream, TOTAL_CHECKS)
     state = _State(work=work, marker="ACCEPTANCE-" + secrets.token_hex(8))
     with isolated_environment(work):
@@ -144,6 +145,16 @@ def run_acceptance(options: AcceptanceOptions, out: Path, stream: TextIO = sys.s
             _stop(state)
     report.write(out)
     return report
+
+
+def _doctor_facts(backend: str) -> dict[str, object]:
+    """What `teelab doctor` says about the backend's host (found and missing), for the report's reader."""
+    from teelab.enclave_runtime.doctor import all_statuses
+
+    for status in all_statuses():
+        if backend.startswith(status.name):
+            return {"available": status.available, "found": status.found, "missing": status.missing}
+    return {}
 
 
 def _walk(options: AcceptanceOptions, state: _State, recorder: Recorder, report: AcceptanceReport) -> None:

@@ -55,6 +55,7 @@ def test_acceptance_runs_green_on_the_sim_backend(tmp_path: Path, shared_cache_d
     assert all(isinstance(c["seconds"], float) for c in report["checks"])
     assert report["facts"]["simulated"] is True and report["facts"]["verifier checks"]["controller"] == "pass"
     assert len(report["facts"]["MRENCLAVE"]) == 64
+    assert report["facts"]["doctor"]["available"] is True  # what `teelab doctor` says of the backend's host
     # Progress on stderr, the summary on stdout and in the text report.
     assert "[4/9] launch an attested kernel and verify its evidence … pass" in result.stderr
     assert result.stdout.startswith((out / "acceptance.txt").read_text())
