@@ -18,7 +18,7 @@ import shutil
 import signal
 import subprocess
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -102,6 +102,14 @@ class TeeRuntime(ABC):
         """The controller hash this TEE was launched for, read from the launch-time platform field every
         evidence of it carries (or, under the "measurement" binding, from the measured image); None when none
         is bound. The boot obeys only a boot request naming this controller (ARCHITECTURE §3)."""
+
+    def confine(self, private_dirs: Iterable[str] = ()) -> Callable[[bytes], Evidence] | None:
+        """Called by the boot once it has its session evidence, before any user code runs: where this process
+        could otherwise reach the raw attestation interface at will (a confidential VM's guest device), keep it
+        for a privileged agent, hand ``private_dirs`` to the kernel's user and run on unprivileged. Returns
+        user code's evidence function then (raw user data in; evidence over SHA-512("teelab/user/v1" ‖ data)
+        out). None: nothing to confine here (an enclave's interface is the LibOS's, the simulation has none)."""
+        return None
 
 
 @dataclass

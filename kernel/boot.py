@@ -6,7 +6,9 @@
 2. Make an ephemeral X25519 key E; ask the TEE for evidence over SHA-512("teelab/session/v1" ‖ E.pub ‖ N).
 3. Send {E.pub, evidence}; receive the session bundle sealed to E.pub (HPKE) and signed by G — it only comes
    if the gateway accepted the evidence. A bundle G did not sign is refused unread, and the boot exits.
-4. Start ipykernel with the bundle's HMAC key, CURVE keypair and ports, CURVE on every socket, a ZAP
+4. In a confidential VM, fork a root agent that alone keeps the attestation device and drop to an unprivileged
+   user (user code's evidence then comes from the agent, over SHA-512("teelab/user/v1" ‖ data) only).
+5. Start ipykernel with the bundle's HMAC key, CURVE keypair and ports, CURVE on every socket, a ZAP
    allow-list of exactly the provisioned key, and no connection file; then confirm readiness with an HMAC
    only a holder of the bundle can compute.
 
@@ -26,13 +28,13 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from teelab.enclave_runtime.backend import TeeRuntime
+from teelab.enclave_runtime.backend import Evidence, TeeRuntime
 from teelab.enclave_runtime.controller import CONTROLLER_ENV
 from teelab.enclave_runtime.runtime import current_runtime
 from teelab.errors import TeelabError
@@ -60,6 +62,7 @@ from teelab.protocols.session import (
 from teelab.sealed_store.notebook import ReaderSession, install_key_release
 
 HANDSHAKE_TIMEOUT = 300.0  # the gateway answers after verification; it holds the real deadline
+_PRIVATE_DIRS = ("HOME", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "MPLCONFIGDIR")
 
 
 def _kernel_config(bundle: SessionBundle) -> Any:
@@ -94,7 +97,7 @@ def _preload_kernel() -> threading.Thread:
 
 def _make_private_dirs() -> None:
     """HOME, IPYTHONDIR, … point into the TEE's scratch space (a tmpfs that starts empty on hardware)."""
-    for name in ("HOME", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "MPLCONFIGDIR"):
+    for name in _PRIVATE_DIRS:
         folder = os.environ.get(name)
         if folder:
             with contextlib.suppress(OSError):
@@ -164,6 +167,14 @@ def _check_launch_controller(
             )
 
 
+def _confine_kernel(runtime: TeeRuntime) -> Callable[[bytes], Evidence] | None:
+    """Where the TEE's attestation interface would be in user code's reach (a confidential VM's guest device,
+    root's), keep it for a privileged agent and run the kernel unprivileged, its private folders its own
+    (:meth:`TeeRuntime.confine`). The function returned is user code's only way to evidence then."""
+    folders = {os.environ.get(name) for name in _PRIVATE_DIRS} | {_scratch()}
+    return runtime.confine(sorted(folder for folder in folders if folder))
+
+
 def _is_hex(value: str) -> bool:
     return len(value) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in value)
 
@@ -195,11 +206,15 @@ def boot() -> Any:
 
         import teelab.session
 
-        preload.join()
+        preload.join()  # no import in flight when a confidential VM's boot forks its agent
+        user_evidence = _confine_kernel(runtime)  # in a confidential VM: unprivileged from here on
         from teelab.kernel.kernelapp import TeeKernelApp
 
         teelab.session.install(
-            attestation=bundle.attestation, key_broker=bundle.key_broker, attest=runtime.evidence
+            attestation=bundle.attestation,
+            key_broker=bundle.key_broker,
+            attest=runtime.evidence,
+            user_evidence=user_evidence,
         )
         # E's secret and the raw evidence function go to the dataset reader only, never to teelab.session.
         install_key_release(ReaderSession(bundle.key_broker, secret, runtime.evidence))

@@ -79,6 +79,9 @@ class _SessionState:
     # The TEE's evidence function (report_data -> evidence). Private: user code gets attest(), whose
     # report_data is domain-separated; teelab's dataset reader gets its own copy from the boot.
     evidence: Callable[[bytes], Any] | None
+    # In a confidential VM the kernel is unprivileged and asks the boot's agent, which takes the raw user data
+    # and applies the domain separation itself (teelab.enclave_runtime.cvm.privileges.UserEvidenceClient).
+    user_evidence: Callable[[bytes], Any] | None = None
 
 
 _state: _SessionState | None = None
@@ -88,10 +91,12 @@ def install(
     attestation: Mapping[str, Any],
     key_broker: KeyBrokerSection | None = None,
     attest: Callable[[bytes], Any] | None = None,
+    user_evidence: Callable[[bytes], Any] | None = None,
 ) -> None:
-    """Called once by the kernel boot after it opened the session bundle."""
+    """Called once by the kernel boot after it opened the session bundle. ``attest`` takes report data;
+    ``user_evidence`` (when the TEE's device is out of this process's reach) takes the raw user data."""
     global _state
-    _state = _SessionState(Attestation(attestation), key_broker, attest)
+    _state = _SessionState(Attestation(attestation), key_broker, attest, user_evidence)
 
 
 def services() -> dict[str, Any]:
@@ -133,7 +138,10 @@ def attest(user_data: bytes) -> Any:
     """
     if not isinstance(user_data, bytes | bytearray | memoryview):
         raise TypeError(f"user_data must be bytes, not {type(user_data).__name__}")
-    evidence = _current().evidence
+    state = _current()
+    if state.user_evidence is not None:
+        return state.user_evidence(bytes(user_data))  # the agent hashes: it serves no other report data
+    evidence = state.evidence
     if evidence is None:
         raise NotAttested("this kernel's TEE gave the session no evidence function")
     return evidence(user_report_data(bytes(user_data)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from teelab.enclave_runtime.backend import (
@@ -149,6 +150,22 @@ class CvmRuntime(TeeRuntime):
         body = {4: 48, 5: 54}[struct.unpack_from("<H", blob)[0]]
         start, end = TDX_MRCONFIGID
         return controller_from_field(blob[body + start : body + end])
+
+    def confine(self, private_dirs: Iterable[str] = ()) -> Callable[[bytes], Evidence] | None:
+        """Only the boot (root) reads the guest's attestation device: split off the root agent, give the
+        kernel's folders to its user (``TEELAB_KERNEL_USER``, default nobody) and drop to it."""
+        from teelab.enclave_runtime.cvm.privileges import (
+            DEFAULT_KERNEL_USER,
+            KERNEL_USER_ENV,
+            KernelUser,
+            split_privileges,
+        )
+
+        user = KernelUser.named(os.environ.get(KERNEL_USER_ENV) or DEFAULT_KERNEL_USER)
+        for folder in private_dirs:
+            if os.path.isdir(folder):
+                os.chown(folder, user.uid, user.gid)
+        return split_privileges(self, user).evidence
 
     def _certificates(self, report: bytes) -> bytes:
         try:
