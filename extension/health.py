@@ -10,8 +10,8 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 import teelab
-from teelab.enclave_runtime.doctor import all_statuses
 from teelab.extension.base import TeelabAPIHandler
+from teelab.kernel.doctor import backend_statuses
 
 
 def key_broker_json(configured: str | None = None) -> dict[str, object]:
@@ -36,7 +36,7 @@ def key_broker_json(configured: str | None = None) -> dict[str, object]:
 def health_json(kbs_address: str | None = None) -> dict[str, object]:
     return {
         "version": teelab.__version__,
-        "backends": [dataclasses.asdict(status) for status in all_statuses()],
+        "backends": [dataclasses.asdict(status) for status in backend_statuses()],
         "key_broker": key_broker_json(kbs_address),
     }
 

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "teelab.enclave_runtime.agent.cli",
     "teelab.gateway.cli",
     "teelab.kernel.cli",
+    "teelab.kernel.doctor",
     "teelab.sealed_store.cli",
     "teelab.sealed_store.kbs.cli",
     "teelab.extension.hub.cli",

@@ -1,1 +1,1 @@
-"""``teelab doctor --acceptance``: the whole path a hardware user needs, walked once, with a report to attach."""
+"""Host-side tools of the acceptance run that need no other part (the loopback capture)."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from teelab.enclave_runtime.acceptance.loopback import LoopbackCapture, open_capture
-from teelab.enclave_runtime.acceptance.report import AcceptanceReport, CheckFailed, Recorder
+from teelab.kernel.acceptance.report import AcceptanceReport, CheckFailed, Recorder
 
 KERNEL_TIMEOUT = 180.0
 KBS_START_TIMEOUT = 60.0

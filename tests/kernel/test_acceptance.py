@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from teelab.enclave_runtime.acceptance.report import AcceptanceReport, CheckFailed, Recorder
+from teelab.kernel.acceptance.report import AcceptanceReport, CheckFailed, Recorder
 
 CHECKS = [
     "install the kernel (build and measure the image)",
