@@ -8,6 +8,7 @@ hub service ``teelab-kbs``, the simulated TEE, and a sample dataset of alice's g
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -118,6 +119,7 @@ c.JupyterHub.load_roles.append({{"name": {SETUP_SERVICE!r}, "scopes": ["tokens",
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._stop_proxy()
                 raise ConfigError(
                     f"JupyterHub exited with status {self.process.returncode} (see {output.name})"
                 )
@@ -131,14 +133,26 @@ c.JupyterHub.load_roles.append({{"name": {SETUP_SERVICE!r}, "scopes": ["tokens",
         raise ConfigError(f"JupyterHub did not come up within {START_SECONDS:.0f} s (see {output.name})")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._stop_proxy()
+
+    def _stop_proxy(self) -> None:
+        """configurable-http-proxy runs in its own session; a hub that died while starting leaves it behind.
+        Only the process its pid file names, and only if it still is the proxy."""
         try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+            pid = int((self.root / "jupyterhub-proxy.pid").read_text().strip())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"configurable-http-proxy" in command:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def api(self, method: str, path: str, body: object | None = None, token: str | None = None) -> Any:
         request = urllib.request.Request(  # noqa: S310 (http on loopback)
