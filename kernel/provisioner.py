@@ -7,7 +7,9 @@ Lifecycle (ARCHITECTURE §3, docs/protocols/session-handshake.md):
     key, the CURVE keypair (jupyter_client's ``transport_encryption`` keys on the manager), the connection
     file; and a fresh 32-byte nonce. Every (re)start makes new ones.
 ``launch_kernel``
-    Launch the measured kernel image through the TEE backend, passing only the nonce and where to answer,
+    Refuse a real-TEE kernel whose policy pins no image identity (``require_identity_pin``: a policy edited
+    after install, or the server's ``policy_file``, is checked here too). Launch the measured kernel image
+    through the TEE backend, passing only the nonce and where to answer,
     and hand the answer to :func:`teelab.gateway.session.attest_and_seal`: it verifies the evidence with the
     operator's policy (:mod:`teelab.kernel.policy_files`) and seals the bundle to the enclave's key only then.
     Any failure kills the launched process and raises :class:`~teelab.errors.AttestationFailed` naming the
