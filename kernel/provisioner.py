@@ -7,13 +7,11 @@ Lifecycle (ARCHITECTURE §3, docs/protocols/session-handshake.md):
     key, the CURVE keypair (jupyter_client's ``transport_encryption`` keys on the manager), the connection
     file; and a fresh 32-byte nonce. Every (re)start makes new ones.
 ``launch_kernel``
-    Refuse a real-TEE kernel whose policy pins no image identity (``require_identity_pin``: a policy edited
-    after install, or the server's ``policy_file``, is checked here too). Launch the measured kernel image
-    through the TEE backend, passing only the nonce and where to answer,
-    and hand the answer to :func:`teelab.gateway.session.attest_and_seal`: it verifies the evidence with the
-    operator's policy (:mod:`teelab.kernel.policy_files`) and seals the bundle to the enclave's key only then.
-    Any failure kills the launched process and raises :class:`~teelab.errors.AttestationFailed` naming the
-    check.
+    Refuse a real-TEE kernel whose policy pins no image (``require_identity_pin``, as install does). Launch the
+    measured kernel image through the TEE backend, passing only the nonce and where to answer, and hand the
+    answer to :func:`teelab.gateway.session.attest_and_seal`: it verifies the evidence with the operator's
+    policy (:mod:`teelab.kernel.policy_files`) and seals the bundle to the enclave's key only then. Any failure
+    kills the launched process and raises :class:`~teelab.errors.AttestationFailed` naming the check.
 ``poll`` / ``wait`` / ``send_signal`` / ``kill`` / ``terminate``
     On the launched process. Interrupts travel as messages (the kernelspec says ``interrupt_mode:
     message``); a host signal never reaches a real enclave.
@@ -173,7 +171,6 @@ class TeeProvisioner(ProvisionerSettings, KernelProvisionerBase):  # type: ignor
     async def _launch_and_attest(self) -> None:
         backend = self._backend()
         policy = load_kernel_policy(self.km.kernel_name, self.policy_settings())
-        # As `teelab kernel install` does: a policy edited since, or the server's policy_file, is caught here.
         policy.require_identity_pin(self.backend, simulated=backend.simulated)
         image = backend.load_image(KERNEL_IMAGE, Path(self.image_path) if self.image_path else None)
         identity = self.gateway_identity()  # G: this kernel obeys it alone, and its evidence names it
