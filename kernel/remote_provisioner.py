@@ -120,6 +120,8 @@ class RemoteTeeProvisioner(TeeProvisioner):
     async def _launch_and_attest(self) -> None:
         backend = self._backend()  # this gateway's: its roots and collateral judge the remote evidence
         policy = load_kernel_policy(self.km.kernel_name, self.policy_settings())
+        # As the local provisioner: a real-TEE kernel's policy must pin its image.
+        policy.require_identity_pin(self.backend, simulated=backend.simulated)
         identity = self.gateway_identity()
         self.result, self._dead = None, None
         self.host_output.clear()

@@ -66,15 +66,20 @@ class HostedKernel:
         return "running" if self.relayed and self.boot.done() else "starting"
 
 
-def free_ports(host: str, count: int) -> tuple[int, ...]:
-    """``count`` distinct ports free on ``host`` now (held open together so they differ)."""
+def free_ports(host: str, count: int, taken: set[int]) -> tuple[int, ...]:
+    """``count`` distinct ports free on ``host`` now and not in ``taken`` (ports handed to kernels that have
+    not bound them yet: the OS would offer them again). Held open together so they differ."""
     sockets = []
+    ports: list[int] = []
     try:
-        for _ in range(count):
+        while len(ports) < count:
             s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            s.bind((host, 0))
             sockets.append(s)
-        return tuple(s.getsockname()[1] for s in sockets)
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+            if port not in taken:
+                ports.append(port)
+        return tuple(ports)
     finally:
         for s in sockets:
             s.close()
@@ -147,9 +152,9 @@ class KernelTable:
             boot: asyncio.Future[Channel] = loop.create_future()
             holder: list[HostedKernel] = []
             answer = await asyncio.start_server(lambda r, w: holder[0].accept(r, w), host=self.host, port=0)
-            kernel = HostedKernel(
-                kernel_id, gateway, backend, free_ports(self.host, len(PORT_NAMES)), answer, boot
-            )
+            taken = {port for k in self.kernels.values() for port in k.ports}
+            ports = free_ports(self.host, len(PORT_NAMES), taken)
+            kernel = HostedKernel(kernel_id, gateway, backend, ports, answer, boot)
             holder.append(kernel)
             self.kernels[kernel_id] = kernel
         try:

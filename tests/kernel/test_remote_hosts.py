@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -266,8 +266,32 @@ def test_a_gateway_reaches_only_its_own_kernels(agents: Callable[..., Agent]) ->
     assert _code(target, "Kill", ref, token=OTHER_TOKEN) == grpc.StatusCode.NOT_FOUND
     theirs = _call(target, "List", host_pb2.ListRequest(), token=OTHER_TOKEN)
     assert isinstance(theirs, host_pb2.ListReply) and not theirs.kernels and theirs.running == 1
+    assert _relay_code(target, reply.kernel_id, token=None) == grpc.StatusCode.UNAUTHENTICATED
+    assert _relay_code(target, reply.kernel_id, token=OTHER_TOKEN) == grpc.StatusCode.NOT_FOUND
     killed = _call(target, "Kill", ref)
     assert isinstance(killed, host_pb2.KernelStatus) and killed.exited
+
+
+def _relay_code(target: str, kernel_id: str, token: str | None) -> grpc.StatusCode:
+    """The status a Relay call for ``kernel_id`` ends with (no frames are expected to come back)."""
+
+    async def go() -> grpc.StatusCode:
+        async with grpc.aio.insecure_channel(target.removeprefix("grpc://")) as channel:
+            stub = host_pb2_grpc.HostAgentStub(channel)
+
+            async def frames() -> AsyncIterator[host_pb2.RelayFrame]:
+                yield host_pb2.RelayFrame(kernel_id=kernel_id)
+
+            metadata = (("authorization", f"Bearer {token}"),) if token else ()
+            call = stub.Relay(frames(), metadata=metadata, timeout=10)
+            received = [frame async for frame in call]
+            assert not received
+            return await call.code()  # type: ignore[no-any-return]
+
+    try:
+        return asyncio.run(go())
+    except grpc.aio.AioRpcError as error:
+        return error.code()  # type: ignore[no-any-return]
 
 
 def test_the_agent_refuses_plaintext_beyond_loopback(tmp_path: Path) -> None:
