@@ -143,23 +143,6 @@ def test_dataset_administration_is_the_owners(hub: HubProcess, users: dict[str, 
     assert any(entry.entry().get("actor") == "user:alice" or "alice" in entry.body for entry in entries)
 
 
-def test_granular_authorizer_needs_the_dataset_scope(hub: HubProcess, users: dict[str, HubUser]) -> None:
-    """A token of alice's that may access her server but lacks the teelab dataset scopes: kernels yes,
-    datasets no. Her own (browser) session has them."""
-    narrow = hub.api(
-        "POST", "users/alice/tokens", {"scopes": ["access:servers!user=alice"], "expires_in": 600}
-    )
-    headers = {"Authorization": f"token {narrow['token']}"}
-    import requests
-
-    base = f"{hub.url}/user/alice/teelab/api"
-    assert requests.get(f"{base}/kernels", headers=headers, timeout=30).status_code == 200
-    assert requests.get(f"{base}/datasets", headers=headers, timeout=30).status_code == 403
-    upload = requests.post(f"{base}/datasets?name=x", data=b"a\n1\n", headers=headers, timeout=30)
-    assert upload.status_code == 403
-    assert users["alice"].request("GET", "teelab/api/datasets").status_code == 200
-
-
 def _service_session(user: HubUser, path: str) -> Any:
     return user.session.get(f"{user.hub.url}/services/teelab-kbs/{path}", timeout=60)
 
@@ -204,3 +187,22 @@ def test_revocation_stops_the_next_read(
     assert regrant.status_code == 201, regrant.text
     output, reply = users["bob"].run_cell(kernels["bob"], READ)
     assert reply["status"] == "ok", output
+
+
+def test_granular_authorizer_needs_the_dataset_scope(hub: HubProcess, users: dict[str, HubUser]) -> None:
+    """A token of alice's that may access her server but lacks the teelab dataset scopes: kernels yes,
+    datasets no. Her own (browser) session has them."""
+    narrow = hub.api(
+        "POST", "users/alice/tokens", {"scopes": ["access:servers!user=alice"], "expires_in": 600}
+    )
+    headers = {"Authorization": f"token {narrow['token']}"}
+    import requests
+
+    base = f"{hub.url}/user/alice/teelab/api"
+    assert users["alice"].request("GET", "teelab/api/datasets").status_code == 200
+    assert requests.get(f"{base}/kernels", headers=headers, timeout=30).status_code == 200
+    assert requests.get(f"{base}/datasets", headers=headers, timeout=30).status_code == 403
+    # Last in this module: the server refuses a streamed upload before reading its body and closes that connection, which
+    # configurable-http-proxy may still reuse once (a 503 for the next request on it).
+    upload = requests.post(f"{base}/datasets?name=x", data=b"a\n1\n", headers=headers, timeout=30)
+    assert upload.status_code == 403
