@@ -108,12 +108,12 @@ def test_the_wheel_built_from_the_sdist_works_without_a_checkout() -> None:
     assert "console_scripts:teelab" in checks["entry_points"]
     assert "jupyter_client.kernel_provisioners:teelab" in checks["entry_points"]
     assert "teelab/enclave_runtime/gramine/kernel.manifest.j2" in checks["installed_resources"]
-    # State belongs to its environment: all of it was made in the session's temporary home.
-    assert {
-        ".local/share/jupyter/kernels",
-        ".local/share/teelab/sim-platform",
-        ".local/share/teelab/kbs",
-    } <= set(checks["state"])
+    # State belongs to its environment: all of it was made in the session's temporary home, except the
+    # kernelspec, which `teelab kernel install` in a virtual environment puts into the environment itself
+    # (wheel_smoke checks it is under the venv; nothing per user that another environment would overwrite).
+    assert {".local/share/teelab/sim-platform", ".local/share/teelab/kbs"} <= set(checks["state"])
+    assert ".local/share/jupyter/kernels" not in checks["state"]
+    assert Path(checks["kernelspec"]).parts[-4:] == ("share", "jupyter", "kernels", "teelab-sim")
 
 
 def test_an_extension_counts_as_enabled_only_when_it_also_validates() -> None:
