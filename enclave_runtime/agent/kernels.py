@@ -151,10 +151,13 @@ class KernelTable:
             kernel_id = uuid.uuid4().hex
             boot: asyncio.Future[Channel] = loop.create_future()
             holder: list[HostedKernel] = []
-            answer = await asyncio.start_server(lambda r, w: holder[0].accept(r, w), host=self.host, port=0)
+            # The answer socket too takes a port no kernel was promised (port 0 could be one of them).
             taken = {port for k in self.kernels.values() for port in k.ports}
-            ports = free_ports(self.host, len(PORT_NAMES), taken)
-            kernel = HostedKernel(kernel_id, gateway, backend, ports, answer, boot)
+            *ports, answer_port = free_ports(self.host, len(PORT_NAMES) + 1, taken)
+            answer = await asyncio.start_server(
+                lambda r, w: holder[0].accept(r, w), host=self.host, port=answer_port
+            )
+            kernel = HostedKernel(kernel_id, gateway, backend, tuple(ports), answer, boot)
             holder.append(kernel)
             self.kernels[kernel_id] = kernel
         try:
