@@ -87,18 +87,23 @@ def _http_error(error: TeelabError) -> web.HTTPError:
 
 
 def published_policies(handler: TeelabAPIHandler) -> dict[str, Path]:
-    """The release policies the operator published, by name: the policy folders the provisioner searches
-    (``<sys.prefix>/etc/teelab/policies``, the system folders, and the user's unless the operator turned user
-    policies off). A browser upload must name one of them: nothing is released by omission."""
-    from teelab.kernel.policy_files import find_policy, policy_dirs
+    """The release policies the operator published, by name: the server's configured policy file, then the
+    policy folders the provisioner searches (``<sys.prefix>/etc/teelab/policies``, the system folders, and the
+    user's unless the operator turned user policies off). A browser upload must name one of them: nothing is released by omission."""
+    from teelab.kernel.policy_files import PolicySettings, find_policy, policy_dirs
 
-    provisioner = handler.config.get("TeeProvisioner", {}) if handler.config else {}
-    allow_user = provisioner.get("allow_user_policies", True) if hasattr(provisioner, "get") else True
+    settings = PolicySettings.from_config(handler.config)
     found: dict[str, Path] = {}
-    for folder in policy_dirs(allow_user=bool(allow_user)):
+    # The server's own policy (c.TeeProvisioner.policy_file, as on a JupyterHub single-user server) first.
+    if settings.policy_file and Path(settings.policy_file).is_file():
+        own = Path(settings.policy_file)
+        if _POLICY_NAME_RE.fullmatch(own.stem):
+            found[own.stem] = own
+    allow_user = settings.allow_user_policies
+    for folder in policy_dirs(allow_user=allow_user):
         for candidate in sorted(folder.glob("*.toml")) if folder.is_dir() else ():
             name = candidate.stem
-            path = find_policy(name, allow_user=bool(allow_user))  # the first that applies, as kernels see it
+            path = find_policy(name, allow_user=allow_user)  # the first that applies, as kernels see it
             if name not in found and path is not None and _POLICY_NAME_RE.fullmatch(name):
                 found[name] = path
     return found

@@ -109,23 +109,26 @@ def check_kernel_name(name: str) -> str:
     return name
 
 
-def install(
+@dataclass(frozen=True)
+class BuiltKernelImage:
+    image: EnclaveImage
+    controller: bytes | None  # the controller a measurement-bound image pins
+    policy_text: str  # the operator's policy, or the generated sim policy pinning this image
+    simulated: bool
+
+
+def build_kernel_image(
+    backend: str,
+    name: str,
     *,
-    backend: str = "sim",
-    name: str | None = None,
-    display_name: str | None = None,
     policy: Path | None = None,
-    user: bool | None = None,
     signing_key: Path | None = None,
     progress: ProgressCallback | None = None,
     identity_file: Path | None = None,
-) -> InstalledKernel:
-    """Build the image, write the policy, install the kernelspec. ``user=None``: the environment's place inside
-    a virtual environment, else the user's; ``identity_file``: the gateway identity whose controller a
-    measurement-bound image pins (default: the one the provisioner uses by default)."""
-    user = default_user_install() if user is None else user
+) -> BuiltKernelImage:
+    """The kernel's enclave image for ``backend`` and the policy that judges it — checked before anything is
+    written: a real TEE needs the operator's policy, and that policy must pin the image."""
     engine = get_backend(backend)
-    name = check_kernel_name(name or default_name(backend))
     if policy is not None:
         # Refuse a broken policy, or one that pins no image on real hardware, before anything is installed.
         load_policy(policy).require_identity_pin(backend, simulated=engine.simulated)
@@ -142,6 +145,29 @@ def install(
     image = engine.build(spec, signing_key=signing_key, progress=progress)
     text = policy.read_text() if policy is not None else sim_policy_text(image, name)
     parse_policy(text, source=str(policy or "generated policy"))
+    return BuiltKernelImage(image, controller, text, engine.simulated)
+
+
+def install(
+    *,
+    backend: str = "sim",
+    name: str | None = None,
+    display_name: str | None = None,
+    policy: Path | None = None,
+    user: bool | None = None,
+    signing_key: Path | None = None,
+    progress: ProgressCallback | None = None,
+    identity_file: Path | None = None,
+) -> InstalledKernel:
+    """Build the image, write the policy, install the kernelspec. ``user=None``: the environment's place inside
+    a virtual environment, else the user's; ``identity_file``: the gateway identity whose controller a
+    measurement-bound image pins (default: the one the provisioner uses by default)."""
+    user = default_user_install() if user is None else user
+    name = check_kernel_name(name or default_name(backend))
+    built = build_kernel_image(
+        backend, name, policy=policy, signing_key=signing_key, progress=progress, identity_file=identity_file
+    )
+    image, controller, text = built.image, built.controller, built.policy_text
     policy_dir = user_policy_dir() if user else sys_prefix_policy_dir()
     policy_dir.mkdir(parents=True, exist_ok=True)
     policy_file = policy_dir / f"{name}.toml"

@@ -28,25 +28,17 @@ class SetupResult:
 
 def setup(root: Path, *, kernel: str = "teelab-sim", policy: Path | None = None) -> SetupResult:
     """Image, operator policy and system kernelspec for ``kernel`` (``teelab-<backend>``) under ``root``."""
-    from teelab.enclave_runtime.backends import get_backend
-    from teelab.enclave_runtime.images import kernel_image_spec
     from teelab.files import replace_atomically
-    from teelab.gateway.policy import load_policy, parse_policy
-    from teelab.kernel.kernelspec import check_kernel_name, kernel_json, sim_policy_text
+    from teelab.kernel.kernelspec import build_kernel_image, check_kernel_name, kernel_json
 
     paths = layout(root)
     if Path(os.environ.get("TEELAB_DATA_DIR", "")).resolve() != paths["data"].resolve():
         raise ConfigError(f"teelab hub setup must run with TEELAB_DATA_DIR={paths['data']}")
     name = check_kernel_name(kernel)
     backend = name.removeprefix("teelab-")
-    engine = get_backend(backend)
-    if policy is None and not engine.simulated:
-        raise ConfigError(f"the {backend} backend needs the operator's policy (--policy FILE)")
-    if policy is not None:
-        load_policy(policy).require_identity_pin(backend, simulated=engine.simulated)
-    image = engine.build(kernel_image_spec())
-    text = policy.read_text() if policy is not None else sim_policy_text(image, name)
-    parse_policy(text, source=str(policy or "generated policy"))
+    # The same build and checks as `teelab kernel install`: a real TEE's policy must pin the image.
+    built = build_kernel_image(backend, name, policy=policy)
+    image, text = built.image, built.policy_text
     paths["policies"].mkdir(parents=True, exist_ok=True)
     policy_file = paths["policies"] / f"{name}.toml"
     replace_atomically(policy_file, text.encode(), mode=0o644)

@@ -306,3 +306,21 @@ async def test_an_upload_names_a_published_policy_and_the_page_can_show_what_it_
         if d["name"] == "api-chosen"
     ]
     assert entry["policy_id"] == sim["id"]
+
+
+def test_the_servers_own_policy_file_is_published(tmp_path: Path) -> None:
+    """A JupyterHub single-user server names its operator policy with c.TeeProvisioner.policy_file and turns
+    user policies off: that file is what a browser upload may choose."""
+    from types import SimpleNamespace
+
+    from traitlets.config import Config
+
+    from teelab.extension.datasets import published_policies
+
+    own = tmp_path / "org-sgx.toml"
+    own.write_text('[sgx]\nmrenclave = ["' + "ab" * 32 + '"]\n')
+    config = Config()
+    config.TeeProvisioner.policy_file = str(own)
+    config.TeeProvisioner.allow_user_policies = False
+    found = published_policies(SimpleNamespace(config=config))  # type: ignore[arg-type]
+    assert found["org-sgx"] == own
