@@ -157,24 +157,34 @@ def _doctor_facts(backend: str) -> dict[str, object]:
     return {}
 
 
-def _walk(options: AcceptanceOptions, state: _State, recorder: Recorder, report: AcceptanceReport) -> None:
-    def install(note: Any) -> None:
+class _Steps:
+    """The acceptance run's steps, in order; each may raise CheckFailed with what a hardware user should read."""
+
+    def __init__(self, options: AcceptanceOptions, state: _State, report: AcceptanceReport) -> None:
+        self.options, self.state, self.report = options, state, report
+
+    def install(self, note: Any) -> None:
         from teelab.enclave_runtime.backends import get_backend
         from teelab.kernel.kernelspec import install as install_kernel
 
-        state.installed = install_kernel(
-            backend=options.backend, policy=options.policy, signing_key=options.signing_key, user=True
+        self.state.installed = install_kernel(
+            backend=self.options.backend,
+            policy=self.options.policy,
+            signing_key=self.options.signing_key,
+            user=True,
         )
-        label, value = get_backend(options.backend).describe_measurement(state.installed.image)
-        report.facts[label] = value
-        report.facts["trusted files"] = len(state.installed.image.manifest.trusted_files)
-        note(f"kernelspec {state.installed.name}; {label} {value}")
+        label, value = get_backend(self.options.backend).describe_measurement(self.state.installed.image)
+        self.report.facts[label] = value
+        self.report.facts["trusted files"] = len(self.state.installed.image.manifest.trusted_files)
+        note(f"kernelspec {self.state.installed.name}; {label} {value}")
 
-    def key_broker(note: Any) -> None:
-        collateral = options.kbs_collateral or ("sim" if options.backend == "sim" else "none")
+    def key_broker(self, note: Any) -> None:
+        collateral = self.options.kbs_collateral or ("sim" if self.options.backend == "sim" else "none")
         command = [_teelab(), "kbs", "serve", "--listen", "127.0.0.1:0", "--collateral", collateral]
-        with open(state.work / "kbs.log", "wb") as log:  # the broker's output, for whoever reads the report
-            state.kbs = subprocess.Popen(
+        with open(
+            self.state.work / "kbs.log", "wb"
+        ) as log:  # the broker's output, for whoever reads the report
+            self.state.kbs = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
         from teelab.sealed_store import services
@@ -183,18 +193,18 @@ def _walk(options: AcceptanceOptions, state: _State, recorder: Recorder, report:
         token = services.user_token_file()
         deadline = time.monotonic() + KBS_START_TIMEOUT
         while not (endpoint.is_file() and token.is_file()):
-            if state.kbs.poll() is not None:
+            if self.state.kbs.poll() is not None:
                 raise CheckFailed(
-                    f"teelab kbs serve exited {state.kbs.returncode} (see {state.work / 'kbs.log'})"
+                    f"teelab kbs serve exited {self.state.kbs.returncode} (see {self.state.work / 'kbs.log'})"
                 )
             if time.monotonic() > deadline:
                 raise CheckFailed(f"teelab kbs serve did not start in {KBS_START_TIMEOUT:.0f}s")
             time.sleep(0.1)
         note(f"listening on {endpoint.read_text().strip()}; user token for {getpass.getuser()}")
 
-    def upload(note: Any) -> None:
-        data = state.work / "acceptance.csv"
-        rows = [f"{i},{state.marker}-row-{i},{i * 1.5}" for i in range(100)]
+    def upload(self, note: Any) -> None:
+        data = self.state.work / "acceptance.csv"
+        rows = [f"{i},{self.state.marker}-row-{i},{i * 1.5}" for i in range(100)]
         data.write_text("id,label,amount\n" + "\n".join(rows) + "\n")
         _run(
             [
@@ -205,7 +215,7 @@ def _walk(options: AcceptanceOptions, state: _State, recorder: Recorder, report:
                 "--name",
                 DATASET,
                 "--policy",
-                str(state.installed.policy_file),
+                str(self.state.installed.policy_file),
                 "--grant",
                 f"user:{getpass.getuser()}",
             ],
@@ -213,22 +223,22 @@ def _walk(options: AcceptanceOptions, state: _State, recorder: Recorder, report:
         )
         note(f"sealed and published {DATASET!r} (100 rows) under the installed policy")
 
-    def launch(note: Any) -> None:
+    def launch(self, note: Any) -> None:
         from jupyter_client.manager import KernelManager
 
-        state.capture = open_capture()
-        state.kernel = KernelManager(kernel_name=state.installed.name)
-        state.kernel.start_kernel()
-        state.client = state.kernel.client()
-        state.client.start_channels()
-        state.client.wait_for_ready(timeout=KERNEL_TIMEOUT)
-        result = state.kernel.provisioner.result
+        self.state.capture = open_capture()
+        self.state.kernel = KernelManager(kernel_name=self.state.installed.name)
+        self.state.kernel.start_kernel()
+        self.state.client = self.state.kernel.client()
+        self.state.client.start_channels()
+        self.state.client.wait_for_ready(timeout=KERNEL_TIMEOUT)
+        result = self.state.kernel.provisioner.result
         if result is None:
             raise CheckFailed("the gateway holds no attestation result for the kernel")
-        report.facts["verdict"] = result.verdict
-        report.facts["simulated"] = result.simulated
-        report.facts["tcb status"] = result.tcb_status
-        report.facts["verifier checks"] = {
+        self.report.facts["verdict"] = result.verdict
+        self.report.facts["simulated"] = result.simulated
+        self.report.facts["tcb status"] = result.tcb_status
+        self.report.facts["verifier checks"] = {
             c.name: "pass" if c.passed else f"FAIL: {c.detail}" for c in result.checks
         }
         failed = [c.name for c in result.checks if not c.passed]
@@ -236,15 +246,15 @@ def _walk(options: AcceptanceOptions, state: _State, recorder: Recorder, report:
             raise CheckFailed(f"attestation {result.verdict}; failed checks: {', '.join(failed) or 'none'}")
         note(f"verdict {result.verdict}{' (SIMULATED — not confidential)' if result.simulated else ''}")
 
-    def controller(note: Any) -> None:
-        result = state.kernel.provisioner.result
+    def controller(self, note: Any) -> None:
+        result = self.state.kernel.provisioner.result
         checks = {c.name: c for c in result.checks}
         if "controller" not in checks:
             raise CheckFailed("the attestation result has no 'controller' check")
         note(checks["controller"].detail)
 
-    def collateral(note: Any) -> None:
-        result = state.kernel.provisioner.result
+    def collateral(self, note: Any) -> None:
+        result = self.state.kernel.provisioner.result
         issued = result.collateral_issued_at
         if issued is None and result.tee == "sgx":
             raise CheckFailed("SGX evidence was verified without collateral")
@@ -252,38 +262,41 @@ def _walk(options: AcceptanceOptions, state: _State, recorder: Recorder, report:
             f"TCB {result.tcb_status}; collateral issued {issued.isoformat() if issued else 'with the evidence'}"
         )
 
-    def cells(note: Any) -> None:
+    def cells(self, note: Any) -> None:
         text = _execute(
-            state.client,
+            self.state.client,
             "import pandas as pd, subprocess\n"
-            f"frame = pd.DataFrame({{'x': range(10)}})\nprint('{state.marker}-pandas', int(frame.x.sum()))\n"
-            f"print(subprocess.run(['echo', '{state.marker}-subprocess'], capture_output=True, text=True).stdout"
+            f"frame = pd.DataFrame({{'x': range(10)}})\nprint('{self.state.marker}-pandas', int(frame.x.sum()))\n"
+            f"print(subprocess.run(['echo', '{self.state.marker}-subprocess'], capture_output=True, text=True).stdout"
             ".strip())\n",
         )
-        expected = [f"{state.marker}-pandas 45", f"{state.marker}-subprocess"]
+        expected = [f"{self.state.marker}-pandas 45", f"{self.state.marker}-subprocess"]
         if text.split("\n")[:2] != expected:
             raise CheckFailed(f"unexpected output {text!r}")
-        state.outputs.append(text)
+        self.state.outputs.append(text)
         note("pandas and a subprocess ran")
 
-    def dataset(note: Any) -> None:
+    def dataset(self, note: Any) -> None:
         text = _execute(
-            state.client,
+            self.state.client,
             "from teelab.sealed_store import read_dataset\n"
             f"frame = read_dataset({DATASET!r})\nprint(len(frame), frame.amount.sum(), frame.label[7])\n",
         )
-        if text.strip() != f"100 {sum(i * 1.5 for i in range(100))} {state.marker}-row-7":
+        if text.strip() != f"100 {sum(i * 1.5 for i in range(100))} {self.state.marker}-row-7":
             raise CheckFailed(f"unexpected output {text!r}")
         note("the kernel read the sealed dataset through the key broker's release")
 
-    recorder.run("install the kernel (build and measure the image)", install)
-    recorder.run("start the key broker (teelab kbs serve)", key_broker)
-    recorder.run("seal and publish a dataset (teelab dataset upload)", upload)
-    recorder.run("launch an attested kernel and verify its evidence", launch)
-    recorder.run("controller binding checked", controller)
-    recorder.run("collateral and TCB", collateral)
-    recorder.run("run cells: pandas, a subprocess", cells)
-    recorder.run("read the sealed dataset in the kernel", dataset)
+
+def _walk(options: AcceptanceOptions, state: _State, recorder: Recorder, report: AcceptanceReport) -> None:
+    steps = _Steps(options, state, report)
+    recorder.run("install the kernel (build and measure the image)", steps.install)
+    recorder.run("start the key broker (teelab kbs serve)", steps.key_broker)
+    recorder.run("seal and publish a dataset (teelab dataset upload)", steps.upload)
+    recorder.run("launch an attested kernel and verify its evidence", steps.launch)
+    recorder.run("controller binding checked", steps.controller)
+    recorder.run("collateral and TCB", steps.collateral)
+    recorder.run("run cells: pandas, a subprocess", steps.cells)
+    recorder.run("read the sealed dataset in the kernel", steps.dataset)
     _loopback(state, recorder)
 
 
