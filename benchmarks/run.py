@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -19,7 +20,15 @@ sys.path.insert(0, str(HERE))
 from common import RESULTS, git_revision  # noqa: E402
 
 # The memory-heavy read benchmark last: it leaves a large heap behind in this process.
-BENCHMARKS = ("measure", "verify", "kbs_release", "kernel_session", "remote_hosts", "sealed_read")
+BENCHMARKS = (
+    "measure",
+    "verify",
+    "kbs_release",
+    "kernel_session",
+    "remote_hosts",
+    "hub_users",
+    "sealed_read",
+)
 
 
 def _row(cells: list[object]) -> str:
@@ -130,6 +139,8 @@ def _section(name: str, data: dict[str, object]) -> list[str]:
             f"{data['rows']:,} rows, {gb:.2f} GB as a DataFrame, {data['parts']} sealed parts; "
             f"{data['runs']} interleaved runs each; CPU-time ratio (sealed/plain) {data['cpu_ratio']}×.",
         ]
+    elif name == "hub_users":
+        lines += _hub_users(data)
     elif name == "kbs_release":
         latency, config = data["latency_ms"], data["config"]
         assert isinstance(latency, dict) and isinstance(config, dict)
@@ -182,6 +193,67 @@ def _section(name: str, data: dict[str, object]) -> list[str]:
     if "meets_goal" in data:
         lines += ["", f"Meets the goal: **{'yes' if data['meets_goal'] else 'no'}**."]
     return [*lines, ""]
+
+
+def _hub_column(s: dict[str, Any]) -> list[str]:
+    """One kind's cells (plain or teelab) of the hub_users table, in _HUB_ROWS order."""
+
+    def seconds(value: object) -> str:
+        return "-" if value is None else f"{value} s"
+
+    latency, steps, pss = s["login_to_first_result_seconds"], s["step_seconds_median"], s["pss_mb_per_user"]
+    return [
+        f"{s['failures'] + s['not_run']} of {s['users']}",
+        seconds(latency["median"]),
+        seconds(latency["p95"]),
+        *(seconds(steps[step]) for step in ("login", "spawn", "kernel", "cell")),
+        "-" if pss["median"] is None else f"{pss['median']} MB",
+    ]
+
+
+_HUB_ROWS = (
+    ("failures", None, "0"),
+    ("hub login → first cell result, median", "login_to_first_result_median", ""),
+    ("hub login → first cell result, p95", "login_to_first_result_p95", ""),
+    ("… sign in (median)", None, ""),
+    ("… spawn the server and open it (median)", None, ""),
+    ("… start the kernel (median)", None, ""),
+    ("… the first cell (median)", None, ""),
+    ("memory per user: PSS of the server and everything below it, median", "pss_median", ""),
+)
+
+
+def _hub_users(data: dict[str, Any]) -> list[str]:
+    ratios = data["ratios"]
+    plain, tee = _hub_column(data["plain"]), _hub_column(data["teelab_sim"])
+    lines = [
+        _row(
+            [
+                "",
+                "plain `python3` kernel, no dataset",
+                "teelab-sim, attested, reads a dataset",
+                "ratio",
+                "goal",
+            ]
+        ),
+        _row(["---"] * 5),
+        *(
+            _row([label, p, t, "" if ratios.get(key or "") is None else f"{ratios[key]}×", goal])
+            for (label, key, goal), p, t in zip(_HUB_ROWS, plain, tee, strict=True)
+        ),
+        "",
+        f"{data['users']} hub users of each kind against one JupyterHub (configurable-http-proxy, SQLite, the "
+        f"teelab-kbs service), {data['concurrency']} at a time, the two kinds alternating. Each user signs in "
+        "through the hub's login form, spawns a server, starts a kernel, runs one cell (teelab: `read_dataset` "
+        "of a dataset granted to a group of all users), then stops the server. "
+        f"Wall time {data['wall_seconds']} s (setup {data['setup_seconds']} s). Shared processes, PSS in MB: "
+        f"{', '.join(f'{k} {v}' for k, v in data['shared_pss_mb'].items())}. "
+        f"Processes left behind: {data['stray_processes']}.",
+    ]
+    reasons = [*data["teelab_sim"]["failure_reasons"], *data["plain"]["failure_reasons"]]
+    if reasons:
+        lines += ["", "Failures (distinct reasons):", "", *(f"- {reason}" for reason in reasons)]
+    return lines
 
 
 def write_report() -> Path:

@@ -129,7 +129,11 @@ class HubUser:
                 )
             )
             output: list[str] = []
+            reply: dict[str, Any] | None = None
+            idle = False
             deadline = time.monotonic() + CELL_SECONDS
+            # The reply (shell) may overtake the cell's output (iopub): done at the reply and the kernel's
+            # "idle" for this request, which iopub sends after the output.
             while time.monotonic() < deadline:
                 message = json.loads(ws.recv())
                 if message.get("parent_header", {}).get("msg_id") != msg_id:
@@ -140,7 +144,11 @@ class HubUser:
                 elif kind == "error":
                     output.append("\n".join(message["content"]["traceback"]))
                 elif kind == "execute_reply":
-                    return "".join(output), dict(message["content"])
+                    reply = dict(message["content"])
+                elif kind == "status" and message["content"].get("execution_state") == "idle":
+                    idle = True
+                if reply is not None and idle:
+                    return "".join(output), reply
             raise ConfigError(f"no answer from kernel {kernel_id} within {CELL_SECONDS:.0f} s")
         finally:
             ws.close()

@@ -63,6 +63,7 @@ class HubProcess:
     port: int = field(default_factory=free_port)
     password: str = DEMO_PASSWORD
     users: tuple[str, ...] = DEMO_USERS
+    groups: dict[str, list[str]] | None = None  # None: the demo's (benchmarks/hub_users.py makes its own)
     process: subprocess.Popen[bytes] | None = None
     setup_token: str = field(default_factory=lambda: secrets.token_hex(32))
     kbs_port: int = field(default_factory=free_port)
@@ -95,6 +96,7 @@ class HubProcess:
             service_port=free_port(),
             chp=find_chp(),
             users=self.users,
+            groups=self.groups,
         )
         token_file = self.root / "setup-token"
         token_file.touch(mode=0o600)
