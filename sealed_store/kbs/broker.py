@@ -22,6 +22,7 @@ from teelab.sealed_store.kbs.auth import build_authentication
 from teelab.sealed_store.kbs.collateral import collateral_source
 from teelab.sealed_store.kbs.config import KbsConfig
 from teelab.sealed_store.kbs.crypto import KbsKeys, private_dir
+from teelab.sealed_store.kbs.delegation import Delegated, DelegateInput, GrantDelegation
 from teelab.sealed_store.kbs.grants import issue_session_grant
 from teelab.sealed_store.kbs.identity import OPERATOR, Identity, bearer
 from teelab.sealed_store.kbs.model import (
@@ -75,6 +76,7 @@ class KeyBroker:
             clock=clock,
             nonce_ttl=config.nonce_ttl,
         )
+        self.delegation = GrantDelegation(self.releases, max_ttl=config.max_session_grant_ttl)
 
     def close(self) -> None:
         self.store.close()
@@ -111,6 +113,10 @@ class KeyBroker:
     def open_sealed_grant(self, nonce: bytes, sealed: bytes) -> str:
         """The session grant a kernel sealed to this broker's HPKE key for this nonce (ValueError if not)."""
         return open_sealed_grant(self.keys.hpke_key, nonce, sealed)
+
+    def delegate_grant(self, request: DelegateInput) -> Delegated:
+        """A child grant of an attested session's grant for another enclave (docs/protocols/kbs.md §4a)."""
+        return self.delegation.delegate(request)
 
     # -- session grants -----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ returns it sealed to the enclave's key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,7 +49,10 @@ from teelab.sealed_store.kbs.model import (
 )
 from teelab.sealed_store.kbs.protocol import (
     SERVICE_NAME,
+    delegation_report_data,
+    delegation_request_digest,
     enclave_key_sha256,
+    open_delegated_grant,
     open_released_dek,
     release_report_data,
     seal_dek_for_kbs,
@@ -80,6 +83,15 @@ class SealedRelease:
     version: int
     manifest_sha256: str
     sealed_dek: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class DelegatedGrant:
+    """A child session grant, opened inside the parent session: ``token`` goes into the child's bundle."""
+
+    token: str = field(repr=False)
+    grant_id: str
+    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -338,6 +350,49 @@ class KbsClient:
             manifest_sha256=sealed.manifest_sha256,
         )
         return ReleasedKey(sealed.dataset, sealed.version, sealed.manifest_sha256, dek)
+
+    def delegate_grant(
+        self,
+        *,
+        enclave_secret: X25519PrivateKey,
+        grant: str,
+        attest: Callable[[bytes], EvidenceLike],
+        child_enclave_key: bytes,
+        child_controller: bytes,
+        datasets: Sequence[str] | None = None,
+        ttl: timedelta | None = None,
+        collateral: bytes | None = None,
+    ) -> DelegatedGrant:
+        """From inside an attested session: a child of its session ``grant`` for the enclave whose key is
+        ``child_enclave_key`` (32 bytes), launched by ``child_controller`` (32-byte controller hash), no
+        wider than ``grant`` (optionally only ``datasets``; ``ttl`` at most until ``grant`` expires)."""
+        if len(child_enclave_key) != 32 or len(child_controller) != 32:
+            raise ValueError("the child's enclave key and controller hash are 32 bytes each")
+        enclave_key = enclave_secret.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        names = tuple(datasets or ())
+        ttl_seconds = int(ttl.total_seconds()) if ttl is not None else 0
+        child_ekh = enclave_key_sha256(child_enclave_key)
+        challenge = self.challenge()
+        digest = delegation_request_digest(child_ekh, child_controller.hex(), names, ttl_seconds)
+        evidence = attest(delegation_report_data(challenge.nonce, enclave_key, grant.encode(), digest))
+        request = pb.DelegateGrantRequest(
+            nonce=challenge.nonce,
+            enclave_key=enclave_key,
+            sealed_grant=seal_grant_for_kbs(self.kbs_public_key(), challenge.nonce, grant),
+            child_enclave_key_sha256=child_ekh,
+            child_controller_sha256=child_controller.hex(),
+            datasets=list(names),
+            evidence=evidence.blob,
+            certificates=evidence.certificates or b"",
+            collateral=collateral or b"",
+        )
+        if ttl is not None:
+            request.ttl_seconds = ttl_seconds
+        response = self._call("DelegateGrant", request, pb.DelegateGrantResponse)
+        token = open_delegated_grant(enclave_secret, challenge.nonce, bytes(response.sealed_grant))
+        return DelegatedGrant(token, response.grant_id, _required_dt(response, "expires_at"))
 
     # -- gateway ------------------------------------------------------------------------------------
 

@@ -9,6 +9,9 @@ inside the sealed session bundle. Format: a compact JWT (RFC 7519) signed with t
     grp [<group>, ...]   the groups the user's identity provider reported when the grant was minted (optional)
     ctl <hex SHA-256(G.pub)>  the controller hash of the gateway that launched the enclave (optional): a
                          release's evidence must carry it in its launch-time field (docs/protocols/kbs.md §5)
+    par <jti>            a delegated (child) grant: the parent grant it was derived from (docs/protocols/kbs.md
+                         §4a); a child grant cannot be delegated further
+    dst [<dataset>, ...] the only datasets the grant may release (optional; a delegation can narrow to them)
 
 Only the authenticated user gets a grant naming it (``broker.issue_session_grant``).
 
@@ -53,6 +56,11 @@ class SessionGrant:
     grant_id: str
     groups: tuple[str, ...] = ()
     controller_sha256: str | None = None
+    parent_id: str | None = None  # set on a delegated grant
+    datasets: tuple[str, ...] | None = None  # None: every dataset the user may receive
+
+    def covers(self, dataset: str) -> bool:
+        return self.datasets is None or dataset in self.datasets
 
 
 def issue_session_grant(
@@ -65,9 +73,14 @@ def issue_session_grant(
     ttl: timedelta,
     groups: list[str] | None = None,
     controller_sha256: str | None = None,
+    parent_id: str | None = None,
+    datasets: list[str] | None = None,
+    not_after: datetime | None = None,
 ) -> IssuedGrant:
     issued = int(now.timestamp())
     expires = issued + max(1, int(ttl.total_seconds()))
+    if not_after is not None:  # a child grant never outlives its parent
+        expires = min(expires, int(not_after.timestamp()))
     grant_id = secrets.token_hex(16)
     claims: dict[str, Any] = {
         "iss": GRANT_ISSUER,
@@ -82,6 +95,10 @@ def issue_session_grant(
         claims["grp"] = groups
     if controller_sha256 is not None:
         claims["ctl"] = controller_sha256
+    if parent_id is not None:
+        claims["par"] = parent_id
+    if datasets is not None:
+        claims["dst"] = datasets
     token = jwt.encode(claims, signing_key, algorithm=GRANT_ALGORITHM, headers={"kid": key_id})
     return IssuedGrant(
         token=token,
@@ -130,9 +147,17 @@ def verify_session_grant(
         controller = claims.get("ctl")
         if controller is not None:
             controller = validation.sha256_hex(controller, "ctl")
+        parent = claims.get("par")
+        if parent is not None and (not isinstance(parent, str) or not 1 <= len(parent) <= 64):
+            raise ValueError("par must be a short string")
+        datasets = claims.get("dst")
+        if datasets is not None:
+            if not isinstance(datasets, list) or len(datasets) > 256:
+                raise ValueError("dst must be a list of dataset names")
+            datasets = tuple(validation.dataset_name(d, "dst") for d in datasets)
     except (ValueError, KeyError, KeyBrokerError) as error:
         raise Denied(Reason.GRANT_INVALID, f"the session grant's claims are malformed: {error}") from None
-    grant = SessionGrant(user, ekh, issued_at, expires_at, grant_id, groups, controller)
+    grant = SessionGrant(user, ekh, issued_at, expires_at, grant_id, groups, controller, parent, datasets)
     if check_times:
         check_grant_times(grant, at)
     return grant

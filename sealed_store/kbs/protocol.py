@@ -27,6 +27,8 @@ _REPORT_DATA_LABEL = PROTOCOL.encode()
 RELEASE_INFO = PROTOCOL.encode() + b"/dek"
 REGISTER_INFO = PROTOCOL.encode() + b"/register"
 GRANT_INFO = PROTOCOL.encode() + b"/grant"
+DELEGATE_LABEL = PROTOCOL.encode() + b"/delegate"
+DELEGATED_INFO = PROTOCOL.encode() + b"/delegated"
 
 
 def release_request_digest(dataset: str, version: int | None) -> bytes:
@@ -135,6 +137,46 @@ def open_sealed_grant(kbs_secret: X25519PrivateKey, nonce: bytes, sealed: bytes)
         return SUITE.decrypt(sealed, kbs_secret, info=GRANT_INFO + nonce).decode()
     except (InvalidTag, ValueError, UnicodeDecodeError):
         raise ValueError("it does not open with this key broker's key for this nonce") from None
+
+
+def delegation_request_digest(
+    child_enclave_key_sha256: str, child_controller_sha256: str, datasets: tuple[str, ...], ttl_seconds: int
+) -> bytes:
+    """SHA-256 of what a delegation asks for: ``child ekh (32) ‖ child controller (32) ‖ u32be(ttl, 0: until
+    the parent expires) ‖ u32be(len(datasets)) ‖ (u8 len ‖ name)*`` (names are at most 128 ASCII bytes)."""
+    body = bytes.fromhex(child_enclave_key_sha256) + bytes.fromhex(child_controller_sha256)
+    body += struct.pack(">II", ttl_seconds, len(datasets))
+    for name in datasets:
+        encoded = name.encode()
+        body += struct.pack(">B", len(encoded)) + encoded
+    return hashlib.sha256(body).digest()
+
+
+def delegation_report_data(nonce: bytes, enclave_key: bytes, grant: bytes, request_digest: bytes) -> bytes:
+    """``SHA-512("teelab/kbs/v1/delegate" ‖ nonce ‖ E.pub ‖ SHA-256(parent grant) ‖ request digest)``.
+
+    Fresh (the nonce), from the session the parent grant names (E.pub), for this parent grant, and for this
+    child — key, controller, datasets and lifetime — so a host in the middle cannot redirect the child grant
+    to an enclave of its own or widen it. Its label differs from a release's: neither passes as the other.
+    """
+    return hashlib.sha512(
+        DELEGATE_LABEL + nonce + enclave_key + hashlib.sha256(grant).digest() + request_digest
+    ).digest()
+
+
+def seal_delegated_grant(enclave_key: bytes, nonce: bytes, grant: str) -> bytes:
+    """Server side of delegation: the child grant sealed to the parent session's E.pub for this nonce."""
+    public = X25519PublicKey.from_public_bytes(enclave_key)
+    return SUITE.encrypt(grant.encode(), public, info=DELEGATED_INFO + nonce)
+
+
+def open_delegated_grant(enclave_secret: X25519PrivateKey, nonce: bytes, sealed: bytes) -> str:
+    try:
+        return SUITE.decrypt(sealed, enclave_secret, info=DELEGATED_INFO + nonce).decode("ascii")
+    except (InvalidTag, ValueError, UnicodeDecodeError):
+        raise denied(
+            Reason.PROTOCOL_ERROR, "the delegated grant does not open with this session's key for this nonce"
+        ) from None
 
 
 def _check_dek(dek: bytes) -> None:

@@ -7,8 +7,9 @@ The checks, in order (docs/protocols/kbs.md §5); the first that fails decides t
    not known to be spent                                                 nonce_invalid / nonce_expired
 3. the grant has not expired and names this request's enclave key:
    grant.ekh == SHA-256(E.pub)                                           grant_expired / grant_invalid
-4. the grant's user, a group the user is in *now*, or a group its identity
-   provider reported in the grant, holds an unexpired grant on the dataset  not_granted
+4. the grant covers the dataset (a delegated grant may be narrowed, ``dst``), and the grant's user, a
+   group the user is in *now*, or a group its identity provider reported in the grant, holds an
+   unexpired grant on the dataset                                        not_granted
 5. the dataset and the version exist (and are not deleted)               dataset_unknown / version_unknown
 6. the dataset's release period has not ended                            release_expired
 7. the evidence verifies, satisfies the dataset's release policy, its report_data is
@@ -109,8 +110,13 @@ class KeyRelease:
             self._last_purge = at
             return at - self.nonces.ttl
 
-    def _record_denial(
-        self, nonce: bytes | None, at: datetime, refusal: Denied, fields: dict[str, AuditValue]
+    def record_denial(
+        self,
+        nonce: bytes | None,
+        at: datetime,
+        refusal: Denied,
+        fields: dict[str, AuditValue],
+        event: str = "release",
     ) -> None:
         expiry = self.nonces.authentic(nonce) if nonce is not None else None
         self.store.record_denial(
@@ -119,6 +125,7 @@ class KeyRelease:
             at=at,
             refusal=refusal,
             fields=fields,
+            event=event,
         )
         if nonce is not None and expiry is not None:
             self.nonces.spent(nonce)
@@ -147,7 +154,7 @@ class KeyRelease:
         try:
             expected_version, policy_sha256, nonce_expiry = self._check(request, grant, at, fields)
         except Denied as refusal:
-            self._record_denial(request.nonce, at, refusal, fields)
+            self.record_denial(request.nonce, at, refusal, fields)
             raise refusal.public() from None
         commit = self.store.commit_release(
             nonce=request.nonce,
@@ -193,6 +200,12 @@ class KeyRelease:
                 f"the session grant is for enclave key {grant.enclave_key_sha256}, "
                 "not the key in this request (a grant replayed from another session)",
             )
+        # 4. a delegated grant narrowed to some datasets releases only those
+        if not grant.covers(request.dataset):
+            raise Denied(
+                Reason.NOT_GRANTED,
+                f"the delegated grant {grant.grant_id} covers only {', '.join(grant.datasets or ())}",
+            )
         # 4-6. access, existence, release period
         view = self.store.release_view(request.dataset, request.version, grant.user, at, groups=grant.groups)
         refusal = view.refusal(request.version, at)
@@ -202,7 +215,7 @@ class KeyRelease:
         fields.update(version=view.version, policy_sha256=view.policy_sha256)
         # 7. the evidence against the dataset's release policy, bound to nonce, enclave key, grant and request
         result = self._appraise(request, view.policy_toml, view.policy_sha256, at)
-        fields.update(_evidence_fields(result))
+        fields.update(evidence_fields(result))
         if not result.ok:
             raise Denied(Reason.EVIDENCE_REJECTED, result.error or "the evidence was rejected")
         if grant.controller_sha256 is not None:
@@ -236,7 +249,7 @@ class KeyRelease:
         )
 
 
-def _evidence_fields(result: AttestationResult) -> dict[str, AuditValue]:
+def evidence_fields(result: AttestationResult) -> dict[str, AuditValue]:
     fields: dict[str, AuditValue] = {
         "tee": result.tee,
         "verdict": result.verdict,

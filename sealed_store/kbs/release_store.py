@@ -164,14 +164,34 @@ class ReleaseStore(Database):
         at: datetime,
         refusal: Denied,
         fields: dict[str, AuditValue],
+        event: str = "release",
     ) -> None:
-        """A refused release: an authentic nonce is spent (one try per challenge) and the detail audited."""
+        """A refused release (or delegation, ``event``): an authentic nonce is spent (one try per challenge)
+        and the detail audited."""
         with self._raw_write() as (cursor, audit):
             if nonce is not None and nonce_expires_at is not None:
                 self._spend_nonce(cursor, nonce, nonce_expires_at, None)
             audit.append(
-                at, "release", "denied", {**fields, "reason": refusal.reason.value, "detail": refusal.detail}
+                at, event, "denied", {**fields, "reason": refusal.reason.value, "detail": refusal.detail}
             )
+
+    def commit_delegation(
+        self, *, nonce: bytes, nonce_expires_at: datetime, at: datetime, fields: dict[str, AuditValue]
+    ) -> Denied | None:
+        """Spend the nonce and record the child grant before it is handed out; a replayed nonce is refused
+        and recorded instead."""
+        with self._raw_write() as (cursor, audit):
+            if not self._spend_nonce(cursor, nonce, nonce_expires_at, None):
+                refusal = Denied(Reason.NONCE_INVALID, "the nonce was already used (a replay)")
+                audit.append(
+                    at,
+                    "delegate",
+                    "denied",
+                    {**fields, "reason": refusal.reason.value, "detail": refusal.detail},
+                )
+                return refusal
+            audit.append(at, "delegate", "issued", fields)
+            return None
 
 
 def release_row_view(

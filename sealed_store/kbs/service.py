@@ -26,6 +26,7 @@ from teelab.errors import KeyBrokerError
 from teelab.gateway.verifier import MAX_EVIDENCE_BYTES
 from teelab.sealed_store.kbs import validation
 from teelab.sealed_store.kbs.broker import KeyBroker
+from teelab.sealed_store.kbs.delegation import DelegateInput
 from teelab.sealed_store.kbs.grants import MAX_GRANT_CHARS
 from teelab.sealed_store.kbs.identity import Identity
 from teelab.sealed_store.kbs.junk import JunkMeter
@@ -41,6 +42,7 @@ MAX_CERTIFICATES_BYTES = 256 * 1024
 MAX_COLLATERAL_BYTES = MAX_EVIDENCE_BYTES
 MAX_SEALED_DEK_BYTES = 1024
 MAX_POLICY_CHARS = 64 * 1024
+BUSY_MESSAGE = "the key broker is verifying as much evidence as it can; retry the release shortly"
 
 
 class Access(Enum):
@@ -60,12 +62,17 @@ class _Method:
     request: type[Message]
     response: type[Message]
     access: Access
+    # Judges evidence (the slow, attacker-sized part): runs in the evidence lane, never on the event loop.
+    verifies_evidence: bool = False
 
 
 METHODS: dict[str, _Method] = {
     "GetInfo": _Method(pb.GetInfoRequest, pb.GetInfoResponse, Access.PUBLIC),
     "Challenge": _Method(pb.ChallengeRequest, pb.ChallengeResponse, Access.PUBLIC),
-    "Release": _Method(pb.ReleaseRequest, pb.ReleaseResponse, Access.PUBLIC),
+    "Release": _Method(pb.ReleaseRequest, pb.ReleaseResponse, Access.PUBLIC, verifies_evidence=True),
+    "DelegateGrant": _Method(
+        pb.DelegateGrantRequest, pb.DelegateGrantResponse, Access.PUBLIC, verifies_evidence=True
+    ),
     "IssueSessionGrant": _Method(
         pb.IssueSessionGrantRequest, pb.IssueSessionGrantResponse, Access.AUTHENTICATED
     ),
@@ -152,16 +159,38 @@ def _optional_uint(message: Message, name: str) -> int | None:
 # -- the service -------------------------------------------------------------------------------------
 
 
-class KbsService:
-    """The broker's methods as grpc.aio handlers.
+# Evidence-verifying calls admitted at once (running or queued for the evidence lane); beyond it a release is
+# answered ``rate_limited`` at once, so a flood of them cannot take every slot gRPC allows the server.
+DEFAULT_MAX_PENDING_EVIDENCE = 256
 
-    With ``executor`` None a request runs on the event loop (CPU-bound work: the fastest there); with an
-    executor, the parts that touch the database run in its threads, so round trips overlap.
+
+class KbsService:
+    """The broker's methods as grpc.aio handlers, in two lanes.
+
+    Evidence lane: a call that verifies evidence (``Release``) runs on ``evidence_executor`` (the loop's
+    default executor when None), never on the event loop: its evidence is attacker-sized and can be slow to
+    judge, and on the loop it would stall every other call. At most ``max_pending_evidence`` such calls are
+    admitted at once; more are refused (``rate_limited``) before any work. Other calls: with ``executor``
+    None on the event loop (cheap CPU work: the fastest there); with an executor, in its threads, so
+    database round trips overlap — a flood of releases queues in the evidence lane, never in front of them.
     """
 
-    def __init__(self, broker: KeyBroker, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        broker: KeyBroker,
+        executor: Executor | None = None,
+        *,
+        evidence_executor: Executor | None = None,
+        max_pending_evidence: int = DEFAULT_MAX_PENDING_EVIDENCE,
+    ) -> None:
+        if max_pending_evidence < 1:
+            raise ValueError("max_pending_evidence must be at least 1")
         self.broker = broker
         self.executor = executor
+        self.evidence_executor = evidence_executor
+        self.max_pending_evidence = max_pending_evidence
+        # Only the event loop's thread reads and writes it (admission and completion happen there).
+        self.pending_evidence = 0
         auth = broker.config.auth
         self.junk = JunkMeter(burst=auth.junk_burst, per_second=auth.junk_per_second, clock=broker.clock)
 
@@ -187,12 +216,12 @@ class KbsService:
             try:
                 if self.junk.limited(peer):
                     raise denied(Reason.RATE_LIMITED)
+                arguments = (name, implementation, request, method.access, context)
+                if method.verifies_evidence:
+                    return await self._in_evidence_lane(*arguments)
                 if self.executor is None:
-                    return self._call(name, implementation, request, method.access, context)
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(
-                    self.executor, self._call, name, implementation, request, method.access, context
-                )
+                    return self._call(*arguments)
+                return await asyncio.get_running_loop().run_in_executor(self.executor, self._call, *arguments)
             except Junk as junk:
                 self.junk.charge(peer)
                 error = junk.error
@@ -207,6 +236,24 @@ class KbsService:
             raise AssertionError("context.abort returns only by raising")
 
         return behaviour
+
+    async def _in_evidence_lane(
+        self,
+        name: str,
+        implementation: Callable[[Any, Identity | None], Message],
+        request: Any,
+        access: Access,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> Message:
+        if self.pending_evidence >= self.max_pending_evidence:
+            raise denied(Reason.RATE_LIMITED, BUSY_MESSAGE)
+        self.pending_evidence += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.evidence_executor, self._call, name, implementation, request, access, context
+            )
+        finally:
+            self.pending_evidence -= 1
 
     def _call(
         self,
@@ -264,6 +311,24 @@ class KbsService:
             manifest_sha256=output.manifest_sha256,
             sealed_dek=output.sealed_dek,
         )
+
+    def _DelegateGrant(
+        self, request: pb.DelegateGrantRequest, caller: Identity | None
+    ) -> pb.DelegateGrantResponse:
+        try:
+            parsed = delegate_input(request, self.broker.open_sealed_grant)
+            longest = int(self.broker.config.max_session_grant_ttl.total_seconds())
+            if parsed.ttl_seconds is not None and not 1 <= parsed.ttl_seconds <= longest:
+                raise validation.invalid("ttl_seconds", f"must be 1 to {longest} seconds")
+        except KeyBrokerError as error:
+            self.broker.spend_junk_nonce(bytes(request.nonce))
+            raise Junk(error) from None
+        delegated = self.broker.delegate_grant(parsed)
+        response = pb.DelegateGrantResponse(
+            sealed_grant=delegated.sealed_grant, grant_id=delegated.issued.grant_id
+        )
+        ts_out(response.expires_at, delegated.issued.expires_at)
+        return response
 
     # -- gateway ------------------------------------------------------------------------------------
 
@@ -432,6 +497,51 @@ def release_input(request: pb.ReleaseRequest, open_grant: Callable[[bytes, bytes
         version=None if version is None else validation.version(version),
         enclave_key=validation.x25519_public_key(bytes(request.enclave_key)),
         grant=validation.bounded_text(grant, MAX_GRANT_CHARS, "grant"),
+        evidence=validation.bounded_bytes(bytes(request.evidence), MAX_EVIDENCE_BYTES, "evidence"),
+        certificates=validation.bounded_bytes(
+            bytes(request.certificates), MAX_CERTIFICATES_BYTES, "certificates", required=False
+        )
+        or None,
+        collateral=validation.bounded_bytes(
+            bytes(request.collateral), MAX_COLLATERAL_BYTES, "collateral", required=False
+        )
+        or None,
+    )
+
+
+MAX_DELEGATED_DATASETS = 256
+
+
+def delegate_input(
+    request: pb.DelegateGrantRequest, open_grant: Callable[[bytes, bytes], str]
+) -> DelegateInput:
+    """Shape checks for a delegation request, and the sealed parent grant opened."""
+    nonce = validation.exact_bytes(bytes(request.nonce), NONCE_SIZE, "nonce")
+    sealed_grant = validation.bounded_bytes(
+        bytes(request.sealed_grant), MAX_SEALED_GRANT_BYTES, "sealed_grant"
+    )
+    try:
+        grant = open_grant(nonce, sealed_grant)
+    except ValueError as error:
+        raise validation.invalid("sealed_grant", str(error)) from None
+    if len(request.datasets) > MAX_DELEGATED_DATASETS:
+        raise validation.invalid("datasets", f"at most {MAX_DELEGATED_DATASETS} names")
+    names = tuple(validation.dataset_name(name, "datasets") for name in request.datasets)
+    if len(set(names)) != len(names):
+        raise validation.invalid("datasets", "names a dataset twice")
+    ttl = _optional_uint(request, "ttl_seconds")
+    return DelegateInput(
+        nonce=nonce,
+        enclave_key=validation.x25519_public_key(bytes(request.enclave_key)),
+        grant=validation.bounded_text(grant, MAX_GRANT_CHARS, "grant"),
+        child_enclave_key_sha256=validation.sha256_hex(
+            request.child_enclave_key_sha256, "child_enclave_key_sha256"
+        ),
+        child_controller_sha256=validation.sha256_hex(
+            request.child_controller_sha256, "child_controller_sha256"
+        ),
+        datasets=names or None,
+        ttl_seconds=ttl,
         evidence=validation.bounded_bytes(bytes(request.evidence), MAX_EVIDENCE_BYTES, "evidence"),
         certificates=validation.bounded_bytes(
             bytes(request.certificates), MAX_CERTIFICATES_BYTES, "certificates", required=False

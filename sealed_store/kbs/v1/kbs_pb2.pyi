@@ -99,6 +99,40 @@ class IssueSessionGrantResponse(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     def __init__(self, grant: _Optional[str] = ..., grant_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class DelegateGrantRequest(_message.Message):
+    __slots__ = ("nonce", "enclave_key", "sealed_grant", "child_enclave_key_sha256", "child_controller_sha256", "datasets", "ttl_seconds", "evidence", "certificates", "collateral")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    ENCLAVE_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEALED_GRANT_FIELD_NUMBER: _ClassVar[int]
+    CHILD_ENCLAVE_KEY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHILD_CONTROLLER_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    COLLATERAL_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    enclave_key: bytes
+    sealed_grant: bytes
+    child_enclave_key_sha256: str
+    child_controller_sha256: str
+    datasets: _containers.RepeatedScalarFieldContainer[str]
+    ttl_seconds: int
+    evidence: bytes
+    certificates: bytes
+    collateral: bytes
+    def __init__(self, nonce: _Optional[bytes] = ..., enclave_key: _Optional[bytes] = ..., sealed_grant: _Optional[bytes] = ..., child_enclave_key_sha256: _Optional[str] = ..., child_controller_sha256: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., evidence: _Optional[bytes] = ..., certificates: _Optional[bytes] = ..., collateral: _Optional[bytes] = ...) -> None: ...
+
+class DelegateGrantResponse(_message.Message):
+    __slots__ = ("sealed_grant", "grant_id", "expires_at")
+    SEALED_GRANT_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    sealed_grant: bytes
+    grant_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, sealed_grant: _Optional[bytes] = ..., grant_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class VersionInfo(_message.Message):
     __slots__ = ("version", "manifest_sha256", "registered_at", "deleted_at")
     VERSION_FIELD_NUMBER: _ClassVar[int]

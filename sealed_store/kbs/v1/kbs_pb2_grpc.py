@@ -58,6 +58,11 @@ class KeyBrokerStub:
                 request_serializer=teelab_dot_kbs_dot_v1_dot_kbs__pb2.IssueSessionGrantRequest.SerializeToString,
                 response_deserializer=teelab_dot_kbs_dot_v1_dot_kbs__pb2.IssueSessionGrantResponse.FromString,
                 _registered_method=True)
+        self.DelegateGrant = channel.unary_unary(
+                '/teelab.kbs.v1.KeyBroker/DelegateGrant',
+                request_serializer=teelab_dot_kbs_dot_v1_dot_kbs__pb2.DelegateGrantRequest.SerializeToString,
+                response_deserializer=teelab_dot_kbs_dot_v1_dot_kbs__pb2.DelegateGrantResponse.FromString,
+                _registered_method=True)
         self.RegisterDataset = channel.unary_unary(
                 '/teelab.kbs.v1.KeyBroker/RegisterDataset',
                 request_serializer=teelab_dot_kbs_dot_v1_dot_kbs__pb2.RegisterDatasetRequest.SerializeToString,
@@ -140,6 +145,14 @@ class KeyBrokerServicer:
 
     def IssueSessionGrant(self, request, context):
         """Gateway: a session grant for (user, SHA-256(E.pub)) after the gateway attested the session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DelegateGrant(self, request, context):
+        """An attested session: a child grant of its own session grant for another attested enclave (a Dask
+        worker it admitted), no wider than its own; fresh evidence over a Challenge nonce, like a release.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -237,6 +250,11 @@ def add_KeyBrokerServicer_to_server(servicer, server):
                     servicer.IssueSessionGrant,
                     request_deserializer=teelab_dot_kbs_dot_v1_dot_kbs__pb2.IssueSessionGrantRequest.FromString,
                     response_serializer=teelab_dot_kbs_dot_v1_dot_kbs__pb2.IssueSessionGrantResponse.SerializeToString,
+            ),
+            'DelegateGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.DelegateGrant,
+                    request_deserializer=teelab_dot_kbs_dot_v1_dot_kbs__pb2.DelegateGrantRequest.FromString,
+                    response_serializer=teelab_dot_kbs_dot_v1_dot_kbs__pb2.DelegateGrantResponse.SerializeToString,
             ),
             'RegisterDataset': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterDataset,
@@ -402,6 +420,33 @@ class KeyBroker:
             '/teelab.kbs.v1.KeyBroker/IssueSessionGrant',
             teelab_dot_kbs_dot_v1_dot_kbs__pb2.IssueSessionGrantRequest.SerializeToString,
             teelab_dot_kbs_dot_v1_dot_kbs__pb2.IssueSessionGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DelegateGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teelab.kbs.v1.KeyBroker/DelegateGrant',
+            teelab_dot_kbs_dot_v1_dot_kbs__pb2.DelegateGrantRequest.SerializeToString,
+            teelab_dot_kbs_dot_v1_dot_kbs__pb2.DelegateGrantResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -114,7 +114,9 @@ def messages(draw: st.DrawFn, cls: type[Message], nonces: list[bytes]) -> Messag
     for field in cls.DESCRIPTOR.fields:
         if not draw(st.booleans()):
             continue
-        if field.type == FieldDescriptor.TYPE_STRING:
+        if field.is_repeated and field.type == FieldDescriptor.TYPE_STRING:
+            getattr(message, field.name).extend(draw(st.lists(text_values(), max_size=4)))
+        elif field.type == FieldDescriptor.TYPE_STRING:
             setattr(message, field.name, draw(text_values()))
         elif field.type == FieldDescriptor.TYPE_BYTES:
             setattr(message, field.name, draw(byte_values(nonces)))
@@ -282,6 +284,8 @@ def test_edge_values_of_every_field_with_every_token(
             if field.type == FieldDescriptor.TYPE_MESSAGE:
                 stamp = getattr(request, field.name)
                 stamp.seconds, stamp.nanos = value
+            elif field.is_repeated:
+                getattr(request, field.name).append(value)
             else:
                 setattr(request, field.name, value)
             for who in tokens:
