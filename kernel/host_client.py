@@ -1,7 +1,8 @@
 """The gateway's client of a host agent (protos/teelab/host/v1/host.proto): addresses, calls, the relay.
 
 ``grpc://HOST:PORT`` is plaintext and allowed on loopback only (the gateway token is a bearer credential);
-``grpcs://HOST:PORT`` is TLS with the system's roots or the operator's CA. Every error of the agent becomes a
+``grpcs://HOST:PORT`` is TLS with the system's roots or the operator's CA, and with this gateway's client
+certificate when the agent requires one (``--client-ca``). Every error of the agent becomes a
 :class:`HostAgentError`. :meth:`HostClient.relay` turns the agent's Relay stream into the ordinary
 (reader, writer) pair that :func:`teelab.gateway.session.attest_and_seal` talks on, so the remote handshake is
 the local one, byte for byte.
@@ -65,10 +66,22 @@ class HostClient:
     """One agent. A grpc.aio channel belongs to the event loop it was made on, and jupyter_client drives a
     kernel manager from more than one loop (a blocking manager, nbclient), so each loop gets its own."""
 
-    def __init__(self, target: HostTarget, token: str, *, ca: bytes | None = None) -> None:
+    def __init__(
+        self,
+        target: HostTarget,
+        token: str | None,
+        *,
+        ca: bytes | None = None,
+        client_certificate: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        """``token`` is this gateway's bearer token (None: the agent names it by ``client_certificate``, a
+        (PEM chain, PEM key) pair presented in the TLS handshake)."""
+        if client_certificate is not None and not target.tls:
+            raise ConfigError(f"a client certificate needs TLS: use grpcs:// for {target}")
         self.target = target
-        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._ca = ca
+        self._client_certificate = client_certificate
         self._channels: dict[
             asyncio.AbstractEventLoop, tuple[grpc.aio.Channel, host_pb2_grpc.HostAgentStub]
         ] = {}
@@ -80,7 +93,8 @@ class HostClient:
             del self._channels[other]  # its channel went with it
         if loop not in self._channels:
             if self.target.tls:
-                credentials = grpc.ssl_channel_credentials(self._ca)
+                chain, key = self._client_certificate or (None, None)
+                credentials = grpc.ssl_channel_credentials(self._ca, private_key=key, certificate_chain=chain)
                 channel = grpc.aio.secure_channel(self.target.address, credentials)
             else:
                 channel = grpc.aio.insecure_channel(self.target.address)

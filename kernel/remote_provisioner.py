@@ -7,7 +7,8 @@ the same :func:`~teelab.gateway.session.attest_and_seal` over the agent's relay.
 this gateway's own backend object (its roots and collateral), never with anything the agent supplies. The
 kernel's ports are the agent's (untrusted: they go into the sealed bundle, and a listener that is not the
 attested kernel cannot complete CURVE with the session's key). The client connects to the address the
-gateway dialled, not to one the agent names.
+gateway dialled, not to one the agent names. A kernelspec may name its own hosts within the operator's
+allow-list, and the gateway authenticates with a token or a client certificate (:mod:`.host_pool`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from traitlets import List, Unicode
+from jupyter_core.paths import SYSTEM_JUPYTER_PATH
+from traitlets import Dict, Enum, List, Unicode
 
 from teelab.enclave_runtime.images import KERNEL_IMAGE
 from teelab.errors import ConfigError
 from teelab.gateway.session import appraiser, attest_and_seal
 from teelab.kernel.host_client import HostAgentError, HostClient, HostTarget
+from teelab.kernel.host_pool import (
+    KERNELSPEC_HOST_KEYS,
+    HostCredentials,
+    kernelspec_host_list,
+    kernelspec_pool,
+    load_credentials,
+)
 from teelab.kernel.policy_files import load_kernel_policy
 from teelab.kernel.provisioner import TeeProvisioner
 from teelab.protocols.session import PORT_NAMES
@@ -50,9 +59,46 @@ class RemoteTeeProvisioner(TeeProvisioner):
         config=True,
         help="PEM CA of the host agents' TLS certificates (default: system).",
     )
+    client_cert_file = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="This gateway's TLS client certificate (PEM chain) for agents run with --client-ca.",
+    )
+    client_key_file = Unicode(
+        None, allow_none=True, config=True, help="The client certificate's private key (a 0600 file)."
+    )
+    host_settings = Dict(
+        key_trait=Unicode(),
+        value_trait=Dict(),
+        config=True,
+        help="Per host address: host_token_file, host_ca_file, client_cert_file, client_key_file for that "
+        "agent only (overriding the settings above).",
+    )
+    allowed_hosts = List(
+        Unicode(),
+        config=True,
+        help="Host agents a kernelspec may name besides `hosts` (a kernelspec may name no others).",
+    )
+    kernelspec_hosts = Enum(
+        ["never", "system", "any"],
+        "system",
+        config=True,
+        help="Which kernelspecs may name their own hosts (within hosts + allowed_hosts): none, those in "
+        "system_kernelspec_dirs (default), or any, including a user's own.",
+    )
+    system_kernelspec_dirs = List(
+        Unicode(),
+        [str(Path(path) / "kernels") for path in SYSTEM_JUPYTER_PATH],
+        config=True,
+        help="Kernelspec folders only the administrator writes (default: Jupyter's system paths).",
+    )
 
     def __init__(self, **kwargs: Any) -> None:
+        # A kernelspec's own hosts (metadata.kernel_provisioner.config), judged at launch by host_pool's rules.
+        named = [kwargs.pop(key) for key in sorted(KERNELSPEC_HOST_KEYS & set(kwargs))]
         super().__init__(**kwargs)
+        self._kernelspec_hosts = named
         self.remote: tuple[HostClient, str] | None = None
         self._dead: int | None = None
         self._session_name = ""
@@ -61,29 +107,50 @@ class RemoteTeeProvisioner(TeeProvisioner):
     def has_process(self) -> bool:
         return self.remote is not None
 
-    def _token(self) -> str:
-        if not self.host_token_file:
-            raise ConfigError("c.RemoteTeeProvisioner.host_token_file is not set")
-        path = Path(self.host_token_file)
-        try:
-            if path.stat().st_mode & 0o044:
-                raise ConfigError(
-                    f"the host token file {path} is readable by others", hint=f"chmod 600 {path}"
-                )
-            return path.read_text().strip()
-        except OSError as error:
-            raise ConfigError(f"cannot read the host token file {path}: {error.strerror}") from None
+    def pool(self) -> list[str]:
+        """This kernel's host agents: the kernelspec's own if the operator allows them, else ``hosts``."""
+        if not self._kernelspec_hosts:
+            if not self.hosts:
+                raise ConfigError("c.RemoteTeeProvisioner.hosts names no host agent")
+            return list(self.hosts)
+        spec = self.kernel_spec
+        return kernelspec_pool(
+            kernelspec_host_list(self._kernelspec_hosts),
+            kernelspec=self.km.kernel_name,
+            resource_dir=getattr(spec, "resource_dir", None),
+            operator_hosts=self.hosts,
+            allowed_hosts=self.allowed_hosts,
+            mode=self.kernelspec_hosts,
+            system_dirs=self.system_kernelspec_dirs,
+        )
+
+    def credentials(self, target: HostTarget) -> HostCredentials:
+        """What this gateway presents to ``target``: its ``host_settings`` entry over the general settings."""
+        own: dict[str, Any] = {}
+        for text, entry in self.host_settings.items():
+            if str(HostTarget.parse(text)) == str(target):
+                own = dict(entry)
+        unknown = sorted(
+            set(own) - {"host_token_file", "host_ca_file", "client_cert_file", "client_key_file"}
+        )
+        if unknown:
+            raise ConfigError(f"c.RemoteTeeProvisioner.host_settings[{str(target)!r}]: unknown {unknown}")
+        return load_credentials(
+            own.get("host_token_file", self.host_token_file),
+            own.get("host_ca_file", self.host_ca_file),
+            own.get("client_cert_file", self.client_cert_file),
+            own.get("client_key_file", self.client_key_file),
+        )
 
     async def _place(self) -> HostClient:
         """The least loaded reachable agent offering this kernel's backend."""
-        if not self.hosts:
-            raise ConfigError("c.RemoteTeeProvisioner.hosts names no host agent")
-        token = self._token()
-        ca = Path(self.host_ca_file).read_bytes() if self.host_ca_file else None
+        targets = [HostTarget.parse(text) for text in self.pool()]
+        credentials = {target: self.credentials(target) for target in targets}  # all checked before any call
         best: tuple[float, HostClient] | None = None
         reasons = []
-        for text in self.hosts:
-            client = HostClient(HostTarget.parse(text), token, ca=ca)
+        for target in targets:
+            given = credentials[target]
+            client = HostClient(target, given.token, ca=given.ca, client_certificate=given.client_certificate)
             try:
                 listing = await client.list(timeout=5.0)
             except HostAgentError as error:

@@ -1,4 +1,5 @@
-"""Who is calling the host agent: a gateway presenting a bearer token the operator issued it.
+"""Who is calling the host agent: a gateway presenting a bearer token the operator issued it, or a TLS client
+certificate from the operator's CA (:mod:`.certificates`); the operator chooses one of the two per agent.
 
 The tokens file has one ``NAME TOKEN`` per line (``#`` comments), is the operator's and must not be readable
 by other users. A caller is known by the name of the token it presented; every look-up compares against every
@@ -10,9 +11,11 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import stat
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from teelab.enclave_runtime.agent.certificates import peer_certificate_identity
 from teelab.errors import ConfigError
 
 MIN_TOKEN_LENGTH = 16
@@ -62,6 +65,36 @@ class GatewayTokens:
             if hmac.compare_digest(given, token):
                 found = name
         return found
+
+
+@dataclass(frozen=True)
+class GatewayAuth:
+    """How this agent names its callers: by token (``tokens``) or by verified client certificate."""
+
+    tokens: GatewayTokens | None = None
+    certificates: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.tokens is None) == (not self.certificates):
+            raise ConfigError(
+                "the host agent authenticates gateways by tokens or by client certificates: give exactly one "
+                "of --tokens and --client-ca"
+            )
+
+    @property
+    def what(self) -> str:
+        return "a gateway client certificate" if self.certificates else "a gateway token"
+
+    def caller(
+        self,
+        metadata: tuple[tuple[str, str | bytes], ...] | None,
+        auth_context: Mapping[str, Iterable[bytes]],
+    ) -> str | None:
+        """The gateway making a call, or None (the call is refused)."""
+        if self.certificates:
+            return peer_certificate_identity(auth_context)
+        assert self.tokens is not None
+        return self.tokens.caller(bearer(metadata))
 
 
 def bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:

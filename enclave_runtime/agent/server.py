@@ -1,5 +1,6 @@
 """Binding the host agent: TLS with the operator's certificate, or plaintext on a loopback address only
-(the gateway tokens are bearer credentials). Messages are limited to ``max_message_bytes``; gRPC answers a
+(the gateway tokens are bearer credentials). With ``client_ca`` the TLS layer requires every caller to present
+a certificate that CA signed (mutual TLS) and the gateway is named by it; otherwise by its token. Messages are limited to ``max_message_bytes``; gRPC answers a
 bigger one with RESOURCE_EXHAUSTED before any handler runs."""
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import grpc
 
-from teelab.enclave_runtime.agent.auth import GatewayTokens, is_loopback
+from teelab.enclave_runtime.agent.auth import GatewayAuth, GatewayTokens, is_loopback
+from teelab.enclave_runtime.agent.certificates import load_client_ca
 from teelab.enclave_runtime.agent.kernels import KernelTable
 from teelab.enclave_runtime.agent.service import HostAgentService
 from teelab.enclave_runtime.agent.v1 import host_pb2_grpc
@@ -26,14 +28,18 @@ MAX_MESSAGE_BYTES = 1 << 20  # the biggest handshake frame (evidence with its ce
 @dataclass
 class AgentConfig:
     listen: str
-    tokens: GatewayTokens
+    tokens: GatewayTokens | None
     backends: Mapping[str, EnclaveBackend]
     capacity: int = 16
     per_gateway: int = 4
     tls_certificate: Path | None = None
     tls_key: Path | None = None
+    client_ca: Path | None = None  # gateways authenticate with certificates this CA signed, not tokens
     max_message_bytes: int = MAX_MESSAGE_BYTES
-    service: Callable[[KernelTable, GatewayTokens], HostAgentService] = field(default=HostAgentService)
+    service: Callable[[KernelTable, GatewayAuth], HostAgentService] = field(default=HostAgentService)
+
+    def auth(self) -> GatewayAuth:
+        return GatewayAuth(tokens=self.tokens, certificates=self.client_ca is not None)
 
     @property
     def host(self) -> str:
@@ -48,6 +54,9 @@ async def start(config: AgentConfig) -> tuple[grpc.aio.Server, KernelTable, str]
     if (config.tls_certificate is None) != (config.tls_key is None):
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
     tls = config.tls_certificate is not None
+    auth = config.auth()
+    if config.client_ca is not None and not tls:
+        raise ConfigError("client certificates (--client-ca) need TLS: give --tls-cert and --tls-key")
     if not tls and not is_loopback(config.host):
         raise ConfigError(
             f"refusing plaintext gRPC on {config.host}: gateway tokens would cross the network in the clear",
@@ -65,12 +74,11 @@ async def start(config: AgentConfig) -> tuple[grpc.aio.Server, KernelTable, str]
     ]
     server = grpc.aio.server(options=options)
     host_pb2_grpc.add_HostAgentServicer_to_server(  # type: ignore[no-untyped-call]
-        config.service(table, config.tokens), server
+        config.service(table, auth), server
     )
     try:
         if config.tls_certificate is not None and config.tls_key is not None:
-            key, chain = config.tls_key.read_bytes(), config.tls_certificate.read_bytes()
-            port = server.add_secure_port(config.listen, grpc.ssl_server_credentials([(key, chain)]))
+            port = server.add_secure_port(config.listen, _tls_credentials(config))
         else:
             port = server.add_insecure_port(config.listen)
     except (RuntimeError, OSError) as error:
@@ -80,6 +88,23 @@ async def start(config: AgentConfig) -> tuple[grpc.aio.Server, KernelTable, str]
     await server.start()
     host = f"[{config.host}]" if ":" in config.host else config.host
     return server, table, f"{'grpcs' if tls else 'grpc'}://{host}:{port}"
+
+
+def _tls_credentials(config: AgentConfig) -> grpc.ServerCredentials:
+    assert config.tls_certificate is not None and config.tls_key is not None
+    try:
+        key, chain = config.tls_key.read_bytes(), config.tls_certificate.read_bytes()
+        ca = config.client_ca.read_bytes() if config.client_ca is not None else None
+    except OSError as error:
+        raise ConfigError(f"cannot read a TLS file: {error}") from None
+    if ca is None:
+        return grpc.ssl_server_credentials([(key, chain)])
+    # The handshake itself refuses a caller without a certificate from this CA: no handler runs for it.
+    return grpc.ssl_server_credentials(
+        [(key, chain)],
+        root_certificates=load_client_ca(ca, f"--client-ca {config.client_ca}"),
+        require_client_auth=True,
+    )
 
 
 async def serve(config: AgentConfig, *, announce: Callable[[str], None] = print) -> None:

@@ -1,7 +1,7 @@
 """The host agent's gRPC surface (protos/teelab/host/v1/host.proto): authentication, then the kernel table.
 
-Every call names its gateway by bearer token first; an unknown or missing token gets UNAUTHENTICATED and
-nothing happens. A gateway sees, relays to and kills only its own kernels. Relay passes the boot's bytes
+Every call names its gateway first, by bearer token or by the client certificate TLS verified
+(:class:`~.auth.GatewayAuth`); a caller it cannot name gets UNAUTHENTICATED and nothing happens. A gateway sees, relays to and kills only its own kernels. Relay passes the boot's bytes
 verbatim: the agent does not parse the handshake (an evil agent may, which is what the gateway's checks are
 for).
 """
@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from teelab.enclave_runtime.agent.auth import GatewayTokens, bearer
+from teelab.enclave_runtime.agent.auth import GatewayAuth
 from teelab.enclave_runtime.agent.kernels import AgentRefusal, HostedKernel, KernelTable
 from teelab.enclave_runtime.agent.v1 import host_pb2, host_pb2_grpc
 
@@ -34,14 +34,14 @@ def _status(kernel: HostedKernel) -> host_pb2.KernelStatus:
 
 
 class HostAgentService(host_pb2_grpc.HostAgentServicer):
-    def __init__(self, table: KernelTable, tokens: GatewayTokens) -> None:
+    def __init__(self, table: KernelTable, auth: GatewayAuth) -> None:
         self.table = table
-        self.tokens = tokens
+        self.auth = auth
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> str:  # type: ignore[type-arg]
-        gateway = self.tokens.caller(bearer(context.invocation_metadata()))  # type: ignore[arg-type]
+        gateway = self.auth.caller(context.invocation_metadata(), context.auth_context())  # type: ignore[arg-type]
         if gateway is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a gateway token is required")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{self.auth.what} is required")
         assert gateway is not None
         return gateway
 

@@ -3,13 +3,17 @@
     python evil_agent.py MODE --listen HOST:0 --tokens FILE
 
 MODE is one of: replay (send the first session's hello in every later session), key (substitute its own
-enclave key in the hello), drop (swallow the hello), controller (launch the kernel under its own controller key), ports (report ports
-where its own listeners wait, recording what reaches them to FILE.ports-log).
+enclave key in the hello), drop (swallow the hello), controller (launch the kernel under its own controller
+key), ports (report ports where its own listeners wait, recording what reaches them to FILE.ports-log),
+ready-first (relay a readiness message before the hello it holds back), hello-twice (relay the hello again in
+place of the kernel's readiness message). The reordering modes record every byte the gateway sends towards
+the boot to FILE.to-boot-log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,12 +22,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from teelab.enclave_runtime.agent.auth import GatewayTokens
+from teelab.enclave_runtime.agent.auth import GatewayAuth, GatewayTokens
 from teelab.enclave_runtime.agent.kernels import HostedKernel, KernelTable
 from teelab.enclave_runtime.agent.server import AgentConfig, serve
 from teelab.enclave_runtime.agent.service import HostAgentService
+from teelab.enclave_runtime.agent.v1 import host_pb2
 from teelab.enclave_runtime.backends import get_backend
-from teelab.protocols.session import BootRequest, Hello, encode_frame, read_frame
+from teelab.protocols.session import BootRequest, Hello, Ready, encode_frame, read_frame
 
 _RAW = (Encoding.Raw, PublicFormat.Raw)
 
@@ -59,6 +64,39 @@ class DroppingService(HostAgentService):
         yield b""
 
 
+class RecordingService(HostAgentService):
+    log: Path  # what the gateway sent towards the boot: a sealed bundle would show up here
+
+    async def to_boot(
+        self,
+        kernel: HostedKernel,
+        frames: AsyncIterator[host_pb2.RelayFrame],
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        async for frame in frames:
+            with RecordingService.log.open("ab") as out:
+                out.write(frame.data)
+            writer.write(frame.data)
+            await writer.drain()
+
+
+class ReadyFirstService(RecordingService):
+    async def from_boot(self, kernel: HostedKernel, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+        hello = encode_frame(Hello.from_json(await read_frame(reader)))  # held back
+        yield encode_frame(Ready(os.urandom(32)))
+        yield hello
+        async for chunk in super().from_boot(kernel, reader):
+            yield chunk
+
+
+class HelloTwiceService(RecordingService):
+    async def from_boot(self, kernel: HostedKernel, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+        hello = encode_frame(Hello.from_json(await read_frame(reader)))
+        yield hello
+        await read_frame(reader)  # the kernel's readiness, after the gateway's bundle
+        yield hello
+
+
 class OwnControllerTable(KernelTable):
     def boot_request(self, nonce: bytes, port: int, controller_key: bytes) -> tuple[BootRequest, bytes]:
         own = Ed25519PrivateKey.generate().public_key().public_bytes(*_RAW)
@@ -85,9 +123,14 @@ class OwnPortsTable(KernelTable):
 
 def main(argv: list[str]) -> None:
     mode, listen, tokens = argv[0], argv[argv.index("--listen") + 1], Path(argv[argv.index("--tokens") + 1])
-    service = {"replay": ReplayingService, "key": KeySwappingService, "drop": DroppingService}.get(
-        mode, HostAgentService
-    )
+    services: dict[str, type[HostAgentService]] = {
+        "replay": ReplayingService,
+        "key": KeySwappingService,
+        "drop": DroppingService,
+        "ready-first": ReadyFirstService,
+        "hello-twice": HelloTwiceService,
+    }
+    service = services.get(mode, HostAgentService)
     config = AgentConfig(
         listen=listen,
         tokens=GatewayTokens.load(tokens),
@@ -95,13 +138,14 @@ def main(argv: list[str]) -> None:
         service=service,
     )
     DroppingService.marker = Path(f"{tokens}.dropped")
+    RecordingService.log = Path(f"{tokens}.to-boot-log")
     if mode in ("controller", "ports"):
         table_class = OwnControllerTable if mode == "controller" else OwnPortsTable
         OwnPortsTable.log = Path(f"{tokens}.ports-log")
 
-        def with_table(table: KernelTable, gateway_tokens: GatewayTokens) -> HostAgentService:
+        def with_table(table: KernelTable, auth: GatewayAuth) -> HostAgentService:
             table.__class__ = table_class
-            return HostAgentService(table, gateway_tokens)
+            return HostAgentService(table, auth)
 
         config.service = with_table
     asyncio.run(serve(config, announce=lambda line: print(line, flush=True)))

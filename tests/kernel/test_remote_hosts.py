@@ -87,8 +87,10 @@ def agents(remote_env: Path) -> Iterator[Callable[..., Agent]]:
             argv = ["-m", "teelab.cli", "host", "serve", "--backend", "sim"]
         else:
             argv = [str(HERE / "evil_agent.py"), mode]
+        # Gateways authenticate by token unless the test chose client certificates or a config file.
+        auth = [] if {"--client-ca", "--config"} & set(extra) else ["--tokens", tokens]
         process = subprocess.Popen(
-            [sys.executable, *argv, "--listen", f"{host}:0", "--tokens", tokens, *extra],
+            [sys.executable, *argv, "--listen", f"{host}:0", *auth, *extra],
             stdout=subprocess.PIPE,
             text=True,
             env=dict(os.environ),
@@ -105,7 +107,7 @@ def agents(remote_env: Path) -> Iterator[Callable[..., Agent]]:
         process.wait()
 
 
-def manager(remote_env: Path, *hosts: str, **settings: object) -> KernelManager:
+def manager(remote_env: Path, *hosts: str, kernel_name: str = REMOTE, **settings: object) -> KernelManager:
     config = Config(
         {
             "RemoteTeeProvisioner": {
@@ -116,7 +118,7 @@ def manager(remote_env: Path, *hosts: str, **settings: object) -> KernelManager:
             }
         }
     )
-    return KernelManager(kernel_name=REMOTE, config=config)
+    return KernelManager(kernel_name=kernel_name, config=config)
 
 
 def run_cell(km: KernelManager, code: str) -> str:
@@ -178,6 +180,38 @@ def test_a_replayed_hello_is_refused(agents: Callable[..., Agent], remote_env: P
         assert refused.value.check == "policy.expected_report_data"
     finally:
         genuine.shutdown_kernel(now=True)
+
+
+def test_an_agent_that_reorders_frames_is_refused_before_anything_is_sealed(
+    agents: Callable[..., Agent], remote_env: Path
+) -> None:
+    _, target = agents("127.0.0.2", "ready-first")  # a readiness message before the hello it holds back
+    km = manager(remote_env, target)
+    with pytest.raises(AttestationFailed) as refused:
+        km.start_kernel()
+    assert refused.value.check == "handshake"
+    assert "expected a hello message, got 'ready'" in refused.value.detail
+    sent = remote_env / "gateways.to-boot-log"
+    assert not sent.exists() or sent.read_bytes() == b""  # no bundle went towards the boot
+    listing = _call(target, "List", host_pb2.ListRequest())
+    assert isinstance(listing, host_pb2.ListReply) and listing.running == 0  # the gateway killed it
+
+
+def test_an_agent_that_repeats_the_hello_for_the_ready_is_refused(
+    agents: Callable[..., Agent], remote_env: Path
+) -> None:
+    _, target = agents("127.0.0.2", "hello-twice")  # the hello again where the kernel's readiness belongs
+    km = manager(remote_env, target)
+    with pytest.raises(AttestationFailed) as refused:
+        km.start_kernel()
+    assert refused.value.check == "handshake"
+    assert "expected a ready or failed message, got 'hello'" in refused.value.detail
+    # The one frame the gateway sent is the bundle sealed to the attested enclave key (only that kernel can
+    # open it; the agent sees no session key in it), and that kernel is killed.
+    sent = (remote_env / "gateways.to-boot-log").read_bytes()
+    assert b'"bundle"' in sent and km.session.key not in sent
+    listing = _call(target, "List", host_pb2.ListRequest())
+    assert isinstance(listing, host_pb2.ListReply) and listing.running == 0
 
 
 def test_wrong_ports_reach_nothing_of_the_session(agents: Callable[..., Agent], remote_env: Path) -> None:
