@@ -23,6 +23,7 @@ from teelab.gateway.policy import AppraisalPolicy
 from teelab.gateway.result import AttestationResult
 from teelab.gateway.verifier import default_anchors, verify_evidence
 from teelab.protocols.session import (
+    Bundle,
     Failed,
     HandshakeError,
     Hello,
@@ -43,6 +44,8 @@ from teelab.timeutil import utcnow
 Appraise = Callable[[Evidence, bytes], AttestationResult]
 # (the attested E.pub, the accepted result) -> the bundle to seal to it
 MakeBundle = Callable[[bytes, AttestationResult], Awaitable[SessionBundle]]
+# (the attested hello, the accepted result) -> the bundle to seal to its E.pub (a Dask node's: teelab.dask)
+MakeHelloBundle = Callable[[Hello, AttestationResult], Awaitable[Bundle]]
 Channel = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -146,10 +149,41 @@ async def attest_and_seal(
     session's key), :class:`HandshakeError` (malformed or out-of-order messages, the kernel failed to start)
     or TimeoutError; on every one of them the caller kills the launched process.
     """
+
+    async def kernel_bundle(hello: Hello, result: AttestationResult) -> Bundle:
+        return await make_bundle(hello.enclave_key, result)
+
+    return await attest_hello_and_seal(
+        channel,
+        nonce=nonce,
+        identity=identity,
+        appraise=appraise,
+        make_bundle=kernel_bundle,
+        timeout=timeout,
+        tls_key=False,
+    )
+
+
+async def attest_hello_and_seal(
+    channel: Channel,
+    *,
+    nonce: bytes,
+    identity: GatewayIdentity,
+    appraise: Appraise,
+    make_bundle: MakeHelloBundle,
+    timeout: float,
+    tls_key: bool,
+) -> AttestationResult:
+    """:func:`attest_and_seal` for a boot whose hello must (``tls_key``: a Dask node's) or must not (a
+    kernel's) bind a TLS key; ``make_bundle`` sees the attested hello."""
     reader, writer = channel
     hello = Hello.from_json(await asyncio.wait_for(read_frame(reader), timeout))
+    if (hello.tls_key is not None) != tls_key:
+        raise HandshakeError(
+            "a Dask node's hello must bind its TLS key" if tls_key else "a kernel's hello binds no TLS key"
+        )
     evidence = Evidence.from_json(hello.evidence)
-    expected = session_report_data(hello.enclave_key, nonce)
+    expected = session_report_data(hello.enclave_key, nonce, hello.tls_key)
     # Verification parses and checks signatures: off the event loop, which serves every user of the server.
     result = await asyncio.get_running_loop().run_in_executor(None, appraise, evidence, expected)
     if not result.ok:
@@ -158,7 +192,7 @@ async def attest_and_seal(
         writer.write(encode_frame(Refused(check)))
         await writer.drain()
         raise SessionRefused(check, detail, result)
-    bundle = await make_bundle(hello.enclave_key, result)
+    bundle = await make_bundle(hello, result)
     sealed = seal_bundle(hello.enclave_key, nonce, bundle)
     writer.write(encode_frame(SealedBundle(sealed, identity.sign_bundle(sealed, nonce, hello.enclave_key))))
     await writer.drain()

@@ -40,6 +40,7 @@ from teelab.enclave_runtime.runtime import current_runtime
 from teelab.errors import TeelabError
 from teelab.protocols.session import (
     BOOT_REQUEST_ENV,
+    ENTRY_DASK_NODE,
     PORT_NAMES,
     BootRequest,
     Failed,
@@ -56,6 +57,7 @@ from teelab.protocols.session import (
     parse_bundle,
     ready_confirmation,
     recv_frame,
+    requested_entry,
     send_frame,
     session_report_data,
 )
@@ -232,6 +234,11 @@ def boot() -> Any:
 
 
 def main() -> int:
+    if requested_entry(os.environ.get(BOOT_REQUEST_ENV)) == ENTRY_DASK_NODE:
+        # The same measured image boots a Dask node of an attested cluster (teelab.dask, issue 16).
+        from teelab.dask.boot import main as dask_node_main
+
+        return dask_node_main()
     atexit.register(_clean_up_scratch)
     _exit_cleanly_on_sigterm()
     _end_with_the_launcher()

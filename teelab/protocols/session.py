@@ -45,6 +45,16 @@ _BUNDLE_INFO = PROTOCOL.encode() + b"/bundle"
 _READY_LABEL = PROTOCOL.encode() + b"/ready"
 _CONTROLLER_LABEL = PROTOCOL.encode() + b"/controller"
 _Z85_KEY_SIZE = 40  # a CURVE key in Z85, as zmq.curve_keypair() makes them
+# What the boot request may ask the image's boot to be: a Jupyter kernel (the default) or a Dask node
+# (teelab.dask.boot). Host-chosen, so it only selects which genuine code runs; the role, certificate and
+# everything else a node needs arrive sealed (DaskNodeBundle).
+ENTRY_KERNEL = "kernel"
+ENTRY_DASK_NODE = "dask-node"
+ENTRIES = (ENTRY_KERNEL, ENTRY_DASK_NODE)
+MAX_TLS_KEY = 1024  # a DER SubjectPublicKeyInfo (P-256: 91 bytes; RSA-4096: 550)
+_TLS_KEY_LABEL = PROTOCOL.encode() + b"/tls-key"
+DASK_ROLES = ("scheduler", "worker")
+_MAX_PEM = 16 * 1024
 
 
 class HandshakeError(TeelabError):
@@ -116,14 +126,26 @@ class Message:
 
 @dataclass(frozen=True)
 class Hello(Message):
-    """TEE → gateway: the enclave's ephemeral key E.pub and evidence over the session binding."""
+    """TEE → gateway: the enclave's ephemeral key E.pub and evidence over the session binding.
+
+    ``tls_key`` (a Dask node's only): the DER SubjectPublicKeyInfo of the TLS key the node generated, which
+    the report data binds too (:func:`session_report_data`); the controller certifies exactly that key.
+    """
 
     kind: ClassVar[str] = "hello"
     enclave_key: bytes
     evidence: Mapping[str, object]  # the evidence envelope as JSON (the verifier side decodes it)
+    tls_key: bytes | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"type": self.kind, "enclave_key": b64(self.enclave_key), "evidence": dict(self.evidence)}
+        message: dict[str, object] = {
+            "type": self.kind,
+            "enclave_key": b64(self.enclave_key),
+            "evidence": dict(self.evidence),
+        }
+        if self.tls_key is not None:
+            message["tls_key"] = b64(self.tls_key)
+        return message
 
     @classmethod
     def _decode(cls, message: Mapping[str, object]) -> Hello:
@@ -133,7 +155,12 @@ class Hello(Message):
         evidence = message.get("evidence")
         if not isinstance(evidence, dict):
             raise HandshakeError("evidence is missing or not an object")
-        return cls(key, evidence)
+        tls_key = None
+        if message.get("tls_key") is not None:
+            tls_key = unb64(message.get("tls_key"), "tls_key")
+            if not 0 < len(tls_key) <= MAX_TLS_KEY:
+                raise HandshakeError(f"tls_key must be 1 to {MAX_TLS_KEY} bytes, not {len(tls_key)}")
+        return cls(key, evidence, tls_key)
 
 
 @dataclass(frozen=True)
@@ -328,6 +355,87 @@ class SessionBundle:
         )
 
 
+def _pem(data: Mapping[str, object], key: str, what: str, marker: str) -> str:
+    value = _field(data, key, str, what)
+    if len(value) > _MAX_PEM or f"-----BEGIN {marker}-----" not in value or not value.isascii():
+        raise HandshakeError(f"{what}: {key} is not a PEM {marker.lower()}")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class DaskNodeBundle:
+    """What only an attested Dask node may learn (teelab.dask; docs/protocols/session-handshake.md).
+
+    ``certificate`` is the cluster CA's certificate for the TLS key the node's hello bound, naming the role
+    and name (SAN URI ``teelab-dask://ROLE/NAME``); ``address`` is where the scheduler listens (the
+    scheduler binds it, a worker connects to it); ``key`` only confirms readiness (:func:`ready_confirmation`).
+    A worker's ``key_broker`` is the grant the controller's session delegated to this node's E.pub.
+    """
+
+    cluster_id: str
+    role: str  # one of DASK_ROLES
+    name: str
+    key: bytes  # 32 random bytes, hex on the wire
+    certificate: str  # PEM
+    ca_certificate: str  # PEM
+    address: str  # tls://HOST:PORT
+    nthreads: int = 1
+    key_broker: KeyBrokerSection | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "dask": {
+                "cluster_id": self.cluster_id,
+                "role": self.role,
+                "name": self.name,
+                "key": self.key.hex(),
+                "certificate": self.certificate,
+                "ca_certificate": self.ca_certificate,
+                "address": self.address,
+                "nthreads": self.nthreads,
+                "key_broker": self.key_broker.to_json() if self.key_broker is not None else None,
+            }
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> DaskNodeBundle:
+        what = "the Dask node bundle"
+        if not isinstance(data, dict) or not isinstance(data.get("dask"), dict):
+            raise HandshakeError(f"{what} has no dask section")
+        section: dict[str, object] = data["dask"]
+        role = _field(section, "role", str, what)
+        if role not in DASK_ROLES:
+            raise HandshakeError(f"{what}: unknown role {role[:40]!r}")
+        key = _unhex(_field(section, "key", str, what), "key")
+        if len(key) != 32:
+            raise HandshakeError(f"{what}: the confirmation key is not 32 bytes")
+        name = _field(section, "name", str, what)
+        if not 0 < len(name) <= 200 or not name.isprintable():
+            raise HandshakeError(f"{what}: the node name is empty, too long or not printable")
+        address = _field(section, "address", str, what)
+        host, _, port = address.removeprefix("tls://").rpartition(":")
+        if not address.startswith("tls://") or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise HandshakeError(f"{what}: the address is not tls://HOST:PORT")
+        nthreads = _field(section, "nthreads", int, what)
+        if not 0 < nthreads <= 1024:
+            raise HandshakeError(f"{what}: nthreads is out of range")
+        broker = section.get("key_broker")
+        return cls(
+            cluster_id=_field(section, "cluster_id", str, what),
+            role=role,
+            name=name,
+            key=key,
+            certificate=_pem(section, "certificate", what, "CERTIFICATE"),
+            ca_certificate=_pem(section, "ca_certificate", what, "CERTIFICATE"),
+            address=address,
+            nthreads=nthreads,
+            key_broker=KeyBrokerSection.from_json(broker) if broker is not None else None,
+        )
+
+
+Bundle = SessionBundle | DaskNodeBundle
+
+
 # -- the boot request (gateway → TEE through the host, in the environment) -----------------------------
 
 
@@ -343,16 +451,18 @@ class BootRequest:
     host: str
     port: int
     controller_key: bytes
+    entry: str = ENTRY_KERNEL  # which boot of the image answers (ENTRIES); absent from a kernel's request
 
     def to_env(self) -> str:
-        return json.dumps(
-            {
-                "protocol": PROTOCOL,
-                "nonce": self.nonce.hex(),
-                "respond_to": f"{self.host}:{self.port}",
-                "controller_key": self.controller_key.hex(),
-            }
-        )
+        request: dict[str, object] = {
+            "protocol": PROTOCOL,
+            "nonce": self.nonce.hex(),
+            "respond_to": f"{self.host}:{self.port}",
+            "controller_key": self.controller_key.hex(),
+        }
+        if self.entry != ENTRY_KERNEL:
+            request["entry"] = self.entry
+        return json.dumps(request)
 
     @classmethod
     def from_env(cls, value: str | None) -> BootRequest:
@@ -371,20 +481,38 @@ class BootRequest:
                 raise ValueError("nonce or response address has the wrong shape")
             if len(controller_key) != CONTROLLER_KEY_SIZE:
                 raise ValueError(f"controller_key must be {CONTROLLER_KEY_SIZE} bytes")
-            return cls(nonce=nonce, host=host, port=int(port), controller_key=controller_key)
+            entry = data.get("entry", ENTRY_KERNEL)
+            if entry not in ENTRIES:
+                raise ValueError(f"unknown entry {str(entry)[:40]!r}")
+            return cls(nonce=nonce, host=host, port=int(port), controller_key=controller_key, entry=entry)
         except (ValueError, KeyError, TypeError, RecursionError) as error:
             raise HandshakeError(f"malformed boot request: {error}") from None
+
+
+def requested_entry(value: str | None) -> str:
+    """Which boot the request asks for; :data:`ENTRY_KERNEL` for anything malformed (the kernel boot then
+    refuses the request and says why)."""
+    try:
+        return BootRequest.from_env(value).entry
+    except HandshakeError:
+        return ENTRY_KERNEL
 
 
 # -- the bytes both ends compute -----------------------------------------------------------------------
 
 
-def session_report_data(enclave_key: bytes, nonce: bytes) -> bytes:
-    """``SHA-512("teelab/session/v1" ‖ E.pub ‖ N)``: what the evidence must carry as report_data."""
-    return hashlib.sha512(PROTOCOL.encode() + enclave_key + nonce).digest()
+def session_report_data(enclave_key: bytes, nonce: bytes, tls_key: bytes | None = None) -> bytes:
+    """``SHA-512("teelab/session/v1" ‖ E.pub ‖ N)``: what the evidence must carry as report_data.
+
+    A Dask node's hello also binds its TLS key: ``SHA-512("teelab/session/v1/tls-key" ‖ E.pub ‖ N ‖
+    SHA-256(T.spki))`` — another label and length, so neither form can pass for the other.
+    """
+    if tls_key is None:
+        return hashlib.sha512(PROTOCOL.encode() + enclave_key + nonce).digest()
+    return hashlib.sha512(_TLS_KEY_LABEL + enclave_key + nonce + hashlib.sha256(tls_key).digest()).digest()
 
 
-def seal_bundle(enclave_key: bytes, nonce: bytes, bundle: SessionBundle) -> bytes:
+def seal_bundle(enclave_key: bytes, nonce: bytes, bundle: Bundle) -> bytes:
     """Encrypt the session bundle so only the holder of the attested key's secret can read it."""
     public = X25519PublicKey.from_public_bytes(enclave_key)
     return _SUITE.encrypt(json.dumps(bundle.to_json()).encode(), public, info=_BUNDLE_INFO + nonce)
@@ -408,6 +536,14 @@ def parse_bundle(plaintext: bytes) -> SessionBundle:
 
 def open_bundle(enclave_secret: X25519PrivateKey, nonce: bytes, sealed: bytes) -> SessionBundle:
     return parse_bundle(decrypt_bundle(enclave_secret, nonce, sealed))
+
+
+def parse_dask_bundle(plaintext: bytes) -> DaskNodeBundle:
+    try:
+        data = json.loads(plaintext)
+    except (ValueError, RecursionError):
+        raise HandshakeError("the Dask node bundle is not JSON") from None
+    return DaskNodeBundle.from_json(data)
 
 
 def controller_hash(controller_key: bytes) -> bytes:

@@ -1,0 +1,112 @@
+"""``TeeCluster``: a Dask cluster whose scheduler and workers run in TEEs, each attested before it may join.
+
+::
+
+    from teelab.dask import TeeCluster
+    with TeeCluster(n_workers=2, backend="sim") as cluster, cluster.get_client() as client:
+        client.submit(sum, [1, 2, 3]).result()
+
+It is a ``distributed.deploy.SpecCluster``: scaling up and down, ``adapt()``, a lost worker replaced, context
+managers and ``get_client()`` behave as they do for ``LocalCluster``. What differs is how a node comes to
+be (:mod:`teelab.dask.controller`) and that the only way in is a certificate of the cluster's CA in the right
+role (:mod:`teelab.dask.tls`, :mod:`teelab.dask.scheduler`). The design and its adversaries: docs/dask.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from distributed.deploy.spec import SpecCluster
+
+from teelab.dask.controller import ClusterController
+from teelab.dask.nodes import TeeScheduler, TeeWorker
+from teelab.dask.records import NodeAttestation
+from teelab.gateway.policy import AppraisalPolicy
+
+DEFAULT_LAUNCH_TIMEOUT = 120.0
+
+
+class TeeCluster(SpecCluster):  # type: ignore[misc]
+    """An attested Dask cluster.
+
+    ``backend``: the TEE backend the nodes run in (``sim``, ``gramine``, ``occlum``, ``cvm``), launching the
+    kernel's measured image (``image``: its folder, default the one ``teelab kernel install`` built).
+    ``policy``: the appraisal policy for every node (a TOML path or an ``AppraisalPolicy``; default on ``sim``:
+    exactly this environment's kernel image, simulation allowed; required on real TEEs). ``replace_after``:
+    seconds after which a worker the scheduler lost is replaced by a freshly attested one.
+    """
+
+    def __init__(
+        self,
+        n_workers: int = 2,
+        *,
+        backend: str = "sim",
+        threads_per_worker: int = 1,
+        policy: str | Path | AppraisalPolicy | None = None,
+        image: str | Path | None = None,
+        host: str = "127.0.0.1",
+        launch_timeout: float = DEFAULT_LAUNCH_TIMEOUT,
+        replace_after: float = 1.0,
+        asynchronous: bool = False,
+        loop: Any = None,
+        name: str | None = None,
+        shutdown_on_close: bool = True,
+    ) -> None:
+        self.controller = ClusterController(
+            backend=backend,
+            policy=policy,
+            image=Path(image) if image is not None else None,
+            host=host,
+            launch_timeout=launch_timeout,
+        )
+        self.replace_after = replace_after
+        worker = {
+            "cls": TeeWorker,
+            "options": {"controller": self.controller, "nthreads": threads_per_worker},
+        }
+        super().__init__(
+            workers={str(i): dict(worker) for i in range(n_workers)},
+            scheduler={"cls": TeeScheduler, "options": {"controller": self.controller}},
+            worker=worker,
+            asynchronous=asynchronous,
+            loop=loop,
+            security=self.controller.security,
+            name=name or f"TeeCluster-{self.controller.cluster_id}",
+            shutdown_on_close=shutdown_on_close,
+        )
+
+    @property
+    def cluster_id(self) -> str:
+        return self.controller.cluster_id
+
+    @property
+    def attestation(self) -> Mapping[str, NodeAttestation]:
+        """Each node's latest verdict by name (``scheduler``, then the workers' names as strings)."""
+        return MappingProxyType({record.name: record for record in self.controller.records})
+
+    @property
+    def attestation_history(self) -> tuple[NodeAttestation, ...]:
+        """Every node start in order, the refused and the replaced ones included."""
+        return tuple(self.controller.records)
+
+    def _new_worker_name(self, worker_number: int) -> str:
+        return str(worker_number)  # the name the worker's certificate and registration carry
+
+    def _update_worker_status(self, op: str, msg: Any) -> None:
+        """SpecCluster forgets a lost worker only after ``lost-worker-timeout`` and never starts its spec again
+        by itself; here a worker the scheduler lost is replaced (attested afresh) after ``replace_after``."""
+        if op == "remove" and self.status.name == "running":
+            name = self.scheduler_info["workers"][msg]["name"]
+            asyncio.get_running_loop().call_later(self.replace_after, self._replace, name, msg)
+        super(SpecCluster, self)._update_worker_status(op, msg)
+
+    def _replace(self, name: Any, address: str) -> None:
+        alive = any(info.get("name") == name for info in self.scheduler_info["workers"].values())
+        if alive or name not in self.workers or self.status.name != "running":
+            return
+        self._futures.add(asyncio.ensure_future(self.workers.pop(name).close()))
+        self.loop.add_callback(self._correct_state)

@@ -1,0 +1,301 @@
+"""The cluster's controller: the party every node of one :class:`~teelab.dask.TeeCluster` obeys.
+
+It holds, in its process memory only, the cluster's controller key ``G_c`` (Ed25519; ARCHITECTURE §3's
+controller rule with the notebook kernel — or the Python process that made the cluster — as the gateway) and
+the per-cluster CA (:class:`~teelab.dask.tls.ClusterCA`). Neither is ever written anywhere.
+
+One node start (:meth:`ClusterController.start_node`): launch the kernel's measured image through the
+backend with ``SHA-256(G_c.pub)`` bound at launch and a boot request asking for a Dask node; hold the
+attested-session handshake of :mod:`teelab.gateway.session` on the answer channel — the evidence must carry
+the session binding *with the node's TLS key*, pass the policy and name ``G_c`` as controller — and only then
+certify the node's TLS key for its role and seal the :class:`~teelab.protocols.session.DaskNodeBundle` to it,
+signed by ``G_c``. Any failure kills the launched process and is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import logging
+import secrets
+import socket
+import subprocess
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from teelab.dask.records import NodeAttestation, controller_outcome, measurement_of
+from teelab.dask.tls import ClusterCA, InMemorySecurity, TlsIdentity, load_node_key
+from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess
+from teelab.enclave_runtime.backends import get_backend
+from teelab.enclave_runtime.images import KERNEL_IMAGE
+from teelab.errors import ConfigError, TeelabError
+from teelab.gateway.identity import GatewayIdentity
+from teelab.gateway.policy import AppraisalPolicy, SgxReference, load_policy
+from teelab.gateway.result import AttestationResult
+from teelab.gateway.session import SessionRefused, answer_channel, appraiser, attest_hello_and_seal
+from teelab.protocols.session import (
+    BOOT_REQUEST_ENV,
+    ENTRY_DASK_NODE,
+    NONCE_SIZE,
+    BootRequest,
+    DaskNodeBundle,
+    Hello,
+    KeyBrokerSection,
+)
+from teelab.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+_TAIL_LINES = 20
+
+
+class NodeRefused(TeelabError):
+    """A node was not admitted: ``check`` names what failed (a policy check, ``boot``, ``timeout``, …)."""
+
+    def __init__(self, name: str, check: str, detail: str) -> None:
+        super().__init__(f"dask node {name} refused: {check}: {detail}")
+        self.name, self.check, self.detail = name, check, detail
+
+
+class OutputTail:
+    """The last lines a node wrote to stderr (host-visible anyway): drained so the node never blocks on a
+    full pipe, kept for the message when it fails."""
+
+    def __init__(self, process: EnclaveProcess) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        stream = process.popen.stderr
+        if stream is not None:
+            threading.Thread(target=self._pump, args=(stream,), daemon=True, name="teelab-dask-out").start()
+
+    def _pump(self, stream: object) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
+                self.lines.append(raw.decode("utf-8", "replace").rstrip())
+
+    def last(self) -> str:
+        return next((line for line in reversed(self.lines) if line.strip()), "")
+
+
+@dataclass
+class LaunchedNode:
+    process: EnclaveProcess
+    output: OutputTail
+    record: NodeAttestation
+
+
+def default_policy(backend: EnclaveBackend, image_path: Path | None) -> AppraisalPolicy:
+    """Without a policy: on the simulated TEE, exactly the kernel image this environment built (as the sim
+    policy ``teelab kernel install`` writes); on real TEEs there is no safe default."""
+    if not backend.simulated:
+        raise ConfigError(
+            f"a {backend.name} cluster needs an attestation policy",
+            hint="TeeCluster(policy='kernel-policy.toml') — the policy that pins the kernel image (docs/policy.md)",
+        )
+    image = backend.load_image(KERNEL_IMAGE, image_path)
+    return AppraisalPolicy(
+        id=f"teelab-dask-{backend.name}",
+        allow_simulation=True,
+        allow_debug=image.sigstruct.debug,
+        sgx=SgxReference(
+            mrenclave=(image.mrenclave.hex(),),
+            mrsigner=(image.mrsigner.hex(),),
+            isv_prod_id=image.sigstruct.isv_prod_id,
+        ),
+    )
+
+
+def resolve_policy(
+    policy: str | Path | AppraisalPolicy | None, backend: EnclaveBackend, image_path: Path | None
+) -> AppraisalPolicy:
+    if isinstance(policy, AppraisalPolicy):
+        resolved = policy
+    elif policy is not None:
+        resolved = load_policy(policy)
+    else:
+        resolved = default_policy(backend, image_path)
+    resolved.require_identity_pin(backend.name, simulated=backend.simulated)
+    return resolved
+
+
+def free_port(host: str) -> int:
+    """A port for the scheduler to listen on, chosen by the controller (as a kernel's ports are)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def delegated_key_broker(enclave_key: bytes, controller: bytes) -> KeyBrokerSection | None:
+    """The grant this process's key-release session delegates to a worker's attested E.pub, when it has one
+    (teelab.sealed_store.dask_keys; no reader there, or no session here: no key broker for the worker)."""
+    try:
+        from teelab.sealed_store.dask_keys import delegate_grant
+    except ImportError:
+        return None
+    try:
+        return delegate_grant(enclave_key, controller)
+    except TeelabError as error:
+        log.warning("teelab dask: no delegated grant for a worker: %s", error.message)
+        return None
+
+
+class ClusterController:
+    def __init__(
+        self,
+        *,
+        backend: str,
+        policy: str | Path | AppraisalPolicy | None,
+        image: Path | None,
+        host: str,
+        launch_timeout: float,
+    ) -> None:
+        self.cluster_id = uuid.uuid4().hex[:12]
+        self.host = host
+        self.launch_timeout = launch_timeout
+        self.backend = get_backend(backend)
+        self.image = self.backend.load_image(KERNEL_IMAGE, image)
+        self.policy = resolve_policy(policy, self.backend, image)
+        self.identity = GatewayIdentity.generate()  # G_c: in this process's memory, nowhere else
+        self.ca = ClusterCA(self.cluster_id)
+        self._appraise = appraiser(self.backend, self.policy, controller=self.identity.controller)
+        self.records: list[NodeAttestation] = []
+        client_key = ec.generate_private_key(ec.SECP256R1())
+        client_certificate = self.ca.issue(client_key.public_key(), "client", self.cluster_id)
+        self.security = InMemorySecurity(TlsIdentity(self.ca.certificate_pem, client_certificate, client_key))
+        self.scheduler_address = f"tls://{host}:{free_port(host)}"
+
+    async def start_node(self, role: str, name: str, *, nthreads: int = 1) -> LaunchedNode:
+        """Launch, attest, certify and configure one node; raises :class:`NodeRefused` (process killed)."""
+        loop = asyncio.get_running_loop()
+        nonce = secrets.token_bytes(NONCE_SIZE)
+        process: EnclaveProcess | None = None
+        output: OutputTail | None = None
+        accepted: list[AttestationResult] = []
+
+        async def make_bundle(hello: Hello, result: AttestationResult) -> DaskNodeBundle:
+            accepted.append(result)
+            assert hello.tls_key is not None  # attest_hello_and_seal(tls_key=True) requires it
+            certificate = self.ca.issue(load_node_key(hello.tls_key), role, name)
+            key_broker = None
+            if role == "worker":
+                key_broker = await loop.run_in_executor(
+                    None, delegated_key_broker, hello.enclave_key, self.identity.controller
+                )
+            return DaskNodeBundle(
+                cluster_id=self.cluster_id,
+                role=role,
+                name=name,
+                key=secrets.token_bytes(32),
+                certificate=certificate,
+                ca_certificate=self.ca.certificate_pem,
+                address=self.scheduler_address,
+                nthreads=nthreads,
+                key_broker=key_broker,
+            )
+
+        try:
+            async with answer_channel(self.host) as answer:
+                request = BootRequest(
+                    nonce,
+                    answer.host,
+                    answer.port,
+                    controller_key=self.identity.public,
+                    entry=ENTRY_DASK_NODE,
+                )
+                process = await loop.run_in_executor(
+                    None,
+                    functools.partial(
+                        self.backend.launch,
+                        self.image,
+                        inputs={BOOT_REQUEST_ENV: request.to_env()},
+                        controller=self.identity.controller,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                    ),
+                )
+                output = OutputTail(process)
+                launched = process
+                channel = await answer.accept(
+                    timeout=self.launch_timeout, gone=lambda: launched.poll() is not None
+                )
+                if channel is None:
+                    await asyncio.sleep(0.2)  # the pump catches the boot's last words
+                    raise NodeRefused(name, "boot", f"the node boot exited with status {launched.returncode}")
+                result = await attest_hello_and_seal(
+                    channel,
+                    nonce=nonce,
+                    identity=self.identity,
+                    appraise=self._appraise,
+                    make_bundle=make_bundle,
+                    timeout=self.launch_timeout,
+                    tls_key=True,
+                )
+        except BaseException as error:
+            refusal = self._refusal(name, error, output)
+            self.records.append(self._record(name, role, error_result(error, accepted), refusal, process))
+            if process is not None:
+                await loop.run_in_executor(None, stop_process, process, 0.0)
+            if refusal is None:
+                raise
+            raise refusal from None
+        record = self._record(name, role, result, None, process)
+        self.records.append(record)
+        assert process is not None and output is not None
+        return LaunchedNode(process, output, record)
+
+    def _refusal(self, name: str, error: BaseException, output: OutputTail | None) -> NodeRefused | None:
+        said = f"; the node said: {output.last()}" if output is not None and output.last() else ""
+        if isinstance(error, NodeRefused):
+            return NodeRefused(name, error.check, error.detail + said)
+        if isinstance(error, SessionRefused):
+            return NodeRefused(name, error.check, error.detail)
+        if isinstance(error, TimeoutError):
+            return NodeRefused(name, "timeout", f"no answer within {self.launch_timeout:.0f} s{said}")
+        if isinstance(error, TeelabError):
+            return NodeRefused(name, "handshake", error.message + said)
+        return None  # cancelled, or a bug: re-raised as it is (the process is still killed)
+
+    def _record(
+        self,
+        name: str,
+        role: str,
+        result: AttestationResult | None,
+        refusal: NodeRefused | None,
+        process: EnclaveProcess | None,
+    ) -> NodeAttestation:
+        return NodeAttestation(
+            name=name,
+            role=role,
+            verdict=result.verdict if result is not None else "refused",
+            measurement=measurement_of(result.claims) if result is not None else None,
+            controller=controller_outcome(result.checks) if result is not None else "not checked",
+            time=result.verified_at if result is not None else utcnow(),
+            tee=result.tee if result is not None else None,
+            simulated=result.simulated if result is not None else False,
+            failure=f"{refusal.check}: {refusal.detail}" if refusal is not None else None,
+            pid=process.pid if process is not None else None,
+            result=result.to_json() if result is not None else None,
+        )
+
+
+def error_result(error: BaseException, accepted: list[AttestationResult]) -> AttestationResult | None:
+    if isinstance(error, SessionRefused) and error.result is not None:
+        return error.result
+    return accepted[0] if accepted else None
+
+
+def stop_process(process: EnclaveProcess, grace: float) -> None:
+    """End a node: SIGTERM and ``grace`` seconds to go, then SIGKILL; remove what its launch left."""
+    if process.poll() is None and grace > 0:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace)
+    if process.poll() is None:
+        process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+    process.cleanup()

@@ -1,0 +1,62 @@
+"""The scheduler and the workers of a :class:`~teelab.dask.TeeCluster` as ``SpecCluster`` sees them: each a
+``ProcessInterface`` whose ``start`` launches and attests one TEE node through the cluster's controller
+(:mod:`teelab.dask.controller`) and whose ``close`` ends it. A replaced or added worker is a fresh start, so
+it is attested afresh."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+from distributed.deploy.spec import ProcessInterface
+
+from teelab.dask.controller import ClusterController, LaunchedNode, stop_process
+
+STOP_GRACE = 5.0  # seconds a node gets to leave the cluster before SIGKILL
+
+
+class TeeNode(ProcessInterface):  # type: ignore[misc]
+    role: ClassVar[str]
+
+    def __init__(self, *, controller: ClusterController, name: Any, nthreads: int = 1) -> None:
+        super().__init__(name=name)
+        self.controller = controller
+        self.name = name
+        self.nthreads = nthreads
+        self.node: LaunchedNode | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.node.process.pid if self.node is not None else None
+
+    async def start(self) -> None:
+        self.node = await self.controller.start_node(self.role, str(self.name), nthreads=self.nthreads)
+        await super().start()
+
+    async def close(self) -> None:
+        if self.node is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                None, stop_process, self.node.process, STOP_GRACE
+            )
+        await super().close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} pid={self.pid} status={self.status.name}>"
+
+
+class TeeScheduler(TeeNode):
+    role = "scheduler"
+
+    def __init__(self, *, controller: ClusterController, **_: Any) -> None:
+        super().__init__(controller=controller, name="scheduler")
+        self.address = controller.scheduler_address
+
+
+class TeeWorker(TeeNode):
+    role = "worker"
+
+    def __init__(
+        self, scheduler: str, *, controller: ClusterController, name: Any, nthreads: int = 1
+    ) -> None:
+        super().__init__(controller=controller, name=name, nthreads=nthreads)
+        self.scheduler = scheduler
