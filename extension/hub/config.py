@@ -81,6 +81,7 @@ def configure_hub(
     kernel: str = "teelab-sim",
     service_port: int = 10101,
     python: str = sys.executable,
+    tee_spawner: bool = False,
 ) -> None:
     """Configure the JupyterHub config object ``c`` for teelab (see the module docstring).
 
@@ -92,6 +93,8 @@ def configure_hub(
     ``kbs_listen`` the broker's gRPC address (``grpcs://`` for clients when ``kbs_tls_cert`` is given, with
     ``kbs_ca`` the private CA the servers trust); ``kernel`` the kernelspec whose policy file
     ``<root>/policies/<kernel>.toml`` judges every teelab kernel of every server.
+    ``tee_spawner``: every single-user server runs in a TEE and is attested before the proxy routes to it
+    (:func:`~teelab.extension.hub.spawner_config.configure_tee_spawner`, docs/hosted-hub.md).
     """
     paths = layout(Path(root))
     kbs_address = f"grpcs://{kbs_listen}" if kbs_tls_cert else kbs_listen
@@ -113,6 +116,10 @@ def configure_hub(
         },
     )
     _spawner(c, paths, kbs_address, kbs_ca, dataset_store, kernel)
+    if tee_spawner:
+        from teelab.extension.hub.spawner_config import configure_tee_spawner
+
+        configure_tee_spawner(c, root=root)
 
 
 def _scopes_and_roles(

@@ -146,8 +146,15 @@ class Page(OperatorHandler):
             "<!doctype html><title>teelab: kernels</title><h1>Attestation of every teelab kernel</h1>"
             f"<p>Signed in as {html.escape(operator['name'])}. Verdicts only: no kernel's data is shown here.</p>"
             "<table border=1><tr><th>user</th><th>kernel</th><th>id</th><th>verdict</th><th>detail</th>"
-            "<th>started</th></tr>" + "".join(rows) + "</table>"
+            "<th>started</th></tr>" + "".join(rows) + "</table>" + await self.servers_section()
         )
+
+    async def servers_section(self) -> str:
+        """TeeSpawner's verdicts on the single-user servers themselves (none without TeeSpawner)."""
+        from teelab.extension.hub.spawner_service import all_verdicts, render
+
+        verdicts = await all_verdicts()
+        return render(verdicts) if verdicts else ""
 
 
 async def _get_json(url: str, token: str) -> Any:
@@ -182,11 +189,16 @@ async def collect_verdicts(hub_api: str, token: str, public_url: str) -> list[di
 
 
 def make_app() -> web.Application:
+    from teelab.extension.hub.spawner_service import ServerApi, ServersApi, ServersPage
+
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/teelab-kbs/")
     return web.Application(
         [
             (prefix, Page),
             (url_path_join(prefix, "api/kernels"), KernelsApi),
+            (url_path_join(prefix, "api/servers"), ServersApi),
+            (url_path_join(prefix, r"api/servers/([^/]+)"), ServerApi),
+            (url_path_join(prefix, "servers"), ServersPage),
             (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
         ],
         cookie_secret=os.urandom(32),

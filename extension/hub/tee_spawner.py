@@ -1,0 +1,387 @@
+"""TeeSpawner: JupyterHub spawns each single-user server in a TEE and attests it before the proxy routes to it.
+
+``TeeSpawnerMixin`` goes in front of a JupyterHub spawner; :class:`TeeLocalProcessSpawner` is the one for this
+machine (the simulated TEE, or a local confidential VM). Inside ``start()``:
+
+1. launch the server's boot (:mod:`~teelab.extension.hub.server_boot`) in the TEE through the backend, with
+   the spawner's controller key ``G_s`` bound at launch — the host gets only a boot request, nothing secret;
+2. verify the boot's evidence against the hub's policy for this user (``policy_for``), its report_data
+   binding (E.pub, the in-TEE TLS key, the nonce, the server's name) and the controller field;
+3. only then seal the server's environment and secrets (the hub API token, which is also the OAuth client
+   secret) to the attested key, signed by ``G_s``, and wait for the server's HTTP to answer.
+
+A failure raises from ``start()``: JupyterHub adds a proxy route only after ``start()`` returns, so an
+unattested server is never reachable. ``progress()`` streams each step to the spawn-pending page; the verdict
+(:mod:`~teelab.extension.hub.spawner_verdict`) is kept in the spawner's state; ``poll()`` re-challenges the
+server's TEE and reports a server whose key changed as stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from jupyterhub.spawner import SimpleLocalProcessSpawner, Spawner
+from jupyterhub.utils import random_port, url_path_join
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from traitlets import Dict, Float, Unicode
+
+from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess
+from teelab.enclave_runtime.backends import get_backend
+from teelab.enclave_runtime.image import EnclaveImage
+from teelab.errors import ConfigError, TeelabError
+from teelab.extension.hub import spawner_protocol as protocol
+from teelab.extension.hub.spawner_attest import attest_and_deliver, challenge
+from teelab.extension.hub.spawner_image import SERVER_IMAGE
+from teelab.extension.hub.spawner_protocol import ServerBootRequest, ServerBundle, ServerHello, ServerSecrets
+from teelab.extension.hub.spawner_verdict import (
+    STATE_KEY,
+    PolicyChoice,
+    challenge_record,
+    make_verdict,
+)
+from teelab.gateway.identity import GatewayIdentity
+from teelab.gateway.policy import load_policy
+from teelab.gateway.result import AttestationResult
+from teelab.gateway.session import SessionRefused, answer_channel, appraiser
+from teelab.protocols.session import HandshakeError
+from teelab.timeutil import utcnow
+
+
+class AttestationFailed(TeelabError):
+    """The server's TEE was not accepted; JupyterHub shows ``Spawn failed: <message>``."""
+
+
+def choose_policy(policy_for: dict[str, str], user: str, groups: Sequence[str]) -> PolicyChoice:
+    """``user:<name>`` before ``group:<name>`` before ``*``; a user in two groups with different policies and
+    no policy of their own is an error (which one applies must not depend on an order)."""
+    if f"user:{user}" in policy_for:
+        return PolicyChoice(f"user:{user}", policy_for[f"user:{user}"])
+    matches = {f"group:{g}": policy_for[f"group:{g}"] for g in sorted(groups) if f"group:{g}" in policy_for}
+    if len(set(matches.values())) > 1:
+        raise ConfigError(
+            f"{user} is in groups with different server policies: {', '.join(matches)}",
+            hint=f"give user:{user} a policy of its own in c.TeeSpawner.policy_for",
+        )
+    if matches:
+        selector = next(iter(matches))
+        return PolicyChoice(selector, matches[selector])
+    if "*" in policy_for:
+        return PolicyChoice("*", policy_for["*"])
+    raise ConfigError(f"no server attestation policy applies to {user} (c.TeeSpawner.policy_for)")
+
+
+class TeeSpawner(Spawner):  # type: ignore[misc]
+    """The mixin (also importable as ``TeeSpawnerMixin``; its configuration section is ``c.TeeSpawner``):
+    attests the server inside ``start()``; the spawner after it in the MRO launches the TEE
+    (:meth:`launch_boot`) and stops it."""
+
+    tee_backend = Unicode("sim", help="The teelab backend the servers' TEEs run on").tag(config=True)
+    sim_platform = Unicode("", help="The simulated platform's folder (sim backend; default: the hub's)").tag(
+        config=True
+    )
+    image_dir = Unicode("", help="The built teelab-hub-server image (spawner_image.image_folder)").tag(
+        config=True
+    )
+    identity_file = Unicode(
+        "", help="G_s, the spawner's controller key (Ed25519 PEM, 0600, in the hub's trust domain)"
+    ).tag(config=True)
+    policy_for = Dict(
+        help='Policy file per "user:<name>", "group:<name>" or "*": the hub\'s reference values for servers'
+    ).tag(config=True)
+    answer_host = Unicode("127.0.0.1", help="Where the hub listens for the boot's hello").tag(config=True)
+    handshake_timeout = Float(120.0, help="Seconds for the boot to say hello and confirm").tag(config=True)
+    challenge_timeout = Float(30.0, help="Seconds for a re-challenge answer in poll()").tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._events: list[dict[str, Any]] = []
+        self._new_event = asyncio.Event()
+        self._starting = False
+        self._verdict: dict[str, Any] | None = None
+        self._attest_port = 0
+        self._stopping = False
+
+    # -- what the host sees ----------------------------------------------------------------------------
+
+    def get_env(self) -> dict[str, str]:
+        """The environment without a secret: the hub API token (also the OAuth client secret) and the TLS
+        paths travel sealed to the attested server, never where a host, a pod spec or a log can read them."""
+        env: dict[str, str] = super().get_env()
+        return {name: value for name, value in env.items() if name not in protocol.SECRET_ENV}
+
+    # -- progress --------------------------------------------------------------------------------------
+
+    def _step(self, progress: int, message: str) -> None:
+        self._events.append({"progress": progress, "message": message})
+        self._new_event.set()
+        self.log.info("teelab %s: %s", self._log_name, message)
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        """Every step of this spawn, from the first (the page may connect late), until ``start()`` ends."""
+        sent = 0
+        while True:
+            while sent < len(self._events):
+                yield self._events[sent]
+                sent += 1
+            if not self._starting:
+                return
+            self._new_event.clear()
+            try:
+                await asyncio.wait_for(self._new_event.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().get_state()
+        if self._verdict is not None:
+            state[STATE_KEY] = {**self._verdict, "attest_port": self._attest_port}
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        verdict = state.get(STATE_KEY)
+        if isinstance(verdict, dict):
+            self._attest_port = int(verdict.pop("attest_port", 0) or 0)
+            self._verdict = verdict
+
+    def clear_state(self) -> None:
+        # The last verdict stays (why a spawn failed, or why a server was stopped); its status says so.
+        super().clear_state()
+        self._attest_port = 0
+
+    # -- the hooks the concrete spawner provides -------------------------------------------------------
+
+    async def launch_boot(
+        self, backend: EnclaveBackend, image: EnclaveImage, request: ServerBootRequest, controller: bytes
+    ) -> EnclaveProcess:
+        raise NotImplementedError
+
+    def server_cwd(self, env: dict[str, str]) -> str:
+        return env.get("HOME") or "/"
+
+    # -- start -------------------------------------------------------------------------------------------
+
+    def _backend(self) -> EnclaveBackend:
+        platform = Path(self.sim_platform) if self.sim_platform else None
+        return get_backend(self.tee_backend, sim_platform=platform)
+
+    def _identity(self) -> GatewayIdentity:
+        if not self.identity_file:
+            raise ConfigError("c.TeeSpawner.identity_file is not set (the spawner's controller key G_s)")
+        return GatewayIdentity.load_or_create(Path(self.identity_file))
+
+    async def start(self) -> tuple[str, int]:
+        self._events, self._starting = [], True
+        self._new_event.set()
+        try:
+            return await self._attested_start()
+        finally:
+            self._starting = False
+            self._new_event.set()
+
+    async def _attested_start(self) -> tuple[str, int]:
+        groups = [group.name for group in getattr(self.user, "groups", [])]
+        choice = choose_policy(dict(self.policy_for), self.user.name, groups)
+        policy = load_policy(choice.file)
+        identity = self._identity()
+        backend = self._backend()
+        image = backend.load_image(SERVER_IMAGE, Path(self.image_dir) if self.image_dir else None)
+        ip = self.ip or "127.0.0.1"
+        self.port = self.port or random_port()
+        self._attest_port = random_port()
+        nonce = os.urandom(protocol.NONCE_SIZE)
+        server = protocol.server_id(self.user.name, self.name)
+        appraise = appraiser(backend, policy, controller=identity.controller)
+        label, value = backend.describe_measurement(image)
+        record: dict[str, Any] = {"observed": None}
+
+        def verdict(status: str, reason: str | None, result: AttestationResult | None) -> None:
+            self._verdict = make_verdict(
+                status=status,
+                user=self.user.name,
+                server_name=self.name,
+                backend=backend.name,
+                controller_key=identity.public,
+                policy=choice,
+                observed=record["observed"],
+                result=result,
+                reason=reason,
+                at=utcnow(),
+            )
+
+        async with answer_channel(self.answer_host) as channel:
+            request = ServerBootRequest(
+                nonce, (self.answer_host, channel.port), identity.public, server, (ip, self._attest_port)
+            )
+            try:
+                process = await self.launch_boot(backend, image, request, identity.controller)
+            except TeelabError as error:
+                verdict("failed", f"the TEE did not launch: {error.message}", None)
+                self._step(100, f"The server's TEE did not launch: {error.message}")
+                raise
+            self._step(
+                10,
+                f"Launched the server's boot in the {backend.name} TEE (image {label} {value[:16]}…), bound to "
+                f"this hub's spawner key (controller {identity.controller.hex()[:16]}…)",
+            )
+            try:
+                connection = await channel.accept(
+                    timeout=self.handshake_timeout, gone=lambda: process.poll() is not None
+                )
+                if connection is None:
+                    raise HandshakeError(
+                        f"the server's boot exited (status {process.poll()}) before its hello"
+                    )
+
+                def step(name: str, message: str) -> None:
+                    self._step(
+                        {"evidence": 30, "verified": 50, "controller": 60, "sealed": 75}[name], message
+                    )
+
+                attested = await attest_and_deliver(
+                    connection,
+                    nonce=nonce,
+                    server=server,
+                    identity=identity,
+                    appraise=appraise,
+                    make_bundle=lambda hello, result: self._bundle(hello, result, server),
+                    step=step,
+                    timeout=self.handshake_timeout,
+                    on_hello=lambda observed: record.__setitem__("observed", observed),
+                )
+            except SessionRefused as refused:
+                await self._discard(process)
+                verdict("refused", f"{refused.check}: {refused.detail}", refused.result)
+                self._step(
+                    100, f"Attestation refused by policy {choice.selector}: {refused.check}: {refused.detail}"
+                )
+                raise AttestationFailed(f"attestation failed: {refused.check}: {refused.detail}") from None
+            except (HandshakeError, TimeoutError, OSError) as error:
+                await self._discard(process)
+                reason = str(error) or "the server's boot did not answer in time"
+                verdict("failed", reason, None)
+                self._step(100, f"Attestation failed: {reason}")
+                raise AttestationFailed(f"attestation failed: {reason}") from None
+        verdict("attested", None, attested.result)
+        await self._wait_http(ip, process)
+        self._step(
+            95, f"Server ready: its TEE is attested ({attested.result.verdict}, policy {choice.selector})"
+        )
+        return ip, self.port
+
+    async def _bundle(self, hello: ServerHello, result: AttestationResult, server: str) -> ServerBundle:
+        env = self.get_env()
+        return ServerBundle(
+            server=server,
+            env=env,
+            argv=tuple(self.get_args()),
+            cwd=self.server_cwd(env),
+            confirm_key=secrets.token_bytes(protocol.CONFIRM_KEY_SIZE),
+            secrets=ServerSecrets(api_token=self.api_token),
+            verdict={"verdict": result.verdict, "policy_id": result.policy_id, "simulated": result.simulated},
+        )
+
+    async def _wait_http(self, ip: str, process: EnclaveProcess) -> None:
+        """The server answers HTTP (its ``/api``, which needs no login) — or its process exited."""
+        url = f"http://{ip}:{self.port}" + url_path_join(self.server.base_url if self.server else "/", "api")
+        deadline = asyncio.get_running_loop().time() + self.http_timeout
+        while asyncio.get_running_loop().time() < deadline:
+            if process.poll() is not None:
+                raise AttestationFailed(f"the attested server exited with status {process.poll()}")
+            try:
+                await AsyncHTTPClient().fetch(HTTPRequest(url, request_timeout=5))
+                return
+            except (HTTPClientError, OSError):
+                await asyncio.sleep(0.2)
+        raise AttestationFailed(f"the attested server did not answer HTTP within {self.http_timeout} s")
+
+    async def _discard(self, process: EnclaveProcess) -> None:
+        process.kill()
+        await asyncio.get_running_loop().run_in_executor(None, process.wait)
+        process.cleanup()
+
+    # -- poll: the server's TEE is still the one attested ------------------------------------------------
+
+    async def poll(self) -> int | None:
+        status: int | None = await super().poll()
+        if status is not None or self._starting or self._stopping:
+            return status
+        if not self._verdict or not self._verdict.get("ok") or not self._attest_port:
+            return status
+        outcome = await challenge(
+            self.ip or "127.0.0.1",
+            self._attest_port,
+            server=self._verdict["server"],
+            enclave_key=protocol.unb64(self._verdict["enclave_key"], "enclave_key"),
+            tls_spki=protocol.unb64(self._verdict["tls_spki"], "tls_spki"),
+            appraise=appraiser(
+                self._backend(),
+                load_policy(self._verdict["policy"]["file"]),
+                controller=self._identity().controller,
+            ),
+            timeout=self.challenge_timeout,
+        )
+        answer = outcome.answer.to_json() if outcome.answer is not None else None
+        self._verdict["last_challenge"] = challenge_record(
+            at=utcnow(), nonce=outcome.nonce, ok=outcome.ok, reason=outcome.reason, answer=answer
+        )
+        if outcome.ok:
+            return None
+        self.log.warning("teelab %s: stopping the server: %s", self._log_name, outcome.reason)
+        changed = "changed" in (outcome.reason or "")
+        self._verdict.update(
+            status="key-changed" if changed else "unreachable", ok=False, reason=outcome.reason
+        )
+        await self.stop(now=True)
+        return 1
+
+    async def stop(self, now: bool = False) -> None:
+        self._stopping = True  # stopping polls: no re-challenge of a server on its way out
+        try:
+            await super().stop(now=now)
+        finally:
+            self._stopping = False
+
+
+TeeSpawnerMixin = TeeSpawner
+
+
+class TeeLocalProcessSpawner(TeeSpawner, SimpleLocalProcessSpawner):  # type: ignore[misc]
+    """Each server a process in a TEE on this machine (the sim backend in tests and demos)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._enclave: EnclaveProcess | None = None
+
+    async def launch_boot(
+        self, backend: EnclaveBackend, image: EnclaveImage, request: ServerBootRequest, controller: bytes
+    ) -> EnclaveProcess:
+        os.makedirs(self.home_dir, mode=0o755, exist_ok=True)
+        # The launch checks the image's trusted files (hashes, cached): off the event loop.
+        process = await asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: backend.launch(
+                image, inputs={protocol.REQUEST_ENV: request.to_env()}, controller=controller
+            ),
+        )
+        self._enclave, self.proc, self.pid = process, process.popen, process.pid
+        return process
+
+    def server_cwd(self, env: dict[str, str]) -> str:
+        return str(self.home_dir)
+
+    async def poll(self) -> int | None:
+        return await super().poll()
+
+    async def stop(self, now: bool = False) -> None:
+        await super().stop(now=now)
+        if self._enclave is not None and self._enclave.poll() is not None:
+            self._enclave.cleanup()
+            self._enclave = None

@@ -1,0 +1,189 @@
+"""TeeSpawner on a real JupyterHub with configurable-http-proxy and the simulated TEE.
+
+One hub for the module; every single-user server is launched through the sim backend as the measured
+``teelab-hub-server`` image, attested by the spawner and only then given its secrets. alice's server is
+attested (progress, state, no secret in the host's view, the service's verdict API); carol's policy pins
+another measurement (her spawn fails and the proxy never routes to her); bob's host answers re-challenges with
+another enclave (poll stops his server). Servers are spawned one at a time and stopped after their test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from teelab.enclave_runtime.backend import Evidence
+from teelab.enclave_runtime.sim.backend import SimBackend
+from teelab.extension.hub import spawner_protocol as protocol
+from teelab.extension.hub.demo import HubProcess, free_port
+from teelab.gateway.policy import load_policy
+from teelab.gateway.session import backend_anchors
+from teelab.gateway.verifier import verify_evidence
+from teelab.timeutil import utcnow
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT_SECONDS = 180.0
+
+
+@dataclass
+class TeeHub:
+    hub: HubProcess
+    proxy_api: str
+    proxy_token: str
+
+    def routes(self) -> dict[str, Any]:
+        answer = requests.get(
+            f"{self.proxy_api}/api/routes", headers={"Authorization": f"token {self.proxy_token}"}, timeout=30
+        )
+        answer.raise_for_status()
+        return dict(answer.json())
+
+    def user(self, name: str) -> dict[str, Any]:
+        return dict(self.hub.api("GET", f"users/{name}?include_stopped_servers=1"))
+
+    def server(self, name: str) -> dict[str, Any]:
+        return dict((self.user(name).get("servers") or {}).get("", {}))
+
+    def verdict(self, name: str) -> dict[str, Any]:
+        return dict(self.server(name)["state"]["teelab_attestation"])
+
+    def spawn_and_follow(self, name: str) -> list[dict[str, Any]]:
+        """Request the server and read its progress stream to the end (the page's view of the spawn)."""
+        self.hub.api("POST", f"users/{name}/server")
+        events = []
+        with requests.get(
+            f"{self.hub.url}/hub/api/users/{name}/server/progress",
+            headers={"Authorization": f"token {self.hub.setup_token}"},
+            stream=True,
+            timeout=WAIT_SECONDS,
+        ) as stream:
+            for line in stream.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    events.append(event)
+                    if event.get("ready") or event.get("failed"):
+                        break
+        return events
+
+    def wait_until(self, name: str, *, ready: bool) -> None:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            server = (self.hub.api("GET", f"users/{name}").get("servers") or {}).get("")
+            if (bool(server) and server.get("ready")) == ready and not (server or {}).get("pending"):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{name}'s server did not become {'ready' if ready else 'stopped'}")
+
+    def stop(self, name: str) -> None:
+        if (self.hub.api("GET", f"users/{name}").get("servers") or {}).get(""):
+            self.hub.api("DELETE", f"users/{name}/server")
+            self.wait_until(name, ready=False)
+
+
+def _wrong_policy(good: Path, target: Path) -> None:
+    """The server policy with another measurement pinned: every genuine server fails it."""
+    text = good.read_text()
+    pinned = tomllib.loads(text)["sgx"]["mrenclave"][0]
+    target.write_text(
+        text.replace(pinned, "ab" * 32).replace('id = "hub-server"', 'id = "wrong-measurement"')
+    )
+
+
+@pytest.fixture(scope="module")
+def tee_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeeHub]:
+    root = tmp_path_factory.mktemp("tee-hub")
+    hub = HubProcess(root)
+    hub.prepare()
+    built = subprocess.run(
+        [sys.executable, "-m", "teelab.extension.hub.spawner_image", str(root)],
+        env={**os.environ, "TEELAB_DATA_DIR": str(root / "data")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr
+    good = root / "policies" / "hub-server.toml"
+    _wrong_policy(good, root / "policies" / "wrong.toml")
+    proxy_api, proxy_token = f"http://127.0.0.1:{free_port()}", secrets.token_hex(16)
+    with (root / "jupyterhub_config.py").open("a") as config:
+        config.write(f"""
+sys.path.insert(0, {str(REPO)!r})  # the hostile host of these tests (tests/hub/tee_spawner_hostile.py)
+from teelab.extension.hub.spawner_config import configure_tee_spawner
+configure_tee_spawner(
+    c,
+    root={str(root)!r},
+    policy_for={{"user:carol": {str(root / "policies" / "wrong.toml")!r}, "group:analysts": {str(good)!r}}},
+    spawner_class="tests.hub.tee_spawner_hostile.HostileHostSpawner",
+)
+c.ConfigurableHTTPProxy.api_url = {proxy_api!r}
+c.ConfigurableHTTPProxy.auth_token = {proxy_token!r}
+c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
+c.Spawner.poll_interval = 3
+c.JupyterHub.load_roles.append({{"name": "teelab-tee-test", "services": ["teelab-demo-setup"],
+    "scopes": ["servers", "admin:server_state", "read:users", "proxy"]}})
+""")
+    hub.start()
+    try:
+        yield TeeHub(hub, proxy_api, proxy_token)
+    finally:
+        hub.stop()
+
+
+def test_alice_server_is_attested_step_by_step_and_the_verdict_is_in_its_state(tee_hub: TeeHub) -> None:
+    events = tee_hub.spawn_and_follow("alice")
+    try:
+        messages = [event.get("message", "") for event in events]
+        assert events[-1].get("ready") is True, messages
+        order = [
+            "Launched the server's boot",
+            "Evidence received",
+            "Evidence verified against policy hub-server",
+            "Controller checked",
+            "Secrets sealed",
+            "Server ready",
+        ]
+        found = [next(i for i, m in enumerate(messages) if m.startswith(step)) for step in order]
+        assert found == sorted(found), messages
+        verdict = tee_hub.verdict("alice")
+        assert verdict["status"] == "attested" and verdict["ok"] is True and verdict["simulated"] is True
+        assert verdict["policy"]["selector"] == "group:analysts" and verdict["policy"]["id"] == "hub-server"
+        assert {c["name"]: c["passed"] for c in verdict["checks"]}["controller"] is True
+        assert "/user/alice" in tee_hub.routes()
+        # What part 2's `teelab hub verify` does: re-verify the stored evidence from its own inputs.
+        inputs = verdict["report_data_inputs"]
+        spki = protocol.unb64(verdict["tls_spki"], "tls_spki")
+        assert hashlib.sha256(spki).hexdigest() == verdict["tls_spki_sha256"] == inputs["tls_spki_sha256"]
+        report_data = protocol.hello_report_data(
+            bytes.fromhex(inputs["enclave_key"]), spki, bytes.fromhex(verdict["nonce"]), inputs["server"]
+        )
+        assert report_data.hex() == verdict["report_data"] and inputs["server"] == "alice/"
+        backend = SimBackend(tee_hub.hub.root / "data" / "sim-platform")
+        evidence = Evidence.from_json(verdict["evidence"])
+        again = verify_evidence(
+            evidence.blob,
+            collateral=backend.collateral_for(evidence.blob, utcnow()),
+            at=utcnow(),
+            anchors=backend_anchors(backend),
+            policy=load_policy(tee_hub.hub.root / "policies" / "hub-server.toml"),
+            expected_report_data=report_data,
+            expected_controller=bytes.fromhex(verdict["controller"]),
+        )
+        assert again.ok, again.error
+        assert again.claims["mrenclave"] == verdict["measurement"]["value"]
+    finally:
+        tee_hub.stop("alice")
