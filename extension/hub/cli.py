@@ -59,3 +59,6 @@ def register(subparsers: Subparsers) -> None:
         action="store_true",
         help="sign in as bob and carol, read and be refused, show the operator view, then stop (what CI runs)",
     )
+    from teelab.extension.hub.verify_cli import register_commands
+
+    register_commands(commands)  # the hosted hub: verify, connect, front-door, k8s-values

@@ -1,0 +1,188 @@
+"""Re-verify the user's own single-user server (``teelab hub verify --user``, second half).
+
+Over the connection just verified, the hub's service answers ``GET /services/teelab-kbs/api/servers/{user}``
+with the spawner's record of the user's server: its evidence, the nonce the spawner sent, the server's TLS key
+hash and enclave key, and the hub's verdict. The hub's verdict is shown but never trusted: the evidence is
+verified again here against the *user's* policy, and its report_data must bind the server's TLS key, its
+enclave key, the spawner's nonce and this user's server name, as the server boot computed it
+(:mod:`~teelab.extension.hub.spawner_protocol`, ``SHA-512("teelab/hub-server/v1/hello" ‖ E.pub ‖
+SPKI-SHA256 ‖ N ‖ SHA-256(user "/" server))``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+from teelab.extension.hub.front_door_protocol import MAX_REPLY_BYTES, FrontDoorError
+from teelab.extension.hub.verify_channel import HubChannel
+from teelab.extension.hub.verify_checks import (
+    CheckLine,
+    binds,
+    evidence_lines,
+    measurement_of,
+    report_data_of,
+)
+from teelab.gateway.anchors import TrustAnchors
+from teelab.gateway.policy import AppraisalPolicy
+from teelab.gateway.verifier import verify_evidence
+
+SERVERS_API = "/services/teelab-kbs/api/servers/"
+SUBJECT = "server"
+SERVER_PROTOCOL = b"teelab/hub-server/v1"
+Stage = Literal["hello", "challenge"]
+
+
+def server_report_data(
+    stage: Stage, enclave_key: bytes, tls_spki_sha256: bytes, nonce: bytes, server: str
+) -> bytes:
+    """The report_data of a server's evidence: ``SHA-512("teelab/hub-server/v1/<stage>" ‖ E.pub ‖
+    SPKI-SHA256 ‖ N ‖ SHA-256(user/server))``, every field 32 bytes."""
+    if not len(enclave_key) == len(tls_spki_sha256) == len(nonce) == 32:
+        raise FrontDoorError("the server's enclave key, TLS key hash and nonce are 32 bytes each")
+    label = SERVER_PROTOCOL + b"/" + stage.encode()
+    fields = enclave_key + tls_spki_sha256 + nonce + hashlib.sha256(server.encode()).digest()
+    return hashlib.sha512(label + fields).digest()
+
+
+def _bytes(value: object, key: str) -> bytes:
+    """Hex or base64 (the record's encoding of binary fields)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{key!r} is missing or not a string")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return base64.b64decode(value, validate=True)
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """The hub's record of one server (untrusted until its evidence verifies)."""
+
+    server: str
+    evidence: bytes
+    nonce: bytes
+    tls_spki_sha256: bytes
+    enclave_key: bytes
+    stage: Stage
+    hub_verdict: str
+    collateral: bytes | None
+
+    @classmethod
+    def from_reply(cls, body: bytes, user: str, server_name: str) -> ServerRecord:
+        """The record of ``user/server_name`` from the service's reply; a FrontDoorError when malformed."""
+        if len(body) > MAX_REPLY_BYTES:
+            raise FrontDoorError(f"the hub's reply is larger than {MAX_REPLY_BYTES} bytes")
+        wanted = f"{user}/{server_name}"
+        try:
+            data = json.loads(body)
+            record = _pick(data, server_name)
+            evidence = record.get("evidence")
+            if isinstance(evidence, dict):  # an Evidence.to_json() object
+                evidence = evidence.get("blob")
+            stage = record.get("stage", "hello")
+            if stage not in ("hello", "challenge"):
+                raise ValueError(f"unknown evidence stage {stage!r}")
+            collateral = record.get("collateral")
+            named = record.get("server", wanted)
+            if named != wanted:
+                raise ValueError(f"the record is for {named!r}, not {wanted!r}")
+            return cls(
+                server=wanted,
+                evidence=base64.b64decode(str(evidence), validate=True),
+                nonce=_bytes(record.get("nonce"), "nonce"),
+                tls_spki_sha256=_bytes(record.get("tls_spki_sha256"), "tls_spki_sha256"),
+                enclave_key=_bytes(record.get("enclave_key"), "enclave_key"),
+                stage=stage,
+                hub_verdict=str(record.get("verdict", "?")),
+                collateral=None if collateral is None else base64.b64decode(str(collateral), validate=True),
+            )
+        except (ValueError, TypeError, binascii.Error, RecursionError) as error:
+            raise FrontDoorError(f"the hub's record of {wanted} is malformed: {error}") from None
+
+
+def _pick(data: object, server_name: str) -> dict[str, object]:
+    """The record itself, or the named one of ``{"servers": {name: record}}`` / ``[{"name": …}]``."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    servers = data.get("servers")
+    if servers is None:
+        return data
+    if isinstance(servers, dict) and isinstance(servers.get(server_name), dict):
+        return dict(servers[server_name])
+    if isinstance(servers, list):
+        for entry in servers:
+            if isinstance(entry, dict) and entry.get("name", "") == server_name:
+                return dict(entry)
+    raise ValueError(f"no server named {server_name!r} in the reply")
+
+
+@dataclass
+class ServerOutcome:
+    lines: list[CheckLine]
+    measurement: str | None = None
+    record: ServerRecord | None = None
+
+
+def fetch_record(channel: HubChannel, user: str, token: str, server_name: str) -> ServerRecord:
+    reply = channel.get(SERVERS_API + quote(user, safe=""), {"Authorization": f"token {token}"})
+    if reply.status != 200:
+        raise FrontDoorError(
+            f"the hub's service answered HTTP {reply.status} for {user}'s server (403: the token is not "
+            f"{user}'s; 404: no attested server is running)"
+        )
+    return ServerRecord.from_reply(reply.body, user, server_name)
+
+
+def verify_server(
+    record: ServerRecord,
+    policy: AppraisalPolicy,
+    *,
+    at: datetime,
+    collateral: Path | bytes | None = None,
+    anchors: TrustAnchors | None = None,
+) -> ServerOutcome:
+    """Re-verify the record's evidence against the user's policy and the binding, as lines."""
+    lines = [
+        CheckLine(
+            f"{SUBJECT} record",
+            True,
+            f"{record.server} fetched over the verified connection; the hub says {record.hub_verdict!r} "
+            "(not trusted: re-verified below)",
+        )
+    ]
+    expected = server_report_data(
+        record.stage, record.enclave_key, record.tls_spki_sha256, record.nonce, record.server
+    )
+    result = verify_evidence(
+        record.evidence,
+        collateral=record.collateral if record.collateral is not None else collateral,
+        at=at,
+        anchors=anchors,
+        policy=policy,
+        expected_report_data=expected,
+    )
+    lines += evidence_lines(SUBJECT, result)
+    data = report_data_of(result)
+    if data is None:
+        lines.append(CheckLine(f"{SUBJECT} binding", False, "not checked: the evidence did not verify"))
+    elif binds(data, expected):
+        detail = (
+            f"the evidence binds the server's TLS key {record.tls_spki_sha256.hex()[:16]}…, its enclave key "
+            f"and the name {record.server!r}"
+        )
+        lines.append(CheckLine(f"{SUBJECT} binding", True, detail))
+    else:
+        detail = (
+            f"the evidence's report_data does not bind the TLS key, enclave key, nonce and name {record.server!r} "
+            "the hub reports: evidence of another server (or user), or a record the hub changed"
+        )
+        lines.append(CheckLine(f"{SUBJECT} binding", False, detail))
+    return ServerOutcome(lines, measurement_of(result), record)

@@ -1,0 +1,58 @@
+"""Measured Python programs other than the kernel (the hub's attested front door), through the backend contract.
+
+The extension reaches the TEE backends only through the kernel part (docs/architecture.md), so this is its
+surface for them:
+
+- on the host, :func:`build_module_image` builds and measures an image that runs ``python -s -m MODULE`` with
+  everything that interpreter imports trusted (as the kernel's image does), and :func:`launch_module` starts
+  it through a backend with the launching gateway's controller bound at launch;
+- inside the TEE, :func:`tee_evidence` is fresh evidence over 64 bytes of report_data from the runtime this
+  process runs in.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping
+
+from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess, Evidence
+from teelab.enclave_runtime.backends import get_backend
+from teelab.enclave_runtime.image import EnclaveImage
+from teelab.enclave_runtime.images import python_module_spec
+from teelab.enclave_runtime.runtime import current_runtime
+
+__all__ = [
+    "EnclaveBackend",
+    "EnclaveImage",
+    "EnclaveProcess",
+    "build_module_image",
+    "get_backend",
+    "launch_module",
+    "tee_evidence",
+    "tee_name",
+]
+
+
+def build_module_image(
+    backend: EnclaveBackend, module: str, *, name: str, packages: tuple[str, ...], inputs: tuple[str, ...]
+) -> EnclaveImage:
+    """The image ``name`` running ``module``; ``inputs`` are the only variables the host may pass in."""
+    spec = python_module_spec(module, name=name, packages=packages, passthrough_env=inputs)
+    return backend.build(spec)
+
+
+def launch_module(
+    backend: EnclaveBackend, image: EnclaveImage, *, inputs: Mapping[str, str], controller: bytes | None
+) -> EnclaveProcess:
+    """Start ``image`` in the TEE; its standard output is a pipe (the program announces itself there)."""
+    return backend.launch(image, inputs=inputs, controller=controller, stdout=subprocess.PIPE)
+
+
+def tee_name() -> str:
+    """The backend whose TEE this process runs in (an EvidenceError when it runs in none)."""
+    return current_runtime().backend
+
+
+def tee_evidence(report_data: bytes) -> Evidence:
+    """Evidence over ``report_data`` (64 bytes) from the TEE this process runs in (an EvidenceError outside one)."""
+    return current_runtime().evidence(report_data)
