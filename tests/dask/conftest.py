@@ -7,10 +7,12 @@ tests stand at the OS boundary — processes, sockets, files, /proc — not at h
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +54,30 @@ def dask_env(dask_env_session: DaskEnv, teelab_dirs: Path, monkeypatch: pytest.M
     monkeypatch.setenv("TEELAB_DATA_DIR", str(dask_env_session.data))
     monkeypatch.setenv("TEELAB_CONFIG_DIR", str(dask_env_session.config))
     return dask_env_session
+
+
+@contextlib.contextmanager
+def pointed_at(env: DaskEnv) -> Iterator[None]:
+    """teelab's folders are the session's while a longer-lived cluster is made (the autouse fixture points each
+    test at a fresh data folder; `dask_env` points it back)."""
+    saved = {k: os.environ.get(k) for k in ("TEELAB_DATA_DIR", "TEELAB_CONFIG_DIR")}
+    os.environ["TEELAB_DATA_DIR"], os.environ["TEELAB_CONFIG_DIR"] = str(env.data), str(env.config)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def cluster(dask_env_session: DaskEnv) -> Iterator[Any]:
+    """A scheduler and two one-thread workers on the sim backend, judged by the kernel's installed policy."""
+    from teelab.dask import TeeCluster
+
+    with pointed_at(dask_env_session):
+        made = TeeCluster(n_workers=2, threads_per_worker=1, backend="sim", policy=dask_env_session.policy)
+    with made:
+        yield made
