@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from teelab.enclave_runtime.agent.certificates import peer_certificate_identity
+from teelab.enclave_runtime.agent.certificates import RevokedCertificates, peer_certificate_identity
 from teelab.errors import ConfigError
 
 MIN_TOKEN_LENGTH = 16
@@ -73,6 +73,7 @@ class GatewayAuth:
 
     tokens: GatewayTokens | None = None
     certificates: bool = False
+    revoked: RevokedCertificates | None = None  # with certificates only
 
     def __post_init__(self) -> None:
         if (self.tokens is None) == (not self.certificates):
@@ -80,6 +81,8 @@ class GatewayAuth:
                 "the host agent authenticates gateways by tokens or by client certificates: give exactly one "
                 "of --tokens and --client-ca"
             )
+        if self.revoked is not None and not self.certificates:
+            raise ConfigError("--revoked lists client certificates: it needs --client-ca")
 
     @property
     def what(self) -> str:
@@ -92,7 +95,7 @@ class GatewayAuth:
     ) -> str | None:
         """The gateway making a call, or None (the call is refused)."""
         if self.certificates:
-            return peer_certificate_identity(auth_context)
+            return peer_certificate_identity(auth_context, self.revoked)
         assert self.tokens is not None
         return self.tokens.caller(bearer(metadata))
 

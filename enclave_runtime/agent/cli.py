@@ -19,13 +19,13 @@ How gateways authenticate, one of:
   --client-ca FILE  mutual TLS: every caller must present a certificate signed by this CA (checked in the TLS
                     handshake, before any request is read); its DNS/URI/e-mail SAN, else its CN, names the
                     gateway for --per-gateway. Choose it where an operator CA exists: no bearer secret
-                    travels, the key can stay in an HSM, certificates expire. There is no revocation list:
-                    issue short-lived certificates, or restart with a new CA.
+                    travels, the key can stay in an HSM, certificates expire. --revoked FILE lists the
+                    SHA-256 fingerprints of certificates no longer admitted (re-read when it changes).
   --tokens FILE     bearer tokens, 'NAME TOKEN' per line (0600): simplest; revoke one by removing its line
                     and restarting. A token is a password: anyone holding it is that gateway.
 
 Settings may also come from a TOML file (--config), with the long option names as keys (listen, tokens,
-client_ca, tls_cert, tls_key, backend = [..], capacity, per_gateway); options on the command line win."""
+client_ca, revoked, tls_cert, tls_key, backend = [..], capacity, per_gateway); options on the command line win."""
 
 EPILOG = """\
 examples:
@@ -36,7 +36,7 @@ examples:
   teelab host serve --config /etc/teelab/host-agent.toml"""
 
 _DEFAULTS: dict[str, object] = {"listen": "127.0.0.1:7700", "capacity": 16, "per_gateway": 4}
-_PATHS = ("tokens", "client_ca", "tls_cert", "tls_key")
+_PATHS = ("tokens", "client_ca", "revoked", "tls_cert", "tls_key")
 
 
 def register(subparsers: Subparsers) -> None:
@@ -61,6 +61,12 @@ def register(subparsers: Subparsers) -> None:
         metavar="PEM",
         type=Path,
         help="require gateway certificates signed by this CA (mutual TLS; instead of --tokens)",
+    )
+    serve.add_argument(
+        "--revoked",
+        metavar="FILE",
+        type=Path,
+        help="SHA-256 fingerprints of gateway certificates to refuse, one per line (with --client-ca)",
     )
     serve.add_argument(
         "--backend", action="append", metavar="NAME", help="a backend to offer (repeatable; default: sim)"
@@ -114,6 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_certificate=_path(given.get("tls_cert")),
         tls_key=_path(given.get("tls_key")),
         client_ca=_path(given.get("client_ca")),
+        revoked=_path(given.get("revoked")),
     )
     config.auth()  # exactly one of tokens and client certificates, before any backend work
     run(config)

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from teelab.enclave_runtime.agent.auth import GatewayAuth, GatewayTokens, is_loopback
-from teelab.enclave_runtime.agent.certificates import load_client_ca
+from teelab.enclave_runtime.agent.certificates import RevokedCertificates, load_client_ca
 from teelab.enclave_runtime.agent.kernels import KernelTable
 from teelab.enclave_runtime.agent.service import HostAgentService
 from teelab.enclave_runtime.agent.v1 import host_pb2_grpc
@@ -35,11 +35,13 @@ class AgentConfig:
     tls_certificate: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None  # gateways authenticate with certificates this CA signed, not tokens
+    revoked: Path | None = None  # SHA-256 fingerprints of gateway certificates no longer admitted
     max_message_bytes: int = MAX_MESSAGE_BYTES
     service: Callable[[KernelTable, GatewayAuth], HostAgentService] = field(default=HostAgentService)
 
     def auth(self) -> GatewayAuth:
-        return GatewayAuth(tokens=self.tokens, certificates=self.client_ca is not None)
+        revoked = RevokedCertificates(self.revoked) if self.revoked is not None else None
+        return GatewayAuth(tokens=self.tokens, certificates=self.client_ca is not None, revoked=revoked)
 
     @property
     def host(self) -> str:

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from teelab.enclave_runtime.agent.auth import GatewayAuth, GatewayTokens
-from teelab.enclave_runtime.agent.certificates import certificate_identity
+from teelab.enclave_runtime.agent.certificates import RevokedCertificates, certificate_identity
 from teelab.enclave_runtime.agent.server import AgentConfig, start
 from teelab.enclave_runtime.agent.v1 import host_pb2, host_pb2_grpc
 from teelab.errors import AttestationFailed, ConfigError
@@ -32,8 +34,13 @@ Agent = remote.Agent
 def mtls_agent(agents: Callable[..., Agent], folder: Path, ca: OperatorCA, host: str, *extra: str) -> str:
     """A genuine agent on ``host`` that requires client certificates from ``ca``, configured by a TOML file."""
     cert, key = ca.issue(f"host-{host}", ip=host, usage="server")
+    revoked = folder / f"revoked-{host}"
+    revoked.write_text("# SHA-256 fingerprints of gateway certificates no longer admitted\n")
     config = folder / f"agent-{host}.toml"
-    config.write_text(f'client_ca = "{ca.path}"\ntls_cert = "{cert}"\ntls_key = "{key}"\nbackend = ["sim"]\n')
+    config.write_text(
+        f'client_ca = "{ca.path}"\nrevoked = "{revoked}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+        'backend = ["sim"]\n'
+    )
     _, target = agents(host, None, "--config", str(config), *extra)
     assert target.startswith("grpcs://")
     return target
@@ -122,8 +129,16 @@ def test_limits_and_kernels_belong_to_the_certificate_identity(
         _call(target, root, None, None, "List", host_pb2.ListRequest())
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
-    for reply, holder in ((first, a), (second, b)):
-        _call(target, root, *holder, "Kill", host_pb2.KernelRef(kernel_id=reply.kernel_id))
+    # The operator revokes gw-a's certificate (openssl's fingerprint line, as it prints it): refused from the
+    # next call on, without a restart; gw-b is unaffected.
+    digest = x509.load_pem_x509_certificate(a[0].read_bytes()).fingerprint(hashes.SHA256()).hex().upper()
+    fingerprint_line = "sha256 Fingerprint=" + ":".join(digest[i : i + 2] for i in range(0, 64, 2))
+    with (remote_env / "revoked-127.0.0.3").open("a") as revoked:
+        revoked.write(fingerprint_line + "\n")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        _call(target, root, *a, "Kill", host_pb2.KernelRef(kernel_id=first.kernel_id))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    _call(target, root, *b, "Kill", host_pb2.KernelRef(kernel_id=second.kernel_id))
 
 
 def test_certificate_identity_prefers_the_subject_alternative_name(tmp_path: Path) -> None:
@@ -157,6 +172,18 @@ def test_the_agent_and_the_gateway_refuse_half_configured_certificates(
         asyncio.run(start(not_a_ca))
 
     client_cert, client_key = ca.issue("gw-a", dns="gw-a.example")
+    revocations = tmp_path / "revoked"
+    revocations.write_text("not-a-fingerprint\n")
+    with pytest.raises(ConfigError, match="not a fingerprint"):
+        RevokedCertificates(revocations)
+    revocations.write_text("")
+    listed = RevokedCertificates(revocations)
+    assert not listed.revoked(client_cert.read_bytes())
+    revocations.unlink()  # a revocation file that vanished or broke refuses everyone until it is fixed
+    assert listed.revoked(client_cert.read_bytes())
+    with pytest.raises(ConfigError, match="needs --client-ca"):
+        GatewayAuth(tokens=tokens, revoked=listed)
+
     client_key.chmod(0o640)
     with pytest.raises(ConfigError, match="open to other users"):
         load_credentials(None, None, str(client_cert), str(client_key))
