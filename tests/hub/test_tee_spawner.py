@@ -144,46 +144,142 @@ c.JupyterHub.load_roles.append({{"name": "teelab-tee-test", "services": ["teelab
         hub.stop()
 
 
-def test_alice_server_is_attested_step_by_step_and_the_verdict_is_in_its_state(tee_hub: TeeHub) -> None:
+@pytest.fixture(scope="module")
+def alice(tee_hub: TeeHub) -> Iterator[list[dict[str, Any]]]:
+    """alice's server, spawned once for the module: the progress events the spawn page showed."""
     events = tee_hub.spawn_and_follow("alice")
     try:
-        messages = [event.get("message", "") for event in events]
-        assert events[-1].get("ready") is True, messages
-        order = [
-            "Launched the server's boot",
-            "Evidence received",
-            "Evidence verified against policy hub-server",
-            "Controller checked",
-            "Secrets sealed",
-            "Server ready",
-        ]
-        found = [next(i for i, m in enumerate(messages) if m.startswith(step)) for step in order]
-        assert found == sorted(found), messages
-        verdict = tee_hub.verdict("alice")
-        assert verdict["status"] == "attested" and verdict["ok"] is True and verdict["simulated"] is True
-        assert verdict["policy"]["selector"] == "group:analysts" and verdict["policy"]["id"] == "hub-server"
-        assert {c["name"]: c["passed"] for c in verdict["checks"]}["controller"] is True
-        assert "/user/alice" in tee_hub.routes()
-        # What part 2's `teelab hub verify` does: re-verify the stored evidence from its own inputs.
-        inputs = verdict["report_data_inputs"]
-        spki = protocol.unb64(verdict["tls_spki"], "tls_spki")
-        assert hashlib.sha256(spki).hexdigest() == verdict["tls_spki_sha256"] == inputs["tls_spki_sha256"]
-        report_data = protocol.hello_report_data(
-            bytes.fromhex(inputs["enclave_key"]), spki, bytes.fromhex(verdict["nonce"]), inputs["server"]
-        )
-        assert report_data.hex() == verdict["report_data"] and inputs["server"] == "alice/"
-        backend = SimBackend(tee_hub.hub.root / "data" / "sim-platform")
-        evidence = Evidence.from_json(verdict["evidence"])
-        again = verify_evidence(
-            evidence.blob,
-            collateral=backend.collateral_for(evidence.blob, utcnow()),
-            at=utcnow(),
-            anchors=backend_anchors(backend),
-            policy=load_policy(tee_hub.hub.root / "policies" / "hub-server.toml"),
-            expected_report_data=report_data,
-            expected_controller=bytes.fromhex(verdict["controller"]),
-        )
-        assert again.ok, again.error
-        assert again.claims["mrenclave"] == verdict["measurement"]["value"]
+        yield events
     finally:
         tee_hub.stop("alice")
+
+
+def test_alice_server_is_attested_step_by_step_and_the_verdict_is_in_its_state(
+    tee_hub: TeeHub, alice: list[dict[str, Any]]
+) -> None:
+    messages = [event.get("message", "") for event in alice]
+    assert alice[-1].get("ready") is True, messages
+    order = [
+        "Launched the server's boot",
+        "Evidence received",
+        "Evidence verified against policy hub-server",
+        "Controller checked",
+        "Secrets sealed",
+        "Server ready",
+    ]
+    found = [next(i for i, m in enumerate(messages) if m.startswith(step)) for step in order]
+    assert found == sorted(found), messages
+    verdict = tee_hub.verdict("alice")
+    assert verdict["status"] == "attested" and verdict["ok"] is True and verdict["simulated"] is True
+    assert verdict["policy"]["selector"] == "group:analysts" and verdict["policy"]["id"] == "hub-server"
+    assert {c["name"]: c["passed"] for c in verdict["checks"]}["controller"] is True
+    assert "/user/alice" in tee_hub.routes()
+    # What part 2's `teelab hub verify` does: re-verify the stored evidence from its own inputs.
+    inputs = verdict["report_data_inputs"]
+    spki = protocol.unb64(verdict["tls_spki"], "tls_spki")
+    assert hashlib.sha256(spki).hexdigest() == verdict["tls_spki_sha256"] == inputs["tls_spki_sha256"]
+    report_data = protocol.hello_report_data(
+        bytes.fromhex(inputs["enclave_key"]), spki, bytes.fromhex(verdict["nonce"]), inputs["server"]
+    )
+    assert report_data.hex() == verdict["report_data"] and inputs["server"] == "alice/"
+    backend = SimBackend(tee_hub.hub.root / "data" / "sim-platform")
+    evidence = Evidence.from_json(verdict["evidence"])
+    again = verify_evidence(
+        evidence.blob,
+        collateral=backend.collateral_for(evidence.blob, utcnow()),
+        at=utcnow(),
+        anchors=backend_anchors(backend),
+        policy=load_policy(tee_hub.hub.root / "policies" / "hub-server.toml"),
+        expected_report_data=report_data,
+        expected_controller=bytes.fromhex(verdict["controller"]),
+    )
+    assert again.ok, again.error
+    assert again.claims["mrenclave"] == verdict["measurement"]["value"]
+
+
+def test_no_secret_in_the_hosts_view_of_the_server(tee_hub: TeeHub, alice: list[dict[str, Any]]) -> None:
+    pid = tee_hub.server("alice")["state"]["pid"]
+    environ = dict(
+        entry.split(b"=", 1) for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if entry
+    )
+    names = {name.decode() for name in environ}
+    assert not names & protocol.SECRET_ENV, names
+    # Only the measured image's environment, the boot request and the simulated loader's descriptor.
+    assert not {n for n in names if n.startswith("JUPYTERHUB_")}, names
+    request = protocol.ServerBootRequest.from_env(environ[protocol.REQUEST_ENV.encode()].decode())
+    assert request.server == "alice/"
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1:4] == [b"-s", b"-m", b"teelab.extension.hub.server_boot"], cmdline
+    # Yet the server holds its hub token (in memory): it checks a token of alice's with the hub.
+    token = tee_hub.hub.user_token("alice", "test: the server authenticates through the hub")
+    status = requests.get(
+        f"{tee_hub.hub.url}/user/alice/api/status", headers={"Authorization": f"token {token}"}, timeout=60
+    )
+    assert status.status_code == 200, status.text
+
+
+def _service(tee_hub: TeeHub, user: str, path: str) -> requests.Response:
+    token = tee_hub.hub.user_token(user, f"test: teelab-kbs {path}")
+    return requests.get(
+        f"{tee_hub.hub.url}/services/teelab-kbs/{path}",
+        headers={"Authorization": f"token {token}"},
+        timeout=60,
+    )
+
+
+def test_the_service_shows_the_verdict_to_its_user_and_the_operators_only(
+    tee_hub: TeeHub, alice: list[dict[str, Any]]
+) -> None:
+    own = _service(tee_hub, "alice", "api/servers/alice")
+    assert own.status_code == 200, own.text
+    (server,) = own.json()["servers"]
+    stored = tee_hub.verdict("alice")
+    for key in ("evidence", "nonce", "report_data", "report_data_inputs", "tls_spki_sha256", "measurement"):
+        assert server[key] == stored[key], key
+    assert server["ready"] is True and server["status"] == "attested"
+    assert _service(tee_hub, "bob", "api/servers/alice").status_code == 403
+    assert _service(tee_hub, "alice", "api/servers").status_code == 403
+    every = _service(tee_hub, "carol", "api/servers")  # carol operates the broker
+    assert every.status_code == 200, every.text
+    assert every.json()["users"]["alice"][0]["tls_spki_sha256"] == stored["tls_spki_sha256"]
+    page = _service(tee_hub, "carol", "servers")
+    assert page.status_code == 200 and stored["tls_spki_sha256"] in page.text
+
+
+def test_poll_rechallenges_the_server_and_it_answers_with_its_attested_key(
+    tee_hub: TeeHub, alice: list[dict[str, Any]]
+) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while (challenge := tee_hub.verdict("alice")["last_challenge"]) is None:
+        assert time.monotonic() < deadline, "the hub never polled alice's server"
+        time.sleep(0.5)
+    assert challenge["ok"] is True, challenge
+    assert challenge["answer"]["enclave_key"] == tee_hub.verdict("alice")["enclave_key"]
+    assert tee_hub.server("alice")["ready"] is True
+
+
+def test_a_server_failing_its_policy_is_never_routed(tee_hub: TeeHub) -> None:
+    events = tee_hub.spawn_and_follow("carol")
+    tee_hub.wait_until("carol", ready=False)
+    messages = [event.get("message", "") for event in events]
+    assert events[-1].get("failed") is True, messages
+    refused = [m for m in messages if m.startswith("Attestation refused by policy user:carol")]
+    assert refused and "mrenclave" in refused[0], messages
+    assert not [m for m in messages if m.startswith(("Secrets sealed", "Server ready"))], messages
+    assert not [route for route in tee_hub.routes() if route.startswith("/user/carol")]
+    verdict = tee_hub.verdict("carol")
+    assert verdict["status"] == "refused" and verdict["ok"] is False
+    assert verdict["policy"]["id"] == "wrong-measurement"
+    assert [c["name"] for c in verdict["checks"] if not c["passed"]] == ["policy.mrenclave"]
+
+
+def test_poll_stops_a_server_whose_tee_answers_with_another_key(tee_hub: TeeHub) -> None:
+    events = tee_hub.spawn_and_follow("bob")
+    assert events[-1].get("ready") is True, events
+    assert "/user/bob" in tee_hub.routes()
+    tee_hub.wait_until("bob", ready=False)  # the hub's next poll
+    verdict = tee_hub.verdict("bob")
+    assert verdict["status"] == "key-changed" and verdict["ok"] is False
+    assert "enclave key changed" in verdict["reason"]
+    assert verdict["last_challenge"]["answer"]["enclave_key"] != verdict["enclave_key"]
+    assert "/user/bob" not in tee_hub.routes()
