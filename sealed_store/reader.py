@@ -96,7 +96,37 @@ class SealedReader:
 
     def read_pandas(self, columns: Sequence[str] | None = None, filters: Filters = None) -> pd.DataFrame:
         """Like :meth:`read_table`, converted as ``pd.read_parquet`` would (index restored, same dtypes)."""
-        table = self._read(columns, filters, pandas_index=True)
+        return self._to_pandas(self._read(columns, filters, pandas_index=True))
+
+    def read_part_pandas(
+        self,
+        k: int,
+        columns: Sequence[str] | None = None,
+        filters: Filters = None,
+        *,
+        schema: pa.Schema | None = None,
+    ) -> pd.DataFrame:
+        """Part ``k`` (1-based) alone, as :meth:`read_pandas` converts it: one partition of a Dask read.
+
+        ``schema``: part 1's (from :meth:`schema`), so that a reader of part ``k`` need not open part 1.
+        """
+        if not isinstance(k, int) or not 1 <= k <= len(self.manifest.parts):
+            raise QueryError(f"there is no part {k!r}", dataset=self.name, version=self.version)
+        return self._to_pandas(self._read(columns, filters, pandas_index=True, parts=(k,), schema=schema))
+
+    def empty_pandas(
+        self, columns: Sequence[str] | None = None, filters: Filters = None, *, schema: pa.Schema | None = None
+    ) -> pd.DataFrame:
+        """The empty DataFrame this query returns, the query checked as a read checks it: a Dask ``meta``.
+
+        Only part 1's footer is decrypted (for its schema), unless ``schema`` is given; no data page is.
+        """
+        schema = schema if schema is not None else self.schema()
+        wanted, _ = self._plan(schema, columns, filters, pandas_index=True)
+        table = schema.empty_table()
+        return self._to_pandas(table if wanted is None else table.select(wanted))
+
+    def _to_pandas(self, table: pa.Table) -> pd.DataFrame:
         try:
             frame = table.to_pandas()
         except (pa.ArrowException, ValueError, TypeError) as error:
@@ -134,13 +164,23 @@ class SealedReader:
 
     # -------------------------------------------------------------------------------------- internals
 
-    def _read(self, columns: Sequence[str] | None, filters: Filters, *, pandas_index: bool) -> pa.Table:
-        first = self._fragment(1)
-        schema = first.physical_schema
+    def _read(
+        self,
+        columns: Sequence[str] | None,
+        filters: Filters,
+        *,
+        pandas_index: bool,
+        parts: Sequence[int] | None = None,
+        schema: pa.Schema | None = None,
+    ) -> pa.Table:
+        first = self._fragment(1) if schema is None or parts is None or 1 in parts else None
+        if schema is None:
+            assert first is not None
+            schema = first.physical_schema
         wanted, expression = self._plan(schema, columns, filters, pandas_index=pandas_index)
         tables = []
-        for k in range(1, len(self.manifest.parts) + 1):
-            fragment = first if k == 1 else self._fragment(k, schema)
+        for k in parts if parts is not None else range(1, len(self.manifest.parts) + 1):
+            fragment = first if k == 1 and first is not None else self._fragment(k, schema)
             try:
                 tables.append(fragment.to_table(schema=schema, columns=wanted, filter=expression))
             except Exception as error:  # anything pyarrow raises on bad bytes
