@@ -139,9 +139,8 @@ def _error(status: str, message: str, *, close: bool = False) -> bytes:
 
 class FrontDoor:
     def __init__(self, request: FrontDoorRequest) -> None:
-        from teelab.kernel.attested_module import tee_evidence, tee_name
+        from teelab.kernel.attested_module import tee_evidence
 
-        tee_name()  # fail at start, not at the first client, when this process runs in no TEE
         self.request = request
         self.context, self.tls_spki_sha256 = tls_identity(request.hostnames)
         self._evidence = tee_evidence
@@ -237,6 +236,13 @@ async def serve(request: FrontDoorRequest) -> None:
 
 
 def main() -> int:
+    from teelab.kernel.attested_module import tee_name
+
+    try:
+        tee_name()  # first: the loader hands the TEE's identity over right after the start
+    except TeelabError as error:
+        print(f"teelab front door: {error.message}", file=sys.stderr)
+        return 1
     try:
         request = FrontDoorRequest.from_env(os.environ.get(REQUEST_ENV))
     except FrontDoorError as error:

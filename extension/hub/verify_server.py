@@ -77,31 +77,37 @@ class ServerRecord:
 
     @classmethod
     def from_reply(cls, body: bytes, user: str, server_name: str) -> ServerRecord:
-        """The record of ``user/server_name`` from the service's reply; a FrontDoorError when malformed."""
+        """The record of ``user/server_name`` from the service's reply (TeeSpawner's verdict format,
+        ``teelab/hub-server-verdict/v1``, in ``{"user": …, "servers": [ … ]}``); a FrontDoorError when
+        malformed."""
         if len(body) > MAX_REPLY_BYTES:
             raise FrontDoorError(f"the hub's reply is larger than {MAX_REPLY_BYTES} bytes")
         wanted = f"{user}/{server_name}"
         try:
-            data = json.loads(body)
-            record = _pick(data, server_name)
+            record = _pick(json.loads(body), server_name)
             evidence = record.get("evidence")
-            if isinstance(evidence, dict):  # an Evidence.to_json() object
+            if isinstance(evidence, dict):  # Evidence.to_json(): {"kind", "blob"}
                 evidence = evidence.get("blob")
-            stage = record.get("stage", "hello")
+            inputs = record.get("report_data_inputs")
+            inputs = inputs if isinstance(inputs, dict) else {}
+            label = str(inputs.get("label", "hello"))
+            stage = label.rsplit("/", 1)[-1]
             if stage not in ("hello", "challenge"):
-                raise ValueError(f"unknown evidence stage {stage!r}")
-            collateral = record.get("collateral")
+                raise ValueError(f"unknown evidence label {label!r}")
             named = record.get("server", wanted)
             if named != wanted:
                 raise ValueError(f"the record is for {named!r}, not {wanted!r}")
+            collateral = record.get("collateral")
+            status = record.get("status")
+            verdict = record.get("verdict")
             return cls(
                 server=wanted,
                 evidence=base64.b64decode(str(evidence), validate=True),
                 nonce=_bytes(record.get("nonce"), "nonce"),
                 tls_spki_sha256=_bytes(record.get("tls_spki_sha256"), "tls_spki_sha256"),
-                enclave_key=_bytes(record.get("enclave_key"), "enclave_key"),
-                stage=stage,
-                hub_verdict=str(record.get("verdict", "?")),
+                enclave_key=_bytes(inputs.get("enclave_key", record.get("enclave_key")), "enclave_key"),
+                stage="hello" if stage == "hello" else "challenge",
+                hub_verdict=" / ".join(str(v) for v in (status, verdict) if v is not None) or "?",
                 collateral=None if collateral is None else base64.b64decode(str(collateral), validate=True),
             )
         except (ValueError, TypeError, binascii.Error, RecursionError) as error:
@@ -109,7 +115,7 @@ class ServerRecord:
 
 
 def _pick(data: object, server_name: str) -> dict[str, object]:
-    """The record itself, or the named one of ``{"servers": {name: record}}`` / ``[{"name": …}]``."""
+    """The record itself, or the named one of ``{"servers": [{"server_name": …}]}`` / ``{name: record}``."""
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     servers = data.get("servers")
@@ -119,9 +125,9 @@ def _pick(data: object, server_name: str) -> dict[str, object]:
         return dict(servers[server_name])
     if isinstance(servers, list):
         for entry in servers:
-            if isinstance(entry, dict) and entry.get("name", "") == server_name:
+            if isinstance(entry, dict) and entry.get("server_name", entry.get("name", "")) == server_name:
                 return dict(entry)
-    raise ValueError(f"no server named {server_name!r} in the reply")
+    raise ValueError(f"no server named {server_name!r} in the reply (is it running under TeeSpawner?)")
 
 
 @dataclass

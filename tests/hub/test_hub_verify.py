@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import hashlib
 import http.client
 import http.server
 import json
@@ -39,6 +40,7 @@ from teelab.enclave_runtime.sim.backend import SimBackend
 from teelab.enclave_runtime.sim.identity import SimIdentity
 from teelab.enclave_runtime.sim.runtime import SimRuntime
 from teelab.enclave_runtime.sim.sgx_structs import ATTRIBUTE_INIT, ATTRIBUTE_MODE64BIT
+from teelab.extension.hub import spawner_protocol as protocol
 from teelab.extension.hub.connect import KeyMismatch, PinnedProxy
 from teelab.extension.hub.front_door_launch import (
     RunningFrontDoor,
@@ -47,6 +49,7 @@ from teelab.extension.hub.front_door_launch import (
     launch_front_door,
 )
 from teelab.extension.hub.front_door_protocol import ATTESTATION_PATH, FrontDoorEvidence, spki_sha256
+from teelab.extension.hub.spawner_verdict import Observed
 from teelab.extension.hub.verify_channel import HubAddress, HubChannel
 from teelab.extension.hub.verify_front_door import binding_lines
 from teelab.extension.hub.verify_pins import Pin, PinFile
@@ -91,20 +94,15 @@ def self_signed(name: str) -> tuple[bytes, bytes]:
 def server_record(
     runtime: SimRuntime, *, user: str, bound_to: str, verdict: str = "affirming"
 ) -> dict[str, Any]:
-    """The hub's record of ``user``'s server; its evidence (real sim TEE) binds the server ``bound_to``."""
+    """The teelab-kbs service's answer for ``user`` (TeeSpawner's verdict format); the evidence (real sim TEE)
+    binds the server ``bound_to``."""
     enclave_key = x25519.X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    tls_spki_sha256, nonce = os.urandom(32), os.urandom(32)
+    tls_spki, nonce = os.urandom(91), os.urandom(32)
+    tls_spki_sha256 = hashlib.sha256(tls_spki).digest()
     evidence = runtime.evidence(server_report_data("hello", enclave_key, tls_spki_sha256, nonce, bound_to))
-    return {
-        "server": f"{user}/",
-        "evidence": base64.b64encode(evidence.blob).decode(),
-        "nonce": nonce.hex(),
-        "tls_spki_sha256": tls_spki_sha256.hex(),
-        "enclave_key": enclave_key.hex(),
-        "measurement": SERVER_MRENCLAVE.hex(),
-        "policy": "hub-server",
-        "verdict": verdict,
-    }
+    observed = Observed(enclave_key, tls_spki, evidence, nonce, f"{user}/", "hello").to_json()
+    entry = {**observed, "server": f"{user}/", "server_name": "", "status": "attested", "verdict": verdict}
+    return {"user": user, "servers": [entry]}
 
 
 @dataclass
@@ -434,6 +432,17 @@ def test_a_changed_key_fails_the_pin_unless_updated(deployment: Deployment, tmp_
     assert updated.ok
     pinned = pins.load(deployment.address.origin).front_door
     assert pinned is not None and pinned.tls_spki_sha256 == deployment.front_door.tls_spki_sha256.hex()
+
+
+def test_the_server_binding_is_the_one_the_server_boot_computes() -> None:
+    key, spki, nonce = os.urandom(32), os.urandom(91), os.urandom(32)
+    spki_hash = hashlib.sha256(spki).digest()
+    assert server_report_data("hello", key, spki_hash, nonce, "alice/") == protocol.hello_report_data(
+        key, spki, nonce, "alice/"
+    )
+    assert server_report_data("challenge", key, spki_hash, nonce, "alice/") == protocol.challenge_report_data(
+        key, spki, nonce, "alice/"
+    )
 
 
 def test_the_hubs_record_of_another_users_server_fails_the_server_binding(
