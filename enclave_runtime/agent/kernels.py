@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import re
 import socket
 import subprocess
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess
 from teelab.errors import TeelabError
 from teelab.protocols.session import BOOT_REQUEST_ENV, NONCE_SIZE, PORT_NAMES, BootRequest
 
+log = logging.getLogger("teelab.host")
 _IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 CONTROLLER_KEY_SIZE = 32
 
@@ -47,6 +50,8 @@ class HostedKernel:
     process: EnclaveProcess | None = None
     relayed: bool = False
     killed: bool = False
+    launched_at: float = 0.0
+    exited_at: float | None = None  # when the table first saw it exited
     extra: dict[str, object] = field(default_factory=dict)
 
     def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -94,12 +99,16 @@ class KernelTable:
         capacity: int,
         per_gateway: int,
         boot_timeout: float = 120.0,
+        retain_exited: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backends = dict(backends)
         self.host = host
         self.capacity = capacity
         self.per_gateway = per_gateway
         self.boot_timeout = boot_timeout
+        self.retain_exited = retain_exited  # how long a gateway may still read an exited kernel's status
+        self.clock = clock
         self.kernels: dict[str, HostedKernel] = {}
         self._lock = asyncio.Lock()
 
@@ -173,6 +182,7 @@ class KernelTable:
                     stderr=subprocess.DEVNULL,
                 ),
             )
+            kernel.launched_at = self.clock()
         except BaseException as error:
             await self.kill(kernel)
             self.kernels.pop(kernel_id, None)
@@ -204,6 +214,31 @@ class KernelTable:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.get_running_loop().run_in_executor(None, process.wait, 10)
             process.cleanup()
+
+    async def reap(self) -> list[str]:
+        """Kill kernels no gateway came to relay within ``boot_timeout`` of their launch, and forget (removing
+        their scratch space) kernels exited for ``retain_exited``: a gateway that vanished never kills them."""
+        now, forgotten = self.clock(), []
+        for kernel in list(self.kernels.values()):
+            if kernel.process is None:
+                continue  # still launching
+            if kernel.state == "exited":
+                if kernel.exited_at is None:
+                    kernel.exited_at = now
+                elif now - kernel.exited_at >= self.retain_exited:
+                    await self.forget(kernel)
+                    forgotten.append(kernel.kernel_id)
+            elif not kernel.relayed and now - kernel.launched_at >= self.boot_timeout:
+                await self.kill(kernel)
+        return forgotten
+
+    async def reap_forever(self, interval: float = 10.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reap()
+            except Exception:  # one kernel's cleanup failing must not stop the reaping of the others
+                log.exception("teelab host agent: reaping kernels failed")
 
     async def forget(self, kernel: HostedKernel) -> None:
         await self.kill(kernel)

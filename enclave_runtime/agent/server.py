@@ -112,9 +112,11 @@ def _tls_credentials(config: AgentConfig) -> grpc.ServerCredentials:
 async def serve(config: AgentConfig, *, announce: Callable[[str], None] = print) -> None:
     server, table, target = await start(config)
     announce(f"teelab host agent listening on {target}")
+    reaper = asyncio.create_task(table.reap_forever())
     try:
         await server.wait_for_termination()
     finally:
+        reaper.cancel()
         await table.close()  # kernels end with their agent
         await server.stop(1)
 
