@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import stat
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from teelab.enclave_runtime.agent.certificates import RevokedCertificates, peer_certificate_identity
 from teelab.errors import ConfigError
 
+log = logging.getLogger("teelab.host")
 MIN_TOKEN_LENGTH = 16
 
 
@@ -71,7 +75,7 @@ class GatewayTokens:
 class GatewayAuth:
     """How this agent names its callers: by token (``tokens``) or by verified client certificate."""
 
-    tokens: GatewayTokens | None = None
+    tokens: TokenSource | None = None
     certificates: bool = False
     revoked: RevokedCertificates | None = None  # with certificates only
 
@@ -98,6 +102,44 @@ class GatewayAuth:
             return peer_certificate_identity(auth_context, self.revoked)
         assert self.tokens is not None
         return self.tokens.caller(bearer(metadata))
+
+
+class TokenFile:
+    """The operator's tokens file, re-read whenever it changes: removing a line revokes that token from the next
+    call on. A file that cannot be read or parsed admits nobody until it is fixed (fail closed: a half-edited
+    file must not keep a removed token alive)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._current: GatewayTokens | None = GatewayTokens.load(path)  # errors at start are the operator's
+        self._seen = self._stamp()
+        self._lock = threading.Lock()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            info = self.path.stat()
+        except OSError:
+            return None
+        return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+    def caller(self, presented: str | None) -> str | None:
+        with self._lock:
+            stamp = self._stamp()
+            if stamp != self._seen:
+                self._seen = stamp
+                try:
+                    self._current = GatewayTokens.load(self.path)
+                except ConfigError as error:
+                    log.error(
+                        "teelab host agent: admitting no gateway until the tokens file is fixed: %s", error
+                    )
+                    self._current = None
+            current = self._current
+        return current.caller(presented) if current is not None else None
+
+
+class TokenSource(Protocol):
+    def caller(self, presented: str | None) -> str | None: ...
 
 
 def bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:

@@ -22,7 +22,8 @@ How gateways authenticate, one of:
                     travels, the key can stay in an HSM, certificates expire. --revoked FILE lists the
                     SHA-256 fingerprints of certificates no longer admitted (re-read when it changes).
   --tokens FILE     bearer tokens, 'NAME TOKEN' per line (0600): simplest; revoke one by removing its line
-                    and restarting. A token is a password: anyone holding it is that gateway.
+                    (the file is re-read when it changes). A token is a password: anyone holding it is
+                    that gateway.
 
 Settings may also come from a TOML file (--config), with the long option names as keys (listen, tokens,
 client_ca, revoked, tls_cert, tls_key, backend = [..], capacity, per_gateway); options on the command line win."""
@@ -104,7 +105,7 @@ def settings(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from teelab.enclave_runtime.agent.auth import GatewayTokens
+    from teelab.enclave_runtime.agent.auth import TokenFile
     from teelab.enclave_runtime.agent.server import AgentConfig, run
     from teelab.enclave_runtime.backends import get_backend
 
@@ -113,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
     tokens = given.get("tokens")
     config = AgentConfig(
         listen=str(given["listen"]),
-        tokens=GatewayTokens.load(Path(str(tokens))) if tokens is not None else None,
+        tokens=TokenFile(Path(str(tokens))) if tokens is not None else None,
         backends={str(name): get_backend(str(name)) for name in names},
         capacity=int(given["capacity"]),  # type: ignore[call-overload]
         per_gateway=int(given["per_gateway"]),  # type: ignore[call-overload]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from teelab.enclave_runtime.agent.auth import GatewayAuth, GatewayTokens, is_loopback
+from teelab.enclave_runtime.agent.auth import GatewayAuth, TokenSource, is_loopback
 from teelab.enclave_runtime.agent.certificates import RevokedCertificates, load_client_ca
 from teelab.enclave_runtime.agent.kernels import KernelTable
 from teelab.enclave_runtime.agent.service import HostAgentService
@@ -28,7 +28,7 @@ MAX_MESSAGE_BYTES = 1 << 20  # the biggest handshake frame (evidence with its ce
 @dataclass
 class AgentConfig:
     listen: str
-    tokens: GatewayTokens | None
+    tokens: TokenSource | None
     backends: Mapping[str, EnclaveBackend]
     capacity: int = 16
     per_gateway: int = 4

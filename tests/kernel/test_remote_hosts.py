@@ -288,6 +288,21 @@ def test_bad_input_at_the_agent_starts_nothing(agents: Callable[..., Agent]) -> 
     assert listing.running == 0 and not listing.kernels and list(listing.backends) == ["sim"]
 
 
+def test_a_token_removed_from_the_file_is_refused_at_once(
+    agents: Callable[..., Agent], remote_env: Path
+) -> None:
+    _, target = agents("127.0.0.2")
+    tokens = remote_env / "gateways"
+    assert isinstance(_call(target, "List", host_pb2.ListRequest(), token=OTHER_TOKEN), host_pb2.ListReply)
+    tokens.write_text(f"one {TOKEN}\n")  # the operator revokes gateway "two": no restart
+    assert _code(target, "List", host_pb2.ListRequest(), token=OTHER_TOKEN) == grpc.StatusCode.UNAUTHENTICATED
+    assert isinstance(_call(target, "List", host_pb2.ListRequest()), host_pb2.ListReply)
+    tokens.write_text("one\n")  # a half-edited file admits nobody rather than an old token
+    assert _code(target, "List", host_pb2.ListRequest()) == grpc.StatusCode.UNAUTHENTICATED
+    tokens.write_text(f"one {TOKEN}\n")
+    assert isinstance(_call(target, "List", host_pb2.ListRequest()), host_pb2.ListReply)
+
+
 def test_a_gateway_reaches_only_its_own_kernels(agents: Callable[..., Agent]) -> None:
     _, target = agents("127.0.0.2")
     launch = host_pb2.LaunchRequest(
