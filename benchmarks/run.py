@@ -27,6 +27,7 @@ BENCHMARKS = (
     "kernel_session",
     "remote_hosts",
     "hub_users",
+    "dask_read",
     "sealed_read",
 )
 
@@ -141,6 +142,8 @@ def _section(name: str, data: dict[str, object]) -> list[str]:
         ]
     elif name == "hub_users":
         lines += _hub_users(data)
+    elif name == "dask_read":
+        lines += _dask_read(data)
     elif name == "kbs_release":
         latency, config = data["latency_ms"], data["config"]
         assert isinstance(latency, dict) and isinstance(config, dict)
@@ -253,6 +256,50 @@ def _hub_users(data: dict[str, Any]) -> list[str]:
     reasons = [*data["teelab_sim"]["failure_reasons"], *data["plain"]["failure_reasons"]]
     if reasons:
         lines += ["", "Failures (distinct reasons):", "", *(f"- {reason}" for reason in reasons)]
+    return lines
+
+
+_DASK_QUERIES = (
+    ("full_scan", "full scan (every column decoded)"),
+    ("projection", "one-column projection (`amount.sum()`)"),
+    ("shuffle_groupby", "shuffle groupby (`groupby([city, country]).amount.sum(split_out=4)`)"),
+)
+
+
+def _dask_read(data: dict[str, Any]) -> list[str]:
+    medians, ratios = data["medians"], data["ratios"]
+    gb = int(data["dataframe_bytes"]) / 1e9
+    lines = [
+        _row(["", "plain `dd.read_parquet` (median)", "sealed `read_dataset` (median)", "ratio", "goal"]),
+        _row(["---"] * 5),
+        *(
+            _row(
+                [
+                    label,
+                    f"{medians[f'plain/{query}']} s",
+                    f"{medians[f'sealed/{query}']} s",
+                    f"{ratios[query]}×",
+                    f"≤ {data['goal']}×",
+                ]
+            )
+            for query, label in _DASK_QUERIES
+        ),
+        _row(
+            [
+                "full scan, cold (every worker releases the key and checks the manifest again)",
+                f"{medians['plain/full_scan']} s",
+                f"{medians['sealed_cold/full_scan']} s",
+                f"{ratios['full_scan_cold']}×",
+                "",
+            ]
+        ),
+        "",
+        f"{data['rows']:,} rows, {gb:.2f} GB as DataFrames, {data['parts']} parts of row groups of "
+        f"{data['row_group_rows']:,} rows, {data['compression']}; {data['runs']} interleaved runs each, "
+        f"every timing including the graph's construction. {data['cluster']}. Key broker audit: "
+        + ", ".join(f"{k} {v}" for k, v in data["key_releases"].items())
+        + ".",
+    ]
     return lines
 
 
