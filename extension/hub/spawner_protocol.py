@@ -31,15 +31,10 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from teelab.protocols.session import (
-    CONTROLLER_KEY_SIZE,
-    NONCE_SIZE,
-    X25519_KEY_SIZE,
-    HandshakeError,
-    Message,
-    b64,
-    unb64,
-)
+from teelab.protocols.session import CONTROLLER_KEY_SIZE, X25519_KEY_SIZE, HandshakeError, Message
+from teelab.protocols.session import NONCE_SIZE as NONCE_SIZE  # the spawner and the boot use these from here
+from teelab.protocols.session import b64 as b64
+from teelab.protocols.session import unb64 as unb64
 
 PROTOCOL = "teelab/hub-server/v1"
 REQUEST_ENV = "TEELAB_HUB_SERVER_REQUEST"

@@ -194,7 +194,8 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
         backend = self._backend()
         image = backend.load_image(SERVER_IMAGE, Path(self.image_dir) if self.image_dir else None)
         ip = self.ip or "127.0.0.1"
-        self.port = self.port or random_port()
+        port: int = getattr(self, "port", 0) or random_port()
+        self.port = port
         self._attest_port = random_port()
         nonce = os.urandom(protocol.NONCE_SIZE)
         server = protocol.server_id(self.user.name, self.name)
