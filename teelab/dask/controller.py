@@ -161,7 +161,7 @@ class ClusterController:
         self.policy = resolve_policy(policy, self.backend, image)
         self.identity = GatewayIdentity.generate()  # G_c: in this process's memory, nowhere else
         self.ca = ClusterCA(self.cluster_id)
-        self._appraise = appraiser(self.backend, self.policy, controller=self.identity.controller)
+        self.appraise = appraiser(self.backend, self.policy, controller=self.identity.controller)
         self.records: list[NodeAttestation] = []
         client_key = ec.generate_private_key(ec.SECP256R1())
         client_certificate = self.ca.issue(client_key.public_key(), "client", self.cluster_id)
@@ -229,7 +229,7 @@ class ClusterController:
                     channel,
                     nonce=nonce,
                     identity=self.identity,
-                    appraise=self._appraise,
+                    appraise=self.appraise,
                     make_bundle=make_bundle,
                     timeout=self.launch_timeout,
                     tls_key=True,
