@@ -134,6 +134,39 @@ def _front_door_serve(args: argparse.Namespace) -> int:
         running.stop()
 
 
+def _k8s_values(args: argparse.Namespace) -> int:
+    import hashlib
+    import json
+
+    from teelab.extension.hub.kubernetes import ConfidentialPods
+    from teelab.gateway.identity import GatewayIdentity
+
+    if (args.identity_file is None) == (args.controller is None):
+        raise UsageError(
+            "give the spawner's controller: --identity-file PEM or --controller HEX (one of them)"
+        )
+    try:
+        controller = (
+            GatewayIdentity.load_or_create(args.identity_file).controller
+            if args.identity_file
+            else bytes.fromhex(args.controller)
+        )
+        policy_digest = hashlib.sha256(args.server_policy.read_bytes()).hexdigest()
+        agent_policy = args.agent_policy.read_text() if args.agent_policy else None
+    except ValueError:
+        raise UsageError("--controller must be hex (SHA-256 of the spawner's G.pub)") from None
+    except OSError as error:
+        raise UsageError(f"cannot read {error.filename}: {error.strerror}") from None
+    pods = ConfidentialPods(args.runtime_class, controller, policy_digest, agent_policy)
+    print(json.dumps(pods.z2jh_values(), indent=2))  # JSON is YAML: pass it to helm with -f
+    field = "MRCONFIGID" if pods.algorithm == "sha384" else "HOST_DATA"
+    print(
+        f"# {field} of these pods: {pods.init_data_digest().hex()} (pin it in the server policy)",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _address(text: str, flag: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
@@ -203,3 +236,21 @@ def register_commands(commands: Subparsers) -> None:
     serve.add_argument("--listen", default="0.0.0.0:443", help="default %(default)s")
     serve.add_argument("--hostname", action="append", default=[], help="a name for the certificate (repeat)")
     serve.add_argument("--backend", default="sim", help="TEE backend (default %(default)s)")
+
+    k8s = add_command(
+        commands,
+        "k8s-values",
+        _k8s_values,
+        help_text="Helm values for single-user pods in confidential containers (Kata + SEV-SNP/TDX), no secrets",
+        epilog="example:\n  teelab hub k8s-values --runtime-class kata-qemu-snp --identity-file "
+        "/srv/teelab/hub/spawner-identity.pem \\\n      --server-policy /srv/teelab/policies/hub-server.toml "
+        "> confidential-values.yaml\n  helm upgrade hub jupyterhub/jupyterhub -f values.yaml -f "
+        "confidential-values.yaml",
+    )
+    k8s.add_argument(
+        "--runtime-class", required=True, choices=["kata-qemu-snp", "kata-qemu-tdx", "kata-qemu-coco-dev"]
+    )
+    k8s.add_argument("--identity-file", type=Path, help="TeeSpawner's controller key G (PEM)")
+    k8s.add_argument("--controller", help="or its controller hash SHA-256(G.pub), hex")
+    k8s.add_argument("--server-policy", type=Path, required=True, help="the hub's policy for the servers")
+    k8s.add_argument("--agent-policy", type=Path, help="the Kata agent policy (Rego) from genpolicy")
