@@ -16,8 +16,9 @@ Measured: hub login → first cell result (median, p95) and each step's median; 
 (/proc/<pid>/smaps_rollup) summed over the user's server and every process below it (the kernel, the enclave
 runtime); failures with their reasons (goal 0). Then the user stops their server, so at most ``concurrency``
 servers run at once. Teelab and baseline users alternate in one queue, so the shared machine's drift hits
-both alike. A global deadline stops the run; the hub, its servers, the proxy and the broker are stopped in
-``finally``, and any process left that names the run's folder is counted (goal 0) and killed.
+both alike. After a global deadline no user starts (those in flight get a grace period; each step has its
+own timeout); the hub, its servers, the proxy and the broker are stopped in ``finally``, and any process the
+run measured that still runs, or that names the run's folder, is counted (goal 0) and killed.
 
 ``python benchmarks/hub_users.py [--users 50] [--concurrency 5] [--deadline-minutes 30] [--quick]``
 """
@@ -35,6 +36,7 @@ from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common import median, percentile, write_result
 from tqdm import tqdm
@@ -49,6 +51,11 @@ CELLS = {
     "plain": f"print('rows', len(list(range({ROWS}))))",
 }
 STOP_SECONDS = 60.0
+GRACE_SECONDS = 300.0  # after the deadline, for the users in flight (each step has its own timeout)
+
+if TYPE_CHECKING:
+    from teelab.extension.hub.client import HubUser
+    from teelab.extension.hub.demo import HubProcess
 
 
 @dataclass
@@ -57,7 +64,7 @@ class Outcome:
     kind: str
     seconds: dict[str, float] = field(default_factory=dict)  # step → seconds; "total": login → first result
     pss_kb: int | None = None
-    processes: int = 0
+    pids: dict[int, bytes] = field(default_factory=dict)  # the user's server and kernel processes
     failure: str | None = None
 
 
@@ -109,22 +116,25 @@ def pss_kb(pid: int) -> int:
     return 0
 
 
-def tree_pss(root: int) -> tuple[int, int]:
-    """PSS (kB) of ``root`` and everything below it, and how many processes that is."""
-    tree, todo, seen = _children(), [root], []
+def tree(root: int) -> dict[int, bytes]:
+    """``root`` and every process below it, each with its command line (to know it again later)."""
+    children, todo, found = _children(), [root], {}
     while todo:
         pid = todo.pop()
-        seen.append(pid)
-        todo.extend(tree.get(pid, []))
-    return sum(pss_kb(pid) for pid in seen), len(seen)
+        found[pid] = _cmdline(pid)
+        todo.extend(children.get(pid, []))
+    return found
 
 
-def _stop_server(user: object) -> None:
+def tree_pss(root: int) -> tuple[int, dict[int, bytes]]:
+    """PSS (kB) of ``root`` and everything below it, and those processes."""
+    found = tree(root)
+    return sum(pss_kb(pid) for pid in found), found
+
+
+def _stop_server(user: HubUser) -> None:
     """As the hub's home page's Stop button does: DELETE with the session's cookie and XSRF token; then wait
     until the hub reports it gone, so no more than ``concurrency`` servers run at once."""
-    from teelab.extension.hub.client import HubUser
-
-    assert isinstance(user, HubUser)
     hub = user.hub
     xsrf = user.session.cookies.get("_xsrf", path="/hub/") or ""
     user.session.delete(
@@ -140,11 +150,11 @@ def _stop_server(user: object) -> None:
     raise RuntimeError(f"{user.name}'s server did not stop within {STOP_SECONDS:.0f} s")
 
 
-def one_user(hub: object, name: str, kind: str) -> Outcome:
+def one_user(hub: HubProcess, name: str, kind: str) -> Outcome:
     from teelab.extension.hub.client import HubUser
 
     outcome = Outcome(name, kind)
-    user = HubUser(hub, name)  # type: ignore[arg-type]
+    user = HubUser(hub, name)
     step = "login"
     try:
         began = mark = time.perf_counter()
@@ -176,7 +186,7 @@ def one_user(hub: object, name: str, kind: str) -> Outcome:
         pid = server_pid(name)
         if pid is None:
             raise RuntimeError("no single-user server process found")
-        outcome.pss_kb, outcome.processes = tree_pss(pid)
+        outcome.pss_kb, outcome.pids = tree_pss(pid)
         step = "stop"
         _stop_server(user)
     except Exception as error:  # every failure is counted with its reason; none ends the run
@@ -198,21 +208,27 @@ def strays(root: Path, exclude: Iterable[int]) -> list[int]:
     ]
 
 
-def _shared_pss(hub: object, root: Path) -> dict[str, float]:
-    """The processes every user shares: the hub, the proxy, the teelab-kbs service (PSS, MB)."""
-    process = getattr(hub, "process", None)
+def _shared_pss(hub: HubProcess, root: Path) -> tuple[dict[str, float], dict[int, bytes]]:
+    """The processes every user shares: the hub, the proxy, the teelab-kbs service (PSS, MB); and every
+    process below the hub at this moment."""
     result: dict[str, float] = {}
-    if process is not None:
-        result["hub"] = round(pss_kb(process.pid) / 1024, 1)
+    everything: dict[int, bytes] = {}
+    if hub.process is not None:
+        result["hub"] = round(pss_kb(hub.process.pid) / 1024, 1)
+        everything.update(tree(hub.process.pid))
     try:
         proxy = int((root / "jupyterhub-proxy.pid").read_text().strip())
-        result["proxy"] = round(tree_pss(proxy)[0] / 1024, 1)
+        kb, found = tree_pss(proxy)
+        result["proxy"] = round(kb / 1024, 1)
+        everything.update(found)
     except (OSError, ValueError):
         pass
     service = next((p for p in strays(root, ()) if b"teelab.extension.hub.service" in _cmdline(p)), None)
     if service is not None:
-        result["kbs_service"] = round(tree_pss(service)[0] / 1024, 1)
-    return result
+        kb, found = tree_pss(service)
+        result["kbs_service"] = round(kb / 1024, 1)  # the service page and the key broker, its child
+        everything.update(found)
+    return result, everything
 
 
 def _summary(outcomes: list[Outcome], planned: int) -> dict[str, object]:
@@ -238,7 +254,7 @@ def _summary(outcomes: list[Outcome], planned: int) -> dict[str, object]:
             "median": round(median(pss), 1) if pss else None,
             "p95": round(percentile(pss, 95), 1) if pss else None,
         },
-        "processes_per_user": max((o.processes for o in done), default=0),
+        "processes_per_user": max((len(o.pids) for o in done), default=0),
     }
 
 
@@ -267,6 +283,7 @@ def run(users: int = 50, concurrency: int = 5, deadline_minutes: float = 30.0) -
         stop = threading.Event()
         pool = ThreadPoolExecutor(max_workers=concurrency)
         shared: dict[str, float] = {}
+        seen: dict[int, bytes] = {}
         setup_seconds = 0.0
         try:
             hub.prepare()
@@ -282,7 +299,11 @@ def run(users: int = 50, concurrency: int = 5, deadline_minutes: float = 30.0) -
 
             pending: set[Future[Outcome | None]] = {pool.submit(job, n, k) for n, k in queue}
             with tqdm(total=len(queue), desc="hub users", unit="user") as bar:
-                while pending and time.monotonic() < deadline:
+                while pending:
+                    if time.monotonic() > deadline:
+                        stop.set()  # no user starts any more; those in flight finish
+                    if time.monotonic() > deadline + GRACE_SECONDS:
+                        break
                     finished, pending = wait(pending, timeout=5, return_when=FIRST_COMPLETED)
                     for future in finished:
                         outcome = future.result()
@@ -290,13 +311,15 @@ def run(users: int = 50, concurrency: int = 5, deadline_minutes: float = 30.0) -
                             outcomes.append(outcome)
                             bar.update()
                             bar.set_postfix(failures=sum(o.failure is not None for o in outcomes))
-            shared = _shared_pss(hub, root)
+            shared, seen = _shared_pss(hub, root)
         finally:
             stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
             hub.stop()  # stops every server (and its kernels), the broker service and the proxy
             pool.shutdown(wait=True)
-            left = _reap(root)
+            for outcome in outcomes:
+                seen.update(outcome.pids)
+            left = _reap(root, seen)
     wall = time.monotonic() - began
     summary = {kind: _summary([o for o in outcomes if o.kind == kind], users) for kind in KINDS}
     tee, plain = summary["teelab_sim"], summary["plain"]
@@ -326,13 +349,19 @@ def run(users: int = 50, concurrency: int = 5, deadline_minutes: float = 30.0) -
     return result
 
 
-def _reap(root: Path) -> list[int]:
-    """What outlived hub.stop() and names this run's folder: given 10 s to go, then killed (we started it)."""
+def _reap(root: Path, seen: dict[int, bytes]) -> list[int]:
+    """What outlived hub.stop(): a process the run measured that still runs the same command, or any that
+    names this run's folder. Given 10 s to go, then killed (this run started it)."""
+
+    def alive() -> list[int]:
+        measured = {pid for pid, command in seen.items() if command and _cmdline(pid) == command}
+        return sorted(measured | set(strays(root, (os.getpid(),))))
+
     deadline = time.monotonic() + 10
-    left = strays(root, (os.getpid(),))
+    left = alive()
     while left and time.monotonic() < deadline:
         time.sleep(0.5)
-        left = strays(root, (os.getpid(),))
+        left = alive()
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -206,7 +206,8 @@ def _hub_column(s: dict[str, Any]) -> list[str]:
 
     latency, steps, pss = s["login_to_first_result_seconds"], s["step_seconds_median"], s["pss_mb_per_user"]
     return [
-        f"{s['failures'] + s['not_run']} of {s['users']}",
+        f"{s['failures'] + s['not_run']} of {s['users']}"
+        + (f" ({s['not_run']} not started: deadline)" if s["not_run"] else ""),
         seconds(latency["median"]),
         seconds(latency["p95"]),
         *(seconds(steps[step]) for step in ("login", "spawn", "kernel", "cell")),
