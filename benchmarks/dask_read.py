@@ -4,16 +4,15 @@
   categorical, floats with nulls, ints, bools), by default 24M rows: >= 2 GB as pandas DataFrames. It is
   sealed into a local store, and rewritten unencrypted in exactly the sealed layout (one plain Parquet file
   per sealed part, the same row groups and writer settings; asserted).
-- Cluster: one ``distributed.LocalCluster`` for both arms — 2 worker processes of 1 thread, TLS between all
-  of them (``Security.temporary()``: one self-signed certificate), spilling off. Both arms run on the same
-  workers, interleaved in random order. This is not ``teelab.dask.TeeCluster``: it prices the sealed read, not
-  the attested launch; the attested cluster's nodes run the same Dask code over the same TLS.
+- Cluster (default): ``teelab.dask.TeeCluster`` on the sim backend — an attested scheduler and 2 attested
+  worker processes of 1 thread, mutual TLS from the cluster's CA, spilling off — used by both arms, which
+  run interleaved in random order on the same workers. ``--cluster local``: a ``distributed.LocalCluster``
+  with the same workers, threads and TLS (``Security.temporary()``), without the attested launch.
 - Sealed arm: ``teelab.sealed_store.dask.read_dataset`` in this process, which plays the attested kernel (a
-  simulated-SGX session with a session grant from a real key broker on loopback, launched under a gateway's
-  controller). Each worker holds a key-release session of its own — its own simulated enclave launched under
-  the cluster's controller, its own key ``E_w``, a grant this "kernel" delegated to it (what TeeCluster's
-  worker boot installs; here the benchmark installs it) — and releases the key itself, once. "Warm" runs
-  reuse the worker's opened version; the "cold" row makes every worker release and authenticate again.
+  simulated-SGX enclave of the kernel image with a session grant from a real key broker on loopback, under a
+  gateway's controller). TeeCluster asks it for a grant delegated to each worker it admits; each worker then
+  releases the key itself, with its own evidence, once. "Warm" runs reuse the worker's opened version; the
+  "cold" row makes every worker release and authenticate again.
 - Plain arm: ``dd.read_parquet(folder, split_row_groups=False)``: one partition per plain part.
 - Queries: full scan (every column decoded: the partitions' memory usage summed), a one-column projection
   (``amount.sum()``), and a shuffle groupby (``groupby(["city", "country"]).amount.sum(split_out=4)`` with the
@@ -23,6 +22,7 @@
 
     .venv/bin/python benchmarks/dask_read.py [--rows 24000000] [--runs 5]
     .venv/bin/python benchmarks/dask_read.py --quick      # a small run that checks the benchmark works
+    .venv/bin/python benchmarks/dask_read.py --cluster local   # LocalCluster instead of TeeCluster
 
 Writes benchmarks/results/dask_read.json (``--quick``: dask_read_quick.json, never shown in BENCHMARKS.md).
 """
@@ -76,8 +76,8 @@ QUERIES: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _enclave(platform: Any, controller: bytes) -> tuple[Any, Any]:
-    """A simulated enclave of the benchmark's image, launched under ``controller`` (CONFIGID), and its E."""
+def _enclave(platform: Any, controller: bytes, mrenclave: bytes) -> tuple[Any, Any]:
+    """A simulated enclave of ``mrenclave``, launched under ``controller`` (CONFIGID), and its key E."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     from teelab.enclave_runtime.sim.identity import SimIdentity
@@ -85,7 +85,7 @@ def _enclave(platform: Any, controller: bytes) -> tuple[Any, Any]:
 
     identity = SimIdentity(
         platform=platform.path,
-        mrenclave=MRENCLAVE,
+        mrenclave=mrenclave,
         mrsigner=hashlib.sha256(b"bench signer").digest(),
         isv_prod_id=0,
         isv_svn=0,
@@ -95,20 +95,21 @@ def _enclave(platform: Any, controller: bytes) -> tuple[Any, Any]:
     return SimRuntime(identity, platform), X25519PrivateKey.generate()
 
 
-def _kernel_session(root: Path, store_url: str, manifest_sha256: str, dek: bytes) -> tuple[Any, Any]:
-    """A key broker holding the dataset's key; this process made the attested kernel (simulated)."""
+def _kernel_session(
+    root: Path, platform: Any, mrenclave: bytes, store_url: str, manifest_sha256: str, dek: bytes
+) -> Any:
+    """A key broker holding the dataset's key (released only to ``mrenclave`` on ``platform``), and this process
+    made the attested kernel: a simulated enclave of that image with a session grant, under a gateway's
+    controller — the state the kernel boot installs."""
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    from teelab.enclave_runtime.sim.platform import SimPlatform
     from teelab.protocols.session import KeyBrokerSection
     from teelab.sealed_store.kbs.client import KbsClient
     from teelab.sealed_store.kbs.config import KbsConfig
     from teelab.sealed_store.kbs.identity import issue_local_token
     from teelab.sealed_store.kbs.server import KbsServer
     from teelab.sealed_store.notebook import ReaderSession, install_key_release
-    from teelab.timeutil import utcnow
 
-    platform = SimPlatform.create(root / "sim-platform", now=utcnow())
     config = KbsConfig(
         state_dir=root / "kbs",
         sim_platform=platform.path,
@@ -116,7 +117,7 @@ def _kernel_session(root: Path, store_url: str, manifest_sha256: str, dek: bytes
     )
     broker = KbsServer(config, address="127.0.0.1:0")
     broker.start()
-    runtime, secret = _enclave(platform, GATEWAY)
+    runtime, secret = _enclave(platform, GATEWAY, mrenclave)
     enclave_key = secret.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     with KbsClient.with_token_file(broker.target, root / "kbs" / "admin-token") as admin:
         admin.register_dataset(
@@ -124,7 +125,7 @@ def _kernel_session(root: Path, store_url: str, manifest_sha256: str, dek: bytes
             1,
             manifest_sha256=manifest_sha256,
             dek=dek,
-            release_policy_toml=f'allow_simulation = true\n[sgx]\nmrenclave = ["{MRENCLAVE.hex()}"]\n',
+            release_policy_toml=f'allow_simulation = true\n[sgx]\nmrenclave = ["{mrenclave.hex()}"]\n',
             owner="bench",
         )
         admin.grant("bench", "user:analyst")
@@ -135,7 +136,7 @@ def _kernel_session(root: Path, store_url: str, manifest_sha256: str, dek: bytes
         address=broker.target, store=store_url, user="analyst", kbs_key=kbs_key, grant=grant.token
     )
     install_key_release(ReaderSession(section, secret, runtime.evidence))
-    return broker, platform
+    return broker
 
 
 def _install_worker_session(secret: bytes, identity: Any, section: Any) -> str:
@@ -159,7 +160,7 @@ def _forget_keys() -> None:
     sealed_dask.forget_keys()
 
 
-def _admit_workers(client: Any, platform: Any) -> None:
+def _admit_workers(client: Any, platform: Any, mrenclave: bytes) -> None:
     """Each worker: its own enclave under the cluster's controller, and a grant this kernel delegates to it."""
     from cryptography.hazmat.primitives.serialization import (
         Encoding,
@@ -171,14 +172,14 @@ def _admit_workers(client: Any, platform: Any) -> None:
     from teelab.sealed_store.dask_keys import delegate_grant
 
     for address in sorted(client.scheduler_info()["workers"]):
-        runtime, secret = _enclave(platform, CLUSTER)
+        runtime, secret = _enclave(platform, CLUSTER, mrenclave)
         section = delegate_grant(secret.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw), CLUSTER)
         assert section is not None, "no delegated grant"
         raw = secret.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         client.run(_install_worker_session, raw, runtime.identity, section, workers=[address])
 
 
-def _cluster() -> tuple[Any, Any]:
+def _local_cluster() -> tuple[Any, Any]:
     import dask
     import distributed
     from distributed.security import Security
@@ -204,6 +205,22 @@ def _cluster() -> tuple[Any, Any]:
     return cluster, distributed.Client(cluster, security=security)
 
 
+def _tee_cluster() -> tuple[Any, Any]:
+    from teelab.dask import TeeCluster
+
+    cluster = TeeCluster(n_workers=WORKERS, threads_per_worker=THREADS, backend="sim")
+    return cluster, cluster.get_client()
+
+
+CLUSTERS = {
+    "tee": "teelab.dask.TeeCluster on the sim backend: 2 attested worker processes x 1 thread and an attested "
+    "scheduler, mutual TLS from the per-cluster CA, spill off, each worker's key broker grant delegated by "
+    "this process (the kernel)",
+    "local": "distributed.LocalCluster: 2 worker processes x 1 thread, TLS (Security.temporary), spill off; "
+    "each worker given a simulated enclave and a delegated grant by the benchmark (not TeeCluster)",
+}
+
+
 def _interleaved(
     variants: dict[str, Callable[[], Any]], runs: int, before: dict[str, Callable[[], None]]
 ) -> dict[str, list[float]]:
@@ -223,13 +240,25 @@ def _interleaved(
     return times
 
 
-def run(rows: int = FULL_ROWS, runs: int = FULL_RUNS, *, quick: bool = False) -> dict[str, object]:
+def run(
+    rows: int = FULL_ROWS, runs: int = FULL_RUNS, *, quick: bool = False, cluster_kind: str = "tee"
+) -> dict[str, object]:
+    from common import isolated_teelab
+
+    with tempfile.TemporaryDirectory() as scratch, isolated_teelab(Path(scratch)):
+        return _run(rows, runs, quick=quick, cluster_kind=cluster_kind)
+
+
+def _run(rows: int, runs: int, *, quick: bool, cluster_kind: str) -> dict[str, object]:
     import dask.dataframe as dd
 
+    from teelab.enclave_runtime.sim.platform import SimPlatform
+    from teelab.kernel.kernelspec import install
     from teelab.paths import cache_dir
     from teelab.sealed_store.dask import read_dataset
     from teelab.sealed_store.seal import seal_dataset
     from teelab.sealed_store.storage import DatasetStore
+    from teelab.timeutil import utcnow
 
     cache = cache_dir() / f"bench-dask-read-{rows}"
     plain, row_group_rows = _prepare(cache, rows, QUICK_ROW_GROUP_ROWS if quick else None)
@@ -249,10 +278,20 @@ def run(rows: int = FULL_ROWS, runs: int = FULL_RUNS, *, quick: bool = False) ->
         plain_folder = Path(tmp) / "plain"
         plain_parts = _write_plain_parts(plain, sealed, plain_folder)
         assert [_row_groups(p) for p in plain_parts] == _sealed_part_groups(sealed), "layouts differ"
-        broker, platform = _kernel_session(Path(tmp), store.url, sealed.dataset.manifest_sha256, sealed.dek)
-        cluster, client = _cluster()
+        if cluster_kind == "tee":
+            # The kernel image and the simulated platform the cluster's nodes run on (this run's own folders).
+            mrenclave = install(backend="sim", user=True).image.mrenclave
+            platform = SimPlatform.open()
+        else:
+            mrenclave = MRENCLAVE
+            platform = SimPlatform.create(Path(tmp) / "sim-platform", now=utcnow())
+        broker = _kernel_session(
+            Path(tmp), platform, mrenclave, store.url, sealed.dataset.manifest_sha256, sealed.dek
+        )
+        cluster, client = _tee_cluster() if cluster_kind == "tee" else _local_cluster()
         try:
-            _admit_workers(client, platform)
+            if cluster_kind == "local":
+                _admit_workers(client, platform, mrenclave)
 
             def sealed_frame() -> Any:
                 return read_dataset("bench")
@@ -299,9 +338,7 @@ def run(rows: int = FULL_ROWS, runs: int = FULL_RUNS, *, quick: bool = False) ->
         "name": "dask_read",
         "what": "teelab.sealed_store.dask.read_dataset vs dd.read_parquet on the same parts, row groups, "
         "compression, workers, threads and TLS",
-        "cluster": f"distributed.LocalCluster: {WORKERS} worker processes x {THREADS} thread, TLS "
-        "(Security.temporary), spill off; not TeeCluster (the same Dask code and TLS, without the attested "
-        "launch); simulated SGX evidence, key broker on loopback",
+        "cluster": CLUSTERS[cluster_kind] + "; simulated SGX evidence, key broker on loopback",
         "quick": quick,
         "rows": rows,
         "dataframe_bytes": frame_bytes,
@@ -364,7 +401,13 @@ if __name__ == "__main__":
         action="store_true",
         help="a small run that checks the benchmark works (dask_read_quick.json)",
     )
+    parser.add_argument(
+        "--cluster",
+        choices=sorted(CLUSTERS),
+        default="tee",
+        help="tee (default): TeeCluster; local: LocalCluster",
+    )
     options = parser.parse_args()
     rows = options.rows or (QUICK_ROWS if options.quick else FULL_ROWS)
     runs = options.runs or (QUICK_RUNS if options.quick else FULL_RUNS)
-    print(json.dumps(run(rows, runs, quick=options.quick), indent=1))
+    print(json.dumps(run(rows, runs, quick=options.quick, cluster_kind=options.cluster), indent=1))
