@@ -19,7 +19,7 @@ class TeeNode(ProcessInterface):  # type: ignore[misc]
     role: ClassVar[str]
 
     def __init__(self, *, controller: ClusterController, name: Any, nthreads: int = 1) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name)  # type: ignore[no-untyped-call]
         self.controller = controller
         self.name = name
         self.nthreads = nthreads
@@ -31,14 +31,14 @@ class TeeNode(ProcessInterface):  # type: ignore[misc]
 
     async def start(self) -> None:
         self.node = await self.controller.start_node(self.role, str(self.name), nthreads=self.nthreads)
-        await super().start()
+        await super().start()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         if self.node is not None:
             await asyncio.get_running_loop().run_in_executor(
                 None, stop_process, self.node.process, STOP_GRACE
             )
-        await super().close()
+        await super().close()  # type: ignore[no-untyped-call]
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} pid={self.pid} status={self.status.name}>"

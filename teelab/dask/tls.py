@@ -236,7 +236,7 @@ class InMemorySecurity(Security):  # type: ignore[misc]
     __slots__ = ("_connect", "_listen")
 
     def __init__(self, identity: TlsIdentity) -> None:
-        super().__init__(require_encryption=True)
+        super().__init__(require_encryption=True)  # type: ignore[no-untyped-call]
         self._connect, self._listen = identity.contexts()
 
     def get_connection_args(self, role: str) -> dict[str, Any]:
