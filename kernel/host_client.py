@@ -130,6 +130,19 @@ class HostClient:
         assert isinstance(reply, host_pb2.KernelStatus)
         return reply
 
+    async def last_words(self, kernel_id: str, settle: float = 1.0) -> str:
+        """The last line the kernel wrote to stdout/stderr as the agent reports it (untrusted, printable, at most
+        300 characters; "" if none or the agent cannot say). Waits up to ``settle`` for a boot on its way out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settle
+        try:
+            while not (status := await self.status(kernel_id, timeout=2.0)).exited and loop.time() < deadline:
+                await asyncio.sleep(0.1)
+        except HostAgentError:
+            return ""
+        lines = status.output_tail.strip().splitlines()
+        return "".join(c if c.isprintable() else "?" for c in lines[-1])[:300] if lines else ""
+
     async def kill(self, kernel_id: str) -> None:
         await self._call("Kill", host_pb2.KernelRef(kernel_id=kernel_id), 30.0)
 

@@ -24,7 +24,7 @@ from jupyter_core.paths import SYSTEM_JUPYTER_PATH
 from traitlets import Dict, Enum, List, Unicode
 
 from teelab.enclave_runtime.images import KERNEL_IMAGE
-from teelab.errors import ConfigError
+from teelab.errors import ConfigError, TeelabError
 from teelab.gateway.session import appraiser, attest_and_seal
 from teelab.kernel.host_client import HostAgentError, HostClient, HostTarget
 from teelab.kernel.host_pool import (
@@ -226,6 +226,10 @@ class RemoteTeeProvisioner(TeeProvisioner):
     async def _explain(self, error: BaseException) -> BaseException | None:
         if isinstance(error, HostAgentError):
             return self._failure("host_agent", error.message)
+        if self.remote is not None and isinstance(error, TeelabError | TimeoutError):
+            said = await self.remote[0].last_words(self.remote[1])  # the host saw it; the agent may lie
+            if said:
+                self.host_output.append(f"{said} (as host agent {self.remote[0].target} reports it)")
         return await super()._explain(error)
 
     # -- the remote kernel's lifecycle -----------------------------------------------------------------

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from teelab.enclave_runtime.agent.output import OutputTail
 from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess
 from teelab.errors import TeelabError
 from teelab.protocols.session import BOOT_REQUEST_ENV, NONCE_SIZE, PORT_NAMES, BootRequest
@@ -52,6 +53,7 @@ class HostedKernel:
     killed: bool = False
     launched_at: float = 0.0
     exited_at: float | None = None  # when the table first saw it exited
+    output: OutputTail = field(default_factory=OutputTail)
     extra: dict[str, object] = field(default_factory=dict)
 
     def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -178,16 +180,19 @@ class KernelTable:
                     loaded,
                     inputs={BOOT_REQUEST_ENV: request.to_env()},
                     controller=controller,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
                 ),
             )
+            kernel.output.follow(kernel.process.popen.stdout)
             kernel.launched_at = self.clock()
         except BaseException as error:
             await self.kill(kernel)
             self.kernels.pop(kernel_id, None)
             if isinstance(error, TeelabError):
                 raise AgentRefusal("FAILED_PRECONDITION", f"launch failed: {error.message}") from None
+            if isinstance(error, OSError):
+                raise AgentRefusal("FAILED_PRECONDITION", f"launch failed: {error}") from None
             raise
         return kernel
 

@@ -30,6 +30,7 @@ def _status(kernel: HostedKernel) -> host_pb2.KernelStatus:
         exit_code=code or 0,
         backend=kernel.backend,
         ports=kernel.ports,
+        output_tail=kernel.output.text(),
     )
 
 

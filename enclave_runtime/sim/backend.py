@@ -145,11 +145,11 @@ class SimBackend(EnclaveBackend):
             attributes=image.sigstruct.attributes,
             config_id=sgx_config_id(controller),
         )
-        with os.fdopen(identity_write, "w") as pipe:
-            try:
-                pipe.write(identity.to_env())
-            except BrokenPipeError:
-                pass  # the process already exited; its exit status tells the caller
+        try:
+            with os.fdopen(identity_write, "w") as pipe:
+                pipe.write(identity.to_env())  # buffered: a process already gone breaks the pipe at close
+        except BrokenPipeError:
+            pass  # the process already exited; its exit status tells the caller
 
     def collateral_path(self, at: datetime | None = None) -> Path:
         """The platform's collateral bundle, re-issued when it has expired (the sim plays Intel's PCS)."""

@@ -6,7 +6,8 @@ MODE is one of: replay (send the first session's hello in every later session), 
 enclave key in the hello), drop (swallow the hello), controller (launch the kernel under its own controller
 key), ports (report ports where its own listeners wait, recording what reaches them to FILE.ports-log),
 ready-first (relay a readiness message before the hello it holds back), hello-twice (relay the hello again in
-place of the kernel's readiness message). The reordering modes record every byte the gateway sends towards
+place of the kernel's readiness message), garble (give the boot a malformed boot request, so it exits
+saying why). The reordering modes record every byte the gateway sends towards
 the boot to FILE.to-boot-log.
 """
 
@@ -103,6 +104,12 @@ class OwnControllerTable(KernelTable):
         return super().boot_request(nonce, port, own)
 
 
+class GarblingTable(KernelTable):
+    def boot_request(self, nonce: bytes, port: int, controller_key: bytes) -> tuple[BootRequest, bytes]:
+        request, controller = super().boot_request(nonce, port, controller_key)
+        return BootRequest(nonce, request.host, request.port, controller_key=b"short"), controller
+
+
 class OwnPortsTable(KernelTable):
     log: Path
 
@@ -139,8 +146,9 @@ def main(argv: list[str]) -> None:
     )
     DroppingService.marker = Path(f"{tokens}.dropped")
     RecordingService.log = Path(f"{tokens}.to-boot-log")
-    if mode in ("controller", "ports"):
-        table_class = OwnControllerTable if mode == "controller" else OwnPortsTable
+    tables = {"controller": OwnControllerTable, "ports": OwnPortsTable, "garble": GarblingTable}
+    if mode in tables:
+        table_class = tables[mode]
         OwnPortsTable.log = Path(f"{tokens}.ports-log")
 
         def with_table(table: KernelTable, auth: GatewayAuth) -> HostAgentService:

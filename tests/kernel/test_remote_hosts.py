@@ -214,6 +214,21 @@ def test_an_agent_that_repeats_the_hello_for_the_ready_is_refused(
     assert isinstance(listing, host_pb2.ListReply) and listing.running == 0
 
 
+def test_the_boots_last_words_reach_the_gateway_as_the_agent_reports_them(
+    agents: Callable[..., Agent], remote_env: Path
+) -> None:
+    _, target = agents("127.0.0.3", "garble")  # the boot gets a malformed request and exits saying so
+    km = manager(remote_env, target)
+    with pytest.raises(AttestationFailed) as refused:
+        km.start_kernel()
+    assert refused.value.check == "handshake"
+    assert "the TEE closed the handshake channel" in refused.value.detail
+    assert (
+        "the kernel boot said: teelab boot: malformed boot request: controller_key must be 32 bytes "
+        "(as host agent grpc://127.0.0.3:"
+    ) in refused.value.detail
+
+
 def test_wrong_ports_reach_nothing_of_the_session(agents: Callable[..., Agent], remote_env: Path) -> None:
     _, target = agents("127.0.0.2", "ports")
     km = manager(remote_env, target)

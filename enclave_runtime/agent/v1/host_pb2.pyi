@@ -45,20 +45,22 @@ class KernelRef(_message.Message):
     def __init__(self, kernel_id: _Optional[str] = ...) -> None: ...
 
 class KernelStatus(_message.Message):
-    __slots__ = ("kernel_id", "state", "exited", "exit_code", "backend", "ports")
+    __slots__ = ("kernel_id", "state", "exited", "exit_code", "backend", "ports", "output_tail")
     KERNEL_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     EXITED_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TAIL_FIELD_NUMBER: _ClassVar[int]
     kernel_id: str
     state: str
     exited: bool
     exit_code: int
     backend: str
     ports: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, kernel_id: _Optional[str] = ..., state: _Optional[str] = ..., exited: _Optional[bool] = ..., exit_code: _Optional[int] = ..., backend: _Optional[str] = ..., ports: _Optional[_Iterable[int]] = ...) -> None: ...
+    output_tail: str
+    def __init__(self, kernel_id: _Optional[str] = ..., state: _Optional[str] = ..., exited: _Optional[bool] = ..., exit_code: _Optional[int] = ..., backend: _Optional[str] = ..., ports: _Optional[_Iterable[int]] = ..., output_tail: _Optional[str] = ...) -> None: ...
 
 class ListRequest(_message.Message):
     __slots__ = ()
