@@ -182,10 +182,10 @@ def register_commands(commands: Subparsers) -> None:
         _verify,
         help_text="check that a hosted hub's front door (and your own server) run attested, on this connection",
         description=(
-            "In the style of `contrast verify`: open ONE TLS connection to URL, send a fresh nonce over it, "
-            "and check that the front door's evidence matches your pinned policy and binds this connection's "
-            "TLS key and nonce; then (with --user) fetch your server's evidence over the same connection and "
-            "verify it again against your own policy. One line per check; pins saved."
+            "In the style of `contrast verify`: open ONE TLS connection to URL, send a fresh nonce over it,\n"
+            "and check that the front door's evidence matches your pinned policy and binds this connection's\n"
+            "TLS key and the nonce; then (with --user) fetch your server's evidence over the same connection\n"
+            "and verify it again against your own policy. One line per check; pins saved (docs/hosted-hub.md)."
         ),
         epilog=VERIFY_EPILOG,
     )

@@ -195,3 +195,26 @@ def test_the_answer_parser_only_raises_its_own_error() -> None:
         with pytest.raises(FrontDoorError):
             FrontDoorEvidence.from_reply(body)
     assert json.loads(json.dumps(FrontDoorEvidence(b"e", "k", b"n", b"s").to_json()))["collateral"] is None
+
+
+def test_front_door_measure_writes_the_policy_that_accepts_the_running_door(
+    door: Door, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from teelab.cli import main as teelab_main
+    from teelab.gateway.policy import load_policy
+
+    monkeypatch.setenv("TEELAB_DATA_DIR", str(door.data))
+    assert teelab_main(["hub", "front-door-measure", "--policy-out", str(tmp_path / "door.toml")]) == 0
+    assert "mrenclave" in capsys.readouterr().out
+    connection = door.connect()
+    nonce = os.urandom(32)
+    answer = FrontDoorEvidence.from_reply(_attest(connection, nonce)[1])
+    connection.close()
+    result = verify_evidence(
+        answer.evidence,
+        collateral=answer.collateral,
+        at=utcnow(),
+        policy=load_policy(tmp_path / "door.toml"),
+        expected_report_data=front_door_report_data(door.running.tls_spki_sha256, nonce),
+    )
+    assert result.ok and result.verdict == "warning", result.error  # accepted, and marked simulated
