@@ -34,7 +34,7 @@ from teelab.dask.tls import ClusterCA, InMemorySecurity, TlsIdentity, load_node_
 from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess
 from teelab.enclave_runtime.backends import get_backend
 from teelab.enclave_runtime.images import KERNEL_IMAGE
-from teelab.errors import ConfigError, TeelabError
+from teelab.errors import ConfigError, EnclaveError, TeelabError
 from teelab.gateway.identity import GatewayIdentity
 from teelab.gateway.policy import AppraisalPolicy, SgxReference, load_policy
 from teelab.gateway.result import AttestationResult
@@ -255,6 +255,8 @@ class ClusterController:
             return NodeRefused(name, error.check, error.detail)
         if isinstance(error, TimeoutError):
             return NodeRefused(name, "timeout", f"no answer within {self.launch_timeout:.0f} s{said}")
+        if isinstance(error, EnclaveError):  # the launch itself: the image, its trusted files, the backend
+            return NodeRefused(name, "enclave_image", error.message)
         if isinstance(error, TeelabError):
             return NodeRefused(name, "handshake", error.message + said)
         return None  # cancelled, or a bug: re-raised as it is (the process is still killed)

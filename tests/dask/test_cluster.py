@@ -120,3 +120,40 @@ def test_no_key_in_the_launch_argv_environment_or_files(cluster: Any, dask_env: 
     # The data folder holds the simulated platform's own keys; none of the cluster's.
     for path in [p for p in dask_env.data.rglob("*") if p.is_file()]:
         assert not any(secret in path.read_bytes() for secret in secrets), path
+
+
+def test_a_p2p_shuffle_leaves_no_data_on_disk(cluster: Any, dask_env: DaskEnv) -> None:
+    """P2P shuffle storage and spilling are off: the shuffled rows exist only in the nodes' memory."""
+    import secrets
+
+    import dask
+    import dask.dataframe as dd
+    import pandas as pd
+
+    marker = f"plaintext-{secrets.token_hex(8)}"
+    frame = pd.DataFrame({"k": [i % 7 for i in range(4000)], "v": [f"{marker}-{i}" for i in range(4000)]})
+    with cluster.get_client(), dask.config.set({"dataframe.shuffle.method": "p2p"}):
+        shuffled = dd.from_pandas(frame, npartitions=8).shuffle("k", npartitions=4)
+        assert len(shuffled.compute()) == 4000
+    for name, pid in node_pids(cluster).items():
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        variables = dict(line.split(b"=", 1) for line in environ.split(b"\0") if b"=" in line)
+        for path in Path(variables[b"TMPDIR"].decode()).rglob("*"):
+            assert not path.is_file() or marker.encode() not in path.read_bytes(), (name, path)
+
+
+def test_workers_get_the_kernels_key_release_session(cluster: Any) -> None:
+    """As the kernel boot does, each worker's boot installs a key-release session over its own E and evidence
+    (its key broker section is None here: the controller is a plain process without a session to delegate)."""
+
+    def session() -> str:
+        from teelab.sealed_store import notebook
+
+        installed = notebook.installed_session()
+        if installed is None:
+            return "none"
+        return "own evidence, no broker" if installed.key_broker is None else "broker"
+
+    with cluster.get_client() as client:
+        assert set(client.run(session).values()) == {"own evidence, no broker"}
+        assert client.run_on_scheduler(session) == "none"  # the scheduler reads no data
