@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -114,6 +115,10 @@ def _front_door_serve(args: argparse.Namespace) -> int:
     from teelab.extension.hub.front_door_launch import build_front_door_image, launch_front_door
     from teelab.kernel.attested_module import get_backend
 
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)  # runs the finally below: the front door (its own session) stops with us
+
+    signal.signal(signal.SIGTERM, stop)
     backend = get_backend(args.backend)
     upstream = _address(args.upstream, "--upstream")
     listen = _address(args.listen, "--listen")
@@ -122,10 +127,12 @@ def _front_door_serve(args: argparse.Namespace) -> int:
         build_front_door_image(backend),
         upstream=upstream,
         listen=listen,
-        hostnames=tuple(args.hostname),
+        hostnames=tuple(args.hostname) or ("localhost", "127.0.0.1"),
     )
-    print(f"front door   https://{listen[0]}:{running.port}/ → http://{upstream[0]}:{upstream[1]}")
-    print(f"TLS key      SPKI-SHA256 {running.tls_spki_sha256.hex()} (made in the TEE)")
+    print(
+        f"front door   https://{listen[0]}:{running.port}/ → http://{upstream[0]}:{upstream[1]}", flush=True
+    )
+    print(f"TLS key      SPKI-SHA256 {running.tls_spki_sha256.hex()} (made in the TEE)", flush=True)
     try:
         return running.process.wait()
     except KeyboardInterrupt:

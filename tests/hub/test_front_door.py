@@ -42,6 +42,7 @@ class Door:
     backend: SimBackend
     upstream_seen: list[dict[str, str]]
     data: Path
+    upstream_port: int
 
     def connect(self) -> http.client.HTTPSConnection:
         connection = http.client.HTTPSConnection(
@@ -82,7 +83,7 @@ def door(tmp_path_factory: pytest.TempPathFactory, shared_cache_dir: Path) -> It
             backend, image, upstream=("127.0.0.1", upstream.server_address[1]), controller=CONTROLLER
         )
         try:
-            yield Door(running, backend, seen, data)
+            yield Door(running, backend, seen, data, upstream.server_address[1])
         finally:
             running.stop()
             upstream.shutdown()
@@ -218,3 +219,34 @@ def test_front_door_measure_writes_the_policy_that_accepts_the_running_door(
         expected_report_data=front_door_report_data(door.running.tls_spki_sha256, nonce),
     )
     assert result.ok and result.verdict == "warning", result.error  # accepted, and marked simulated
+
+
+def test_the_front_door_command_serves_until_stopped_and_takes_its_tee_with_it(door: Door) -> None:
+    import subprocess
+    import sys
+
+    teelab = Path(sys.executable).with_name("teelab")
+    argv = [str(teelab), "hub", "front-door", "--upstream", f"127.0.0.1:{door.upstream_port}"]
+    command = subprocess.Popen(
+        [*argv, "--listen", "127.0.0.1:0"],
+        env={**os.environ, "TEELAB_DATA_DIR": str(door.data)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert command.stdout is not None
+        first, second = command.stdout.readline(), command.stdout.readline()
+        port = int(first.split("https://127.0.0.1:")[1].split("/")[0])
+        announced = bytes.fromhex(second.split("SPKI-SHA256 ")[1].split()[0])
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", port, context=ssl._create_unverified_context(), timeout=30
+        )
+        assert _attest(connection, os.urandom(32))[0] == 200
+        assert isinstance(connection.sock, ssl.SSLSocket)
+        assert spki_sha256(connection.sock.getpeercert(binary_form=True) or b"") == announced
+        connection.close()
+    finally:
+        command.terminate()
+        assert command.wait(30) == 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
