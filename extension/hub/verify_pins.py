@@ -31,6 +31,7 @@ def default_pin_file() -> Path:
 class Pin:
     tls_spki_sha256: str
     measurement: str | None
+    controller: str | None = None  # a server's: SHA-256 of the hub spawner's G_s.pub
 
 
 @dataclass
@@ -42,8 +43,12 @@ class HubPins:
 def _pin(data: object, where: str) -> Pin:
     if not isinstance(data, dict) or not isinstance(data.get("tls_spki_sha256"), str):
         raise ConfigError(f"{where}: a pin needs tls_spki_sha256")
-    measurement = data.get("measurement")
-    return Pin(str(data["tls_spki_sha256"]), measurement if isinstance(measurement, str) else None)
+    measurement, controller = data.get("measurement"), data.get("controller")
+    return Pin(
+        str(data["tls_spki_sha256"]),
+        measurement if isinstance(measurement, str) else None,
+        controller if isinstance(controller, str) else None,
+    )
 
 
 class PinFile:
@@ -116,8 +121,10 @@ def compare_pin(name: str, pinned: Pin | None, seen: Pin, *, update: bool) -> Ch
         changes.append(f"TLS key {pinned.tls_spki_sha256[:16]}… → {seen.tls_spki_sha256[:16]}…")
     if pinned.measurement != seen.measurement:
         changes.append(f"measurement {str(pinned.measurement)[:16]}… → {str(seen.measurement)[:16]}…")
+    if pinned.controller != seen.controller:
+        changes.append(f"controller {str(pinned.controller)[:16]}… → {str(seen.controller)[:16]}…")
     if not changes:
-        return CheckLine(f"{name} pin", True, "same key and measurement as pinned")
+        return CheckLine(f"{name} pin", True, "same key, measurement and controller as pinned")
     if update:
         return CheckLine(f"{name} pin", True, "updated (--update-pins): " + "; ".join(changes))
     return CheckLine(

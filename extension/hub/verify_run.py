@@ -104,7 +104,8 @@ def _server_lines(
         record, server.policy or policy, at=at, collateral=collateral or fallback, anchors=anchors
     )
     lines = outcome.lines
-    seen = Pin(record.tls_spki_sha256.hex(), outcome.measurement)
+    controller = record.controller.hex() if record.controller is not None else None
+    seen = Pin(record.tls_spki_sha256.hex(), outcome.measurement, controller)
     if all(line.passed for line in lines):
         lines.append(compare_pin("server", pins.servers.get(record.server), seen, update=update_pins))
     pins.servers[record.server] = seen

@@ -32,6 +32,7 @@ from teelab.extension.hub.verify_checks import (
 )
 from teelab.gateway.anchors import TrustAnchors
 from teelab.gateway.policy import AppraisalPolicy
+from teelab.gateway.result import AttestationResult
 from teelab.gateway.verifier import verify_evidence
 
 SERVERS_API = "/services/teelab-kbs/api/servers/"
@@ -74,6 +75,7 @@ class ServerRecord:
     stage: Stage
     hub_verdict: str
     collateral: bytes | None
+    controller: bytes | None = None  # SHA-256(G_s.pub) the hub says its spawner launched the server for
 
     @classmethod
     def from_reply(cls, body: bytes, user: str, server_name: str) -> ServerRecord:
@@ -98,6 +100,11 @@ class ServerRecord:
             if named != wanted:
                 raise ValueError(f"the record is for {named!r}, not {wanted!r}")
             collateral = record.get("collateral")
+            controller = (
+                None if record.get("controller") is None else _bytes(record.get("controller"), "controller")
+            )
+            if controller is not None and len(controller) != 32:
+                raise ValueError("the controller hash is 32 bytes")
             status = record.get("status")
             verdict = record.get("verdict")
             return cls(
@@ -109,6 +116,7 @@ class ServerRecord:
                 stage="hello" if stage == "hello" else "challenge",
                 hub_verdict=" / ".join(str(v) for v in (status, verdict) if v is not None) or "?",
                 collateral=None if collateral is None else base64.b64decode(str(collateral), validate=True),
+                controller=controller,
             )
         except (ValueError, TypeError, binascii.Error, RecursionError) as error:
             raise FrontDoorError(f"the hub's record of {wanted} is malformed: {error}") from None
@@ -174,6 +182,7 @@ def verify_server(
         anchors=anchors,
         policy=policy,
         expected_report_data=expected,
+        expected_controller=record.controller,
     )
     lines += evidence_lines(SUBJECT, result)
     data = report_data_of(result)
@@ -191,4 +200,19 @@ def verify_server(
             "the hub reports: evidence of another server (or user), or a record the hub changed"
         )
         lines.append(CheckLine(f"{SUBJECT} binding", False, detail))
+    lines.append(controller_line(result, record))
     return ServerOutcome(lines, measurement_of(result), record)
+
+
+def controller_line(result: AttestationResult, record: ServerRecord) -> CheckLine:
+    """``server controller``: the evidence names the controller the hub says launched the server (its
+    spawner's ``G_s``): the server obeys that key and no one else's (ARCHITECTURE §3)."""
+    name = f"{SUBJECT} controller"
+    if record.controller is None:
+        return CheckLine(name, False, "the hub's record names no controller for the server")
+    check = next((c for c in result.checks if c.name == "controller"), None)
+    if check is None:
+        return CheckLine(name, False, "not checked: the evidence did not verify")
+    if check.passed:
+        return CheckLine(name, True, f"the server obeys the hub spawner's key only ({check.detail})")
+    return CheckLine(name, False, check.detail)

@@ -36,6 +36,7 @@ from cryptography.x509.oid import NameOID
 
 from teelab.cli import main as teelab_main
 from teelab.enclave_runtime.backends import get_backend
+from teelab.enclave_runtime.controller import sgx_config_id
 from teelab.enclave_runtime.sim.backend import SimBackend
 from teelab.enclave_runtime.sim.identity import SimIdentity
 from teelab.enclave_runtime.sim.runtime import SimRuntime
@@ -61,6 +62,7 @@ from teelab.timeutil import utcnow
 
 ALICE_TOKEN = "alice-hub-token-0123456789"
 SERVER_MRENCLAVE = bytes.fromhex("5e" * 32)
+SPAWNER_CONTROLLER = hashlib.sha256(b"G_s.pub of the hub's spawner").digest()
 FRONT_DOOR_CHECKS = [
     "TLS",
     "front door evidence",
@@ -69,7 +71,14 @@ FRONT_DOOR_CHECKS = [
     "front door nonce",
     "front door pin",
 ]
-SERVER_CHECKS = ["server record", "server evidence", "server policy", "server binding", "server pin"]
+SERVER_CHECKS = [
+    "server record",
+    "server evidence",
+    "server policy",
+    "server binding",
+    "server controller",
+    "server pin",
+]
 
 
 def self_signed(name: str) -> tuple[bytes, bytes]:
@@ -102,6 +111,7 @@ def server_record(
     evidence = runtime.evidence(server_report_data("hello", enclave_key, tls_spki_sha256, nonce, bound_to))
     observed = Observed(enclave_key, tls_spki, evidence, nonce, f"{user}/", "hello").to_json()
     entry = {**observed, "server": f"{user}/", "server_name": "", "status": "attested", "verdict": verdict}
+    entry["controller"] = SPAWNER_CONTROLLER.hex()
     return {"user": user, "servers": [entry]}
 
 
@@ -235,6 +245,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, shared_cache_dir: Path)
                 isv_prod_id=0,
                 isv_svn=0,
                 attributes=ATTRIBUTE_INIT | ATTRIBUTE_MODE64BIT,
+                config_id=sgx_config_id(SPAWNER_CONTROLLER),  # the launch field, as the sim loader sets it
             ),
             platform,
         )
@@ -316,9 +327,9 @@ def test_the_cli_prints_one_line_per_check_and_keeps_the_token_out_of_its_output
     ]
     assert lines[-1].startswith("verified https://127.0.0.1:")
     assert ALICE_TOKEN not in out
-    # A second run: the same key and measurement as pinned.
+    # A second run: the same key, measurement and controller as pinned.
     assert teelab_main(argv) == 0
-    assert "✓ front door pin: same key and measurement as pinned" in capsys.readouterr().out
+    assert "✓ front door pin: same key, measurement and controller as pinned" in capsys.readouterr().out
 
 
 def _image(deployment: Deployment) -> Any:
@@ -459,6 +470,25 @@ def test_the_hubs_record_of_another_users_server_fails_the_server_binding(
         deployment.hub.records["alice"] = genuine
     problems = failed(report)
     assert list(problems) == ["server binding"]  # the hub said "affirming"; that is not what counts
+
+
+def test_a_server_launched_for_another_controller_fails_the_controller_check(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    genuine = deployment.hub.records["alice"]
+    record = server_record(deployment.runtime, user="alice", bound_to="alice/")
+    record["servers"][0]["controller"] = hashlib.sha256(b"someone else's G").hexdigest()
+    deployment.hub.records["alice"] = record
+    try:
+        report = run_verify(
+            deployment.address, deployment.policy, PinFile(tmp_path / "p.json"), server=alice(deployment),
+            anchors=deployment.anchors,
+        )  # fmt: skip
+    finally:
+        deployment.hub.records["alice"] = genuine
+    problems = failed(report)
+    assert list(problems) == ["server controller"]
+    assert "CONFIGID" in problems["server controller"]
 
 
 def test_the_users_own_server_policy_judges_the_server_not_the_hubs_verdict(
