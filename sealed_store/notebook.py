@@ -128,11 +128,14 @@ def release_key(session: ReaderSession, name: str, *, version: int | None = None
                 version=version,
             )
     except KeyBrokerError as error:
-        raise KeyBrokerError(
+        refusal = KeyBrokerError(
             error.reason,
             f"the key broker refused {name!r}: {error.message}",
             hint=error.hint or _HINTS.get(error.reason),
-        ) from None
+        )
+    # Raised outside the handler, so it carries no chain: on a Dask worker it is pickled to the client with
+    # its traceback and context, and the gRPC error behind it cannot be pickled.
+    raise refusal
 
 
 def read_dataset(

@@ -80,3 +80,7 @@ class KeyBrokerError(TeelabError):
     def __init__(self, reason: str, message: str, *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.reason = reason
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Raised in a Dask worker's sealed read, it travels to the client pickled: keep the reason.
+        return (type(self), (self.reason, self.message), self.__dict__)

@@ -252,6 +252,15 @@ def test_each_worker_gets_its_own_key_and_reads_only_with_it(world: World) -> No
         assert sorted(e["ekh"] for e in released) == sorted(ekh_of[w] for w in readers)
         assert {e["grant_id"] for e in released}.isdisjoint({world.section.grant})
         assert int(placed.rows.sum()) == len(world.frame)
+        # A worker holding a grant that is not its own (the kernel's, bound to the kernel's E) gets nothing,
+        # and the broker's refusal reaches the notebook with its reason.
+        secret, identity, _ = shipped[0]
+        client.run(install, secret, identity, world.section)
+        from teelab.errors import KeyBrokerError
+
+        with pytest.raises(KeyBrokerError) as refused:
+            df.amount.sum().compute()
+        assert refused.value.reason == "grant_invalid"
 
 
 def test_a_worker_of_another_image_gets_nothing(world: World) -> None:
