@@ -275,3 +275,17 @@ def test_a_worker_of_another_image_gets_nothing(world: World) -> None:
     with pytest.raises(KeyBrokerError, match="refused") as refused:
         df.compute(scheduler="sync")
     assert refused.value.reason == "evidence_rejected"
+
+
+def test_a_part_tampered_after_the_graph_was_built_fails_its_task(world: World) -> None:
+    from teelab.sealed_store.errors import PartTamperedError
+
+    df = read_dataset("sales")
+    path = world.store.part_path("sales", 1, 2)
+    data = bytearray(world.store.fs.cat_file(path))
+    data[len(data) // 2] ^= 0x01  # one bit inside a data page of part 2
+    world.store.fs.pipe_file(path, bytes(data))
+    assert len(df.partitions[0].compute(scheduler="sync")) == 1000  # part 1 still reads
+    with pytest.raises(PartTamperedError, match="part-00002") as tampered:
+        df.compute(scheduler="sync")
+    assert pickle.loads(pickle.dumps(tampered.value)).args == tampered.value.args
