@@ -287,3 +287,24 @@ def test_a_kernels_hello_is_not_a_nodes(dask_env: DaskEnv) -> None:
         asyncio.run(feed(Hello(bytes(32), {}), tls_key=True))
     with pytest.raises(HandshakeError, match="binds no TLS key"):
         asyncio.run(feed(Hello(bytes(32), {}, b"\x30" * 91), tls_key=False))
+
+
+def test_another_clusters_certificates_are_refused(cluster: Any, dask_env: DaskEnv) -> None:
+    """Another tenant's cluster (or a closed cluster of ours: its CA is gone) has its own CA: its certificates
+    open no TLS connection to this cluster, as a worker or as a client."""
+    other = ClusterController(
+        backend="sim", policy=dask_env.policy, image=None, host="127.0.0.1", launch_timeout=TIMEOUT
+    )
+    assert other.ca.certificate_pem != cluster.controller.ca.certificate_pem
+    error = asyncio.run(join_as_worker(cluster.scheduler_address, other.security, "0"))
+    assert error is not None
+
+    async def as_client() -> None:
+        from distributed import Client
+
+        async with Client(cluster.scheduler_address, security=other.security, asynchronous=True, timeout=5):
+            raise AssertionError("another cluster's client certificate connected")
+
+    with pytest.raises((OSError, TimeoutError)):
+        asyncio.run(as_client())
+    assert registered(cluster) == ["0", "1"]
