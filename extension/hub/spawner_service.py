@@ -107,10 +107,10 @@ def render(verdicts: dict[str, list[dict[str, Any]]]) -> str:
     for owner, servers in sorted(verdicts.items()):
         for v in servers:
             measurement = v.get("measurement") or {}
-            checks = ", ".join(
-                f"{c['name']} {'✓' if c['passed'] else '✗'}"
-                for c in v.get("checks", [])
-                if isinstance(c, dict)
+            made = [c for c in v.get("checks", []) if isinstance(c, dict)]
+            failed = [str(c.get("name")) for c in made if not c.get("passed")]
+            checks = f"{len(made) - len(failed)} passed" + (
+                f"; failed: {', '.join(failed)}" if failed else ""
             )
             cells = (
                 owner,

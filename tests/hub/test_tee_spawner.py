@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -283,3 +284,72 @@ def test_poll_stops_a_server_whose_tee_answers_with_another_key(tee_hub: TeeHub)
     assert "enclave key changed" in verdict["reason"]
     assert verdict["last_challenge"]["answer"]["enclave_key"] != verdict["enclave_key"]
     assert "/user/bob" not in tee_hub.routes()
+
+
+_RECORD_PROGRESS = """
+document.addEventListener("DOMContentLoaded", () => {
+  const log = document.getElementById("progress-log");
+  if (!log) return;
+  new MutationObserver((records) => records.forEach((record) =>
+    record.addedNodes.forEach((node) => window.teelabStep(node.textContent || "")))).observe(log, {childList: true});
+});
+"""
+
+
+def _sign_in(page: Any, hub: HubProcess, user: str) -> None:
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", user)
+    page.fill("#password_input", hub.password)
+    page.click("#login_submit")
+
+
+def test_browser_spawn_page_shows_the_steps_and_the_service_page_the_verdicts(
+    tee_hub: TeeHub, alice: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Last: bob's spawn page, carol's refused spawn page, carol's operator page (alice's server runs)."""
+    from playwright.sync_api import expect
+
+    from tests.extension.lab import ARTIFACTS, chromium
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    hub = tee_hub.hub
+    steps: list[str] = []
+    with chromium(tmp_path / "bob") as context:
+        context.expose_function("teelabStep", lambda text: steps.append(str(text)))
+        context.add_init_script(_RECORD_PROGRESS)
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        _sign_in(page, hub, "bob")
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not any(step.strip().startswith("Server ready") for step in steps):
+            assert time.monotonic() < deadline, steps
+            page.wait_for_timeout(200)
+    order = [
+        "Launched the server's boot",
+        "Evidence received",
+        "Evidence verified against policy hub-server",
+        "Controller checked",
+        "Secrets sealed",
+        "Server ready",
+    ]
+    shown = [step.strip() for step in steps]
+    found = [next(i for i, s in enumerate(shown) if s.startswith(step)) for step in order]
+    assert found == sorted(found), shown
+    tee_hub.wait_until("bob", ready=False)  # his hostile host is caught again at the next poll
+    with chromium(tmp_path / "carol") as context:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        _sign_in(page, hub, "carol")
+        log = page.locator("#progress-log")
+        expect(log).to_contain_text("Evidence received", timeout=WAIT_SECONDS * 1000)
+        expect(log).to_contain_text("Attestation refused by policy user:carol", timeout=WAIT_SECONDS * 1000)
+        expect(page.locator("#progress-bar")).to_have_class(re.compile("bg-danger"))
+        page.screenshot(path=str(ARTIFACTS / "hub-tee-spawner-refused.png"))
+        page.goto(f"{hub.url}/services/teelab-kbs/")
+        table = page.locator("#teelab-servers")
+        alice_row = table.locator("tr.teelab-server", has_text="alice")
+        expect(alice_row).to_contain_text("attested")
+        expect(alice_row).to_contain_text(tee_hub.verdict("alice")["tls_spki_sha256"])
+        expect(table.locator("tr.teelab-server", has_text="carol")).to_contain_text("refused")
+        expect(table.locator("tr.teelab-server", has_text="bob")).to_contain_text("key-changed")
+        page.screenshot(path=str(ARTIFACTS / "hub-tee-spawner-verdicts.png"), full_page=True)
