@@ -125,6 +125,13 @@ def tls_identity(hostnames: tuple[str, ...]) -> tuple[ssl.SSLContext, bytes]:
     return context, spki_sha256(certificate.public_bytes(Encoding.DER))
 
 
+def _forwarded(head: bytes) -> bytes:
+    """The request head for the proxy: the client's own ``X-Forwarded-Proto`` replaced by ours (TLS ended here)."""
+    line, *headers = head[:-4].split(b"\r\n")
+    kept = [h for h in headers if not h.lower().startswith(b"x-forwarded-proto:")]
+    return b"\r\n".join([line, b"X-Forwarded-Proto: https", *kept]) + b"\r\n\r\n"
+
+
 def _reply(status: str, body: bytes, *, close: bool) -> bytes:
     head = (
         f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
@@ -203,8 +210,7 @@ class FrontDoor:
             writer.write(_error("502 Bad Gateway", "the hub's proxy is not reachable", close=True))
             await writer.drain()
             return
-        line, rest = head.split(b"\r\n", 1)
-        up_writer.write(line + b"\r\nX-Forwarded-Proto: https\r\n" + rest)
+        up_writer.write(_forwarded(head))
         try:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:

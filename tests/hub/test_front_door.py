@@ -160,14 +160,14 @@ def test_a_malformed_nonce_is_refused_and_the_connection_stays_usable(door: Door
 def test_after_the_attestation_the_connection_is_a_tunnel_to_the_proxy(door: Door) -> None:
     connection = door.connect()
     assert _attest(connection, os.urandom(32))[0] == 200
-    connection.request("GET", "/hub/api?x=1")
+    connection.request("GET", "/hub/api?x=1", headers={"X-Forwarded-Proto": "http"})  # the client's claim
     response = connection.getresponse()
     assert (response.status, response.read()) == (200, b"proxied")
     connection.request("GET", "/user/alice/")  # keep-alive through the tunnel
     assert connection.getresponse().read() == b"proxied"
     connection.close()
     assert [s["path"] for s in door.upstream_seen[-2:]] == ["/hub/api?x=1", "/user/alice/"]
-    assert door.upstream_seen[-2]["X-Forwarded-Proto"] == "https"
+    assert door.upstream_seen[-2]["X-Forwarded-Proto"] == "https"  # the only one: the client's was dropped
 
 
 def test_a_post_to_the_attestation_endpoint_is_refused(door: Door) -> None:

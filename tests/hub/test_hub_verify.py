@@ -599,3 +599,64 @@ def test_connect_cli_exits_non_zero_on_a_changed_key(
     ]
     assert teelab_main(argv) == 1
     assert "refusing to connect" in capsys.readouterr().err
+
+
+def test_the_cli_says_what_failed_and_exits_1(
+    deployment: Deployment,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("TEELAB_DATA_DIR", str(deployment.data_dir))
+    policy = tmp_path / "other.toml"
+    policy.write_text(f'id = "other"\nallow_simulation = true\n[sgx]\nmrenclave = ["{"ab" * 32}"]\n')
+    argv = [
+        "hub",
+        "verify",
+        deployment.address.origin,
+        "--policy",
+        str(policy),
+        "--pin-file",
+        str(tmp_path / "p"),
+    ]
+    assert teelab_main(argv) == 1
+    captured = capsys.readouterr()
+    assert "✗ front door policy: policy.mrenclave" in captured.out
+    assert captured.err.startswith("teelab hub verify: NOT VERIFIED — front door policy: policy.mrenclave")
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"[]", b"{}", b'{"servers": []}', b'{"servers": [{"server_name": ""}]}', b"\xff", b"[" * 100000,
+     b'{"servers": [{"server_name": "", "evidence": "AA==", "nonce": "zz", "tls_spki_sha256": "00"}]}',
+     b'{"servers": [{"server_name": "", "server": "bob/", "evidence": "AA=="}]}'],
+)  # fmt: skip
+def test_a_hostile_server_record_raises_only_teelabs_error(body: bytes) -> None:
+    from teelab.extension.hub.front_door_protocol import FrontDoorError
+    from teelab.extension.hub.verify_server import ServerRecord
+
+    with pytest.raises(FrontDoorError):
+        ServerRecord.from_reply(body, "alice", "")
+
+
+def test_a_pin_file_others_can_write_or_not_ours_is_refused(tmp_path: Path) -> None:
+    from teelab.errors import ConfigError
+
+    path = tmp_path / "pins.json"
+    pins = PinFile(path)
+    pins.save("https://hub:443", type(pins.load("x"))(front_door=Pin("aa" * 32, None)))
+    os.chmod(path, 0o662)
+    with pytest.raises(ConfigError, match="writable by other users"):
+        pins.load("https://hub:443")
+    for text in (
+        "not json",
+        "[]",
+        '{"version": 2, "hubs": {}}',
+        '{"version": 1, "hubs": {"https://hub:443": 5}}',
+    ):
+        path.unlink()
+        path.write_text(text)
+        os.chmod(path, 0o600)
+        with pytest.raises(ConfigError):
+            pins.load("https://hub:443")
