@@ -16,15 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import secrets
 from pathlib import Path
 from typing import Any
 
 import grpc
+import zmq
 from jupyter_core.paths import SYSTEM_JUPYTER_PATH
 from traitlets import Dict, Enum, List, Unicode
 
+from teelab.enclave_runtime.backend import EnclaveBackend
 from teelab.enclave_runtime.images import KERNEL_IMAGE
 from teelab.errors import ConfigError, TeelabError
+from teelab.gateway.identity import GatewayIdentity
+from teelab.gateway.policy import AppraisalPolicy
 from teelab.gateway.session import appraiser, attest_and_seal
 from teelab.kernel.host_client import HostAgentError, HostClient, HostTarget
 from teelab.kernel.host_pool import (
@@ -34,14 +39,14 @@ from teelab.kernel.host_pool import (
     kernelspec_pool,
     load_credentials,
 )
+from teelab.kernel.placement import placed
 from teelab.kernel.policy_files import load_kernel_policy
 from teelab.kernel.provisioner import TeeProvisioner
-from teelab.protocols.session import PORT_NAMES
+from teelab.protocols.session import NONCE_SIZE, PORT_NAMES, HandshakeError
 
 LOCAL_IP = "127.0.0.1"  # where pre_launch's placeholder ports are taken before a host is chosen
-# Launches this server has placed on each agent that the agent may not count yet: kernels started at once
-# would otherwise all see the same loads and land on the same host.
-_PLACING: dict[str, int] = {}
+PORT_RETRIES = 1
+LOST_A_PORT = "failed to start inside the TEE: ZMQError"  # the boot could not bind a port it was given
 
 
 class RemoteTeeProvisioner(TeeProvisioner):
@@ -142,43 +147,6 @@ class RemoteTeeProvisioner(TeeProvisioner):
             own.get("client_key_file", self.client_key_file),
         )
 
-    async def _place(self) -> HostClient:
-        """The least loaded reachable agent offering this kernel's backend."""
-        targets = [HostTarget.parse(text) for text in self.pool()]
-        credentials = {target: self.credentials(target) for target in targets}  # all checked before any call
-        best: tuple[float, HostClient] | None = None
-        reasons = []
-        for target in targets:
-            given = credentials[target]
-            client = HostClient(target, given.token, ca=given.ca, client_certificate=given.client_certificate)
-            try:
-                listing = await client.list(timeout=5.0)
-            except HostAgentError as error:
-                reasons.append(error.message)
-                await client.close()
-                continue
-            if self.backend not in listing.backends or listing.running >= listing.capacity:
-                reasons.append(f"{client.target}: no room for a {self.backend} kernel")
-                await client.close()
-                continue
-            placing = _PLACING.get(str(client.target), 0)
-            mine = sum(1 for k in listing.kernels if not k.exited) + placing
-            if mine >= listing.per_gateway or listing.running + placing >= listing.capacity:
-                reasons.append(f"{client.target}: this gateway's limit is reached")
-                await client.close()
-                continue
-            load = (listing.running + placing) / listing.capacity
-            if best is None or load < best[0]:
-                if best is not None:
-                    await best[1].close()
-                best = (load, client)
-            else:
-                await client.close()
-        if best is None:
-            raise HostAgentError("no host agent can take the kernel: " + "; ".join(reasons))
-        _PLACING[str(best[1].target)] = _PLACING.get(str(best[1].target), 0) + 1
-        return best[1]
-
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         self.km.ip = LOCAL_IP  # placeholders; the chosen agent's address and ports replace them
         self._session_name = (kwargs.get("env") or {}).get("JPY_SESSION_NAME", "")
@@ -190,13 +158,35 @@ class RemoteTeeProvisioner(TeeProvisioner):
         # As the local provisioner: a real-TEE kernel's policy must pin its image.
         policy.require_identity_pin(self.backend, simulated=backend.simulated)
         identity = self.gateway_identity()
+        targets = [HostTarget.parse(text) for text in self.pool()]
+        pool = [(target, self.credentials(target)) for target in targets]  # all checked before any call
+        for attempt in range(PORT_RETRIES + 1):
+            try:
+                return await self._start(pool, backend, policy, identity)
+            except HandshakeError as error:
+                if attempt == PORT_RETRIES or LOST_A_PORT not in error.message:
+                    raise
+            # A process on the host took a port the agent promised before the kernel bound it. A new session
+            # (nonce, keys) on new ports; at most PORT_RETRIES times, so a lying agent gains nothing by it.
+            self.log.warning("teelab: kernel %s lost a port on its host; starting it again", self.kernel_id)
+            await self._drop_remote()
+            self._fresh_session()
+
+    async def _start(
+        self,
+        pool: list[tuple[HostTarget, HostCredentials]],
+        backend: EnclaveBackend,
+        policy: AppraisalPolicy,
+        identity: GatewayIdentity,
+    ) -> None:
         self.result, self._dead = None, None
         self.host_output.clear()
-        client = await self._place()
-        try:
-            reply = await client.launch(self.backend, KERNEL_IMAGE, self._nonce, identity.public)
-        finally:
-            _PLACING[str(client.target)] -= 1  # the agent counts it now (or it was never started)
+        async with placed(pool, self.backend) as client:
+            try:
+                reply = await client.launch(self.backend, KERNEL_IMAGE, self._nonce, identity.public)
+            except BaseException:
+                await client.close()
+                raise
         self.remote = (client, reply.kernel_id)
         ports = tuple(reply.ports)
         if (
@@ -222,6 +212,13 @@ class RemoteTeeProvisioner(TeeProvisioner):
                 make_bundle=functools.partial(self._bundle, controller=identity.controller),
                 timeout=self.launch_timeout,
             )
+
+    def _fresh_session(self) -> None:
+        """New session secrets for another start, as pre_launch makes them."""
+        km = self.km
+        km.session.key = secrets.token_hex(32).encode()
+        km.curve_publickey, km.curve_secretkey = zmq.curve_keypair()
+        self._nonce = secrets.token_bytes(NONCE_SIZE)
 
     async def _explain(self, error: BaseException) -> BaseException | None:
         if isinstance(error, HostAgentError):
@@ -266,10 +263,7 @@ class RemoteTeeProvisioner(TeeProvisioner):
         await self._kill_remote()
 
     async def cleanup(self, restart: bool = False) -> None:
-        await self._kill_remote()
-        if self.remote is not None:
-            await self.remote[0].close()
-            self.remote = None
+        await self._drop_remote()
         await super().cleanup(restart)
 
     async def get_provisioner_info(self) -> dict[str, Any]:
@@ -278,11 +272,14 @@ class RemoteTeeProvisioner(TeeProvisioner):
         return info
 
     async def _abort(self) -> None:
+        await self._drop_remote()
+        await super()._abort()
+
+    async def _drop_remote(self) -> None:
         await self._kill_remote()
         if self.remote is not None:
             await self.remote[0].close()
             self.remote = None
-        await super()._abort()
 
     async def _kill_remote(self) -> None:
         if self.remote is not None and self._dead is None:

@@ -7,7 +7,8 @@ enclave key in the hello), drop (swallow the hello), controller (launch the kern
 key), ports (report ports where its own listeners wait, recording what reaches them to FILE.ports-log),
 ready-first (relay a readiness message before the hello it holds back), hello-twice (relay the hello again in
 place of the kernel's readiness message), garble (give the boot a malformed boot request, so it exits
-saying why). The reordering modes record every byte the gateway sends towards
+saying why), squat (not evil: on its first launch another process on the host takes one of the promised
+ports before the kernel binds it; every launch is counted in FILE.launches). The reordering modes record every byte the gateway sends towards
 the boot to FILE.to-boot-log.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -128,6 +130,21 @@ class OwnPortsTable(KernelTable):
         writer.close()
 
 
+class SquattedTable(KernelTable):
+    launches: Path
+
+    async def launch(self, gateway: str, **request: object) -> HostedKernel:
+        kernel = await super().launch(gateway, **request)  # type: ignore[arg-type]
+        with self.launches.open("a") as out:
+            out.write(f"{kernel.kernel_id}\n")
+        if len(self.launches.read_text().splitlines()) == 1:
+            squatter = socket.socket()
+            squatter.bind((self.host, kernel.ports[0]))
+            squatter.listen()
+            kernel.extra["squatter"] = squatter
+        return kernel
+
+
 def main(argv: list[str]) -> None:
     mode, listen, tokens = argv[0], argv[argv.index("--listen") + 1], Path(argv[argv.index("--tokens") + 1])
     services: dict[str, type[HostAgentService]] = {
@@ -146,10 +163,16 @@ def main(argv: list[str]) -> None:
     )
     DroppingService.marker = Path(f"{tokens}.dropped")
     RecordingService.log = Path(f"{tokens}.to-boot-log")
-    tables = {"controller": OwnControllerTable, "ports": OwnPortsTable, "garble": GarblingTable}
+    tables = {
+        "controller": OwnControllerTable,
+        "ports": OwnPortsTable,
+        "garble": GarblingTable,
+        "squat": SquattedTable,
+    }
     if mode in tables:
         table_class = tables[mode]
         OwnPortsTable.log = Path(f"{tokens}.ports-log")
+        SquattedTable.launches = Path(f"{tokens}.launches")
 
         def with_table(table: KernelTable, auth: GatewayAuth) -> HostAgentService:
             table.__class__ = table_class

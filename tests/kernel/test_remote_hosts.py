@@ -229,6 +229,23 @@ def test_the_boots_last_words_reach_the_gateway_as_the_agent_reports_them(
     ) in refused.value.detail
 
 
+def test_a_port_taken_on_the_host_before_the_kernel_binds_it_starts_a_new_session(
+    agents: Callable[..., Agent], remote_env: Path
+) -> None:
+    _, target = agents("127.0.0.2", "squat")  # another process takes a promised port, once
+    km = manager(remote_env, target)
+    km.start_kernel()
+    try:
+        launches = (remote_env / "gateways.launches").read_text().splitlines()
+        assert len(launches) == 2  # the first kernel could not bind; the second session is the one running
+        assert run_cell(km, "print('rebound')").strip() == "rebound"
+        listing = _call(target, "List", host_pb2.ListRequest())
+        assert isinstance(listing, host_pb2.ListReply)
+        assert [k.kernel_id for k in listing.kernels if not k.exited] == [launches[1]]
+    finally:
+        km.shutdown_kernel(now=True)
+
+
 def test_wrong_ports_reach_nothing_of_the_session(agents: Callable[..., Agent], remote_env: Path) -> None:
     _, target = agents("127.0.0.2", "ports")
     km = manager(remote_env, target)
