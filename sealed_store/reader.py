@@ -77,6 +77,10 @@ class SealedReader:
     store: DatasetStore
     manifest: Manifest
     _dek: bytes = field(repr=False)
+    # Queries already checked (a Dask worker reads many parts with the same query): the check costs ~6 ms.
+    _plans: dict[tuple[str, str, bool], tuple[pa.Schema, Filters, list[str] | None, ds.Expression | None]] = (
+        field(default_factory=dict, init=False, repr=False, compare=False)
+    )
 
     @property
     def name(self) -> str:
@@ -115,7 +119,11 @@ class SealedReader:
         return self._to_pandas(self._read(columns, filters, pandas_index=True, parts=(k,), schema=schema))
 
     def empty_pandas(
-        self, columns: Sequence[str] | None = None, filters: Filters = None, *, schema: pa.Schema | None = None
+        self,
+        columns: Sequence[str] | None = None,
+        filters: Filters = None,
+        *,
+        schema: pa.Schema | None = None,
     ) -> pd.DataFrame:
         """The empty DataFrame this query returns, the query checked as a read checks it: a Dask ``meta``.
 
@@ -189,6 +197,18 @@ class SealedReader:
         return pa.concat_tables(tables)
 
     def _plan(
+        self, schema: pa.Schema, columns: Sequence[str] | None, filters: Filters, *, pandas_index: bool
+    ) -> tuple[list[str] | None, ds.Expression | None]:
+        key = (repr(columns), repr(filters), pandas_index)
+        cached = self._plans.get(key)
+        if cached is not None and cached[0].equals(schema) and _same(cached[1], filters):
+            return cached[2], cached[3]
+        wanted, expression = self._check_plan(schema, columns, filters, pandas_index=pandas_index)
+        if len(self._plans) < 64:
+            self._plans[key] = (schema, filters, wanted, expression)
+        return wanted, expression
+
+    def _check_plan(
         self, schema: pa.Schema, columns: Sequence[str] | None, filters: Filters, *, pandas_index: bool
     ) -> tuple[list[str] | None, ds.Expression | None]:
         """Validate the query on an empty table of the same schema, so that a mistake in it is reported as
@@ -458,6 +478,20 @@ def _sha256(store: DatasetStore, path: str) -> str | None:
     except OSError:
         return None
     return digest.hexdigest()
+
+
+def _same(cached: Filters, filters: Filters) -> bool:
+    """The same query filters (an equal repr is not enough: literals of different types can print alike)."""
+    if isinstance(cached, ds.Expression) or isinstance(filters, ds.Expression):
+        return (
+            isinstance(cached, ds.Expression)
+            and isinstance(filters, ds.Expression)
+            and cached.equals(filters)
+        )
+    try:
+        return bool(cached == filters) and repr(cached) == repr(filters)
+    except Exception:  # an odd value in a filter that does not compare: check the query again
+        return False
 
 
 def _index_columns(schema: pa.Schema) -> list[str]:
