@@ -15,6 +15,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -163,6 +164,31 @@ def test_every_file_parses_and_each_manifest_has_the_shape_kubernetes_expects() 
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "teelab"
         assert doc["kind"] == "ServiceAccount" or isinstance(doc["spec"], dict)
     assert isinstance(values()["hub"]["extraConfig"]["teelab"], str)
+
+
+MODELS = {
+    "ServiceAccount": "V1ServiceAccount",
+    "Deployment": "V1Deployment",
+    "Service": "V1Service",
+    "NetworkPolicy": "V1NetworkPolicy",
+}
+
+
+def test_every_manifest_is_a_kubernetes_object_without_an_unknown_field() -> None:
+    """Each document read into the Kubernetes API's own models and written back comes out unchanged: a
+    misspelt or misplaced field would be dropped, a required one missing refused."""
+    from kubernetes_asyncio.client import ApiClient
+
+    async def round_trip(doc: dict[str, Any]) -> Any:
+        async with ApiClient() as client:
+            model = client.deserialize(SimpleNamespace(data=json.dumps(doc)), MODELS[doc["kind"]])
+            return client.sanitize_for_serialization(model)
+
+    for doc in manifests():
+        assert asyncio.run(round_trip(doc)) == doc, doc["kind"]
+    misspelt = manifests()[1]
+    misspelt["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    assert asyncio.run(round_trip(misspelt)) != misspelt
 
 
 def test_the_extra_config_gives_the_hub_teelabs_service_roles_and_scopes() -> None:
