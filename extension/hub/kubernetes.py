@@ -221,3 +221,39 @@ def _init_data_problems(annotation: str) -> list[str]:
             if key not in ("controller", "policy_digest")
         ]
     return problems
+
+
+def check_init_data_controller(
+    claims: Mapping[str, object], init_data_toml: str, controller: bytes
+) -> tuple[bool, str]:
+    """The controller rule under CoCo, for a spawner verifying a pod's evidence: the launch field (SEV-SNP
+    ``host_data``, TDX ``mrconfigid``) must be the digest of ``init_data_toml``, and that TOML must name
+    ``controller``. Returns (passed, detail) for a check named ``controller``; the gateway's own check compares
+    the launch field with the controller hash directly, which init-data replaces by its digest."""
+    import hmac
+    import tomllib
+
+    try:
+        document = tomllib.loads(init_data_toml)
+        teelab = tomllib.loads(str((document.get("data") or {})[TEELAB_INIT_DATA]))
+        algorithm = str(document["algorithm"])
+        digest = hashlib.new(algorithm, init_data_toml.encode()).digest()
+    except (KeyError, ValueError, TypeError, tomllib.TOMLDecodeError) as error:
+        return False, f"the init-data is not teelab's: {error}"
+    named = str(teelab.get("controller", ""))
+    if not hmac.compare_digest(named.encode(), controller.hex().encode()):
+        return False, f"the init-data names controller {named[:16]}…, not {controller.hex()[:16]}…"
+    for claim, size in (("host_data", 32), ("mrconfigid", 48)):
+        value = claims.get(claim)
+        if isinstance(value, str):
+            try:
+                field = bytes.fromhex(value)
+            except ValueError:
+                return False, f"{claim} is not hex"
+            if len(digest) <= size and hmac.compare_digest(field, digest + bytes(size - len(digest))):
+                return True, f"{claim} is the {algorithm} of the init-data, which names this controller"
+            return (
+                False,
+                f"{claim} {value[:16]}… is not the init-data's {algorithm} digest (another init-data)",
+            )
+    return False, "the evidence carries neither host_data (SEV-SNP) nor mrconfigid (TDX)"

@@ -211,3 +211,26 @@ def test_k8s_values_cli_gives_helm_values_whose_hook_strips_secrets(
     exec(values["hub"]["extraConfig"]["teelab-confidential-pods"], {"c": c})
     assert c.KubeSpawner.modify_pod_hook is strip_secrets
     assert os.environ["KUBECONFIG"].startswith(str(tmp_path))
+
+
+def test_the_launch_field_binds_the_controller_through_the_init_data() -> None:
+    from teelab.extension.hub.kubernetes import check_init_data_controller
+
+    snp, tdx = snp_pods(), ConfidentialPods("kata-qemu-tdx", CONTROLLER, POLICY_DIGEST)
+    assert check_init_data_controller(
+        {"host_data": snp.init_data_digest().hex()}, snp.init_data_toml(), CONTROLLER
+    )[0]
+    padded = tdx.init_data_digest().hex()  # MRCONFIGID is 48 bytes: SHA-384 fills it
+    assert check_init_data_controller({"mrconfigid": padded}, tdx.init_data_toml(), CONTROLLER)[0]
+    other = ConfidentialPods("kata-qemu-snp", hashlib.sha256(b"the host's own G").digest(), POLICY_DIGEST)
+    # The host's pod: its own init-data (and so its own HOST_DATA) names another controller.
+    passed, detail = check_init_data_controller(
+        {"host_data": other.init_data_digest().hex()}, other.init_data_toml(), CONTROLLER
+    )
+    assert not passed and "names controller" in detail
+    # Our init-data shown, but the pod was launched with another: the launch field gives it away.
+    passed, detail = check_init_data_controller(
+        {"host_data": other.init_data_digest().hex()}, snp.init_data_toml(), CONTROLLER
+    )
+    assert not passed and "another init-data" in detail
+    assert not check_init_data_controller({}, "not toml [", CONTROLLER)[0]
