@@ -16,6 +16,7 @@ import grpc
 from teelab.enclave_runtime.agent.auth import GatewayAuth, TokenSource, is_loopback
 from teelab.enclave_runtime.agent.certificates import RevokedCertificates, load_client_ca
 from teelab.enclave_runtime.agent.kernels import KernelTable
+from teelab.enclave_runtime.agent.malformed import MalformedRequests
 from teelab.enclave_runtime.agent.service import HostAgentService
 from teelab.enclave_runtime.agent.v1 import host_pb2_grpc
 from teelab.enclave_runtime.backend import EnclaveBackend
@@ -74,7 +75,7 @@ async def start(config: AgentConfig) -> tuple[grpc.aio.Server, KernelTable, str]
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, interceptors=[MalformedRequests()])
     host_pb2_grpc.add_HostAgentServicer_to_server(  # type: ignore[no-untyped-call]
         config.service(table, auth), server
     )

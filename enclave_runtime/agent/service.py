@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import grpc
 
@@ -19,6 +20,7 @@ from teelab.enclave_runtime.agent.kernels import AgentRefusal, HostedKernel, Ker
 from teelab.enclave_runtime.agent.v1 import host_pb2, host_pb2_grpc
 
 RELAY_CHUNK = 64 * 1024
+_M = TypeVar("_M")
 
 
 def _status(kernel: HostedKernel) -> host_pb2.KernelStatus:
@@ -47,6 +49,14 @@ class HostAgentService(host_pb2_grpc.HostAgentServicer):
         return gateway
 
     @staticmethod
+    async def _parsed(request: object, kind: type[_M], context: grpc.aio.ServicerContext) -> _M:  # type: ignore[type-arg]
+        """``request`` if it parsed as ``kind`` (see :mod:`.malformed`); otherwise the call ends INVALID_ARGUMENT."""
+        if not isinstance(request, kind):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a {kind.__name__}")
+        assert isinstance(request, kind)
+        return request
+
+    @staticmethod
     async def _refuse(context: grpc.aio.ServicerContext, refusal: AgentRefusal) -> None:  # type: ignore[type-arg]
         await context.abort(getattr(grpc.StatusCode, refusal.code), refusal.message)
 
@@ -56,6 +66,7 @@ class HostAgentService(host_pb2_grpc.HostAgentServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> host_pb2.LaunchReply:
         gateway = await self._caller(context)
+        request = await self._parsed(request, host_pb2.LaunchRequest, context)
         try:
             kernel = await self.table.launch(
                 gateway,
@@ -75,6 +86,7 @@ class HostAgentService(host_pb2_grpc.HostAgentServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> host_pb2.KernelStatus:
         gateway = await self._caller(context)
+        request = await self._parsed(request, host_pb2.KernelRef, context)
         try:
             return _status(self.table.owned(request.kernel_id, gateway))
         except AgentRefusal as refusal:
@@ -87,6 +99,7 @@ class HostAgentService(host_pb2_grpc.HostAgentServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> host_pb2.KernelStatus:
         gateway = await self._caller(context)
+        request = await self._parsed(request, host_pb2.KernelRef, context)
         try:
             kernel = self.table.owned(request.kernel_id, gateway)
         except AgentRefusal as refusal:
@@ -101,6 +114,7 @@ class HostAgentService(host_pb2_grpc.HostAgentServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> host_pb2.ListReply:
         gateway = await self._caller(context)
+        await self._parsed(request, host_pb2.ListRequest, context)
         table = self.table
         return host_pb2.ListReply(
             kernels=[_status(k) for k in table.kernels.values() if k.gateway == gateway],
@@ -121,6 +135,7 @@ class HostAgentService(host_pb2_grpc.HostAgentServicer):
         except StopAsyncIteration:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame names the kernel")
             return
+        first = await self._parsed(first, host_pb2.RelayFrame, context)
         try:
             kernel = self.table.owned(first.kernel_id, gateway)
             if kernel.relayed:
@@ -155,5 +170,7 @@ class HostAgentService(host_pb2_grpc.HostAgentServicer):
         writer: asyncio.StreamWriter,
     ) -> None:
         async for frame in frames:
+            if not isinstance(frame, host_pb2.RelayFrame):
+                break  # a frame that did not parse ends the relay; the gateway's checks see a cut handshake
             writer.write(frame.data)
             await writer.drain()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -318,6 +319,45 @@ def test_bad_input_at_the_agent_starts_nothing(agents: Callable[..., Agent]) -> 
     listing = _call(target, "List", host_pb2.ListRequest())
     assert isinstance(listing, host_pb2.ListReply)
     assert listing.running == 0 and not listing.kernels and list(listing.backends) == ["sim"]
+
+
+def test_fuzzed_requests_get_clear_errors_and_start_nothing(agents: Callable[..., Agent]) -> None:
+    agent, target = agents("127.0.0.2")
+    rng = random.Random(15)  # the same bytes every run
+    seen: dict[tuple[str, str], int] = {}
+
+    async def go() -> None:
+        async with grpc.aio.insecure_channel(target.removeprefix("grpc://")) as channel:
+            for method in ("Launch", "Status", "Kill", "List", "Relay"):
+                path = f"/teelab.host.v1.HostAgent/{method}"
+                for _ in range(40):
+                    payload = rng.randbytes(rng.randrange(0, 300))
+                    metadata = (("authorization", f"Bearer {TOKEN}"),)
+                    try:
+                        if method == "Relay":
+                            call = channel.stream_stream(path)(iter([payload]), metadata=metadata, timeout=10)
+                            _ = [frame async for frame in call]
+                        else:
+                            await channel.unary_unary(path)(payload, metadata=metadata, timeout=10)
+                        code = "OK"
+                    except grpc.aio.AioRpcError as error:
+                        code = error.code().name
+                    seen[(method, code)] = seen.get((method, code), 0) + 1
+
+    asyncio.run(go())
+    # Every answer is a deliberate one: no UNKNOWN (an unhandled exception in a handler), no INTERNAL.
+    clear = {"OK", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND"}
+    assert {code for _, code in seen} <= clear, seen
+    assert {method for method, code in seen if code == "INVALID_ARGUMENT"} == {
+        "Launch",
+        "Status",
+        "Kill",
+        "List",
+        "Relay",
+    }, seen  # bytes that are not the method's message are named as such
+    listing = _call(target, "List", host_pb2.ListRequest())
+    assert isinstance(listing, host_pb2.ListReply) and listing.running == 0 and not listing.kernels
+    assert not _children(agent.pid)  # nothing was launched
 
 
 def test_a_token_removed_from_the_file_is_refused_at_once(
