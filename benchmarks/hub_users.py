@@ -64,6 +64,7 @@ class Outcome:
     kind: str
     seconds: dict[str, float] = field(default_factory=dict)  # step → seconds; "total": login → first result
     pss_kb: int | None = None
+    server_pss_kb: int | None = None  # the server process alone (the rest: the kernel and its runtime)
     pids: dict[int, bytes] = field(default_factory=dict)  # the user's server and kernel processes
     failure: str | None = None
 
@@ -187,6 +188,7 @@ def one_user(hub: HubProcess, name: str, kind: str) -> Outcome:
         if pid is None:
             raise RuntimeError("no single-user server process found")
         outcome.pss_kb, outcome.pids = tree_pss(pid)
+        outcome.server_pss_kb = pss_kb(pid)
         step = "stop"
         _stop_server(user)
     except Exception as error:  # every failure is counted with its reason; none ends the run
@@ -235,6 +237,7 @@ def _summary(outcomes: list[Outcome], planned: int) -> dict[str, object]:
     done = [o for o in outcomes if o.failure is None]
     totals = [o.seconds["total"] for o in done]
     pss = [o.pss_kb / 1024 for o in done if o.pss_kb]
+    server = [o.server_pss_kb / 1024 for o in done if o.server_pss_kb]
     steps = ("login", "spawn", "kernel", "cell")
     return {
         "users": planned,
@@ -253,6 +256,7 @@ def _summary(outcomes: list[Outcome], planned: int) -> dict[str, object]:
         "pss_mb_per_user": {
             "median": round(median(pss), 1) if pss else None,
             "p95": round(percentile(pss, 95), 1) if pss else None,
+            "server_median": round(median(server), 1) if server else None,
         },
         "processes_per_user": max((len(o.pids) for o in done), default=0),
     }

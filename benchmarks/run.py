@@ -27,6 +27,7 @@ BENCHMARKS = (
     "kernel_session",
     "remote_hosts",
     "hub_users",
+    "dask_cluster",
     "dask_read",
     "sealed_read",
 )
@@ -144,6 +145,32 @@ def _section(name: str, data: dict[str, object]) -> list[str]:
         lines += _hub_users(data)
     elif name == "dask_read":
         lines += _dask_read(data)
+    elif name == "dask_cluster":
+        config = data["config"]
+        assert isinstance(config, dict)
+        lines += [
+            _row(["", "LocalCluster (TLS)", "TeeCluster (sim, attested)", "ratio"]),
+            _row(["---", "---", "---", "---"]),
+            _row(
+                [
+                    f"start → first result, scheduler + {config['workers']} workers x "
+                    f"{config['threads_per_worker']} thread (median of {config['runs']})",
+                    f"{data['plain_start_seconds_median']} s",
+                    f"{data['tee_start_seconds_median']} s",
+                    f"{data['start_ratio']}×",
+                ]
+            ),
+            _row(
+                [
+                    "close (median)",
+                    f"{data['plain_close_seconds_median']} s",
+                    f"{data['tee_close_seconds_median']} s",
+                    "",
+                ]
+            ),
+            "",
+            "Runs alternate between the arms; 3 processes plus the client on 2 shared cores: indicative only.",
+        ]
     elif name == "kbs_release":
         latency, config = data["latency_ms"], data["config"]
         assert isinstance(latency, dict) and isinstance(config, dict)
@@ -212,6 +239,7 @@ def _hub_column(s: dict[str, Any]) -> list[str]:
         seconds(latency["p95"]),
         *(seconds(steps[step]) for step in ("login", "spawn", "kernel", "cell")),
         "-" if pss["median"] is None else f"{pss['median']} MB",
+        "-" if pss.get("server_median") is None else f"{pss['server_median']} MB",
     ]
 
 
@@ -224,6 +252,7 @@ _HUB_ROWS = (
     ("… start the kernel (median)", None, ""),
     ("… the first cell (median)", None, ""),
     ("memory per user: PSS of the server and everything below it, median", "pss_median", ""),
+    ("… of which the server process (median)", None, ""),
 )
 
 
