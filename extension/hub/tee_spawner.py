@@ -19,6 +19,7 @@ server's TEE and reports a server whose key changed as stopped.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import secrets
 from collections.abc import AsyncIterator, Sequence
@@ -36,6 +37,7 @@ from teelab.enclave_runtime.image import EnclaveImage
 from teelab.errors import ConfigError, TeelabError
 from teelab.extension.hub import spawner_protocol as protocol
 from teelab.extension.hub.spawner_attest import attest_and_deliver, challenge
+from teelab.extension.hub.spawner_certs import DEFAULT_NAMES, NOTEBOOKS_CA, certify_server_key
 from teelab.extension.hub.spawner_image import SERVER_IMAGE
 from teelab.extension.hub.spawner_protocol import ServerBootRequest, ServerBundle, ServerHello, ServerSecrets
 from teelab.extension.hub.spawner_verdict import (
@@ -277,6 +279,34 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
         )
         return ip, self.port
 
+    # -- internal_ssl: the server's key is made in its TEE, never in the hub ------------------------------
+
+    async def create_certs(self) -> dict[str, str]:
+        """No key, no certificate yet: only the CA bundle the server trusts (its key is made in the TEE and
+        certified in :meth:`_bundle` once attested)."""
+        return {"keyfile": "", "certfile": "", "cafile": self.internal_trust_bundles[NOTEBOOKS_CA]}
+
+    async def move_certs(self, paths: dict[str, str]) -> dict[str, str]:
+        return paths  # nothing to ship: no Secret, no file for the host
+
+    async def _alt_names(self) -> list[str]:
+        names = self.ssl_alt_names(self) if callable(self.ssl_alt_names) else self.ssl_alt_names
+        if inspect.isawaitable(names):
+            names = await names
+        return [*(DEFAULT_NAMES if self.ssl_alt_names_include_local else ()), *names]
+
+    async def _server_secrets(self, hello: ServerHello) -> ServerSecrets:
+        if not self.internal_ssl:
+            return ServerSecrets(api_token=self.api_token)
+        certificate = certify_server_key(
+            hello.tls_spki,
+            certs_location=self.internal_certs_location,
+            common_name=f"user-{self.user.name}",
+            alt_names=await self._alt_names(),
+        )
+        trusted = Path(self.internal_trust_bundles[NOTEBOOKS_CA]).read_text()
+        return ServerSecrets(api_token=self.api_token, tls_cert_pem=certificate, tls_ca_pem=trusted)
+
     async def _bundle(self, hello: ServerHello, result: AttestationResult, server: str) -> ServerBundle:
         env = self.get_env()
         return ServerBundle(
@@ -285,12 +315,15 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
             argv=tuple(self.get_args()),
             cwd=self.server_cwd(env),
             confirm_key=secrets.token_bytes(protocol.CONFIRM_KEY_SIZE),
-            secrets=ServerSecrets(api_token=self.api_token),
+            secrets=await self._server_secrets(hello),
             verdict={"verdict": result.verdict, "policy_id": result.policy_id, "simulated": result.simulated},
         )
 
     async def _wait_http(self, ip: str, process: EnclaveProcess) -> None:
-        """The server answers HTTP (its ``/api``, which needs no login) — or its process exited."""
+        """The server answers HTTP (its ``/api``, which needs no login) — or its process exited. Under
+        ``internal_ssl`` the server wants the hub's client certificate: JupyterHub's own wait covers that."""
+        if self.internal_ssl:
+            return
         url = f"http://{ip}:{self.port}" + url_path_join(self.server.base_url if self.server else "/", "api")
         deadline = asyncio.get_running_loop().time() + self.http_timeout
         while asyncio.get_running_loop().time() < deadline:

@@ -65,6 +65,7 @@ class TeeHub:
 
     def spawn_and_follow(self, name: str) -> list[dict[str, Any]]:
         """Request the server and read its progress stream to the end (the page's view of the spawn)."""
+        build_server_image(self.hub.root)
         self.hub.api("POST", f"users/{name}/server")
         events = []
         with requests.get(
@@ -96,6 +97,19 @@ class TeeHub:
             self.wait_until(name, ready=False)
 
 
+def build_server_image(root: Path) -> None:
+    """The server image and its policy, as `teelab hub setup` would make them. Made again right before each
+    spawn: the image measures this checkout, which other work may edit while the module runs."""
+    built = subprocess.run(
+        [sys.executable, "-m", "teelab.extension.hub.spawner_image", str(root)],
+        env={**os.environ, "TEELAB_DATA_DIR": str(root / "data")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr
+
+
 def _wrong_policy(good: Path, target: Path) -> None:
     """The server policy with another measurement pinned: every genuine server fails it."""
     text = good.read_text()
@@ -110,14 +124,7 @@ def tee_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeeHub]:
     root = tmp_path_factory.mktemp("tee-hub")
     hub = HubProcess(root)
     hub.prepare()
-    built = subprocess.run(
-        [sys.executable, "-m", "teelab.extension.hub.spawner_image", str(root)],
-        env={**os.environ, "TEELAB_DATA_DIR": str(root / "data")},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert built.returncode == 0, built.stderr
+    build_server_image(root)
     good = root / "policies" / "hub-server.toml"
     _wrong_policy(good, root / "policies" / "wrong.toml")
     proxy_api, proxy_token = f"http://127.0.0.1:{free_port()}", secrets.token_hex(16)
@@ -319,6 +326,7 @@ def test_browser_spawn_page_shows_the_steps_and_the_service_page_the_verdicts(
         context.add_init_script(_RECORD_PROGRESS)
         page = context.new_page()
         page.set_default_timeout(60_000)
+        build_server_image(hub.root)
         _sign_in(page, hub, "bob")
         deadline = time.monotonic() + WAIT_SECONDS
         while not any(step.strip().startswith("Server ready") for step in steps):
@@ -339,6 +347,7 @@ def test_browser_spawn_page_shows_the_steps_and_the_service_page_the_verdicts(
     with chromium(tmp_path / "carol") as context:
         page = context.new_page()
         page.set_default_timeout(60_000)
+        build_server_image(hub.root)
         _sign_in(page, hub, "carol")
         log = page.locator("#progress-log")
         expect(log).to_contain_text("Evidence received", timeout=WAIT_SECONDS * 1000)
