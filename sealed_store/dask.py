@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from teelab.sealed_store.errors import ManifestMismatchError, PartMissingError
 from teelab.sealed_store.notebook import ReaderSession, current_session, release_key
-from teelab.sealed_store.reader import Filters, SealedReader, open_sealed
+from teelab.sealed_store.reader import Filters, SealedReader, TypesMapper, open_sealed
 from teelab.sealed_store.storage import DatasetStore
 
 
@@ -62,7 +62,11 @@ class SealedPartReader:
                 part=part.name,
             )
         return opened.reader.read_part_pandas(
-            part.index, None if columns is None else list(columns), self.filters, schema=opened.schema
+            part.index,
+            None if columns is None else list(columns),
+            self.filters,
+            schema=opened.schema,
+            types_mapper=dask_types_mapper(),
         )
 
 
@@ -117,6 +121,28 @@ def _open(session: ReaderSession, dataset: str, version: int | None) -> OpenedVe
     return OpenedVersion(session, reader, reader.schema())
 
 
+def dask_types_mapper() -> TypesMapper | None:
+    """The pandas dtypes ``dd.read_parquet`` gives Arrow types (strings as ``string[pyarrow]`` when Dask
+    converts strings): partitions come out as Dask would convert them, with no second pass over each one."""
+    from dask.dataframe.utils import pyarrow_strings_enabled
+
+    if not pyarrow_strings_enabled():
+        return None
+    mapping: dict[pa.DataType, Any] = {
+        pa.string(): pd.StringDtype("pyarrow"),
+        pa.large_string(): pd.StringDtype("pyarrow"),
+        pa.date32(): pd.ArrowDtype(pa.date32()),
+        pa.date64(): pd.ArrowDtype(pa.date64()),
+    }
+
+    def mapper(arrow_type: pa.DataType) -> Any:
+        if pa.types.is_decimal(arrow_type):
+            return pd.ArrowDtype(arrow_type)
+        return mapping.get(arrow_type)
+
+    return mapper
+
+
 def forget_keys() -> None:
     """Drop every opened version (and its data key) from this process's memory."""
     with _guard:
@@ -149,7 +175,7 @@ def read_dataset(
         _opened[(reader.name, reader.version)] = opened
     wanted = None if columns is None else list(columns)
     # Checks the query (a QueryError now, not on a worker) and gives the partitions' empty frame.
-    meta = reader.empty_pandas(wanted, filters, schema=opened.schema)
+    meta = reader.empty_pandas(wanted, filters, schema=opened.schema, types_mapper=dask_types_mapper())
     # Each part has its own categories: the meta must not claim to know them.
     meta = clear_known_categories(meta)  # type: ignore[no-untyped-call]
     parts = [PartRef(k, entry.name) for k, entry in enumerate(reader.manifest.parts, start=1)]

@@ -26,7 +26,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeAlias
 
@@ -65,6 +65,7 @@ from teelab.sealed_store.manifest import Manifest, PartEntry, parse_manifest
 from teelab.sealed_store.storage import DatasetStore
 
 Filters: TypeAlias = ds.Expression | Sequence[Any] | None
+TypesMapper: TypeAlias = Callable[[pa.DataType], Any]
 TAIL_BYTES = 64 * 1024  # one read covers the footer's plaintext bytes of all but huge footers
 HASH_CHUNK = 8 * 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -109,14 +110,17 @@ class SealedReader:
         filters: Filters = None,
         *,
         schema: pa.Schema | None = None,
+        types_mapper: TypesMapper | None = None,
     ) -> pd.DataFrame:
         """Part ``k`` (1-based) alone, as :meth:`read_pandas` converts it: one partition of a Dask read.
 
-        ``schema``: part 1's (from :meth:`schema`), so that a reader of part ``k`` need not open part 1.
+        ``schema``: part 1's (from :meth:`schema`), so that a reader of part ``k`` need not open part 1;
+        ``types_mapper``: as for ``pyarrow.Table.to_pandas`` (Dask's string dtypes, without a second pass).
         """
         if not isinstance(k, int) or not 1 <= k <= len(self.manifest.parts):
             raise QueryError(f"there is no part {k!r}", dataset=self.name, version=self.version)
-        return self._to_pandas(self._read(columns, filters, pandas_index=True, parts=(k,), schema=schema))
+        table = self._read(columns, filters, pandas_index=True, parts=(k,), schema=schema)
+        return self._to_pandas(table, types_mapper)
 
     def empty_pandas(
         self,
@@ -124,6 +128,7 @@ class SealedReader:
         filters: Filters = None,
         *,
         schema: pa.Schema | None = None,
+        types_mapper: TypesMapper | None = None,
     ) -> pd.DataFrame:
         """The empty DataFrame this query returns, the query checked as a read checks it: a Dask ``meta``.
 
@@ -132,11 +137,11 @@ class SealedReader:
         schema = schema if schema is not None else self.schema()
         wanted, _ = self._plan(schema, columns, filters, pandas_index=True)
         table = schema.empty_table()
-        return self._to_pandas(table if wanted is None else table.select(wanted))
+        return self._to_pandas(table if wanted is None else table.select(wanted), types_mapper)
 
-    def _to_pandas(self, table: pa.Table) -> pd.DataFrame:
+    def _to_pandas(self, table: pa.Table, types_mapper: TypesMapper | None = None) -> pd.DataFrame:
         try:
-            frame = table.to_pandas()
+            frame = table.to_pandas(types_mapper=types_mapper)
         except (pa.ArrowException, ValueError, TypeError) as error:
             raise QueryError(
                 f"cannot convert to pandas: {_first_line(error)}", dataset=self.name, version=self.version
