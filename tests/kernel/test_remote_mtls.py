@@ -200,3 +200,32 @@ def test_the_agent_and_the_gateway_refuse_half_configured_certificates(
     )
     with pytest.raises(KernelMisconfigured, match="open to other users"):
         km.start_kernel()  # refused before any agent is called
+
+
+def test_a_pool_mixes_token_and_certificate_agents_with_per_host_settings(
+    agents: Callable[..., Agent], remote_env: Path
+) -> None:
+    ca = OperatorCA(remote_env / "ca")
+    _, by_token = agents("127.0.0.2")
+    by_certificate = mtls_agent(agents, remote_env, ca, "127.0.0.3")
+    cert, key = ca.issue("gw-a", dns="gw-a.example")
+    per_host = {
+        by_certificate: {
+            "host_token_file": None,
+            "host_ca_file": str(ca.path),
+            "client_cert_file": str(cert),
+            "client_key_file": str(key),
+        }
+    }
+    managers = [
+        remote.manager(remote_env, by_token, by_certificate, host_settings=per_host) for _ in range(2)
+    ]
+    try:
+        for km in managers:
+            km.start_kernel()
+        assert sorted(km.get_connection_info()["ip"] for km in managers) == ["127.0.0.2", "127.0.0.3"]
+        for km in managers:
+            assert remote.run_cell(km, "print('mixed')").strip() == "mixed"
+    finally:
+        for km in managers:
+            km.shutdown_kernel(now=True)
