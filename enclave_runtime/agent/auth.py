@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from teelab.enclave_runtime.agent.certificates import RevokedCertificates, peer_certificate_identity
+from teelab.enclave_runtime.agent.certificates import peer_certificate_identity
+from teelab.enclave_runtime.agent.revocation import RevokedCertificates
 from teelab.errors import ConfigError
 
 log = logging.getLogger("teelab.host")

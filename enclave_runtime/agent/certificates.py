@@ -5,25 +5,20 @@ gRPC's TLS layer has already verified the chain against ``--client-ca`` and refu
 per-gateway limits and for whose kernels a caller may see. The name is the certificate's first DNS, URI or
 e-mail subject alternative name, else its subject's common name, else the whole subject. A certificate whose
 extended key usage excludes client authentication (a host's server certificate from the same CA, say) names
-nobody. So does a certificate whose SHA-256 fingerprint the operator lists in the revocation file
-(``--revoked``), which is re-read whenever it changes: no restart to shut out a stolen gateway key.
+nobody. So does a certificate the operator revoked (:mod:`.revocation`).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import threading
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from teelab.enclave_runtime.agent.revocation import RevokedCertificates
 from teelab.errors import ConfigError
 
-_DER = Encoding.DER
 PEM_PROPERTY = "x509_pem_cert"  # the gRPC auth-context property holding the verified peer certificate
 
 
@@ -70,60 +65,6 @@ def certificate_identity(pem: bytes) -> str | None:
         return str(common[0].value)
     subject = certificate.subject.rfc4514_string()
     return subject or None
-
-
-def fingerprint(pem: bytes) -> str | None:
-    """The SHA-256 fingerprint (lowercase hex of the DER) of a PEM certificate, or None if it is not one."""
-    try:
-        return hashlib.sha256(x509.load_pem_x509_certificate(pem).public_bytes(_DER)).hexdigest()
-    except ValueError:
-        return None
-
-
-class RevokedCertificates:
-    """The operator's revocation file: one SHA-256 certificate fingerprint per line, hex with or without
-    colons, ``openssl x509 -fingerprint -sha256`` output accepted as it is; ``#`` comments. Re-read when it
-    changes; a file that cannot be read or parsed revokes everything (fail closed) until it is fixed."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._seen: tuple[int, int, int] | None = None
-        self._revoked: frozenset[str] | None = frozenset()
-        self._lock = threading.Lock()
-        self.load()  # a broken file at start is the operator's error to see now
-        if self._revoked is None:
-            raise ConfigError(
-                f"the revocation file {path} cannot be read or lists something not a fingerprint"
-            )
-
-    def load(self) -> frozenset[str] | None:
-        with self._lock:
-            try:
-                info = self.path.stat()
-                seen = (info.st_mtime_ns, info.st_size, info.st_ino)
-                if seen != self._seen:
-                    self._revoked = _parse_fingerprints(self.path.read_text())
-                    self._seen = seen
-            except (OSError, UnicodeDecodeError):
-                self._revoked, self._seen = None, None
-            return self._revoked
-
-    def revoked(self, pem: bytes) -> bool:
-        listed = self.load()
-        return listed is None or fingerprint(pem) in listed
-
-
-def _parse_fingerprints(text: str) -> frozenset[str] | None:
-    found = set()
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        value = line.rpartition("=")[2].replace(":", "").strip().lower()
-        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-            return None
-        found.add(value)
-    return frozenset(found)
 
 
 def peer_certificate_identity(

@@ -19,8 +19,9 @@ How gateways authenticate, one of:
   --client-ca FILE  mutual TLS: every caller must present a certificate signed by this CA (checked in the TLS
                     handshake, before any request is read); its DNS/URI/e-mail SAN, else its CN, names the
                     gateway for --per-gateway. Choose it where an operator CA exists: no bearer secret
-                    travels, the key can stay in an HSM, certificates expire. --revoked FILE lists the
-                    SHA-256 fingerprints of certificates no longer admitted (re-read when it changes).
+                    travels, the key can stay in an HSM, certificates expire. --revoked FILE lists
+                    certificates no longer admitted: SHA-256 fingerprints and/or PEM CRLs signed by the CA
+                    (re-read when it changes; a broken file refuses everyone).
   --tokens FILE     bearer tokens, 'NAME TOKEN' per line (0600): simplest; revoke one by removing its line
                     (the file is re-read when it changes). A token is a password: anyone holding it is
                     that gateway.
@@ -67,7 +68,7 @@ def register(subparsers: Subparsers) -> None:
         "--revoked",
         metavar="FILE",
         type=Path,
-        help="SHA-256 fingerprints of gateway certificates to refuse, one per line (with --client-ca)",
+        help="gateway certificates to refuse: SHA-256 fingerprints, one per line, and/or PEM CRLs (with --client-ca)",
     )
     serve.add_argument(
         "--backend", action="append", metavar="NAME", help="a backend to offer (repeatable; default: sim)"

@@ -14,9 +14,10 @@ from pathlib import Path
 import grpc
 
 from teelab.enclave_runtime.agent.auth import GatewayAuth, TokenSource, is_loopback
-from teelab.enclave_runtime.agent.certificates import RevokedCertificates, load_client_ca
+from teelab.enclave_runtime.agent.certificates import load_client_ca
 from teelab.enclave_runtime.agent.kernels import KernelTable
 from teelab.enclave_runtime.agent.malformed import MalformedRequests
+from teelab.enclave_runtime.agent.revocation import RevokedCertificates
 from teelab.enclave_runtime.agent.service import HostAgentService
 from teelab.enclave_runtime.agent.v1 import host_pb2_grpc
 from teelab.enclave_runtime.backend import EnclaveBackend
@@ -41,7 +42,13 @@ class AgentConfig:
     service: Callable[[KernelTable, GatewayAuth], HostAgentService] = field(default=HostAgentService)
 
     def auth(self) -> GatewayAuth:
-        revoked = RevokedCertificates(self.revoked) if self.revoked is not None else None
+        revoked = None
+        if self.revoked is not None:
+            try:
+                ca = self.client_ca.read_bytes() if self.client_ca is not None else b""
+            except OSError as error:
+                raise ConfigError(f"cannot read --client-ca {self.client_ca}: {error}") from None
+            revoked = RevokedCertificates(self.revoked, ca)
         return GatewayAuth(tokens=self.tokens, certificates=self.client_ca is not None, revoked=revoked)
 
     @property

@@ -67,3 +67,19 @@ class OperatorCA:
         )
         key_path.chmod(0o600)
         return cert_path, key_path
+
+    def crl(self, *certificates: Path) -> bytes:
+        """A PEM revocation list of this CA revoking ``certificates``."""
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.name)
+            .last_update(now - datetime.timedelta(minutes=5))
+            .next_update(now + datetime.timedelta(days=1))
+        )
+        for path in certificates:
+            serial = x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+            )
+        return builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)

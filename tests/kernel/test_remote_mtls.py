@@ -17,7 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from teelab.enclave_runtime.agent.auth import GatewayAuth, GatewayTokens
-from teelab.enclave_runtime.agent.certificates import RevokedCertificates, certificate_identity
+from teelab.enclave_runtime.agent.certificates import certificate_identity
+from teelab.enclave_runtime.agent.revocation import RevokedCertificates
 from teelab.enclave_runtime.agent.server import AgentConfig, start
 from teelab.enclave_runtime.agent.v1 import host_pb2, host_pb2_grpc
 from teelab.errors import AttestationFailed, ConfigError
@@ -174,13 +175,23 @@ def test_the_agent_and_the_gateway_refuse_half_configured_certificates(
     client_cert, client_key = ca.issue("gw-a", dns="gw-a.example")
     revocations = tmp_path / "revoked"
     revocations.write_text("not-a-fingerprint\n")
-    with pytest.raises(ConfigError, match="not a fingerprint"):
+    with pytest.raises(ConfigError, match="line 1 of the revocation file is not a SHA-256 fingerprint"):
         RevokedCertificates(revocations)
     revocations.write_text("")
     listed = RevokedCertificates(revocations)
     assert not listed.revoked(client_cert.read_bytes())
     revocations.unlink()  # a revocation file that vanished or broke refuses everyone until it is fixed
     assert listed.revoked(client_cert.read_bytes())
+    # A CRL of the client CA revokes by serial; one another CA signed is refused, at start and after.
+    other_cert, _ = ca.issue("gw-b", dns="gw-b.example")
+    revocations.write_bytes(ca.crl(client_cert))
+    by_crl = RevokedCertificates(revocations, ca.path.read_bytes())
+    assert by_crl.revoked(client_cert.read_bytes()) and not by_crl.revoked(other_cert.read_bytes())
+    stranger = OperatorCA(tmp_path / "stranger", "operator CA")
+    revocations.write_bytes(stranger.crl())
+    with pytest.raises(ConfigError, match="not signed by the client CA"):
+        RevokedCertificates(revocations, ca.path.read_bytes())
+    assert by_crl.revoked(other_cert.read_bytes())  # the running agent now refuses everyone until it is fixed
     with pytest.raises(ConfigError, match="needs --client-ca"):
         GatewayAuth(tokens=tokens, revoked=listed)
 
