@@ -291,13 +291,13 @@ def error_result(error: BaseException, accepted: list[AttestationResult]) -> Att
 
 
 def stop_process(process: EnclaveProcess, grace: float) -> None:
-    """End a node: SIGTERM and ``grace`` seconds to go, then SIGKILL; remove what its launch left."""
-    if process.poll() is None and grace > 0:
-        process.terminate()
+    """End a node: ``grace`` seconds to leave by itself (the cluster has asked it to: a retired worker, a
+    terminated scheduler), then SIGTERM, then SIGKILL; remove what its launch left."""
+    for signal_it, wait in ((None, grace), (process.terminate, 2.0), (process.kill, 10.0)):
+        if process.poll() is not None:
+            break
+        if signal_it is not None:
+            signal_it()
         with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=grace)
-    if process.poll() is None:
-        process.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
+            process.wait(timeout=wait)
     process.cleanup()

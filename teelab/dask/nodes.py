@@ -6,6 +6,7 @@ it is attested afresh."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, ClassVar
 
 from distributed.deploy.spec import ProcessInterface
@@ -60,3 +61,20 @@ class TeeWorker(TeeNode):
     ) -> None:
         super().__init__(controller=controller, name=name, nthreads=nthreads)
         self.scheduler = scheduler
+
+    async def close(self) -> None:
+        await self._leave()
+        await super().close()
+
+    async def _leave(self) -> None:
+        """Ask the scheduler to retire this worker by name (its data moves to the others) and close it, so the
+        node ends by itself; SpecCluster's own retire call names workers by address and misses ours."""
+        ref = getattr(self, "_cluster", None)  # set by SpecCluster once the worker started
+        cluster = ref() if ref is not None else None
+        comm = getattr(cluster, "scheduler_comm", None)
+        if comm is None or self.node is None or self.node.process.poll() is not None:
+            return
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(
+                comm.retire_workers(names=[str(self.name)], close_workers=True), timeout=STOP_GRACE
+            )
