@@ -55,14 +55,6 @@ def hosted(tmp_path_factory: pytest.TempPathFactory, shared_cache_dir: Path) -> 
     root = tmp_path_factory.mktemp("hosted-hub")
     hub = HubProcess(root)
     hub.prepare()
-    built = subprocess.run(
-        [sys.executable, "-m", "teelab.extension.hub.spawner_image", str(root)],
-        env={**os.environ, "TEELAB_DATA_DIR": str(root / "data")},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert built.returncode == 0, built.stderr
     with (root / "jupyterhub_config.py").open("a") as config:
         config.write(f"""
 from teelab.extension.hub.spawner_config import configure_tee_spawner
@@ -72,6 +64,8 @@ c.JupyterHub.load_roles.append({{"name": "teelab-verify-test", "services": ["tee
 """)
     hub.start()
     try:
+        # Each image is built right before its launch: the checkout is shared with engineers editing trusted
+        # files, and a launch refuses an image whose files changed since it was built.
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("TEELAB_DATA_DIR", str(root / "data"))  # the hub's simulated platform
             patch.setenv("TEELAB_CACHE_DIR", str(shared_cache_dir))
@@ -80,9 +74,17 @@ c.JupyterHub.load_roles.append({{"name": "teelab-verify-test", "services": ["tee
             policy = root / "front-door.toml"
             policy.write_text(front_door_policy_text(image, simulated=True))
             running = launch_front_door(backend, image, upstream=("127.0.0.1", hub.port))
-        hub.api("POST", "users/alice/server")
-        _wait_ready(hub, "alice")
         try:
+            built = subprocess.run(
+                [sys.executable, "-m", "teelab.extension.hub.spawner_image", str(root)],
+                env={**os.environ, "TEELAB_DATA_DIR": str(root / "data")},
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert built.returncode == 0, built.stderr
+            hub.api("POST", "users/alice/server")
+            _wait_ready(hub, "alice")
             yield HostedHub(hub, running, policy)
         finally:
             running.stop()
