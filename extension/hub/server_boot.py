@@ -151,7 +151,11 @@ def apply_bundle(bundle: ServerBundle, keys: ServerKeys) -> None:
     # one this process started with and stays as it was.
     os.environ["JUPYTERHUB_API_TOKEN"] = secrets.api_token
     if secrets.kbs_token:
-        os.environ["TEELAB_KBS_TOKEN"] = secrets.kbs_token
+        # The key broker client reads its credential from a file: one in the TEE's own scratch space.
+        token_file = _private_folder() / "kbs-token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(secrets.kbs_token)
+        os.environ["TEELAB_KBS_TOKEN_FILE"] = str(token_file)
     if secrets.tls_cert_pem:
         folder = _private_folder()
         files = {

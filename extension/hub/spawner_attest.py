@@ -120,7 +120,11 @@ async def attest_and_deliver(
 
 @dataclass(frozen=True)
 class ChallengeOutcome:
+    """``status`` when not ok: ``unreachable`` (no valid answer), ``key-changed`` (another TEE answered),
+    ``refused`` (the answer fails the policy now: e.g. the operator no longer allows its measurement)."""
+
     ok: bool
+    status: str
     nonce: bytes
     reason: str | None
     answer: ChallengeAnswer | None
@@ -149,20 +153,16 @@ async def challenge(
         answer = ChallengeAnswer.from_json(json.loads(response.body))
         evidence = Evidence.from_json(answer.evidence)
     except (HTTPClientError, OSError, ValueError, HandshakeError, EvidenceError) as error:
-        return ChallengeOutcome(
-            False, nonce, f"the server's TEE did not answer a challenge: {error}", None, None
-        )
+        reason = f"the server's TEE did not answer a challenge: {error}"
+        return ChallengeOutcome(False, "unreachable", nonce, reason, None, None)
     if answer.enclave_key != enclave_key or answer.tls_spki != tls_spki:
         which = "enclave key" if answer.enclave_key != enclave_key else "TLS key"
-        return ChallengeOutcome(
-            False,
-            nonce,
-            f"the server's {which} changed since it was attested: another TEE answers",
-            answer,
-            None,
-        )
+        reason = f"the server's {which} changed since it was attested: another TEE answers"
+        return ChallengeOutcome(False, "key-changed", nonce, reason, answer, None)
     observed = Observed(enclave_key, tls_spki, evidence, nonce, server, "challenge")
     result = await _appraise(appraise, evidence, observed.report_data())
     if not result.ok:
-        return ChallengeOutcome(False, nonce, f"the re-challenge failed: {result.error}", answer, result)
-    return ChallengeOutcome(True, nonce, None, answer, result)
+        return ChallengeOutcome(
+            False, "refused", nonce, f"the re-challenge failed: {result.error}", answer, result
+        )
+    return ChallengeOutcome(True, "attested", nonce, None, answer, result)

@@ -29,6 +29,7 @@ from typing import Any
 from jupyterhub.spawner import SimpleLocalProcessSpawner, Spawner
 from jupyterhub.utils import random_port, url_path_join
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from traitlets import Any as AnyTrait
 from traitlets import Dict, Float, Unicode
 
 from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess
@@ -98,6 +99,12 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
     answer_host = Unicode("127.0.0.1", help="Where the hub listens for the boot's hello").tag(config=True)
     handshake_timeout = Float(120.0, help="Seconds for the boot to say hello and confirm").tag(config=True)
     challenge_timeout = Float(30.0, help="Seconds for a re-challenge answer in poll()").tag(config=True)
+    kbs_credential = AnyTrait(
+        None,
+        allow_none=True,
+        help="callable(spawner) -> str | None (may be async): a key broker credential for the server other than "
+        "its hub token, sent sealed after attestation (the server reads it from a file in its TEE)",
+    ).tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -295,9 +302,18 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
             names = await names
         return [*(DEFAULT_NAMES if self.ssl_alt_names_include_local else ()), *names]
 
+    async def _kbs_credential(self) -> str | None:
+        if self.kbs_credential is None:
+            return None
+        value = self.kbs_credential(self)
+        if inspect.isawaitable(value):
+            value = await value
+        return str(value) if value else None
+
     async def _server_secrets(self, hello: ServerHello) -> ServerSecrets:
+        kbs_token = await self._kbs_credential()
         if not self.internal_ssl:
-            return ServerSecrets(api_token=self.api_token)
+            return ServerSecrets(api_token=self.api_token, kbs_token=kbs_token)
         certificate = certify_server_key(
             hello.tls_spki,
             certs_location=self.internal_certs_location,
@@ -305,7 +321,9 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
             alt_names=await self._alt_names(),
         )
         trusted = Path(self.internal_trust_bundles[NOTEBOOKS_CA]).read_text()
-        return ServerSecrets(api_token=self.api_token, tls_cert_pem=certificate, tls_ca_pem=trusted)
+        return ServerSecrets(
+            api_token=self.api_token, kbs_token=kbs_token, tls_cert_pem=certificate, tls_ca_pem=trusted
+        )
 
     async def _bundle(self, hello: ServerHello, result: AttestationResult, server: str) -> ServerBundle:
         env = self.get_env()
@@ -369,10 +387,7 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
         if outcome.ok:
             return None
         self.log.warning("teelab %s: stopping the server: %s", self._log_name, outcome.reason)
-        changed = "changed" in (outcome.reason or "")
-        self._verdict.update(
-            status="key-changed" if changed else "unreachable", ok=False, reason=outcome.reason
-        )
+        self._verdict.update(status=outcome.status, ok=False, reason=outcome.reason)
         await self.stop(now=True)
         return 1
 

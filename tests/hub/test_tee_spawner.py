@@ -100,6 +100,8 @@ class TeeHub:
 def build_server_image(root: Path) -> None:
     """The server image and its policy, as `teelab hub setup` would make them. Made again right before each
     spawn: the image measures this checkout, which other work may edit while the module runs."""
+    policy = root / "policies" / "hub-server.toml"
+    before = tomllib.loads(policy.read_text())["sgx"]["mrenclave"] if policy.exists() else []
     built = subprocess.run(
         [sys.executable, "-m", "teelab.extension.hub.spawner_image", str(root)],
         env={**os.environ, "TEELAB_DATA_DIR": str(root / "data")},
@@ -108,15 +110,18 @@ def build_server_image(root: Path) -> None:
         timeout=600,
     )
     assert built.returncode == 0, built.stderr
+    # Servers attested under the earlier build stay allowed (as an operator rolls out a new image): a policy
+    # that no longer allows a running server's measurement stops it at the next re-challenge.
+    text = policy.read_text()
+    now = tomllib.loads(text)["sgx"]["mrenclave"]
+    allowed = json.dumps(list(dict.fromkeys([*now, *before])))
+    policy.write_text(re.sub(r"(?m)^mrenclave = .*$", lambda _: f"mrenclave = {allowed}", text))
 
 
 def _wrong_policy(good: Path, target: Path) -> None:
-    """The server policy with another measurement pinned: every genuine server fails it."""
-    text = good.read_text()
-    pinned = tomllib.loads(text)["sgx"]["mrenclave"][0]
-    target.write_text(
-        text.replace(pinned, "ab" * 32).replace('id = "hub-server"', 'id = "wrong-measurement"')
-    )
+    """The server policy with only another measurement pinned: every genuine server fails it."""
+    text = re.sub(r"(?m)^mrenclave = .*$", lambda _: f'mrenclave = ["{"ab" * 32}"]', good.read_text())
+    target.write_text(text.replace('id = "hub-server"', 'id = "wrong-measurement"'))
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +147,7 @@ c.ConfigurableHTTPProxy.api_url = {proxy_api!r}
 c.ConfigurableHTTPProxy.auth_token = {proxy_token!r}
 c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
 c.Spawner.poll_interval = 3
+c.TeeSpawner.kbs_credential = lambda spawner: "kbs-credential-of-" + spawner.user.name
 c.JupyterHub.load_roles.append({{"name": "teelab-tee-test", "services": ["teelab-demo-setup"],
     "scopes": ["servers", "admin:server_state", "read:users", "proxy"]}})
 """)
@@ -218,6 +224,12 @@ def test_no_secret_in_the_hosts_view_of_the_server(tee_hub: TeeHub, alice: list[
     assert request.server == "alice/"
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert cmdline[1:4] == [b"-s", b"-m", b"teelab.extension.hub.server_boot"], cmdline
+    credential = b"kbs-credential-of-alice"
+    assert credential not in b"\0".join(environ.values()) and credential not in b"\0".join(cmdline)
+    # The key broker credential reached the server sealed, as a 0600 file in its TEE's scratch space (a tmpfs
+    # in a confidential VM; on the simulated TEE a host folder, like all of its memory).
+    (token_file,) = Path(environ[b"TMPDIR"].decode()).glob("teelab-server/kbs-token")
+    assert token_file.read_bytes() == credential and token_file.stat().st_mode & 0o077 == 0
     # Yet the server holds its hub token (in memory): it checks a token of alice's with the hub.
     token = tee_hub.hub.user_token("alice", "test: the server authenticates through the hub")
     status = requests.get(
@@ -362,3 +374,21 @@ def test_browser_spawn_page_shows_the_steps_and_the_service_page_the_verdicts(
         expect(table.locator("tr.teelab-server", has_text="carol")).to_contain_text("refused")
         expect(table.locator("tr.teelab-server", has_text="bob")).to_contain_text("key-changed")
         page.screenshot(path=str(ARTIFACTS / "hub-tee-spawner-verdicts.png"), full_page=True)
+
+
+def test_a_policy_that_no_longer_allows_a_running_server_stops_it(
+    tee_hub: TeeHub, alice: list[dict[str, Any]]
+) -> None:
+    """Last (it stops alice's server): the operator drops the measurement from the policy; the next
+    re-challenge, judged by the policy as it is now, fails and the server is stopped."""
+    _wrong_policy(
+        tee_hub.hub.root / "policies" / "hub-server.toml", tee_hub.hub.root / "policies" / "revoked.toml"
+    )
+    (tee_hub.hub.root / "policies" / "revoked.toml").replace(
+        tee_hub.hub.root / "policies" / "hub-server.toml"
+    )
+    tee_hub.wait_until("alice", ready=False)
+    verdict = tee_hub.verdict("alice")
+    assert verdict["status"] == "refused" and verdict["ok"] is False
+    assert "policy.mrenclave" in verdict["reason"]
+    assert "/user/alice" not in tee_hub.routes()

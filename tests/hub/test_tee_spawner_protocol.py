@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -13,9 +14,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from traitlets.config import Config
 
 from teelab.errors import ConfigError
+from teelab.extension.hub import configure_hub
 from teelab.extension.hub import spawner_protocol as protocol
+from teelab.extension.hub.server_boot import ServerKeys, apply_bundle
+from teelab.extension.hub.spawner_config import SPAWNER_CLASS, STATE_SCOPE
 from teelab.extension.hub.spawner_protocol import (
     ChallengeAnswer,
     ServerBootRequest,
@@ -189,3 +194,45 @@ def test_policy_choice_user_then_group_then_default() -> None:
     assert choose_policy({"group:a": "1.toml", "group:b": "1.toml"}, "eve", ["b", "a"]).file == "1.toml"
     with pytest.raises(ConfigError, match="no server attestation policy"):
         choose_policy({"group:a": "1.toml"}, "eve", [])
+
+
+def test_configure_hub_with_tee_spawner(tmp_path: Path) -> None:
+    c = Config()
+    configure_hub(c, root=tmp_path, tee_spawner=True)
+    assert c.JupyterHub.spawner_class == SPAWNER_CLASS
+    assert c.TeeSpawner.policy_for == {"*": str(tmp_path / "policies" / "hub-server.toml")}
+    assert c.TeeSpawner.identity_file == str(tmp_path / "hub" / "spawner-identity.pem")
+    roles = {role["name"]: role for role in c.JupyterHub.load_roles}
+    assert STATE_SCOPE in roles["teelab-kbs-service"]["scopes"]
+    plain = Config()
+    configure_hub(plain, root=tmp_path)
+    assert "spawner_class" not in plain.JupyterHub
+    assert (
+        STATE_SCOPE
+        not in {role["name"]: role for role in plain.JupyterHub.load_roles}["teelab-kbs-service"]["scopes"]
+    )
+
+
+def test_the_boot_sets_secrets_in_memory_and_files_only_in_the_tees_scratch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch, home = tmp_path / "teelab-tee-x", tmp_path / "home"
+    scratch.mkdir()
+    home.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "environ", {**os.environ, "TMPDIR": str(scratch)})
+    keys = ServerKeys()
+    bundle = _bundle(
+        cwd=str(home),
+        secrets=ServerSecrets(
+            api_token="hub-t0ken", kbs_token="kbs-t0ken", tls_cert_pem="CERT", tls_ca_pem="CA"
+        ),
+    )
+    apply_bundle(bundle, keys)
+    assert os.environ["JUPYTERHUB_API_TOKEN"] == "hub-t0ken" and os.environ["JUPYTERHUB_USER"] == "alice"
+    assert Path.cwd() == home
+    files = {name: Path(os.environ[name]) for name in ("TEELAB_KBS_TOKEN_FILE", "JUPYTERHUB_SSL_KEYFILE")}
+    for path in files.values():
+        assert path.is_relative_to(scratch) and path.stat().st_mode & 0o077 == 0
+    assert files["TEELAB_KBS_TOKEN_FILE"].read_text() == "kbs-t0ken"
+    assert b"PRIVATE KEY" in files["JUPYTERHUB_SSL_KEYFILE"].read_bytes()
