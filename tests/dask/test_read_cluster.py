@@ -10,7 +10,10 @@ shows every release went to a worker that read a part, with that worker's own de
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,6 +35,14 @@ from tests.sealed_store.kbs.conftest import FakeClock, Kbs, open_kbs, policy_for
 GATEWAY = hashlib.sha256(b"the gateway's identity key").digest()
 
 pytestmark = pytest.mark.slow
+DEADLINE = 120.0
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {DEADLINE:.0f} s"
+        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -145,3 +156,23 @@ def test_each_attested_worker_gets_its_own_keys_and_reads_its_parts(
             assert entry["user"] == "alice" and entry["mrenclave"] == dask_env.mrenclave
         assert int(placed.rows.sum()) == len(frame)
         assert not [e for e in entries if e["outcome"] == "denied"]
+
+        # A worker killed and replaced: the new one is attested afresh, gets a grant of its own, and its
+        # first part costs it one release of its own; the kernel's session delegates again, nobody else.
+        victim = cluster.workers["0"].pid
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: "0" in cluster.workers and cluster.workers["0"].pid not in (None, victim))
+        wait_for(lambda: len(client.scheduler_info()["workers"]) == 2)
+        replaced = client.run(_worker_enclave_key)
+        new_keys = set(replaced.values()) - set(worker_ekh.values())
+        assert len(new_keys) == 1
+        before = kbs.admin.audit().records[-1].seq
+        again = df.map_partitions(where, meta={"worker": "object", "rows": "int64"}).compute()
+        entries = [r.entry() for r in kbs.admin.audit().records if r.seq > before]
+        fresh = [e for e in entries if e["event"] == "release" and e["outcome"] == "released"]
+        readers = {replaced[address] for address in set(again.worker)}
+        newcomers = [e for e in fresh if e["ekh"] in new_keys]
+        assert len(newcomers) == (1 if new_keys <= readers else 0)
+        assert all(e["ekh"] in readers for e in fresh) and int(again.rows.sum()) == len(frame)
+        delegated = [r.entry() for r in kbs.admin.audit().records if r.entry()["event"] == "delegate"]
+        assert delegated[-1]["ekh"] in new_keys and delegated[-1]["outcome"] == "issued"
