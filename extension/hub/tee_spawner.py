@@ -280,7 +280,13 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
                 self._step(100, f"Attestation failed: {reason}")
                 raise AttestationFailed(f"attestation failed: {reason}") from None
         verdict("attested", None, attested.result)
-        await self._wait_http(ip, process)
+        try:
+            await self._wait_http(ip, process)
+        except AttestationFailed as error:
+            await self._discard(process)
+            verdict("failed", error.message, attested.result)
+            self._step(100, f"The attested server did not start: {error.message}")
+            raise
         self._step(
             95, f"Server ready: its TEE is attested ({attested.result.verdict}, policy {choice.selector})"
         )
