@@ -9,6 +9,7 @@ installs. The audit log then shows which enclave received each key.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import pickle
 from collections.abc import Iterator
@@ -59,8 +60,10 @@ class World:
         return [e for e in entries if e["event"] == "release" and e["outcome"] == "released"]
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+@contextlib.contextmanager
+def built_world(tmp_path: Path, store: DatasetStore) -> Iterator[World]:
+    """'sales' v1 (3 parts) sealed into ``store`` and registered with a real broker; this process is alice's
+    attested kernel (a key-release session over a simulated enclave launched by the gateway's controller)."""
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     platform = SimPlatform.open(default_path(), now=clock.now - timedelta(hours=1))
     kbs = open_kbs(tmp_path / "kbs-state", clock, platform)
@@ -75,7 +78,6 @@ def world(tmp_path: Path) -> Iterator[World]:
             row_group_rows=250,
             progress=False,
         )
-        store = DatasetStore((tmp_path / "store").as_uri())
         store.upload(sealed.dataset, progress=False)
         kbs.admin.register_dataset(
             "sales",
@@ -103,6 +105,12 @@ def world(tmp_path: Path) -> Iterator[World]:
         forget_keys()
         kbs.close()
         kbs.server.stop(grace=0)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with built_world(tmp_path, DatasetStore((tmp_path / "store").as_uri())) as made:
+        yield made
 
 
 def test_a_sealed_dask_read_is_the_pandas_read_one_partition_per_part(world: World) -> None:
