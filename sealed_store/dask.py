@@ -48,6 +48,7 @@ class SealedPartReader:
     version: int
     manifest_sha256: str
     filters: Filters = None
+    arrow_strings: bool = True  # the kernel's Dask setting, which its meta followed
 
     def __call__(self, part: PartRef, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Decrypt ``part`` (only ``columns``, only row groups that may match the filters) on this worker."""
@@ -66,7 +67,7 @@ class SealedPartReader:
             None if columns is None else list(columns),
             self.filters,
             schema=opened.schema,
-            types_mapper=dask_types_mapper(),
+            types_mapper=dask_types_mapper(self.arrow_strings),
         )
 
 
@@ -121,12 +122,11 @@ def _open(session: ReaderSession, dataset: str, version: int | None) -> OpenedVe
     return OpenedVersion(session, reader, reader.schema())
 
 
-def dask_types_mapper() -> TypesMapper | None:
-    """The pandas dtypes ``dd.read_parquet`` gives Arrow types (strings as ``string[pyarrow]`` when Dask
-    converts strings): partitions come out as Dask would convert them, with no second pass over each one."""
-    from dask.dataframe.utils import pyarrow_strings_enabled
-
-    if not pyarrow_strings_enabled():
+def dask_types_mapper(arrow_strings: bool) -> TypesMapper | None:
+    """The pandas dtypes ``dd.read_parquet`` gives Arrow types when Dask converts strings (``arrow_strings``,
+    Dask's ``dataframe.convert-string``): partitions come out as Dask would convert them, without a second
+    pass over each one."""
+    if not arrow_strings:
         return None
     mapping: dict[pa.DataType, Any] = {
         pa.string(): pd.StringDtype("pyarrow"),
@@ -164,7 +164,7 @@ def read_dataset(
     schedulers, which read in this kernel.
     """
     import dask.dataframe as dd
-    from dask.dataframe.utils import clear_known_categories
+    from dask.dataframe.utils import clear_known_categories, pyarrow_strings_enabled
 
     session = current_session()
     if not isinstance(name, str):
@@ -175,11 +175,14 @@ def read_dataset(
         _opened[(reader.name, reader.version)] = opened
     wanted = None if columns is None else list(columns)
     # Checks the query (a QueryError now, not on a worker) and gives the partitions' empty frame.
-    meta = reader.empty_pandas(wanted, filters, schema=opened.schema, types_mapper=dask_types_mapper())
+    arrow_strings = bool(pyarrow_strings_enabled())
+    meta = reader.empty_pandas(
+        wanted, filters, schema=opened.schema, types_mapper=dask_types_mapper(arrow_strings)
+    )
     # Each part has its own categories: the meta must not claim to know them.
     meta = clear_known_categories(meta)  # type: ignore[no-untyped-call]
     parts = [PartRef(k, entry.name) for k, entry in enumerate(reader.manifest.parts, start=1)]
-    task = SealedPartReader(reader.name, reader.version, reader.manifest.sha256, filters)
+    task = SealedPartReader(reader.name, reader.version, reader.manifest.sha256, filters, arrow_strings)
     return dd.from_map(  # type: ignore[no-untyped-call]
         task, parts, columns=wanted, meta=meta, label=f"read-sealed-{reader.name}-v{reader.version}"
     )

@@ -156,7 +156,7 @@ def test_no_key_ever_enters_the_task_graph(world: World) -> None:
     blob = cloudpickle.dumps(dict(df.__dask_graph__()))
     assert world.sealed.dataset.manifest_sha256.encode() in blob and b"part-" in blob
     reader = SealedPartReader("sales", 1, world.sealed.dataset.manifest_sha256, None)
-    assert set(vars(reader)) == {"dataset", "version", "manifest_sha256", "filters"}
+    assert set(vars(reader)) == {"dataset", "version", "manifest_sha256", "filters", "arrow_strings"}
     assert pickle.loads(pickle.dumps(reader)) == reader
 
 
