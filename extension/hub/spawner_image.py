@@ -69,17 +69,19 @@ class ServerImage:
     policy_file: Path | None
 
 
-def setup_server_image(root: Path, *, backend: str = "sim") -> ServerImage:
-    """Build the server image under ``root`` (the hub's teelab root) and, for ``sim``, its policy."""
+def setup_server_image(root: Path, *, backend: str = "sim", policy_file: Path | None = None) -> ServerImage:
+    """Build the server image under ``root`` (the hub's teelab root) and, for ``sim``, its policy (into
+    ``policy_file``, default ``root/policies/hub-server.toml``)."""
     data = Path(os.environ.get("TEELAB_DATA_DIR", ""))
     if data.resolve() != (root / "data").resolve():
         raise ConfigError(f"building the server image must run with TEELAB_DATA_DIR={root / 'data'}")
     engine = get_backend(backend)
     folder = image_folder(root, backend)
     image = engine.build(server_image_spec(), out=folder)
-    policy_file = None
-    if engine.simulated:
-        policy_file = root / "policies" / f"{POLICY_NAME}.toml"
+    if not engine.simulated:
+        policy_file = None
+    else:
+        policy_file = policy_file or root / "policies" / f"{POLICY_NAME}.toml"
         policy_file.parent.mkdir(parents=True, exist_ok=True)
         replace_atomically(policy_file, sim_server_policy(image).encode(), mode=0o644)
     return ServerImage(image, folder, policy_file)
@@ -89,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m teelab.extension.hub.spawner_image")
     parser.add_argument("root", type=Path)
     parser.add_argument("--backend", default="sim")
+    parser.add_argument("--policy", type=Path, default=None, help="where to write the sim policy")
     args = parser.parse_args(argv)
     try:
-        built = setup_server_image(args.root, backend=args.backend)
+        built = setup_server_image(args.root, backend=args.backend, policy_file=args.policy)
     except TeelabError as error:
         print(f"teelab: {error}", file=sys.stderr)
         return error.exit_code

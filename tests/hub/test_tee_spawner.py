@@ -99,23 +99,24 @@ class TeeHub:
 
 def build_server_image(root: Path) -> None:
     """The server image and its policy, as `teelab hub setup` would make them. Made again right before each
-    spawn: the image measures this checkout, which other work may edit while the module runs."""
-    policy = root / "policies" / "hub-server.toml"
-    before = tomllib.loads(policy.read_text())["sgx"]["mrenclave"] if policy.exists() else []
+    spawn: the image measures this checkout, which other work may edit while the module runs. Servers
+    attested under an earlier build stay allowed (as an operator rolls out a new image; a policy that no longer
+    allows a running server's measurement stops it at its next re-challenge), and the policy is replaced in one
+    step: the hub reads it at every re-challenge."""
+    policy, staged = root / "policies" / "hub-server.toml", root / "policies" / ".hub-server.toml.new"
     built = subprocess.run(
-        [sys.executable, "-m", "teelab.extension.hub.spawner_image", str(root)],
+        [sys.executable, "-m", "teelab.extension.hub.spawner_image", str(root), "--policy", str(staged)],
         env={**os.environ, "TEELAB_DATA_DIR": str(root / "data")},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert built.returncode == 0, built.stderr
-    # Servers attested under the earlier build stay allowed (as an operator rolls out a new image): a policy
-    # that no longer allows a running server's measurement stops it at the next re-challenge.
-    text = policy.read_text()
-    now = tomllib.loads(text)["sgx"]["mrenclave"]
-    allowed = json.dumps(list(dict.fromkeys([*now, *before])))
-    policy.write_text(re.sub(r"(?m)^mrenclave = .*$", lambda _: f"mrenclave = {allowed}", text))
+    before = tomllib.loads(policy.read_text())["sgx"]["mrenclave"] if policy.exists() else []
+    text = staged.read_text()
+    allowed = json.dumps(list(dict.fromkeys([*tomllib.loads(text)["sgx"]["mrenclave"], *before])))
+    staged.write_text(re.sub(r"(?m)^mrenclave = .*$", lambda _: f"mrenclave = {allowed}", text))
+    staged.replace(policy)
 
 
 def _wrong_policy(good: Path, target: Path) -> None:
