@@ -191,6 +191,13 @@ def run(node: AttestedNode) -> int:
         raise HandshakeError("the node certificate names another role or name than the bundle")
     config.apply(scratch())
     security = InMemorySecurity(TlsIdentity(bundle.ca_certificate, bundle.certificate, node.tls_key))
+    import teelab.session
+
+    # Code running on the node (tasks, Client.run) gets evidence as a kernel's user code does: only through
+    # teelab.session.attest(), over SHA-512("teelab/user/v1" ‖ data), naming the cluster's controller.
+    teelab.session.install(
+        attestation=bundle.attestation or {}, key_broker=bundle.key_broker, attest=node.runtime.evidence
+    )
     if bundle.role == "worker":
         from teelab.sealed_store.notebook import ReaderSession, install_key_release
 

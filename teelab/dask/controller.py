@@ -195,6 +195,7 @@ class ClusterController:
                 address=self.scheduler_address,
                 nthreads=nthreads,
                 key_broker=key_broker,
+                attestation=result.to_json(),
             )
 
         try:

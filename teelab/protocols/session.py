@@ -381,6 +381,7 @@ class DaskNodeBundle:
     address: str  # tls://HOST:PORT
     nthreads: int = 1
     key_broker: KeyBrokerSection | None = None
+    attestation: Mapping[str, object] | None = None  # the controller's result for this node
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -394,6 +395,7 @@ class DaskNodeBundle:
                 "address": self.address,
                 "nthreads": self.nthreads,
                 "key_broker": self.key_broker.to_json() if self.key_broker is not None else None,
+                "attestation": dict(self.attestation) if self.attestation is not None else None,
             }
         }
 
@@ -420,6 +422,9 @@ class DaskNodeBundle:
         if not 0 < nthreads <= 1024:
             raise HandshakeError(f"{what}: nthreads is out of range")
         broker = section.get("key_broker")
+        attestation = section.get("attestation")
+        if attestation is not None and not isinstance(attestation, dict):
+            raise HandshakeError(f"{what}: attestation is not an object")
         return cls(
             cluster_id=_field(section, "cluster_id", str, what),
             role=role,
@@ -430,6 +435,7 @@ class DaskNodeBundle:
             address=address,
             nthreads=nthreads,
             key_broker=KeyBrokerSection.from_json(broker) if broker is not None else None,
+            attestation=attestation,
         )
 
 

@@ -157,3 +157,25 @@ def test_workers_get_the_kernels_key_release_session(cluster: Any) -> None:
     with cluster.get_client() as client:
         assert set(client.run(session).values()) == {"own evidence, no broker"}
         assert client.run_on_scheduler(session) == "none"  # the scheduler reads no data
+
+
+def test_code_on_a_node_gets_user_evidence_naming_the_cluster_controller(
+    cluster: Any, dask_env: DaskEnv
+) -> None:
+    """As in a kernel: tasks get evidence only over SHA-512("teelab/user/v1" ‖ data), and it names the cluster's
+    controller — the controller's own check passes for it."""
+    from teelab.enclave_runtime.backend import Evidence
+    from teelab.session import user_report_data
+
+    def evidence() -> tuple[dict[str, str], str]:
+        import teelab.session
+
+        return teelab.session.attest(b"from a task").to_json(), str(teelab.session.attestation()["verdict"])
+
+    with cluster.get_client() as client:
+        answers = [*client.run(evidence).values(), client.run_on_scheduler(evidence)]
+    assert len(answers) == 3
+    for blob, verdict in answers:
+        assert verdict == "warning"  # the controller's verdict on this node, as the bundle carried it
+        result = cluster.controller.appraise(Evidence.from_json(blob), user_report_data(b"from a task"))
+        assert result.ok and any(c.name == "controller" and c.passed for c in result.checks)

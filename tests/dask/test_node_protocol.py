@@ -48,6 +48,7 @@ def sample(**changes: object) -> DaskNodeBundle:
         "address": "tls://127.0.0.1:8786",
         "nthreads": 2,
         "key_broker": KeyBrokerSection(address="127.0.0.1:1", store="file:///d", user="alice", grant="g"),
+        "attestation": {"verdict": "warning", "checks": []},
     }
     values.update(changes)
     return DaskNodeBundle(**values)  # type: ignore[arg-type]
@@ -70,6 +71,7 @@ fields = [
     "address",
     "nthreads",
     "key_broker",
+    "attestation",
 ]
 sections = st.dictionaries(
     st.sampled_from(fields) | st.text(max_size=6),
