@@ -110,6 +110,7 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
         super().__init__(**kwargs)
         self._events: list[dict[str, Any]] = []
         self._new_event = asyncio.Event()
+        self._began = asyncio.Event()  # start() of this spawn has begun (cleared with the state)
         self._starting = False
         self._verdict: dict[str, Any] | None = None
         self._attest_port = 0
@@ -132,6 +133,13 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
 
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
         """Every step of this spawn, from the first (the page may connect late), until ``start()`` ends."""
+        # The page may also connect early, while the hub runs its pre-spawn hooks: then wait for start(), so
+        # no step of an earlier spawn is shown as this one's.
+        while not self._began.is_set() and getattr(self, "_spawn_pending", False):
+            try:
+                await asyncio.wait_for(self._began.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
         sent = 0
         while True:
             while sent < len(self._events):
@@ -164,6 +172,7 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
         # The last verdict stays (why a spawn failed, or why a server was stopped); its status says so.
         super().clear_state()
         self._attest_port = 0
+        self._began.clear()
 
     # -- the hooks the concrete spawner provides -------------------------------------------------------
 
@@ -188,6 +197,7 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
 
     async def start(self) -> tuple[str, int]:
         self._events, self._starting = [], True
+        self._began.set()
         self._new_event.set()
         try:
             return await self._attested_start()
