@@ -24,7 +24,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner, Spawner
 from jupyterhub.utils import random_port, url_path_join
@@ -53,6 +53,19 @@ from teelab.gateway.result import AttestationResult
 from teelab.gateway.session import SessionRefused, answer_channel, appraiser
 from teelab.protocols.session import HandshakeError
 from teelab.timeutil import utcnow
+
+
+class BootProcess(Protocol):
+    """What :meth:`TeeSpawner.launch_boot` returns: the launched boot as the host sees it (an
+    :class:`~teelab.enclave_runtime.backend.EnclaveProcess` here; a pod or a VM for other spawners)."""
+
+    def poll(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def cleanup(self) -> None: ...
 
 
 class AttestationFailed(TeelabError):
@@ -178,7 +191,9 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
 
     async def launch_boot(
         self, backend: EnclaveBackend, image: EnclaveImage, request: ServerBootRequest, controller: bytes
-    ) -> EnclaveProcess:
+    ) -> BootProcess:
+        """Start the server's boot in a TEE whose evidence binds ``controller``, with ``request`` (its
+        ``to_env()`` under ``spawner_protocol.REQUEST_ENV``) as the only input from the host."""
         raise NotImplementedError
 
     def server_cwd(self, env: dict[str, str]) -> str:
@@ -353,7 +368,7 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
             verdict={"verdict": result.verdict, "policy_id": result.policy_id, "simulated": result.simulated},
         )
 
-    async def _wait_http(self, ip: str, process: EnclaveProcess) -> None:
+    async def _wait_http(self, ip: str, process: BootProcess) -> None:
         """The server answers HTTP (its ``/api``, which needs no login) — or its process exited. Under
         ``internal_ssl`` the server wants the hub's client certificate: JupyterHub's own wait covers that."""
         if self.internal_ssl:
@@ -370,7 +385,7 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
                 await asyncio.sleep(0.2)
         raise AttestationFailed(f"the attested server did not answer HTTP within {self.http_timeout} s")
 
-    async def _discard(self, process: EnclaveProcess) -> None:
+    async def _discard(self, process: BootProcess) -> None:
         process.kill()
         await asyncio.get_running_loop().run_in_executor(None, process.wait)
         process.cleanup()
