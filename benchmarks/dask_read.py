@@ -302,7 +302,9 @@ def _run(rows: int, runs: int, *, quick: bool, cluster_kind: str) -> dict[str, o
             parts = len(sealed.dataset.manifest.parts)
             assert sealed_frame().npartitions == plain_frame().npartitions == parts, "partitions differ"
             frame_bytes = int(plain_frame().map_partitions(_deep_bytes, meta=("b", "int64")).sum().compute())
-            assert rows < FULL_ROWS or frame_bytes >= 2e9, f"only {frame_bytes / 1e9:.2f} GB as DataFrames; raise --rows"
+            assert rows < FULL_ROWS or frame_bytes >= 2e9, (
+                f"only {frame_bytes / 1e9:.2f} GB as DataFrames; raise --rows"
+            )
             checks = {}
             for query_name, query in QUERIES.items():
                 got_sealed = query(sealed_frame()).compute()
