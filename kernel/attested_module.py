@@ -15,19 +15,28 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Mapping
 
-from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess, Evidence
+from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess, Evidence, TeeRuntime
 from teelab.enclave_runtime.backends import get_backend
+from teelab.enclave_runtime.controller import CONTROLLER_ENV
 from teelab.enclave_runtime.image import EnclaveImage
 from teelab.enclave_runtime.images import python_module_spec
+from teelab.enclave_runtime.manifest import ImageSpec
 from teelab.enclave_runtime.runtime import current_runtime
 
+# The hub's single-user server (extension/hub) builds, launches and runs in its image through these names.
 __all__ = [
+    "CONTROLLER_ENV",
     "EnclaveBackend",
     "EnclaveImage",
     "EnclaveProcess",
+    "Evidence",
+    "ImageSpec",
+    "TeeRuntime",
     "build_module_image",
+    "current_runtime",
     "get_backend",
     "launch_module",
+    "python_module_spec",
     "tee_evidence",
     "tee_name",
 ]

@@ -33,9 +33,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from teelab.enclave_runtime.backend import Evidence, TeeRuntime
-from teelab.enclave_runtime.controller import CONTROLLER_ENV
-from teelab.enclave_runtime.runtime import current_runtime
 from teelab.errors import TeelabError
 from teelab.extension.hub import spawner_protocol as protocol
 from teelab.extension.hub.spawner_protocol import (
@@ -44,6 +41,7 @@ from teelab.extension.hub.spawner_protocol import (
     ServerBundle,
     ServerHello,
 )
+from teelab.kernel.attested_module import CONTROLLER_ENV, Evidence, TeeRuntime, current_runtime
 from teelab.protocols.session import (
     HandshakeError,
     Ready,

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from teelab.enclave_runtime.backend import Evidence
 from teelab.errors import EvidenceError
 from teelab.extension.hub import spawner_protocol as protocol
 from teelab.extension.hub.spawner_protocol import ChallengeAnswer, ServerBundle, ServerHello
@@ -25,6 +24,7 @@ from teelab.extension.hub.spawner_verdict import Observed
 from teelab.gateway.identity import GatewayIdentity
 from teelab.gateway.result import AttestationResult
 from teelab.gateway.session import Appraise, Channel, SessionRefused
+from teelab.kernel.attested_module import Evidence
 from teelab.protocols.session import (
     Failed,
     HandshakeError,

@@ -15,13 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from teelab.enclave_runtime.backends import get_backend
-from teelab.enclave_runtime.image import EnclaveImage
-from teelab.enclave_runtime.images import python_module_spec
-from teelab.enclave_runtime.manifest import ImageSpec
 from teelab.errors import ConfigError, TeelabError
 from teelab.extension.hub.spawner_protocol import REQUEST_ENV
 from teelab.files import replace_atomically
+from teelab.kernel.attested_module import EnclaveImage, ImageSpec, get_backend, python_module_spec
 
 SERVER_IMAGE = "teelab-hub-server"
 SERVER_MODULE = "teelab.extension.hub.server_boot"

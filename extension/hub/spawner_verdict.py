@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from teelab.enclave_runtime.backend import Evidence
 from teelab.extension.hub import spawner_protocol as protocol
 from teelab.gateway.result import AttestationResult
+from teelab.kernel.attested_module import Evidence
 from teelab.timeutil import isoformat
 
 FORMAT = "teelab/hub-server-verdict/v1"

@@ -32,9 +32,6 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Any as AnyTrait
 from traitlets import Dict, Float, Unicode
 
-from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess
-from teelab.enclave_runtime.backends import get_backend
-from teelab.enclave_runtime.image import EnclaveImage
 from teelab.errors import ConfigError, TeelabError
 from teelab.extension.hub import spawner_protocol as protocol
 from teelab.extension.hub.spawner_attest import attest_and_deliver, challenge
@@ -51,6 +48,7 @@ from teelab.gateway.identity import GatewayIdentity
 from teelab.gateway.policy import load_policy
 from teelab.gateway.result import AttestationResult
 from teelab.gateway.session import SessionRefused, answer_channel, appraiser
+from teelab.kernel.attested_module import EnclaveBackend, EnclaveImage, EnclaveProcess, get_backend
 from teelab.protocols.session import HandshakeError
 from teelab.timeutil import utcnow
 
