@@ -22,6 +22,7 @@ from typing import Any
 
 from distributed.deploy.spec import SpecCluster
 
+from teelab.dask import comm, display
 from teelab.dask.controller import ClusterController
 from teelab.dask.nodes import TeeScheduler, TeeWorker
 from teelab.dask.records import NodeAttestation
@@ -64,6 +65,7 @@ class TeeCluster(SpecCluster):  # type: ignore[misc]
             launch_timeout=launch_timeout,
         )
         self.replace_after = replace_after
+        comm.watch(self)  # the JupyterLab panel lists its nodes as they are attested (teelab.dask.comm)
         worker = {
             "cls": TeeWorker,
             "options": {"controller": self.controller, "nthreads": threads_per_worker},
@@ -93,6 +95,20 @@ class TeeCluster(SpecCluster):  # type: ignore[misc]
         """Every node start in order, the refused and the replaced ones included."""
         return tuple(self.controller.records)
 
+    def __repr__(self) -> str:
+        """distributed's one line, then one line per node with its verdict (teelab.dask.display)."""
+        return display.text_repr(self, super().__repr__)
+
+    def _repr_html_(self, cluster_status: Any = None) -> str:
+        """LocalCluster's card with every node's attestation (also what its notebook widget shows)."""
+        return display.html_repr(self)
+
+    async def _close(self) -> None:
+        try:
+            await super()._close()  # type: ignore[no-untyped-call]
+        finally:
+            comm.forget(self)
+
     def _new_worker_name(self, worker_number: int) -> str:
         return str(worker_number)  # the name the worker's certificate and registration carry
 
@@ -103,6 +119,7 @@ class TeeCluster(SpecCluster):  # type: ignore[misc]
             name = self.scheduler_info["workers"][msg]["name"]
             asyncio.get_running_loop().call_later(self.replace_after, self._replace, name, msg)
         super(SpecCluster, self)._update_worker_status(op, msg)  # type: ignore[no-untyped-call]
+        comm.changed()
 
     def _replace(self, name: Any, address: str) -> None:
         alive = any(info.get("name") == name for info in self.scheduler_info["workers"].values())
