@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass
 
 from teelab.errors import TeelabError
@@ -43,11 +42,12 @@ class HubGrants:
     def _issue(self, enclave_key: bytes, controller: bytes | None) -> KeyBrokerSection:
         from pathlib import Path
 
+        from teelab.extension.hub.server_token import hub_token
         from teelab.sealed_store import services
         from teelab.sealed_store.kbs.client import KbsClient
         from teelab.sealed_store.kbs.transport import ca_from_environment, read_ca
 
-        token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        token = hub_token()  # a TeeSpawner server's is in no environment
         ca = read_ca(Path(self.ca_file)) if self.ca_file else ca_from_environment()
         with KbsClient(self.address, token, timeout=10, tls_ca=ca) as client:
             grant = client.issue_session_grant(self.user, enclave_key=enclave_key, controller=controller)

@@ -4,7 +4,9 @@ What it sets (docs/hosted-hub.md, "Kubernetes with confidential containers"):
 
 - ``runtimeClassName`` (KubeSpawner has no trait for it: ``extra_pod_config``): ``kata-qemu-snp`` (SEV-SNP),
   ``kata-qemu-tdx`` (TDX) or ``kata-qemu-coco-dev`` (CoCo without a TEE, for trying the plumbing only);
-- the Kata/CoCo **init-data** annotation ``io.katacontainers.config.runtime.cc_init_data``: gzip+base64 of an
+- the Kata/CoCo **init-data** annotation ``io.katacontainers.config.hypervisor.cc_init_data`` (Kata 3.x's
+  ``KATA_ANNO_CFG_HYPERVISOR_INIT_DATA``; peer pods once read ``...config.runtime.cc_init_data``, which is
+  checked the same way): gzip+base64 of an
   ``initdata.toml`` whose ``[data]`` holds only public values — the controller hash ``SHA-256(G_h.pub)`` of the
   hub's TeeSpawner and the digest of the hub's server policy (and the Kata agent policy, if given). The
   platform binds the TOML's digest into the evidence at launch (SEV-SNP ``HOST_DATA`` = SHA-256 of it, TDX
@@ -24,6 +26,7 @@ import gzip
 import hashlib
 import json
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +34,12 @@ from typing import Any
 from teelab.errors import ConfigError
 
 RUNTIME_CLASSES = {"kata-qemu-snp": "sev-snp", "kata-qemu-tdx": "tdx", "kata-qemu-coco-dev": "none"}
-INIT_DATA_ANNOTATION = "io.katacontainers.config.runtime.cc_init_data"
+INIT_DATA_ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
+# The name OpenShift sandboxed containers <= 1.9 (peer pods) read: treated like the current one.
+LEGACY_INIT_DATA_ANNOTATION = "io.katacontainers.config.runtime.cc_init_data"
+INIT_DATA_ANNOTATIONS = (INIT_DATA_ANNOTATION, LEGACY_INIT_DATA_ANNOTATION)
+DIGESTS = ("sha256", "sha384", "sha512")
+MAX_INIT_DATA_TOML = 1024 * 1024  # decompressed; an agent policy from genpolicy is tens of KiB
 INIT_DATA_VERSION = "0.1.0"
 TEELAB_INIT_DATA = "teelab.toml"
 AGENT_POLICY = "policy.rego"
@@ -63,6 +71,10 @@ class ConfidentialPods:
     controller: bytes  # SHA-256(G_h.pub) of the hub's TeeSpawner identity
     policy_digest: str  # SHA-256 (hex) of the hub's policy for the servers
     agent_policy: str | None = None  # the Kata agent policy (Rego) genpolicy made for the pod; public
+    # The init-data's hash; None: SHA-384 for TDX (fills MRCONFIGID), SHA-256 for SEV-SNP. TeeKubeSpawner uses
+    # SHA-256 everywhere: Kata pads it with zeros in MRCONFIGID, the controller rule's encoding, which the boot
+    # reads back as a 32-byte launch field (TeeRuntime.controller()).
+    digest: str | None = None
 
     def __post_init__(self) -> None:
         if self.runtime_class not in RUNTIME_CLASSES:
@@ -73,10 +85,16 @@ class ConfidentialPods:
             raise ConfigError("the controller hash is SHA-256(G.pub): 32 bytes")
         if not re.fullmatch(r"[0-9a-f]{64}", self.policy_digest):
             raise ConfigError("the policy digest is a SHA-256 in lower-case hex")
+        if self.digest is not None and self.digest not in DIGESTS:
+            raise ConfigError(
+                f"unknown init-data digest {self.digest!r}", hint=f"one of {', '.join(DIGESTS)}"
+            )
 
     @property
     def algorithm(self) -> str:
         """The init-data digest: TDX's MRCONFIGID holds 48 bytes (SHA-384), SEV-SNP's HOST_DATA 32 (SHA-256)."""
+        if self.digest is not None:
+            return self.digest
         return "sha384" if RUNTIME_CLASSES[self.runtime_class] == "tdx" else "sha256"
 
     def init_data_toml(self) -> str:
@@ -161,6 +179,11 @@ def _serialize(value: Any) -> Any:
     return value
 
 
+def pod_json(pod: Any) -> Any:
+    """A kubernetes pod model as the JSON the API server receives."""
+    return _serialize(pod)
+
+
 def find_secrets(pod: Mapping[str, Any]) -> list[str]:
     """Everything secret-looking in a pod manifest (as sent to the API server): [] for a clean one."""
     found: list[str] = []
@@ -183,7 +206,7 @@ def find_secrets(pod: Mapping[str, Any]) -> list[str]:
     for name, value in annotations.items():
         if SECRETISH.search(name):
             found.append(f"annotation {name}")
-        elif name == INIT_DATA_ANNOTATION:
+        elif name in INIT_DATA_ANNOTATIONS:
             found += [f"init-data {problem}" for problem in _init_data_problems(value)]
     return found
 
@@ -243,17 +266,67 @@ def check_init_data_controller(
     named = str(teelab.get("controller", ""))
     if not hmac.compare_digest(named.encode(), controller.hex().encode()):
         return False, f"the init-data names controller {named[:16]}…, not {controller.hex()[:16]}…"
-    for claim, size in (("host_data", 32), ("mrconfigid", 48)):
+    # SEV-SNP HOST_DATA, TDX MRCONFIGID; SGX (KSS) CONFIGID, which the simulated TEE models, per the init-data
+    # specification's list of launch fields.
+    for claim, size in (("host_data", 32), ("mrconfigid", 48), ("config_id", 64)):
         value = claims.get(claim)
         if isinstance(value, str):
             try:
                 field = bytes.fromhex(value)
             except ValueError:
                 return False, f"{claim} is not hex"
-            if len(digest) <= size and hmac.compare_digest(field, digest + bytes(size - len(digest))):
+            # Kata truncates a longer digest to the field and pads a shorter one with zeros.
+            if hmac.compare_digest(field, launch_value(digest, size)):
                 return True, f"{claim} is the {algorithm} of the init-data, which names this controller"
             return (
                 False,
                 f"{claim} {value[:16]}… is not the init-data's {algorithm} digest (another init-data)",
             )
-    return False, "the evidence carries neither host_data (SEV-SNP) nor mrconfigid (TDX)"
+    return False, "the evidence carries neither host_data (SEV-SNP), mrconfigid (TDX) nor config_id (SGX)"
+
+
+def launch_value(digest: bytes, size: int) -> bytes:
+    """The launch field Kata sets for an init-data digest (``adjust_digest``): truncated or zero-padded."""
+    return digest[:size] + bytes(max(0, size - len(digest)))
+
+
+@dataclass(frozen=True)
+class InitData:
+    """A pod's init-data as its boot reads it from the boot request (public; its digest is the launch field)."""
+
+    toml: str
+    algorithm: str
+    controller: bytes  # the controller hash teelab.toml names
+    policy_digest: str
+
+    def digest(self) -> bytes:
+        return hashlib.new(self.algorithm, self.toml.encode()).digest()
+
+
+def read_init_data(annotation: str) -> InitData:
+    """Parse an init-data annotation that crossed the host (gzip+base64 TOML, bounded): fails only with
+    :class:`~teelab.protocols.session.HandshakeError`."""
+    import tomllib
+
+    from teelab.protocols.session import HandshakeError
+
+    try:
+        inflate = zlib.decompressobj(wbits=31)  # gzip
+        raw = inflate.decompress(base64.b64decode(annotation, validate=True), MAX_INIT_DATA_TOML)
+        if inflate.unconsumed_tail or not inflate.eof:
+            raise HandshakeError("the init-data is truncated or larger than 1 MiB")
+        text = raw.decode()
+        document = tomllib.loads(text)
+        entries = document.get("data")
+        teelab = tomllib.loads(str(entries[TEELAB_INIT_DATA])) if isinstance(entries, dict) else {}
+        algorithm = str(document.get("algorithm"))
+        controller = bytes.fromhex(str(teelab.get("controller", "")))
+        policy_digest = str(teelab.get("policy_digest", ""))
+    except (ValueError, KeyError, zlib.error, tomllib.TOMLDecodeError, RecursionError):
+        raise HandshakeError("the init-data is not gzip+base64 TOML with teelab's entry") from None
+    if document.get("version") != INIT_DATA_VERSION or algorithm not in DIGESTS or len(controller) != 32:
+        raise HandshakeError(
+            f"the init-data is not teelab's: version {INIT_DATA_VERSION}, algorithm one of "
+            f"{', '.join(DIGESTS)} and a 32-byte controller"
+        )
+    return InitData(text, algorithm, controller, policy_digest)

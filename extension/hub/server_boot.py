@@ -3,14 +3,17 @@ teelab.extension.hub.server_boot``, the entrypoint of the measured image ``teela
 
 1. Read the boot request the spawner passed through the host (nonce, answer address, ``G_s.pub``, the server's
    name, where to answer re-challenges; nothing secret) and refuse one naming another controller than the
-   platform was launched for.
+   platform was launched for. In a confidential pod the platform's launch field is the digest of the pod's
+   Kata init-data, which the request carries and which must name ``G_s``.
 2. Make the ephemeral X25519 key ``E`` and the server's TLS key ``T`` (P-256), both inside; ask the TEE for
    evidence over :func:`~.spawner_protocol.hello_report_data`; start answering re-challenges; send the hello.
 3. Receive the bundle sealed to ``E.pub`` and signed by ``G_s`` — it only comes if the spawner accepted the
    evidence. A bundle ``G_s`` did not sign is refused unread, and the boot exits with status 1.
-4. Set the server's environment and its secrets (the hub API token, …) in this process's memory only — the
-   host's view of the process (``/proc/<pid>/environ``, its argv) never holds them — confirm, and run
-   ``jupyterhub-singleuser`` in this process.
+4. Set the server's environment in this process's memory only — the host's view of the process
+   (``/proc/<pid>/environ``, its argv) never holds it — confirm, and run ``jupyterhub-singleuser`` in this
+   process. The hub API token is in no environment at all: jupyter-server gets it as configuration
+   (``HubAuth.api_token``) and in-process code from :mod:`~teelab.extension.hub.server_token`, so a kernel or a
+   terminal the server starts (both inherit ``os.environ``) never sees it.
 
 What it writes to stderr is read by the host: it says what step failed, never a key or a message.
 """
@@ -34,7 +37,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from teelab.errors import TeelabError
+from teelab.extension.hub import server_token
 from teelab.extension.hub import spawner_protocol as protocol
+from teelab.extension.hub.kubernetes import launch_value, read_init_data
 from teelab.extension.hub.spawner_protocol import (
     ChallengeAnswer,
     ServerBootRequest,
@@ -55,13 +60,34 @@ from teelab.protocols.session import (
 
 HANDSHAKE_TIMEOUT = 300.0  # the spawner holds the real deadline
 ATTEST_PATH = "/teelab/hub-server/attest"
+# A listening boot (a pod) answers connections until one brings G_s's bundle: anyone in the cluster can connect
+# first, and a stranger's connection must not end the spawn; bounded, as each costs a hello.
+MAX_LISTEN_ATTEMPTS = 16
+# The hub token's names: never in this process's environment (kernels and terminals inherit it).
+TOKEN_ENV = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN")
 
 
 def check_launch_controller(runtime: TeeRuntime, request: ServerBootRequest, env: Mapping[str, str]) -> None:
-    """Obey only the controller the platform names (its launch-time field, or the measured image's pin)."""
+    """Obey only the controller the platform names (its launch-time field, or the measured image's pin).
+
+    With init-data (a confidential pod) the launch field is the init-data's digest, not the controller hash:
+    the boot recomputes the digest of the init-data its request carries, compares it with the field, and obeys
+    the controller that init-data names."""
     expected = controller_hash(request.controller_key)
+    launched = runtime.controller()
+    if request.init_data is not None:
+        init_data = read_init_data(request.init_data)
+        if not hmac.compare_digest(init_data.controller, expected):
+            raise HandshakeError("the boot request names another controller than its init-data")
+        if launched is None or not hmac.compare_digest(
+            launched, launch_value(init_data.digest(), len(launched))
+        ):
+            raise HandshakeError(
+                "the platform was launched with another init-data than the boot request carries"
+            )
+        launched = None  # checked: the field holds the init-data's digest, which names the controller
     for source, value in (
-        ("the platform's launch-time field", runtime.controller()),
+        ("the platform's launch-time field", launched),
         ("the measured image", env.get(CONTROLLER_ENV)),
     ):
         if isinstance(value, str):
@@ -146,8 +172,9 @@ def apply_bundle(bundle: ServerBundle, keys: ServerKeys) -> None:
     os.environ.update(bundle.env)
     secrets = bundle.secrets
     # os.environ writes the C environment with setenv: the block the host reads (/proc/<pid>/environ) is the
-    # one this process started with and stays as it was.
-    os.environ["JUPYTERHUB_API_TOKEN"] = secrets.api_token
+    # one this process started with and stays as it was. The hub token goes to no environment: in-process
+    # readers (the key broker client) ask server_token, jupyter-server gets it as configuration.
+    server_token.keep(secrets.api_token)
     if secrets.kbs_token:
         # The key broker client reads its credential from a file: one in the TEE's own scratch space.
         token_file = _private_folder() / "kbs-token"
@@ -169,33 +196,89 @@ def apply_bundle(bundle: ServerBundle, keys: ServerKeys) -> None:
     os.chdir(bundle.cwd)
 
 
+def converse(
+    channel: socket.socket, request: ServerBootRequest, keys: ServerKeys, hello: ServerHello
+) -> ServerBundle:
+    """Hello, then the bundle ``G_s`` signed for this nonce and E.pub (opened and applied), then the confirmation."""
+    send_frame(channel, hello)
+    reply = decode_one_of(recv_frame(channel), Refused, SealedBundle)
+    if isinstance(reply, Refused):
+        raise HandshakeError(f"the spawner refused this server: {reply.reason}")
+    assert isinstance(reply, SealedBundle)
+    # Only the controller may run this server: anything else sealed to E.pub is refused unread.
+    protocol.check_signature(
+        request.controller_key, reply.signature, reply.sealed, request.nonce, keys.enclave_key
+    )
+    bundle = protocol.parse_bundle(protocol.unseal(keys.enclave_secret, request.nonce, reply.sealed))
+    if bundle.server != request.server:
+        raise HandshakeError("the server bundle was made for another server")
+    apply_bundle(bundle, keys)
+    send_frame(
+        channel, Ready(protocol.ready_confirmation(bundle.confirm_key, request.nonce, keys.enclave_key))
+    )
+    return bundle
+
+
+def listen_for_spawner(request: ServerBootRequest, keys: ServerKeys, hello: ServerHello) -> ServerBundle:
+    """A pod's boot: the spawner connects (it learns the pod's IP from Kubernetes). A connection that does not
+    bring a bundle G_s signed (a stranger in the cluster, a scanner) is closed and the next one heard; a refusal
+    from the spawner ends the boot."""
+    with socket.create_server(request.respond_to) as listener:
+        listener.settimeout(HANDSHAKE_TIMEOUT)
+        for _attempt in range(MAX_LISTEN_ATTEMPTS):
+            channel, _peer = listener.accept()
+            with channel:
+                channel.settimeout(HANDSHAKE_TIMEOUT)
+                try:
+                    return converse(channel, request, keys, hello)
+                except (HandshakeError, OSError) as error:
+                    if isinstance(error, HandshakeError) and "refused this server" in error.message:
+                        raise
+                    if server_token.held():
+                        raise  # the bundle was applied: this was the spawner, and the confirmation failed
+                    print(
+                        "teelab server boot: a connection was not the spawner's; listening on",
+                        file=sys.stderr,
+                    )
+    raise HandshakeError(f"no spawner brought a bundle in {MAX_LISTEN_ATTEMPTS} connections")
+
+
 def handshake(request: ServerBootRequest, runtime: TeeRuntime) -> tuple[ServerBundle, ServerKeys]:
     keys = ServerKeys()
     evidence = runtime.evidence(
         protocol.hello_report_data(keys.enclave_key, keys.tls_spki, request.nonce, request.server)
     )
     challenge_server(request.attest_listen, keys, request.server, runtime.evidence)
+    hello = ServerHello(keys.enclave_key, keys.tls_spki, evidence.to_json())
+    if request.listen:
+        return listen_for_spawner(request, keys, hello), keys
     with socket.create_connection(request.respond_to, timeout=HANDSHAKE_TIMEOUT) as channel:
-        send_frame(channel, ServerHello(keys.enclave_key, keys.tls_spki, evidence.to_json()))
-        reply = decode_one_of(recv_frame(channel), Refused, SealedBundle)
-        if isinstance(reply, Refused):
-            raise HandshakeError(f"the spawner refused this server: {reply.reason}")
-        assert isinstance(reply, SealedBundle)
-        # Only the controller may run this server: anything else sealed to E.pub is refused unread.
-        protocol.check_signature(
-            request.controller_key, reply.signature, reply.sealed, request.nonce, keys.enclave_key
-        )
-        bundle = protocol.parse_bundle(protocol.unseal(keys.enclave_secret, request.nonce, reply.sealed))
-        if bundle.server != request.server:
-            raise HandshakeError("the server bundle was made for another server")
-        apply_bundle(bundle, keys)
-        send_frame(
-            channel, Ready(protocol.ready_confirmation(bundle.confirm_key, request.nonce, keys.enclave_key))
-        )
-    return bundle, keys
+        return converse(channel, request, keys, hello), keys
+
+
+def run_singleuser(argv: tuple[str, ...], token: str) -> None:
+    """``jupyterhub-singleuser`` in this process, its hub token given as configuration, never as environment."""
+    import jupyterhub.singleuser as singleuser
+    from traitlets.config import Config
+
+    sys.argv = ["jupyterhub-singleuser", *argv]
+    if getattr(singleuser, "_as_extension", False):
+        from jupyterhub.singleuser.extension import JupyterHubSingleUser
+
+        # What JupyterHubSingleUser.launch_instance does, with the configuration ServerApp starts from: every
+        # HubAuth (the identity provider's, the activity reporter's) takes its token from it.
+        config = Config({"HubAuth": {"api_token": token}})
+        server = JupyterHubSingleUser.initialize_server(argv=list(argv), config=config)
+        server.start()
+        return
+    # Jupyter Server < 2 (the classic app) reads the token from the environment only.
+    os.environ["JUPYTERHUB_API_TOKEN"] = token
+    singleuser.main()
 
 
 def main() -> int:
+    for name in TOKEN_ENV:
+        os.environ.pop(name, None)  # none is ours: the host's launch environment holds no token
     try:
         request = ServerBootRequest.from_env(os.environ.pop(protocol.REQUEST_ENV, None))
         runtime = current_runtime()
@@ -207,10 +290,7 @@ def main() -> int:
     except OSError as error:
         print(f"teelab server boot: the handshake failed: {error.strerror or error}", file=sys.stderr)
         return 1
-    from jupyterhub.singleuser import main as singleuser
-
-    sys.argv = ["jupyterhub-singleuser", *bundle.argv]
-    singleuser()  # runs the server until it stops (its own exit status, if any, is a SystemExit)
+    run_singleuser(bundle.argv, bundle.secrets.api_token)  # until it stops (a SystemExit carries its status)
     return 0
 
 

@@ -43,6 +43,7 @@ MAX_SPKI = 1024  # a P-256 SPKI is 91 bytes; nothing legitimate is larger than a
 MAX_ENV = 512
 MAX_ARGV = 256
 MAX_VALUE = 64 * 1024
+MAX_INIT_DATA = 96 * 1024  # gzip+base64 of the init-data: teelab's values and a Kata agent policy (Rego)
 # Never in ServerBundle.env: they travel in its typed secrets section only (and never in the host's view).
 SECRET_ENV = frozenset(
     {
@@ -84,6 +85,13 @@ def _hex(data: Mapping[str, object], key: str, what: str, size: int) -> bytes:
         raise HandshakeError(f"{what}: {key} is not hex") from None
     if len(value) != size:
         raise HandshakeError(f"{what}: {key} must be {size} bytes, not {len(value)}")
+    return value
+
+
+def _flag(data: Mapping[str, object], key: str, what: str) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise HandshakeError(f"{what}: {key} is not true or false")
     return value
 
 
@@ -171,13 +179,20 @@ def check_ready(confirm_key: bytes, nonce: bytes, enclave_key: bytes, confirmati
 class ServerBootRequest:
     """Nothing secret: the host sees and may change all of it. A changed nonce or server name fails the
     evidence's binding, a changed answer address reaches nobody who holds ``G_s``, a changed controller key
-    makes the boot refuse (the platform names the controller it was launched for)."""
+    makes the boot refuse (the platform names the controller it was launched for).
+
+    ``listen``: the boot listens at ``respond_to`` and the spawner connects (a pod, which the hub reaches at its
+    IP once Kubernetes reports it) instead of connecting to the spawner. ``init_data``: the Kata/CoCo init-data
+    annotation (gzip+base64 TOML, public) whose digest the platform put in the launch field; it names the
+    controller (:mod:`~teelab.extension.hub.kubernetes`)."""
 
     nonce: bytes
     respond_to: tuple[str, int]
     controller_key: bytes
     server: str  # user/server_name
     attest_listen: tuple[str, int]  # where the boot answers re-challenges
+    listen: bool = False
+    init_data: str | None = None
 
     def to_env(self) -> str:
         return json.dumps(
@@ -188,6 +203,8 @@ class ServerBootRequest:
                 "controller_key": self.controller_key.hex(),
                 "server": self.server,
                 "attest_listen": f"{self.attest_listen[0]}:{self.attest_listen[1]}",
+                **({"listen": True} if self.listen else {}),
+                **({"init_data": self.init_data} if self.init_data is not None else {}),
             }
         )
 
@@ -211,6 +228,10 @@ class ServerBootRequest:
             controller_key=_hex(data, "controller_key", what, CONTROLLER_KEY_SIZE),
             server=server,
             attest_listen=_address(_str(data, "attest_listen", what, limit=300), what),
+            listen=_flag(data, "listen", what),
+            init_data=None
+            if data.get("init_data") is None
+            else _str(data, "init_data", what, limit=MAX_INIT_DATA),
         )
 
 

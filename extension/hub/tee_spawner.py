@@ -19,9 +19,11 @@ server's TEE and reports a server whose key changed as stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import secrets
+import subprocess
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +32,7 @@ from jupyterhub.spawner import SimpleLocalProcessSpawner, Spawner
 from jupyterhub.utils import random_port, url_path_join
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Any as AnyTrait
-from traitlets import Dict, Float, Unicode
+from traitlets import Bool, Dict, Float, Unicode
 
 from teelab.errors import ConfigError, TeelabError
 from teelab.extension.hub import spawner_protocol as protocol
@@ -45,9 +47,9 @@ from teelab.extension.hub.spawner_verdict import (
     make_verdict,
 )
 from teelab.gateway.identity import GatewayIdentity
-from teelab.gateway.policy import load_policy
+from teelab.gateway.policy import AppraisalPolicy, load_policy
 from teelab.gateway.result import AttestationResult
-from teelab.gateway.session import SessionRefused, answer_channel, appraiser
+from teelab.gateway.session import Appraise, Channel, SessionRefused, answer_channel, appraiser
 from teelab.kernel.attested_module import EnclaveBackend, EnclaveImage, EnclaveProcess, get_backend
 from teelab.protocols.session import HandshakeError
 from teelab.timeutil import utcnow
@@ -64,6 +66,11 @@ class BootProcess(Protocol):
     def wait(self, timeout: float | None = None) -> int: ...
 
     def cleanup(self) -> None: ...
+
+
+# The sealed server argv's switch when c.TeeSpawner.allow_terminals is off (the default): a terminal is a shell
+# in the server's TEE, beside the process that holds the hub token. Command line beats configuration files.
+NO_TERMINALS = "--ServerApp.terminals_enabled=False"
 
 
 class AttestationFailed(TeelabError):
@@ -110,6 +117,11 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
     answer_host = Unicode("127.0.0.1", help="Where the hub listens for the boot's hello").tag(config=True)
     handshake_timeout = Float(120.0, help="Seconds for the boot to say hello and confirm").tag(config=True)
     challenge_timeout = Float(30.0, help="Seconds for a re-challenge answer in poll()").tag(config=True)
+    allow_terminals = Bool(
+        False,
+        help="Let users open terminals in their TEE servers (off: the sealed argv disables them; a terminal is a "
+        "shell beside the process holding the server's hub token)",
+    ).tag(config=True)
     kbs_credential = AnyTrait(
         None,
         allow_none=True,
@@ -126,6 +138,7 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
         self._verdict: dict[str, Any] | None = None
         self._attest_port = 0
         self._stopping = False
+        self._policy_choice: PolicyChoice | None = None  # this spawn's (a pod's init-data names its digest)
 
     # -- what the host sees ----------------------------------------------------------------------------
 
@@ -188,14 +201,58 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
     # -- the hooks the concrete spawner provides -------------------------------------------------------
 
     async def launch_boot(
-        self, backend: EnclaveBackend, image: EnclaveImage, request: ServerBootRequest, controller: bytes
+        self,
+        backend: EnclaveBackend,
+        image: EnclaveImage | None,
+        request: ServerBootRequest,
+        controller: bytes,
     ) -> BootProcess:
         """Start the server's boot in a TEE whose evidence binds ``controller``, with ``request`` (its
-        ``to_env()`` under ``spawner_protocol.REQUEST_ENV``) as the only input from the host."""
+        ``to_env()`` under ``spawner_protocol.REQUEST_ENV``) as the only input from the host. ``image`` is
+        :meth:`load_server_image`'s."""
         raise NotImplementedError
 
     def server_cwd(self, env: dict[str, str]) -> str:
         return env.get("HOME") or "/"
+
+    def load_server_image(self, backend: EnclaveBackend) -> EnclaveImage | None:
+        """The measured image the backend launches (None where the spawner launches something else, a pod)."""
+        return backend.load_image(SERVER_IMAGE, Path(self.image_dir) if self.image_dir else None)
+
+    def describe_launch(self, backend: EnclaveBackend, image: EnclaveImage | None) -> str:
+        assert image is not None
+        label, value = backend.describe_measurement(image)
+        return f"the {backend.name} TEE (image {label} {value[:16]}…)"
+
+    def boot_listen(self) -> tuple[str, int] | None:
+        """None: the boot connects to the hub's answer channel. An address: the boot listens there and the
+        hub connects (:meth:`connect_boot`), for a boot whose address the hub learns only once it runs."""
+        return None
+
+    async def connect_boot(self, process: BootProcess, timeout: float) -> Channel | None:
+        """The connection to a listening boot (None: it exited first)."""
+        raise NotImplementedError
+
+    def boot_init_data(self, controller: bytes) -> str | None:
+        """The init-data annotation the boot's platform binds instead of the controller hash (a pod)."""
+        return None
+
+    def attest_listen(self, ip: str) -> tuple[str, int]:
+        """Where the boot answers re-challenges (the hub asks :meth:`challenge_host` at the same port)."""
+        return ip, self._attest_port
+
+    def challenge_host(self) -> str:
+        return self.ip or "127.0.0.1"
+
+    def server_url(self, ip: str, process: BootProcess) -> str:
+        """The attested server's base URL as the hub and the proxy reach it."""
+        return f"http://{ip}:{self.port}"
+
+    def appraise_for(
+        self, backend: EnclaveBackend, policy: AppraisalPolicy, identity: GatewayIdentity
+    ) -> Appraise:
+        """How evidence is judged: the policy and the controller check (a pod's is by its init-data)."""
+        return appraiser(backend, policy, controller=identity.controller)
 
     # -- start -------------------------------------------------------------------------------------------
 
@@ -208,7 +265,7 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
             raise ConfigError("c.TeeSpawner.identity_file is not set (the spawner's controller key G_s)")
         return GatewayIdentity.load_or_create(Path(self.identity_file))
 
-    async def start(self) -> tuple[str, int]:
+    async def start(self) -> tuple[str, int] | str:
         self._events, self._starting = [], True
         self._began.set()
         self._new_event.set()
@@ -218,21 +275,21 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
             self._starting = False
             self._new_event.set()
 
-    async def _attested_start(self) -> tuple[str, int]:
+    async def _attested_start(self) -> tuple[str, int] | str:
         groups = [group.name for group in getattr(self.user, "groups", [])]
         choice = choose_policy(dict(self.policy_for), self.user.name, groups)
         policy = load_policy(choice.file)
         identity = self._identity()
         backend = self._backend()
-        image = backend.load_image(SERVER_IMAGE, Path(self.image_dir) if self.image_dir else None)
+        image = self.load_server_image(backend)
         ip = self.ip or "127.0.0.1"
         port: int = getattr(self, "port", 0) or random_port()
         self.port = port
         self._attest_port = random_port()
+        self._policy_choice = choice
         nonce = os.urandom(protocol.NONCE_SIZE)
         server = protocol.server_id(self.user.name, self.name)
-        appraise = appraiser(backend, policy, controller=identity.controller)
-        label, value = backend.describe_measurement(image)
+        appraise = self.appraise_for(backend, policy, identity)
         record: dict[str, Any] = {"observed": None}
 
         def verdict(status: str, reason: str | None, result: AttestationResult | None) -> None:
@@ -249,9 +306,17 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
                 at=utcnow(),
             )
 
-        async with answer_channel(self.answer_host) as channel:
+        async with contextlib.AsyncExitStack() as stack:
+            listen = self.boot_listen()
+            channel = None if listen else await stack.enter_async_context(answer_channel(self.answer_host))
             request = ServerBootRequest(
-                nonce, (self.answer_host, channel.port), identity.public, server, (ip, self._attest_port)
+                nonce,
+                listen or (self.answer_host, channel.port if channel else 0),
+                identity.public,
+                server,
+                self.attest_listen(ip),
+                listen=listen is not None,
+                init_data=self.boot_init_data(identity.controller),
             )
             try:
                 process = await self.launch_boot(backend, image, request, identity.controller)
@@ -261,13 +326,18 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
                 raise
             self._step(
                 10,
-                f"Launched the server's boot in the {backend.name} TEE (image {label} {value[:16]}…), bound to "
+                f"Launched the server's boot in {self.describe_launch(backend, image)}, bound to "
                 f"this hub's spawner key (controller {identity.controller.hex()[:16]}…)",
             )
             try:
-                connection = await channel.accept(
-                    timeout=self.handshake_timeout, gone=lambda: process.poll() is not None
-                )
+                if channel is not None:
+                    connection = await channel.accept(
+                        timeout=self.handshake_timeout, gone=lambda: process.poll() is not None
+                    )
+                else:
+                    connection = await self.connect_boot(process, self.handshake_timeout)
+                    if connection is not None:
+                        stack.callback(connection[1].close)
                 if connection is None:
                     raise HandshakeError(
                         f"the server's boot exited (status {process.poll()}) before its hello"
@@ -303,8 +373,9 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
                 self._step(100, f"Attestation failed: {reason}")
                 raise AttestationFailed(f"attestation failed: {reason}") from None
         verdict("attested", None, attested.result)
+        url = self.server_url(ip, process)
         try:
-            await self._wait_http(ip, process)
+            await self._wait_http(url, process)
         except AttestationFailed as error:
             await self._discard(process)
             verdict("failed", error.message, attested.result)
@@ -313,7 +384,7 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
         self._step(
             95, f"Server ready: its TEE is attested ({attested.result.verdict}, policy {choice.selector})"
         )
-        return ip, self.port
+        return url if self.boot_listen() else (ip, self.port)
 
     # -- internal_ssl: the server's key is made in its TEE, never in the hub ------------------------------
 
@@ -356,22 +427,23 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
 
     async def _bundle(self, hello: ServerHello, result: AttestationResult, server: str) -> ServerBundle:
         env = self.get_env()
+        argv = tuple(self.get_args())
         return ServerBundle(
             server=server,
             env=env,
-            argv=tuple(self.get_args()),
+            argv=argv if self.allow_terminals else (*argv, NO_TERMINALS),
             cwd=self.server_cwd(env),
             confirm_key=secrets.token_bytes(protocol.CONFIRM_KEY_SIZE),
             secrets=await self._server_secrets(hello),
             verdict={"verdict": result.verdict, "policy_id": result.policy_id, "simulated": result.simulated},
         )
 
-    async def _wait_http(self, ip: str, process: BootProcess) -> None:
+    async def _wait_http(self, base: str, process: BootProcess) -> None:
         """The server answers HTTP (its ``/api``, which needs no login) — or its process exited. Under
         ``internal_ssl`` the server wants the hub's client certificate: JupyterHub's own wait covers that."""
         if self.internal_ssl:
             return
-        url = f"http://{ip}:{self.port}" + url_path_join(self.server.base_url if self.server else "/", "api")
+        url = base + url_path_join(self.server.base_url if self.server else "/", "api")
         deadline = asyncio.get_running_loop().time() + self.http_timeout
         while asyncio.get_running_loop().time() < deadline:
             if process.poll() is not None:
@@ -385,7 +457,10 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
 
     async def _discard(self, process: BootProcess) -> None:
         process.kill()
-        await asyncio.get_running_loop().run_in_executor(None, process.wait)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, process.wait)
+        except (TimeoutError, subprocess.TimeoutExpired):
+            self.log.warning("teelab %s: the discarded server's TEE did not go away in time", self._log_name)
         process.cleanup()
 
     # -- poll: the server's TEE is still the one attested ------------------------------------------------
@@ -397,15 +472,13 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
         if not self._verdict or not self._verdict.get("ok") or not self._attest_port:
             return status
         outcome = await challenge(
-            self.ip or "127.0.0.1",
+            self.challenge_host(),
             self._attest_port,
             server=self._verdict["server"],
             enclave_key=protocol.unb64(self._verdict["enclave_key"], "enclave_key"),
             tls_spki=protocol.unb64(self._verdict["tls_spki"], "tls_spki"),
-            appraise=appraiser(
-                self._backend(),
-                load_policy(self._verdict["policy"]["file"]),
-                controller=self._identity().controller,
+            appraise=self.appraise_for(
+                self._backend(), load_policy(self._verdict["policy"]["file"]), self._identity()
             ),
             timeout=self.challenge_timeout,
         )
@@ -439,8 +512,14 @@ class TeeLocalProcessSpawner(TeeSpawner, SimpleLocalProcessSpawner):  # type: ig
         self._enclave: EnclaveProcess | None = None
 
     async def launch_boot(
-        self, backend: EnclaveBackend, image: EnclaveImage, request: ServerBootRequest, controller: bytes
+        self,
+        backend: EnclaveBackend,
+        image: EnclaveImage | None,
+        request: ServerBootRequest,
+        controller: bytes,
     ) -> EnclaveProcess:
+        if image is None:
+            raise ConfigError("no server image to launch (c.TeeSpawner.image_dir)")
         os.makedirs(self.home_dir, mode=0o755, exist_ok=True)
         # The launch checks the image's trusted files (hashes, cached): off the event loop.
         process = await asyncio.get_running_loop().run_in_executor(

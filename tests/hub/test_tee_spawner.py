@@ -239,6 +239,54 @@ def test_no_secret_in_the_hosts_view_of_the_server(tee_hub: TeeHub, alice: list[
     assert status.status_code == 200, status.text
 
 
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (their /proc/<pid>/stat's parent field)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_user_code_in_the_server_sees_no_hub_token_and_cannot_open_a_terminal(
+    tee_hub: TeeHub, alice: list[dict[str, Any]]
+) -> None:
+    """Terminals are off (the sealed argv's --ServerApp.terminals_enabled=False; c.TeeSpawner.allow_terminals
+    turns them on), and a kernel the server starts in its own process tree (a plain python3 kernel, which
+    inherits the server's os.environ) finds no hub token in its environment: the boot never put it there."""
+    from teelab.extension.hub.client import HubUser
+
+    user = HubUser(tee_hub.hub, "alice")
+    assert user.login().status_code == 302
+    user.session.get(user.server_url("lab"), timeout=60).raise_for_status()  # OAuth: the server's cookie
+    assert user.request("GET", "api/terminals").status_code == 404
+    assert user.request("POST", "api/terminals").status_code in (403, 404)
+    server_pid = tee_hub.server("alice")["state"]["pid"]
+    before = set(_children(server_pid))
+    kernel = user.start_kernel("python3")["id"]
+    try:
+        output, reply = user.run_cell(
+            kernel,
+            "import os\n"
+            "print([n for n in ('JUPYTERHUB_API_TOKEN', 'JPY_API_TOKEN') if n in os.environ],"
+            " os.environ.get('JUPYTERHUB_USER'))",
+        )
+        assert reply["status"] == "ok", output
+        assert output.strip() == "[] alice", output  # the server's environment, without its token
+        (kernel_pid,) = set(_children(server_pid)) - before
+        environ = Path(f"/proc/{kernel_pid}/environ").read_bytes()
+        assert b"ipykernel" in Path(f"/proc/{kernel_pid}/cmdline").read_bytes()
+        assert b"JUPYTERHUB_API_TOKEN=" not in environ and b"JPY_API_TOKEN=" not in environ
+    finally:
+        user.request("DELETE", f"api/kernels/{kernel}")
+    # The server itself still holds its token: it authenticates alice through the hub (above, and here).
+    assert user.request("GET", "api/status").status_code == 200
+
+
 def _service(tee_hub: TeeHub, user: str, path: str) -> requests.Response:
     token = tee_hub.hub.user_token(user, f"test: teelab-kbs {path}")
     return requests.get(

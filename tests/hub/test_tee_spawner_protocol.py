@@ -228,8 +228,13 @@ def test_the_boot_sets_secrets_in_memory_and_files_only_in_the_tees_scratch(
             api_token="hub-t0ken", kbs_token="kbs-t0ken", tls_cert_pem="CERT", tls_ca_pem="CA"
         ),
     )
+    from teelab.extension.hub import server_token
+
+    monkeypatch.setattr(server_token, "_held", [])
     apply_bundle(bundle, keys)
-    assert os.environ["JUPYTERHUB_API_TOKEN"] == "hub-t0ken" and os.environ["JUPYTERHUB_USER"] == "alice"
+    # The hub token is in no environment (kernels and terminals inherit it): in this process's memory only.
+    assert "JUPYTERHUB_API_TOKEN" not in os.environ and server_token.hub_token() == "hub-t0ken"
+    assert os.environ["JUPYTERHUB_USER"] == "alice"
     assert Path.cwd() == home
     files = {name: Path(os.environ[name]) for name in ("TEELAB_KBS_TOKEN_FILE", "JUPYTERHUB_SSL_KEYFILE")}
     for path in files.values():
