@@ -13,6 +13,8 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { AttestationModel } from './attestation/model';
 import { AttestationPanel } from './attestation/panel';
 import { AttestationStatus } from './attestation/statusItem';
+import { DaskClustersModel } from './dask/model';
+import { withDaskSection } from './dask/section';
 import { listDatasets } from './datasets/api';
 import { DatasetBrowser, INSERT_COMMAND } from './datasets/browser';
 import { insertReadDataset } from './datasets/insert';
@@ -41,14 +43,15 @@ const attestation: JupyterFrontEndPlugin<void> = {
     };
     tracker.currentChanged.connect(follow);
     follow();
+    const dask = new DaskClustersModel(model); // the kernel's Dask clusters, below its attestation
 
-    let panel: MainAreaWidget<AttestationPanel> | null = null;
+    let panel: MainAreaWidget | null = null;
     app.commands.addCommand(OPEN_ATTESTATION, {
       label: 'teelab: show kernel attestation',
       caption: 'What the gateway verified about the current notebook kernel',
       execute: () => {
         if (panel === null || panel.isDisposed) {
-          panel = new MainAreaWidget({ content: new AttestationPanel(model) });
+          panel = new MainAreaWidget({ content: withDaskSection(new AttestationPanel(model), dask) });
           panel.id = 'teelab-attestation-area';
           panel.title.label = 'Kernel attestation';
           panel.title.closable = true;

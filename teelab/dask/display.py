@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from teelab.dask.records import NodeAttestation
+from teelab.timeutil import isoformat
 
 _SHORT_HASH = 16  # hex characters of the measurement shown in the table (the full value is in the title)
 _SIMULATED_TEXT = "simulated TEE — not confidential"
@@ -128,7 +129,7 @@ def node_view(record: NodeAttestation, *, address: str | None, connected: bool, 
         controller_detail=controller_detail,
         failure_check=check,
         failure_detail=detail,
-        attested_at=record.time.isoformat(),
+        attested_at=isoformat(record.time),
         starts=starts,
     )
 
@@ -245,10 +246,10 @@ def render_html(view: ClusterView, summary: str) -> str:
         f"{_E(view.scheduler_address)} · backend {_E(view.backend)}</p>"
         f"<p>{_E(summary)}</p>"
         f"{simulated}"
-        '<table style="width: 100%; text-align: left;">'
+        '<div style="overflow-x: auto;"><table style="text-align: left; white-space: nowrap;">'
         "<thead><tr><th>role</th><th>name</th><th>address</th><th>TEE</th><th>measurement</th>"
         "<th>controller</th><th>verdict</th><th>attested at</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table></div></div>"
+        f"<tbody>{rows}</tbody></table></div></div></div>"
     )
 
 

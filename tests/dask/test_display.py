@@ -72,10 +72,29 @@ def latest(recording: RecordingComm) -> dict[str, Any]:
 
 
 def until(
-    recording: RecordingComm, cluster_id: str, test: Callable[[dict[str, dict[str, Any]]], bool], what: str
+    recording: RecordingComm,
+    cluster_id: str,
+    test: Callable[[dict[str, dict[str, Any]]], bool],
+    what: str,
 ) -> dict[str, dict[str, Any]]:
-    wait_for(lambda: bool(recording.states()) and test(nodes_of(latest(recording), cluster_id)), what)
-    return nodes_of(latest(recording), cluster_id)
+    """Wait for a state pushed from now on that passes ``test`` (a passing state may be followed by the next
+    one before we look: every state is looked at, not only the latest)."""
+    seen = len(recording.states())
+    found: list[dict[str, dict[str, Any]]] = []
+
+    def passed() -> bool:
+        nonlocal seen
+        states = recording.states()
+        for state in states[max(seen - 1, 0) :]:
+            nodes = nodes_of(state, cluster_id)
+            if test(nodes):
+                found.append(nodes)
+                return True
+        seen = len(states)
+        return False
+
+    wait_for(passed, what)
+    return found[0]
 
 
 def connected(nodes: dict[str, dict[str, Any]]) -> list[str]:
