@@ -35,6 +35,8 @@ from traitlets import Integer, List, Unicode
 from teelab.errors import ConfigError
 from teelab.extension.hub import spawner_protocol as protocol
 from teelab.extension.hub.kubernetes import (
+    BOOT_PORT,
+    CHALLENGE_PORT,
     INIT_DATA_ANNOTATION,
     RUNTIME_CLASSES,
     ConfidentialPods,
@@ -153,8 +155,10 @@ class TeeKubeSpawner(TeeSpawner, KubeSpawner):  # type: ignore[misc]
     agent_policy_file = Unicode(
         "", help="The Kata agent policy (Rego, from genpolicy) for the init-data"
     ).tag(config=True)
-    boot_port = Integer(8890, help="Where the boot listens for the hub in its pod").tag(config=True)
-    challenge_port = Integer(8891, help="Where the boot answers re-challenges in its pod").tag(config=True)
+    boot_port = Integer(BOOT_PORT, help="Where the boot listens for the hub in its pod").tag(config=True)
+    challenge_port = Integer(CHALLENGE_PORT, help="Where the boot answers re-challenges in its pod").tag(
+        config=True
+    )
     boot_command = List(
         Unicode(),
         default_value=BOOT_COMMAND,

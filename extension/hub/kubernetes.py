@@ -56,6 +56,13 @@ SECRET_ENV = frozenset(
 )
 # Anything else whose name says it is a credential is refused rather than guessed about.
 SECRETISH = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|(^|_)KEY(FILE)?$", re.IGNORECASE)
+TEE_KUBE_SPAWNER = "teelab.extension.hub.kube_spawner.TeeKubeSpawner"
+# Where a TeeKubeSpawner pod's boot listens for the hub, and answers re-challenges (the pod's own ports).
+BOOT_PORT = 8890
+CHALLENGE_PORT = 8891
+# Z2JH labels: the hub's pod may reach single-user pods; single-user pods carry component=singleuser-server.
+HUB_ACCESS = {"hub.jupyter.org/network-access-singleuser": "true"}
+SINGLEUSER = {"component": "singleuser-server"}
 STRIP_HOOK = "from teelab.extension.hub.kubernetes import strip_secrets\nc.KubeSpawner.modify_pod_hook = strip_secrets\n"
 
 
@@ -128,6 +135,35 @@ class ConfidentialPods:
                 "config": {"KubeSpawner": self.kubespawner_traits()},
                 "extraConfig": {"teelab-confidential-pods": STRIP_HOOK},
             }
+        }
+
+    def tee_kube_spawner_values(
+        self, *, boot_port: int = BOOT_PORT, challenge_port: int = CHALLENGE_PORT
+    ) -> dict[str, Any]:
+        """Helm values for :class:`~teelab.extension.hub.kube_spawner.TeeKubeSpawner`: it makes each pod's
+        init-data itself (for the user's policy), so only the runtime class and the ports are configuration;
+        the network policies let the hub reach the boot's two ports (Z2JH allows only the server's port)."""
+        ports = [{"port": boot_port, "protocol": "TCP"}, {"port": challenge_port, "protocol": "TCP"}]
+        return {
+            "hub": {
+                "config": {
+                    "JupyterHub": {"spawner_class": TEE_KUBE_SPAWNER},
+                    "TeeKubeSpawner": {
+                        "runtime_class": self.runtime_class,
+                        "boot_port": boot_port,
+                        "challenge_port": challenge_port,
+                    },
+                    "KubeSpawner": {"automount_service_account_token": False},
+                },
+                "networkPolicy": {
+                    "egress": [{"to": [{"podSelector": {"matchLabels": SINGLEUSER}}], "ports": ports}]
+                },
+            },
+            "singleuser": {
+                "networkPolicy": {
+                    "ingress": [{"from": [{"podSelector": {"matchLabels": HUB_ACCESS}}], "ports": ports}]
+                }
+            },
         }
 
 

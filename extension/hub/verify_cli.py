@@ -164,9 +164,12 @@ def _k8s_values(args: argparse.Namespace) -> int:
         raise UsageError("--controller must be hex (SHA-256 of the spawner's G.pub)") from None
     except OSError as error:
         raise UsageError(f"cannot read {error.filename}: {error.strerror}") from None
-    pods = ConfidentialPods(args.runtime_class, controller, policy_digest, agent_policy)
-    print(json.dumps(pods.z2jh_values(), indent=2))  # JSON is YAML: pass it to helm with -f
-    field = "MRCONFIGID" if pods.algorithm == "sha384" else "HOST_DATA"
+    spawner = args.tee_kube_spawner  # TeeKubeSpawner: the spawner makes each pod's init-data (SHA-256) itself
+    digest = "sha256" if spawner else None
+    pods = ConfidentialPods(args.runtime_class, controller, policy_digest, agent_policy, digest=digest)
+    values = pods.tee_kube_spawner_values() if spawner else pods.z2jh_values()
+    print(json.dumps(values, indent=2))  # JSON is YAML: pass it to helm with -f
+    field = "MRCONFIGID" if args.runtime_class == "kata-qemu-tdx" else "HOST_DATA"
     print(
         f"# {field} of these pods: {pods.init_data_digest().hex()} (pin it in the server policy)",
         file=sys.stderr,
@@ -261,3 +264,8 @@ def register_commands(commands: Subparsers) -> None:
     k8s.add_argument("--controller", help="or its controller hash SHA-256(G.pub), hex")
     k8s.add_argument("--server-policy", type=Path, required=True, help="the hub's policy for the servers")
     k8s.add_argument("--agent-policy", type=Path, help="the Kata agent policy (Rego) from genpolicy")
+    k8s.add_argument(
+        "--tee-kube-spawner",
+        action="store_true",
+        help="values for teelab's TeeKubeSpawner (attested pods; it makes each pod's init-data itself)",
+    )

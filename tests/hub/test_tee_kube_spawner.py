@@ -278,3 +278,33 @@ def test_the_hook_points_no_secret_into_the_pod_even_from_the_operators_environm
     text = json.dumps(pod)
     assert "from-the-hub-host" not in text and "pw-of-the-store" not in text
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == "from-the-hub-host"
+
+
+def test_k8s_values_configure_the_tee_kube_spawner_whose_pods_report_the_printed_launch_field_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """no Kubernetes API server here: `teelab hub k8s-values --tee-kube-spawner` as the hub's configuration."""
+    import hashlib
+
+    from teelab.cli import main as teelab_main
+    from teelab.extension.hub.kube_spawner import decode_init_data_toml
+
+    c = configured(tmp_path, "kata-qemu-snp")
+    argv = ["hub", "k8s-values", "--runtime-class", "kata-qemu-tdx", "--tee-kube-spawner"]
+    argv += ["--identity-file", c.TeeSpawner.identity_file, "--server-policy", c.TeeSpawner.policy_for["*"]]
+    assert teelab_main(argv) == 0
+    captured = capsys.readouterr()
+    values = json.loads(captured.out)
+    config = values["hub"]["config"]
+    assert config["JupyterHub"]["spawner_class"] == "teelab.extension.hub.kube_spawner.TeeKubeSpawner"
+    rule = values["singleuser"]["networkPolicy"]["ingress"][0]
+    assert [port["port"] for port in rule["ports"]] == [8890, 8891]
+    assert rule["from"][0]["podSelector"]["matchLabels"] == {
+        "hub.jupyter.org/network-access-singleuser": "true"
+    }
+    c.merge(Config({name: section for name, section in config.items() if name != "JupyterHub"}))
+    _spawner, pod = started_pod(tmp_path, c)
+    assert pod["spec"]["runtimeClassName"] == "kata-qemu-tdx"
+    toml = decode_init_data_toml(pod["metadata"]["annotations"][INIT_DATA_ANNOTATION])
+    printed = captured.err.split("MRCONFIGID of these pods: ", 1)[1].split()[0]
+    assert printed == hashlib.sha256(toml.encode()).hexdigest()  # MRCONFIGID: this ‖ 16 zero bytes
