@@ -247,3 +247,72 @@ def test_a_pod_launched_with_another_init_data_never_says_hello(
     messages = [event["message"] for event in events]
     assert not [m for m in messages if m.startswith(("Evidence received", "Secrets sealed"))], messages
     assert state["teelab_attestation"]["status"] == "failed"
+
+
+def test_a_stranger_reaching_the_pods_boot_first_gets_only_the_public_hello_and_the_spawner_still_attests_it(
+    tee: Tee,
+) -> None:
+    """no Kubernetes API server here: another tenant of the cluster connects to the listening boot before the
+    hub and sends a bundle of its own; the boot drops it unopened and waits for G_s's."""
+    import socket
+    import time
+
+    from teelab.extension.hub import spawner_protocol as protocol
+    from teelab.extension.hub.spawner_protocol import (
+        ServerBootRequest,
+        ServerBundle,
+        ServerHello,
+        ServerSecrets,
+    )
+    from teelab.protocols.session import Ready, SealedBundle, decode_one_of, recv_frame, send_frame
+
+    spawner, stranger = GatewayIdentity.generate(), GatewayIdentity.generate()
+    pods = ConfidentialPods("kata-qemu-snp", spawner.controller, "0" * 64, digest="sha256")
+    port = free_port()
+    request = ServerBootRequest(
+        os.urandom(32),
+        ("127.0.0.1", port),
+        spawner.public,
+        "alice/",
+        ("127.0.0.1", free_port()),
+        listen=True,
+        init_data=pods.init_data_annotation(),
+    )
+    process = tee.backend.launch(
+        tee.image, inputs={protocol.REQUEST_ENV: request.to_env()}, controller=pods.init_data_digest()
+    )
+
+    def connect() -> socket.socket:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return socket.create_connection(("127.0.0.1", port), timeout=60)
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, "the boot never listened"
+                time.sleep(0.2)
+
+    def bundle_from(signer: GatewayIdentity, hello: ServerHello, confirm_key: bytes) -> SealedBundle:
+        bundle = ServerBundle(
+            "alice/", {"JUPYTERHUB_USER": "alice"}, (), "/", confirm_key, ServerSecrets("t0k")
+        )
+        sealed = protocol.seal(hello.enclave_key, request.nonce, bundle)
+        return SealedBundle(sealed, protocol.sign(signer.secret, sealed, request.nonce, hello.enclave_key))
+
+    try:
+        with connect() as channel:
+            first = ServerHello.from_json(recv_frame(channel))
+            send_frame(channel, bundle_from(stranger, first, os.urandom(32)))
+            assert channel.recv(1) == b""  # closed, nothing applied
+        assert process.poll() is None
+        confirm_key = os.urandom(32)
+        with connect() as channel:
+            hello = ServerHello.from_json(recv_frame(channel))
+            assert hello.enclave_key == first.enclave_key  # the same TEE, the same public hello
+            send_frame(channel, bundle_from(spawner, hello, confirm_key))
+            ready = decode_one_of(recv_frame(channel), Ready)
+            assert isinstance(ready, Ready)
+            assert protocol.check_ready(confirm_key, request.nonce, hello.enclave_key, ready.confirm)
+    finally:
+        process.kill()
+        process.wait()
+        process.cleanup()
