@@ -187,18 +187,18 @@ def _status(cluster: Any) -> str:
 
 def render_text(view: ClusterView) -> str:
     """A plain table, one node a line (the text ``repr`` after distributed's own first line)."""
-    header = ("role", "name", "address", "tee", "measurement", "controller", "verdict", "attested at")
+    header = ("role", "name", "verdict", "controller", "tee", "measurement", "address", "attested at")
     rows = [header]
     for node in view.nodes:
         rows.append(
             (
                 node.role,
                 node.name,
-                node.address or "—",
+                node.verdict_text,
+                _controller_text(node),
                 _tee_text(node, view.backend),
                 node.measurement_short,
-                _controller_text(node),
-                node.verdict_text,
+                node.address or "—",
                 node.attested_at,
             )
         )
@@ -247,8 +247,8 @@ def render_html(view: ClusterView, summary: str) -> str:
         f"<p>{_E(summary)}</p>"
         f"{simulated}"
         '<div style="overflow-x: auto;"><table style="text-align: left; white-space: nowrap;">'
-        "<thead><tr><th>role</th><th>name</th><th>address</th><th>TEE</th><th>measurement</th>"
-        "<th>controller</th><th>verdict</th><th>attested at</th></tr></thead>"
+        "<thead><tr><th>role</th><th>name</th><th>verdict</th><th>controller</th><th>TEE</th>"
+        "<th>measurement</th><th>address</th><th>attested at</th></tr></thead>"
         f"<tbody>{rows}</tbody></table></div></div></div>"
     )
 
@@ -261,12 +261,12 @@ def _html_row(node: NodeView, backend: str) -> str:
     return (
         f'<tr data-node="{_E(node.name)}" data-verdict="{"pass" if node.accepted else "fail"}">'
         f"<td>{_E(node.role)}</td><td>{_E(node.name)}{_E(replaced)}</td>"
-        f"<td><code>{_E(node.address or '—')}</code></td>"
-        f"<td>{_E(_tee_text(node, backend))}</td>"
-        f'<td><code title="{_E(node.measurement or "")}">{_E(node.measurement_short)}</code></td>'
+        f'<td style="color: {colour}; font-weight: bold;" title="{_E(title)}">{_E(node.verdict_text)}</td>'
         f'<td style="color: {controller_colour};" title="{_E(node.controller_detail)}">'
         f"{_E(_controller_text(node))}</td>"
-        f'<td style="color: {colour}; font-weight: bold;" title="{_E(title)}">{_E(node.verdict_text)}</td>'
+        f"<td>{_E(_tee_text(node, backend))}</td>"
+        f'<td><code title="{_E(node.measurement or "")}">{_E(node.measurement_short)}</code></td>'
+        f"<td><code>{_E(node.address or '—')}</code></td>"
         f"<td>{_E(node.attested_at)}</td></tr>"
     )
 

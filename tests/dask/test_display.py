@@ -166,7 +166,7 @@ def test_the_reprs_and_the_panel_state_follow_every_node(dask_env: DaskEnv) -> N
         parser = Cells()
         parser.feed(cluster._repr_html_())
         assert set(parser.rows) == {"scheduler", "0"}
-        role, name, address, tee, measurement, controller, verdict, attested = parser.rows["0"]
+        role, name, verdict, controller, tee, measurement, address, attested = parser.rows["0"]
         assert (role, name, address, tee) == ("worker", "0", nodes["0"]["address"], "SGX/sim (simulated)")
         assert (measurement, controller, verdict) == (short, "pass", "pass (warning)")
         assert attested == nodes["0"]["attested_at"]
@@ -285,7 +285,7 @@ def test_a_refused_node_shows_the_failing_check_and_its_words_only_as_text() -> 
     markup = display.render_html(view, "Workers: 0")
     parser = Cells()
     parser.feed(markup)
-    assert parser.rows["1"][6] == "fail: controller" and parser.rows["1"][5] == "fail"
+    assert parser.rows["1"][2] == "fail: controller" and parser.rows["1"][3] == "fail"
     assert "script" not in parser.tags and "b" not in parser.tags
     assert "&lt;script&gt;" in markup and "n&lt;b&gt;" in markup
     text = display.render_text(view)

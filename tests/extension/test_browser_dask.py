@@ -74,7 +74,7 @@ def test_the_panel_lists_every_node_of_the_kernels_cluster_with_its_verdict(
         expect(row).to_have_attribute("data-verdict", "pass")
         expect(row.locator('[data-teelab="dask-verdict"]')).to_have_text("✓ pass (warning)")
         expect(row).to_contain_text(short)
-        expect(row).to_contain_text("SGX/sim (simulated)")
+        expect(row.locator("td").nth(4)).to_have_text("SGX/sim")
     expect(section.locator('[data-teelab="dask-simulated"]')).to_contain_text("not confidential")
 
     # Scaled up in the notebook: the new worker's row appears once it is attested and joined.
@@ -83,12 +83,77 @@ def test_the_panel_lists_every_node_of_the_kernels_cluster_with_its_verdict(
     expect(worker).to_have_attribute("data-connected", "true", timeout=NODE_TIMEOUT)
     expect(worker).to_have_attribute("data-verdict", "pass")
     expect(rows).to_have_count(3)
-    addresses = rows.locator("td:nth-child(3)").all_inner_texts()
+    addresses = rows.locator("td:nth-child(7)").all_inner_texts()
     assert all(re.fullmatch(r"tls://127\.0\.0\.1:\d+", a) for a in addresses), addresses
     expect(panel.banner).to_be_visible()  # the kernel's own attestation stays above
+    # Room for the panel's table: the file browser folded away, as a user would.
+    lab_page.page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current").click()
     section.scroll_into_view_if_needed()
     lab_page.screenshot("jupyterlab-dask-cluster-panel")
 
     # Closed: the section says so.
     assert lab_page.run_cell("cluster.close()\nprint('closed')").strip() == "closed"
     expect(section.locator('[data-teelab="dask-empty"]')).to_be_visible(timeout=60_000)
+
+    # Code in the kernel can forge the report (the panel is the kernel's word; the gateway's verdict on the
+    # kernel anchors trust), but what it sends is only ever text, and a malformed report is refused.
+    assert lab_page.run_cell(FORGE).strip() == "forged"
+    forged = section.locator('[data-teelab="dask-node"]')
+    expect(forged).to_have_count(1)
+    expect(forged.locator("td").nth(1)).to_have_text(MARKUP)
+    expect(section.locator("h4")).to_contain_text("<b>cluster</b>")
+    assert section.locator("img, b").count() == 0
+    assert lab_page.page.evaluate("window.__teelabDask") is None
+    assert lab_page.run_cell(MALFORMED).strip() == "malformed"
+    expect(section.locator('[data-teelab="dask-error"]')).to_have_text(
+        "the kernel sent a malformed report (starts is not a count)"
+    )
+
+
+MARKUP = '<img src=x onerror="window.__teelabDask = 1">'
+NODE = {
+    "name": MARKUP,
+    "role": "worker",
+    "address": None,
+    "connected": False,
+    "verdict": "affirming",
+    "accepted": True,
+    "tee": "sgx",
+    "simulated": False,
+    "measurement": "00" * 32,
+    "controller": {"passed": True, "detail": MARKUP},
+    "failure": None,
+    "attested_at": "2026-12-03T00:00:00Z",
+    "starts": 1,
+}
+CLUSTER = {
+    "id": "forged",
+    "name": "<b>cluster</b>",
+    "status": "running",
+    "backend": "sim",
+    "simulated": False,
+    "scheduler_address": "tls://10.0.0.1:1",
+    "nodes": [NODE],
+}
+
+
+def send_from_the_kernel(message: dict[str, object], said: str) -> str:
+    return (
+        "import comm\n"
+        f"comm.create_comm(target_name='teelab.dask.attestation', data={message!r})\n"
+        f"print({said!r})"
+    )
+
+
+FORGE = send_from_the_kernel(
+    {"type": "clusters", "version": 1, "seq": 10**6, "clusters": [CLUSTER]}, "forged"
+)
+MALFORMED = send_from_the_kernel(
+    {
+        "type": "clusters",
+        "version": 1,
+        "seq": 10**6 + 1,
+        "clusters": [{**CLUSTER, "nodes": [{**NODE, "starts": 0}]}],
+    },
+    "malformed",
+)

@@ -67,12 +67,12 @@ function body(state: DaskState): Child[] {
 }
 
 function clusterView(cluster: IDaskCluster): HTMLElement {
-  const headers = ['Role', 'Name', 'Address', 'TEE', 'Measurement', 'Controller', 'Verdict', 'Attested at'];
+  const headers = ['Role', 'Name', 'Verdict', 'Controller', 'TEE', 'Measurement', 'Address', 'Attested at'];
   const table = el(
     'table',
     { className: 'teelab-checks teelab-dask-nodes' },
     el('thead', {}, el('tr', {}, ...headers.map(h => el('th', {}, h)))),
-    el('tbody', {}, ...cluster.nodes.map(node => nodeRow(node, cluster.backend)))
+    el('tbody', {}, ...cluster.nodes.map(node => nodeRow(node, cluster)))
   );
   return el(
     'section',
@@ -101,7 +101,7 @@ function clusterView(cluster: IDaskCluster): HTMLElement {
   );
 }
 
-function nodeRow(node: IDaskNode, backend: string): HTMLElement {
+function nodeRow(node: IDaskNode, cluster: IDaskCluster): HTMLElement {
   let verdict = `✗ fail: ${node.failure ? node.failure.check : node.verdict}`;
   if (node.accepted) {
     verdict = node.verdict === 'affirming' ? '✓ pass' : `✓ pass (${node.verdict})`;
@@ -111,7 +111,9 @@ function nodeRow(node: IDaskNode, backend: string): HTMLElement {
     controller = node.controller.passed ? '✓ pass' : '✗ fail';
   }
   const teeName = node.tee ? TEE_NAMES[node.tee] ?? node.tee : '?';
-  const tee = `${teeName}/${backend}${node.simulated ? ' (simulated)' : ''}`;
+  // A simulated cluster says so once, above its table; a node differing from its cluster says so itself.
+  const simulated = node.simulated && !cluster.simulated ? ' (simulated)' : '';
+  const tee = `${teeName}/${cluster.backend}${simulated}`;
   const replaced = node.starts > 1 ? ` (replaced ×${node.starts - 1})` : '';
   return el(
     'tr',
@@ -127,16 +129,6 @@ function nodeRow(node: IDaskNode, backend: string): HTMLElement {
     },
     el('td', {}, node.role),
     el('td', {}, node.name, replaced ? el('span', { className: 'teelab-muted' }, replaced) : null),
-    el('td', {}, node.address ? el('code', {}, node.address) : 'not connected'),
-    el('td', {}, tee),
-    el(
-      'td',
-      {},
-      node.measurement
-        ? el('code', { title: node.measurement }, node.measurement.slice(0, SHORT_HASH))
-        : '–'
-    ),
-    el('td', { title: node.controller.detail }, controller),
     el(
       'td',
       {
@@ -146,6 +138,16 @@ function nodeRow(node: IDaskNode, backend: string): HTMLElement {
       },
       verdict
     ),
+    el('td', { title: node.controller.detail }, controller),
+    el('td', {}, tee),
+    el(
+      'td',
+      {},
+      node.measurement
+        ? el('code', { title: node.measurement }, node.measurement.slice(0, SHORT_HASH))
+        : '–'
+    ),
+    el('td', {}, node.address ? el('code', {}, node.address) : 'not connected'),
     el('td', {}, node.attested_at)
   );
 }
