@@ -56,7 +56,7 @@ export class DaskClustersModel {
   private _attach(kernel: Kernel.IKernelConnection | null): void {
     this._detach();
     this._stale = false;
-    if (kernel === null || kernel.isDisposed) {
+    if (kernel === null || kernel.isDisposed || kernel.status === 'dead') {
       this._set({ kind: 'none' });
       return;
     }
@@ -64,9 +64,14 @@ export class DaskClustersModel {
     this._seq = -1;
     kernel.registerCommTarget(DASK_TARGET, this._onKernelOpen);
     this._set({ kind: 'waiting' });
-    const comm = kernel.createComm(DASK_TARGET);
-    this._watch(comm);
-    comm.open(DASK_REQUEST);
+    try {
+      const comm = kernel.createComm(DASK_TARGET);
+      this._watch(comm);
+      comm.open(DASK_REQUEST);
+    } catch {
+      // A kernel that died meanwhile: the attestation model follows with its new state.
+      this._set({ kind: 'none' });
+    }
   }
 
   private _detach(): void {

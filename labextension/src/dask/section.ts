@@ -132,7 +132,11 @@ function nodeRow(node: IDaskNode, cluster: IDaskCluster): HTMLElement {
     el(
       'td',
       {
-        className: 'teelab-check-result',
+        // Amber unless the verifier affirmed a real TEE, as the kernel's own badge.
+        className:
+          node.accepted && (node.verdict !== 'affirming' || node.simulated || cluster.simulated)
+            ? 'teelab-check-result teelab-dask-warning'
+            : 'teelab-check-result',
         title: node.failure ? node.failure.detail : node.verdict,
         attrs: { 'data-teelab': 'dask-verdict' }
       },
