@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import re
@@ -22,7 +23,14 @@ from dataclasses import dataclass, field
 from teelab.enclave_runtime.agent.output import OutputTail
 from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess
 from teelab.errors import TeelabError
-from teelab.protocols.session import BOOT_REQUEST_ENV, NONCE_SIZE, PORT_NAMES, BootRequest
+from teelab.protocols.session import (
+    BOOT_REQUEST_ENV,
+    ENTRIES,
+    ENTRY_KERNEL,
+    NONCE_SIZE,
+    PORT_NAMES,
+    BootRequest,
+)
 
 log = logging.getLogger("teelab.host")
 _IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -128,7 +136,9 @@ class KernelTable:
             raise AgentRefusal("NOT_FOUND", "no such kernel")
         return kernel
 
-    def check_request(self, backend: str, image: str, nonce: bytes, controller_key: bytes) -> EnclaveBackend:
+    def check_request(
+        self, backend: str, image: str, nonce: bytes, controller_key: bytes, entry: str = ENTRY_KERNEL
+    ) -> EnclaveBackend:
         if backend not in self.backends:
             offered = ", ".join(sorted(self.backends))
             raise AgentRefusal(
@@ -140,6 +150,8 @@ class KernelTable:
             raise AgentRefusal("INVALID_ARGUMENT", f"the nonce must be {NONCE_SIZE} bytes")
         if len(controller_key) != CONTROLLER_KEY_SIZE:
             raise AgentRefusal("INVALID_ARGUMENT", f"the controller key must be {CONTROLLER_KEY_SIZE} bytes")
+        if entry not in ENTRIES:
+            raise AgentRefusal("INVALID_ARGUMENT", f"the image has the boots {', '.join(sorted(ENTRIES))}")
         return self.backends[backend]
 
     def boot_request(self, nonce: bytes, port: int, controller_key: bytes) -> tuple[BootRequest, bytes]:
@@ -148,9 +160,16 @@ class KernelTable:
         return request, hashlib.sha256(controller_key).digest()
 
     async def launch(
-        self, gateway: str, *, backend: str, image: str, nonce: bytes, controller_key: bytes
+        self,
+        gateway: str,
+        *,
+        backend: str,
+        image: str,
+        nonce: bytes,
+        controller_key: bytes,
+        entry: str = ENTRY_KERNEL,
     ) -> HostedKernel:
-        tee = self.check_request(backend, image, nonce, controller_key)
+        tee = self.check_request(backend, image, nonce, controller_key, entry)
         async with self._lock:  # the limits count launches in progress too
             if len(self.live()) >= self.capacity:
                 raise AgentRefusal("RESOURCE_EXHAUSTED", f"this host runs its {self.capacity} kernels")
@@ -174,6 +193,7 @@ class KernelTable:
         try:
             loaded = await loop.run_in_executor(None, tee.load_image, image)
             request, controller = self.boot_request(nonce, answer.sockets[0].getsockname()[1], controller_key)
+            request = dataclasses.replace(request, entry=entry)  # which genuine boot answers (not secret)
             kernel.process = await loop.run_in_executor(
                 None,
                 lambda: tee.launch(

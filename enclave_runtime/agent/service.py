@@ -18,6 +18,7 @@ import grpc
 from teelab.enclave_runtime.agent.auth import GatewayAuth
 from teelab.enclave_runtime.agent.kernels import AgentRefusal, HostedKernel, KernelTable
 from teelab.enclave_runtime.agent.v1 import host_pb2, host_pb2_grpc
+from teelab.protocols.session import ENTRY_KERNEL
 
 RELAY_CHUNK = 64 * 1024
 _M = TypeVar("_M")
@@ -74,6 +75,7 @@ class HostAgentService(host_pb2_grpc.HostAgentServicer):
                 image=request.image,
                 nonce=request.nonce,
                 controller_key=request.controller_key,
+                entry=request.entry or ENTRY_KERNEL,
             )
         except AgentRefusal as refusal:
             await self._refuse(context, refusal)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from teelab.dask.agents import AgentCredentials as AgentCredentials
     from teelab.dask.cluster import TeeCluster as TeeCluster
     from teelab.dask.records import NodeAttestation as NodeAttestation
 
-__all__ = ["NodeAttestation", "TeeCluster"]
+__all__ = ["AgentCredentials", "NodeAttestation", "TeeCluster"]
 
 
 def __getattr__(name: str) -> Any:
@@ -24,4 +25,8 @@ def __getattr__(name: str) -> Any:
         from teelab.dask.records import NodeAttestation
 
         return NodeAttestation
+    if name == "AgentCredentials":
+        from teelab.dask.agents import AgentCredentials
+
+        return AgentCredentials
     raise AttributeError(name)

@@ -15,7 +15,7 @@ role (:mod:`teelab.dask.tls`, :mod:`teelab.dask.scheduler`). The design and its 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -23,9 +23,11 @@ from typing import Any
 from distributed.deploy.spec import SpecCluster
 
 from teelab.dask import comm, display
+from teelab.dask.agents import AgentCredentials, AgentPool
 from teelab.dask.controller import ClusterController
 from teelab.dask.nodes import TeeScheduler, TeeWorker
 from teelab.dask.records import NodeAttestation
+from teelab.errors import ConfigError
 from teelab.gateway.policy import AppraisalPolicy
 
 DEFAULT_LAUNCH_TIMEOUT = 120.0
@@ -38,7 +40,9 @@ class TeeCluster(SpecCluster):  # type: ignore[misc]
     kernel's measured image (``image``: its folder, default the one ``teelab kernel install`` built).
     ``policy``: the appraisal policy for every node (a TOML path or an ``AppraisalPolicy``; default on ``sim``:
     exactly this environment's kernel image, simulation allowed; required on real TEEs). ``replace_after``:
-    seconds after which a worker the scheduler lost is replaced by a freshly attested one.
+    seconds after which a worker the scheduler lost is replaced by a freshly attested one. ``hosts``: host
+    agents (``grpcs://HOST:PORT``) the workers are placed on, and with ``remote_scheduler`` the scheduler too;
+    ``host_credentials`` is what the controller presents to them (:mod:`teelab.dask.agents`, docs/dask.md).
     """
 
     def __init__(
@@ -56,13 +60,23 @@ class TeeCluster(SpecCluster):  # type: ignore[misc]
         loop: Any = None,
         name: str | None = None,
         shutdown_on_close: bool = True,
+        hosts: Sequence[str] | None = None,
+        host_credentials: AgentCredentials | None = None,
+        remote_scheduler: bool = False,
     ) -> None:
+        agents = None
+        if hosts is not None:
+            if host_credentials is None:
+                raise ConfigError("TeeCluster(hosts=...) needs host_credentials=AgentCredentials(...)")
+            agents = AgentPool(hosts, host_credentials, backend)
         self.controller = ClusterController(
             backend=backend,
             policy=policy,
             image=Path(image) if image is not None else None,
             host=host,
             launch_timeout=launch_timeout,
+            agents=agents,
+            remote_scheduler=remote_scheduler,
         )
         self.replace_after = replace_after
         comm.watch(self)  # the JupyterLab panel lists its nodes as they are attested (teelab.dask.comm)
@@ -108,6 +122,7 @@ class TeeCluster(SpecCluster):  # type: ignore[misc]
             await super()._close()  # type: ignore[no-untyped-call]
         finally:
             comm.forget(self)
+            await self.controller.close()
 
     def _new_worker_name(self, worker_number: int) -> str:
         return str(worker_number)  # the name the worker's certificate and registration carry

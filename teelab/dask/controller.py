@@ -24,11 +24,13 @@ import socket
 import subprocess
 import threading
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from teelab.dask.agents import AgentNode, AgentPool, HostAgentError
 from teelab.dask.records import NodeAttestation, controller_outcome, measurement_of
 from teelab.dask.tls import ClusterCA, InMemorySecurity, TlsIdentity, load_node_key
 from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess
@@ -38,7 +40,13 @@ from teelab.errors import ConfigError, EnclaveError, TeelabError
 from teelab.gateway.identity import GatewayIdentity
 from teelab.gateway.policy import AppraisalPolicy, SgxReference, load_policy
 from teelab.gateway.result import AttestationResult
-from teelab.gateway.session import SessionRefused, answer_channel, appraiser, attest_hello_and_seal
+from teelab.gateway.session import (
+    Channel,
+    SessionRefused,
+    answer_channel,
+    appraiser,
+    attest_hello_and_seal,
+)
 from teelab.protocols.session import (
     BOOT_REQUEST_ENV,
     ENTRY_DASK_NODE,
@@ -81,10 +89,36 @@ class OutputTail:
         return next((line for line in reversed(self.lines) if line.strip()), "")
 
 
+class LocalNode:
+    """A node this process launched through its own backend."""
+
+    where = "local"
+
+    def __init__(self, process: EnclaveProcess) -> None:
+        self.process = process
+        self.output = OutputTail(process)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    async def exited(self) -> bool:
+        return self.process.poll() is not None
+
+    async def last_words(self) -> str:
+        await asyncio.sleep(0.2)  # the pump catches the boot's last words
+        return self.output.last()
+
+    async def stop(self, grace: float) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, stop_process, self.process, grace)
+
+
+NodeHandle = LocalNode | AgentNode
+
+
 @dataclass
 class LaunchedNode:
-    process: EnclaveProcess
-    output: OutputTail
+    handle: NodeHandle
     record: NodeAttestation
 
 
@@ -122,6 +156,10 @@ def resolve_policy(
     return resolved
 
 
+def tls_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def free_port(host: str) -> int:
     """A port for the scheduler to listen on, chosen by the controller (as a kernel's ports are)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -152,7 +190,14 @@ class ClusterController:
         image: Path | None,
         host: str,
         launch_timeout: float,
+        agents: AgentPool | None = None,
+        remote_scheduler: bool = False,
     ) -> None:
+        """``agents``: place the workers (and with ``remote_scheduler`` the scheduler) on host agents."""
+        if remote_scheduler and agents is None:
+            raise ConfigError("a scheduler on a host agent needs TeeCluster(hosts=...)")
+        self.agents = agents
+        self.remote_scheduler = remote_scheduler
         self.cluster_id = uuid.uuid4().hex[:12]
         self.host = host
         self.launch_timeout = launch_timeout
@@ -168,12 +213,14 @@ class ClusterController:
         self.security = InMemorySecurity(TlsIdentity(self.ca.certificate_pem, client_certificate, client_key))
         self.scheduler_address = f"tls://{host}:{free_port(host)}"
 
+    def on_agents(self, role: str) -> bool:
+        return self.agents is not None and (role == "worker" or self.remote_scheduler)
+
     async def start_node(self, role: str, name: str, *, nthreads: int = 1) -> LaunchedNode:
         """Launch, attest, certify and configure one node; raises :class:`NodeRefused` (process killed)."""
         loop = asyncio.get_running_loop()
         nonce = secrets.token_bytes(NONCE_SIZE)
-        process: EnclaveProcess | None = None
-        output: OutputTail | None = None
+        handle: NodeHandle | None = None
         accepted: list[AttestationResult] = []
 
         async def make_bundle(hello: Hello, result: AttestationResult) -> DaskNodeBundle:
@@ -198,34 +245,12 @@ class ClusterController:
                 attestation=result.to_json(),
             )
 
+        def launched(node: NodeHandle) -> None:
+            nonlocal handle
+            handle = node
+
         try:
-            async with answer_channel(self.host) as answer:
-                request = BootRequest(
-                    nonce,
-                    answer.host,
-                    answer.port,
-                    controller_key=self.identity.public,
-                    entry=ENTRY_DASK_NODE,
-                )
-                process = await loop.run_in_executor(
-                    None,
-                    functools.partial(
-                        self.backend.launch,
-                        self.image,
-                        inputs={BOOT_REQUEST_ENV: request.to_env()},
-                        controller=self.identity.controller,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.PIPE,
-                    ),
-                )
-                output = OutputTail(process)
-                launched = process
-                channel = await answer.accept(
-                    timeout=self.launch_timeout, gone=lambda: launched.poll() is not None
-                )
-                if channel is None:
-                    await asyncio.sleep(0.2)  # the pump catches the boot's last words
-                    raise NodeRefused(name, "boot", f"the node boot exited with status {launched.returncode}")
+            async with self._boot_channel(role, name, nonce, launched) as channel:
                 result = await attest_hello_and_seal(
                     channel,
                     nonce=nonce,
@@ -236,20 +261,75 @@ class ClusterController:
                     tls_key=True,
                 )
         except BaseException as error:
-            refusal = self._refusal(name, error, output)
-            self.records.append(self._record(name, role, error_result(error, accepted), refusal, process))
-            if process is not None:
-                await loop.run_in_executor(None, stop_process, process, 0.0)
+            said = ""
+            if handle is not None and isinstance(error, TeelabError | TimeoutError):
+                with contextlib.suppress(Exception):
+                    said = await handle.last_words()
+            refusal = self._refusal(name, error, said)
+            self.records.append(self._record(name, role, error_result(error, accepted), refusal, handle))
+            if handle is not None:
+                await handle.stop(0.0)
             if refusal is None:
                 raise
             raise refusal from None
-        record = self._record(name, role, result, None, process)
+        record = self._record(name, role, result, None, handle)
         self.records.append(record)
-        assert process is not None and output is not None
-        return LaunchedNode(process, output, record)
+        assert handle is not None
+        return LaunchedNode(handle, record)
 
-    def _refusal(self, name: str, error: BaseException, output: OutputTail | None) -> NodeRefused | None:
-        said = f"; the node said: {output.last()}" if output is not None and output.last() else ""
+    @contextlib.asynccontextmanager
+    async def _boot_channel(
+        self, role: str, name: str, nonce: bytes, launched: Callable[[NodeHandle], None]
+    ) -> AsyncIterator[Channel]:
+        """Launch the node (here, or on an agent) and yield the connection its boot answers on."""
+        if self.agents is not None and self.on_agents(role):
+            async with self.agents.launched(KERNEL_IMAGE, nonce, self.identity.public) as (
+                node,
+                ports,
+                channel,
+            ):
+                launched(node)
+                if role == "scheduler":
+                    # It listens on a port the agent reports free on its host, at the address we dialled.
+                    if not ports or not 0 < ports[0] < 65536:
+                        raise NodeRefused(name, "host_agent", f"{node.where} reported no usable port")
+                    self.scheduler_address = f"tls://{tls_host(node.client.target.host)}:{ports[0]}"
+                yield channel
+            return
+        loop = asyncio.get_running_loop()
+        async with answer_channel(self.host) as answer:
+            request = BootRequest(
+                nonce,
+                answer.host,
+                answer.port,
+                controller_key=self.identity.public,
+                entry=ENTRY_DASK_NODE,
+            )
+            process = await loop.run_in_executor(
+                None,
+                functools.partial(
+                    self.backend.launch,
+                    self.image,
+                    inputs={BOOT_REQUEST_ENV: request.to_env()},
+                    controller=self.identity.controller,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                ),
+            )
+            launched(LocalNode(process))
+            answered = await answer.accept(
+                timeout=self.launch_timeout, gone=lambda: process.poll() is not None
+            )
+            if answered is None:
+                raise NodeRefused(name, "boot", f"the node boot exited with status {process.returncode}")
+            yield answered
+
+    async def close(self) -> None:
+        if self.agents is not None:
+            await self.agents.close()
+
+    def _refusal(self, name: str, error: BaseException, last_words: str) -> NodeRefused | None:
+        said = f"; the node said: {last_words}" if last_words else ""
         if isinstance(error, NodeRefused):
             return NodeRefused(name, error.check, error.detail + said)
         if isinstance(error, SessionRefused):
@@ -258,6 +338,8 @@ class ClusterController:
             return NodeRefused(name, "timeout", f"no answer within {self.launch_timeout:.0f} s{said}")
         if isinstance(error, EnclaveError):  # the launch itself: the image, its trusted files, the backend
             return NodeRefused(name, "enclave_image", error.message)
+        if isinstance(error, HostAgentError):
+            return NodeRefused(name, "host_agent", error.message)
         if isinstance(error, TeelabError):
             return NodeRefused(name, "handshake", error.message + said)
         return None  # cancelled, or a bug: re-raised as it is (the process is still killed)
@@ -268,7 +350,7 @@ class ClusterController:
         role: str,
         result: AttestationResult | None,
         refusal: NodeRefused | None,
-        process: EnclaveProcess | None,
+        handle: NodeHandle | None,
     ) -> NodeAttestation:
         return NodeAttestation(
             name=name,
@@ -280,7 +362,7 @@ class ClusterController:
             tee=result.tee if result is not None else None,
             simulated=result.simulated if result is not None else False,
             failure=f"{refusal.check}: {refusal.detail}" if refusal is not None else None,
-            pid=process.pid if process is not None else None,
+            pid=handle.pid if handle is not None else None,
             result=result.to_json() if result is not None else None,
         )
 

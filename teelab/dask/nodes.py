@@ -1,7 +1,7 @@
 """The scheduler and the workers of a :class:`~teelab.dask.TeeCluster` as ``SpecCluster`` sees them: each a
 ``ProcessInterface`` whose ``start`` launches and attests one TEE node through the cluster's controller
 (:mod:`teelab.dask.controller`) and whose ``close`` ends it. A replaced or added worker is a fresh start, so
-it is attested afresh."""
+it is attested afresh. A node runs here or on a host agent (:mod:`teelab.dask.agents`): ``where`` says which."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from distributed.deploy.spec import ProcessInterface
 
-from teelab.dask.controller import ClusterController, LaunchedNode, stop_process
+from teelab.dask.controller import ClusterController, LaunchedNode
 
 STOP_GRACE = 5.0  # seconds a node gets to leave the cluster before SIGKILL
 
@@ -28,21 +28,27 @@ class TeeNode(ProcessInterface):  # type: ignore[misc]
 
     @property
     def pid(self) -> int | None:
-        return self.node.process.pid if self.node is not None else None
+        return self.node.handle.pid if self.node is not None else None
+
+    @property
+    def where(self) -> str | None:
+        """``local``, or the host agent (``grpcs://HOST:PORT``) the node runs on."""
+        return self.node.handle.where if self.node is not None else None
 
     async def start(self) -> None:
         self.node = await self.controller.start_node(self.role, str(self.name), nthreads=self.nthreads)
+        if self.role == "scheduler":
+            self.address = self.controller.scheduler_address  # on an agent: known once it is launched
         await super().start()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         if self.node is not None:
-            await asyncio.get_running_loop().run_in_executor(
-                None, stop_process, self.node.process, STOP_GRACE
-            )
+            await self.node.handle.stop(STOP_GRACE)
         await super().close()  # type: ignore[no-untyped-call]
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name} pid={self.pid} status={self.status.name}>"
+        at = f"pid={self.pid}" if self.where in (None, "local") else f"on {self.where}"
+        return f"<{type(self).__name__} {self.name} {at} status={self.status.name}>"
 
 
 class TeeScheduler(TeeNode):
@@ -72,7 +78,7 @@ class TeeWorker(TeeNode):
         ref = getattr(self, "_cluster", None)  # set by SpecCluster once the worker started
         cluster = ref() if ref is not None else None
         comm = getattr(cluster, "scheduler_comm", None)
-        if comm is None or self.node is None or self.node.process.poll() is not None:
+        if comm is None or self.node is None or await self.node.handle.exited():
             return
         with contextlib.suppress(OSError, TimeoutError):
             await asyncio.wait_for(

@@ -28,7 +28,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19teelab/host/v1/host.proto\x12\x0eteelab.host.v1\"V\n\rLaunchRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x16\n\x0e\x63ontroller_key\x18\x04 \x01(\x0c\"/\n\x0bLaunchReply\x12\x11\n\tkernel_id\x18\x01 \x01(\t\x12\r\n\x05ports\x18\x02 \x03(\r\"-\n\nRelayFrame\x12\x11\n\tkernel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x1e\n\tKernelRef\x12\x11\n\tkernel_id\x18\x01 \x01(\t\"\x88\x01\n\x0cKernelStatus\x12\x11\n\tkernel_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06\x65xited\x18\x03 \x01(\x08\x12\x11\n\texit_code\x18\x04 \x01(\x11\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\r\n\x05ports\x18\x06 \x03(\r\x12\x13\n\x0boutput_tail\x18\x07 \x01(\t\"\r\n\x0bListRequest\"\x84\x01\n\tListReply\x12-\n\x07kernels\x18\x01 \x03(\x0b\x32\x1c.teelab.host.v1.KernelStatus\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x13\n\x0bper_gateway\x18\x04 \x01(\r\x12\x10\n\x08\x62\x61\x63kends\x18\x05 \x03(\t2\xda\x02\n\tHostAgent\x12\x44\n\x06Launch\x12\x1d.teelab.host.v1.LaunchRequest\x1a\x1b.teelab.host.v1.LaunchReply\x12\x43\n\x05Relay\x12\x1a.teelab.host.v1.RelayFrame\x1a\x1a.teelab.host.v1.RelayFrame(\x01\x30\x01\x12\x41\n\x06Status\x12\x19.teelab.host.v1.KernelRef\x1a\x1c.teelab.host.v1.KernelStatus\x12?\n\x04Kill\x12\x19.teelab.host.v1.KernelRef\x1a\x1c.teelab.host.v1.KernelStatus\x12>\n\x04List\x12\x1b.teelab.host.v1.ListRequest\x1a\x19.teelab.host.v1.ListReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19teelab/host/v1/host.proto\x12\x0eteelab.host.v1\"e\n\rLaunchRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x16\n\x0e\x63ontroller_key\x18\x04 \x01(\x0c\x12\r\n\x05\x65ntry\x18\x05 \x01(\t\"/\n\x0bLaunchReply\x12\x11\n\tkernel_id\x18\x01 \x01(\t\x12\r\n\x05ports\x18\x02 \x03(\r\"-\n\nRelayFrame\x12\x11\n\tkernel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x1e\n\tKernelRef\x12\x11\n\tkernel_id\x18\x01 \x01(\t\"\x88\x01\n\x0cKernelStatus\x12\x11\n\tkernel_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06\x65xited\x18\x03 \x01(\x08\x12\x11\n\texit_code\x18\x04 \x01(\x11\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\r\n\x05ports\x18\x06 \x03(\r\x12\x13\n\x0boutput_tail\x18\x07 \x01(\t\"\r\n\x0bListRequest\"\x84\x01\n\tListReply\x12-\n\x07kernels\x18\x01 \x03(\x0b\x32\x1c.teelab.host.v1.KernelStatus\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x13\n\x0bper_gateway\x18\x04 \x01(\r\x12\x10\n\x08\x62\x61\x63kends\x18\x05 \x03(\t2\xda\x02\n\tHostAgent\x12\x44\n\x06Launch\x12\x1d.teelab.host.v1.LaunchRequest\x1a\x1b.teelab.host.v1.LaunchReply\x12\x43\n\x05Relay\x12\x1a.teelab.host.v1.RelayFrame\x1a\x1a.teelab.host.v1.RelayFrame(\x01\x30\x01\x12\x41\n\x06Status\x12\x19.teelab.host.v1.KernelRef\x1a\x1c.teelab.host.v1.KernelStatus\x12?\n\x04Kill\x12\x19.teelab.host.v1.KernelRef\x1a\x1c.teelab.host.v1.KernelStatus\x12>\n\x04List\x12\x1b.teelab.host.v1.ListRequest\x1a\x19.teelab.host.v1.ListReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,19 +36,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'teelab.host.v1.host_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LAUNCHREQUEST']._serialized_start=45
-  _globals['_LAUNCHREQUEST']._serialized_end=131
-  _globals['_LAUNCHREPLY']._serialized_start=133
-  _globals['_LAUNCHREPLY']._serialized_end=180
-  _globals['_RELAYFRAME']._serialized_start=182
-  _globals['_RELAYFRAME']._serialized_end=227
-  _globals['_KERNELREF']._serialized_start=229
-  _globals['_KERNELREF']._serialized_end=259
-  _globals['_KERNELSTATUS']._serialized_start=262
-  _globals['_KERNELSTATUS']._serialized_end=398
-  _globals['_LISTREQUEST']._serialized_start=400
-  _globals['_LISTREQUEST']._serialized_end=413
-  _globals['_LISTREPLY']._serialized_start=416
-  _globals['_LISTREPLY']._serialized_end=548
-  _globals['_HOSTAGENT']._serialized_start=551
-  _globals['_HOSTAGENT']._serialized_end=897
+  _globals['_LAUNCHREQUEST']._serialized_end=146
+  _globals['_LAUNCHREPLY']._serialized_start=148
+  _globals['_LAUNCHREPLY']._serialized_end=195
+  _globals['_RELAYFRAME']._serialized_start=197
+  _globals['_RELAYFRAME']._serialized_end=242
+  _globals['_KERNELREF']._serialized_start=244
+  _globals['_KERNELREF']._serialized_end=274
+  _globals['_KERNELSTATUS']._serialized_start=277
+  _globals['_KERNELSTATUS']._serialized_end=413
+  _globals['_LISTREQUEST']._serialized_start=415
+  _globals['_LISTREQUEST']._serialized_end=428
+  _globals['_LISTREPLY']._serialized_start=431
+  _globals['_LISTREPLY']._serialized_end=563
+  _globals['_HOSTAGENT']._serialized_start=566
+  _globals['_HOSTAGENT']._serialized_end=912
 # @@protoc_insertion_point(module_scope)

@@ -11,16 +11,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LaunchRequest(_message.Message):
-    __slots__ = ("backend", "image", "nonce", "controller_key")
+    __slots__ = ("backend", "image", "nonce", "controller_key", "entry")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     CONTROLLER_KEY_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
     backend: str
     image: str
     nonce: bytes
     controller_key: bytes
-    def __init__(self, backend: _Optional[str] = ..., image: _Optional[str] = ..., nonce: _Optional[bytes] = ..., controller_key: _Optional[bytes] = ...) -> None: ...
+    entry: str
+    def __init__(self, backend: _Optional[str] = ..., image: _Optional[str] = ..., nonce: _Optional[bytes] = ..., controller_key: _Optional[bytes] = ..., entry: _Optional[str] = ...) -> None: ...
 
 class LaunchReply(_message.Message):
     __slots__ = ("kernel_id", "ports")
