@@ -137,8 +137,7 @@ class AttestationBroadcaster:
                 self._target_registered = True
             if self._open_comm is not None and self._announced is None:
                 self._announce(self._open_comm)
-                return  # the comm_open carried the state
-        self.changed()
+        self.changed()  # the other open comms (a newer seq than the announcement's: harmless to it)
 
     def forget(self, cluster: Any) -> None:
         """Stop listing a closed cluster, and say so on every comm."""

@@ -3,8 +3,10 @@
 The user opens the attestation panel of a notebook on the simulated TEE kernel (no cluster yet), starts a
 ``TeeCluster`` (sim, a scheduler and one worker) in a cell — the cell shows it as LocalCluster does, with each
 node's verdict — and the panel lists every node with its verdict as it is attested; scaling to two workers adds
-a row, closing the cluster empties the section. The kernel is the clusters' controller: the nodes are launched
-from the kernel's process through the sim backend. A screenshot goes to tests/artifacts/.
+a row, closing the cluster empties the section. A report forged by code in the kernel is shown only as text, a
+malformed one is refused, and after a restart the panel asks the new kernel. The kernel is the clusters'
+controller: the nodes are launched from the kernel's process through the sim backend. A screenshot goes to
+tests/artifacts/.
 """
 
 from __future__ import annotations
@@ -108,6 +110,11 @@ def test_the_panel_lists_every_node_of_the_kernels_cluster_with_its_verdict(
     expect(section.locator('[data-teelab="dask-error"]')).to_have_text(
         "the kernel sent a malformed report (starts is not a count)"
     )
+
+    # A restart is a new kernel: the panel asks it afresh (nothing forged survives it).
+    lab_page.restart_kernel()
+    lab_page.wait_idle()
+    expect(section.locator('[data-teelab="dask-empty"]')).to_be_visible(timeout=60_000)
 
 
 MARKUP = '<img src=x onerror="window.__teelabDask = 1">'
