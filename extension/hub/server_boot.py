@@ -20,10 +20,12 @@ What it writes to stderr is read by the host: it says what step failed, never a 
 
 from __future__ import annotations
 
+import datetime
 import hmac
 import json
 import os
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -32,9 +34,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.x509.oid import NameOID
 
 from teelab.errors import TeelabError
 from teelab.extension.hub import server_token
@@ -119,17 +123,52 @@ class ServerKeys:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
 
+    def challenge_tls(self) -> ssl.SSLContext:
+        """TLS for the re-challenge listener with ``T`` itself: the hub pins ``T.spki`` (the attested key), so a
+        self-signed certificate made here is all it needs; the key reaches OpenSSL through a memory file."""
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "teelab hub server")])
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.tls_secret.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .sign(self.tls_secret, hashes.SHA256())
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        fd = os.memfd_create("teelab-hub-server-challenge", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, certificate.public_bytes(serialization.Encoding.PEM) + self.tls_key_pem())
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return context
+
 
 def challenge_server(
     listen: tuple[str, int], keys: ServerKeys, server: str, evidence: Callable[[bytes], Evidence]
 ) -> ThreadingHTTPServer:
-    """Answer ``GET /teelab/hub-server/attest?nonce=<64 hex>`` with fresh evidence over the same keys.
+    """Answer ``GET /teelab/hub-server/attest?nonce=<64 hex>`` with fresh evidence over the same keys, over TLS
+    with the attested key ``T`` (the hub pins it: an answer relayed by anyone else fails).
 
     Unauthenticated on purpose: it hands out nothing but public keys and evidence bound to the asker's nonce
     under a label no hello carries."""
     lock = threading.Lock()
+    tls = keys.challenge_tls()
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 30  # a client that stalls its handshake or request holds one thread, for this long
+
+        def setup(self) -> None:
+            # The handshake in this connection's own thread: a slow client never holds up the listener.
+            self.request.settimeout(self.timeout)
+            self.request = tls.wrap_socket(self.request, server_side=True)
+            super().setup()
+
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             values = parse_qs(url.query).get("nonce", [])
@@ -153,7 +192,11 @@ def challenge_server(
         def log_message(self, format: str, *args: Any) -> None:
             return None  # the host reads stderr; nonces are not worth telling it
 
-    httpd = ThreadingHTTPServer(listen, Handler)
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            return None  # a failed handshake or a client gone: nothing the host should read about
+
+    httpd = Server(listen, Handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, name="teelab-attest", daemon=True).start()
     return httpd

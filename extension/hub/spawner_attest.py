@@ -4,18 +4,21 @@
 verify its evidence (policy, report_data binding, controller), refuse and say which check failed, or seal the
 server's bundle to the attested key, sign it with ``G_s`` and await the key confirmation. Nothing of the
 bundle — let alone a secret — exists before the evidence passed. :func:`challenge` is the re-challenge
-``poll()`` makes: fresh evidence over the recorded keys.
+``poll()`` makes: fresh evidence over the recorded keys, over TLS with the recorded key ``T`` pinned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from teelab.errors import EvidenceError
 from teelab.extension.hub import spawner_protocol as protocol
@@ -37,6 +40,7 @@ from teelab.protocols.session import (
 )
 
 ATTEST_PATH = "/teelab/hub-server/attest"
+MAX_ANSWER = 1024 * 1024  # a challenge answer: keys and one piece of evidence (with its certificates)
 # (name of the step, what happened) -> shown on the spawn-pending page
 Step = Callable[[str, str], None]
 MakeBundle = Callable[[ServerHello, AttestationResult], Awaitable[ServerBundle]]
@@ -131,6 +135,36 @@ class ChallengeOutcome:
     result: AttestationResult | None
 
 
+async def _get_over_tls(host: str, port: int, path: str) -> tuple[bytes, bytes]:
+    """``GET path`` over TLS: the peer's SubjectPublicKeyInfo (DER, from this very handshake) and the 200
+    answer's body. No certificate authority: the caller pins the key."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the key is compared with the attested one instead
+    reader, writer = await asyncio.open_connection(host, port, ssl=context)
+    try:
+        peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        spki = (
+            x509.load_der_x509_certificate(peer)
+            .public_key()
+            .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        raw = await reader.read(MAX_ANSWER + 1)
+        while raw and len(raw) <= MAX_ANSWER and (more := await reader.read(MAX_ANSWER + 1 - len(raw))):
+            raw += more
+    finally:
+        writer.close()
+    if len(raw) > MAX_ANSWER:
+        raise ValueError(f"the answer is larger than {MAX_ANSWER} bytes")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    if len(status) < 2 or status[1] != b"200":
+        raise ValueError(f"the answer's status is {b' '.join(status[1:3]).decode(errors='replace')!r}")
+    return spki, body
+
+
 async def challenge(
     host: str,
     port: int,
@@ -141,23 +175,24 @@ async def challenge(
     appraise: Appraise,
     timeout: float,
 ) -> ChallengeOutcome:
-    """Ask the server's boot for fresh evidence; ok only if it is over the *recorded* E.pub and TLS key."""
+    """Ask the server's boot for fresh evidence; ok only if it comes over TLS with the recorded key ``T`` and
+    is over the *recorded* E.pub and TLS key."""
     nonce = os.urandom(protocol.NONCE_SIZE)
-    request = HTTPRequest(
-        f"http://{host}:{port}{ATTEST_PATH}?nonce={nonce.hex()}",
-        request_timeout=timeout,
-        follow_redirects=False,
-    )
     try:
-        response = await AsyncHTTPClient().fetch(request)
-        answer = ChallengeAnswer.from_json(json.loads(response.body))
+        channel_spki, body = await asyncio.wait_for(
+            _get_over_tls(host, port, f"{ATTEST_PATH}?nonce={nonce.hex()}"), timeout
+        )
+        answer = ChallengeAnswer.from_json(json.loads(body))
         evidence = Evidence.from_json(answer.evidence)
-    except (HTTPClientError, OSError, ValueError, HandshakeError, EvidenceError) as error:
+    except (OSError, TimeoutError, ValueError, RecursionError, HandshakeError, EvidenceError) as error:
         reason = f"the server's TEE did not answer a challenge: {error}"
         return ChallengeOutcome(False, "unreachable", nonce, reason, None, None)
     if answer.enclave_key != enclave_key or answer.tls_spki != tls_spki:
         which = "enclave key" if answer.enclave_key != enclave_key else "TLS key"
         reason = f"the server's {which} changed since it was attested: another TEE answers"
+        return ChallengeOutcome(False, "key-changed", nonce, reason, answer, None)
+    if not hmac.compare_digest(channel_spki, tls_spki):
+        reason = "the challenge's TLS connection presented another key than the attested one: a relay answers"
         return ChallengeOutcome(False, "key-changed", nonce, reason, answer, None)
     observed = Observed(enclave_key, tls_spki, evidence, nonce, server, "challenge")
     result = await _appraise(appraise, evidence, observed.report_data())

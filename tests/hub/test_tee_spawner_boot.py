@@ -6,19 +6,21 @@ controller) and, where it holds ``G_s``, the spawner.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_der_public_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
 
 from teelab.enclave_runtime.backend import EnclaveProcess, Evidence
 from teelab.enclave_runtime.image import EnclaveImage
@@ -176,10 +178,20 @@ def test_rechallenges_bind_the_same_keys_and_are_never_a_hello(tee: Tee, launch:
     with channel:
         nonce = os.urandom(32)
         host, port = boot.request.attest_listen
-        with urllib.request.urlopen(
-            f"http://{host}:{port}/teelab/hub-server/attest?nonce={nonce.hex()}", timeout=SECONDS
-        ) as answer:
-            challenge = ChallengeAnswer.from_json(json.loads(answer.read()))
+        # Over TLS with the attested key T itself (the spawner pins it: spawner_attest.challenge).
+        unverified = ssl.create_default_context()
+        unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
+        connection = http.client.HTTPSConnection(host, port, timeout=SECONDS, context=unverified)
+        try:
+            connection.request("GET", f"/teelab/hub-server/attest?nonce={nonce.hex()}")
+            assert isinstance(connection.sock, ssl.SSLSocket)
+            peer = connection.sock.getpeercert(binary_form=True)
+            challenge = ChallengeAnswer.from_json(json.loads(connection.getresponse().read()))
+        finally:
+            connection.close()
+    assert peer is not None
+    presented = x509.load_der_x509_certificate(peer).public_key()
+    assert presented.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == hello.tls_spki
     assert (challenge.enclave_key, challenge.tls_spki) == (hello.enclave_key, hello.tls_spki)
     evidence = Evidence.from_json(challenge.evidence)
     policy = load_policy(tee.root / "policies" / "hub-server.toml")
