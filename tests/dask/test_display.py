@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import comm as comm_package
@@ -204,6 +205,30 @@ def test_the_reprs_and_the_panel_state_follow_every_node(dask_env: DaskEnv) -> N
 
     # Closed: the cluster is no longer listed.
     assert nodes_of(latest(panel), cid) == {}
+
+
+def test_a_refused_node_is_pushed_with_the_check_that_refused_it(dask_env: DaskEnv, tmp_path: Path) -> None:
+    """A policy pinning another image: the scheduler's start is refused, and the panel is told which check
+    refused it before the failed cluster is dropped from the list."""
+    policy = tmp_path / "other-image.toml"
+    policy.write_text(dask_env.policy.read_text().replace(dask_env.mrenclave, "11" * 32))
+    panel = RecordingComm()
+    comm.broadcaster().on_open(panel, open_message(GOOD))
+    with pytest.raises(RuntimeError, match=r"policy\.mrenclave"):
+        TeeCluster(n_workers=0, backend="sim", policy=policy)
+    refusals = [
+        node
+        for state in panel.states()
+        for cluster in state["clusters"]
+        for node in cluster["nodes"]
+        if not node["accepted"]
+    ]
+    assert refusals, panel.states()
+    node = refusals[-1]
+    assert node["name"] == "scheduler" and node["verdict"] == "contraindicated"
+    assert node["failure"]["check"] == "policy.mrenclave" and node["measurement"] == dask_env.mrenclave
+    assert not node["connected"] and node["address"] is None
+    assert latest(panel)["clusters"] == []  # the cluster that failed to start is no longer listed
 
 
 # -- strict decoding ---------------------------------------------------------------------------------
