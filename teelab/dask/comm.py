@@ -103,7 +103,7 @@ class ObservedRecords(list[NodeAttestation]):
 
 
 class AttestationBroadcaster:
-    """This process's clusters and the comms the state is pushed on (one per process: :data:`BROADCASTER`).
+    """This process's clusters and the comms the state is pushed on (one per process: :func:`broadcaster`).
 
     ``open_comm`` makes a comm from the kernel (``comm.create_comm`` in a kernel); ``register_target``
     registers the handler for comms the panel opens. Both are ``None`` outside a kernel: then nothing is sent
