@@ -308,3 +308,50 @@ def test_k8s_values_configure_the_tee_kube_spawner_whose_pods_report_the_printed
     toml = decode_init_data_toml(pod["metadata"]["annotations"][INIT_DATA_ANNOTATION])
     printed = captured.err.split("MRCONFIGID of these pods: ", 1)[1].split()[0]
     assert printed == hashlib.sha256(toml.encode()).hexdigest()  # MRCONFIGID: this ‖ 16 zero bytes
+
+
+@pytest.mark.parametrize(
+    "annotation",
+    [
+        "not base64 ☃",
+        base64.b64encode(b"not gzip").decode(),
+        base64.b64encode(gzip.compress(b"\xff\xfe not utf-8")).decode(),
+        base64.b64encode(gzip.compress(b"[data\n")).decode(),  # not TOML
+        base64.b64encode(gzip.compress(b'version = "0.1.0"\nalgorithm = "sha256"\n')).decode(),  # no data
+        base64.b64encode(
+            gzip.compress(b'version = "0.1.0"\nalgorithm = "md5"\n[data]\n"teelab.toml" = ""\n')
+        ).decode(),
+        base64.b64encode(
+            gzip.compress(b'version = "9"\nalgorithm = "sha256"\n[data]\n"teelab.toml" = ""\n')
+        ).decode(),
+        base64.b64encode(
+            gzip.compress(
+                b'version = "0.1.0"\nalgorithm = "sha256"\n[data]\n"teelab.toml" = "controller = \\"zz\\""\n'
+            )
+        ).decode(),
+        base64.b64encode(gzip.compress(b"#" * (2 * 1024 * 1024))).decode(),  # inflates past the bound
+        base64.b64encode(gzip.compress(b'version = "0.1.0"\n')[:-8]).decode(),  # truncated
+    ],
+)
+def test_the_boots_init_data_reader_fails_only_with_a_handshake_error(annotation: str) -> None:
+    """The boot reads the init-data from its request, which crossed the host."""
+    from teelab.extension.hub.kubernetes import read_init_data
+    from teelab.protocols.session import HandshakeError
+
+    with pytest.raises(HandshakeError):
+        read_init_data(annotation)
+
+
+def test_the_boots_init_data_reader_reads_the_spawners_init_data() -> None:
+    import hashlib
+
+    from teelab.extension.hub.kubernetes import ConfidentialPods, launch_value, read_init_data
+
+    controller = hashlib.sha256(b"G_s.pub").digest()
+    pods = ConfidentialPods("kata-qemu-tdx", controller, "ab" * 32, digest="sha256")
+    init_data = read_init_data(pods.init_data_annotation())
+    assert init_data.controller == controller and init_data.policy_digest == "ab" * 32
+    assert launch_value(init_data.digest(), 48) == pods.init_data_digest() + bytes(16)  # TDX MRCONFIGID
+    assert (
+        launch_value(hashlib.sha384(b"x").digest(), 32) == hashlib.sha384(b"x").digest()[:32]
+    )  # Kata truncates

@@ -316,3 +316,37 @@ def test_a_stranger_reaching_the_pods_boot_first_gets_only_the_public_hello_and_
         process.kill()
         process.wait()
         process.cleanup()
+
+
+def test_a_boot_request_whose_init_data_names_another_controller_is_refused_before_hello(tee: Tee) -> None:
+    """no Kubernetes API server here: the host launches the pod with init-data of its own (naming its own key)
+    and the hub's key in the boot request; the launch field matches the init-data, the request does not."""
+    from teelab.extension.hub import spawner_protocol as protocol
+    from teelab.extension.hub.spawner_protocol import ServerBootRequest
+
+    spawner, host = GatewayIdentity.generate(), GatewayIdentity.generate()
+    hosts = ConfidentialPods("kata-qemu-snp", host.controller, "0" * 64, digest="sha256")
+    request = ServerBootRequest(
+        os.urandom(32),
+        ("127.0.0.1", free_port()),
+        spawner.public,
+        "alice/",
+        ("127.0.0.1", free_port()),
+        listen=True,
+        init_data=hosts.init_data_annotation(),
+    )
+    process = tee.backend.launch(
+        tee.image,
+        inputs={protocol.REQUEST_ENV: request.to_env()},
+        controller=hosts.init_data_digest(),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        status = process.wait(timeout=120)
+        assert process.popen.stderr is not None
+        stderr = process.popen.stderr.read().decode()
+    finally:
+        process.kill()
+        process.wait()
+        process.cleanup()
+    assert status == 1 and "names another controller than its init-data" in stderr, stderr
