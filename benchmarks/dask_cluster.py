@@ -5,7 +5,8 @@ Both arms: a scheduler and 2 worker processes x 1 thread, mutual TLS (``LocalClu
 certificates from ``Security.temporary()``), no dashboard. ``TeeCluster`` additionally launches each node
 through the sim backend (trusted files checked against the measured image), attests it, certifies a key it made
 and seals its bundle. Runs alternate between the arms; medians are reported. Four processes on two cores:
-indicative only.
+indicative only. ``python benchmarks/dask_cluster.py remote [runs]``: the TeeCluster with each worker on a host
+agent against the local one (median of 3 by default).
 """
 
 from __future__ import annotations
@@ -93,6 +94,71 @@ def run(runs: int = RUNS) -> dict[str, object]:
     return result
 
 
+def _remote_start(policy: Path, hosts: list[str], ca: bytes) -> tuple[float, float]:
+    from remote_hosts import TOKEN
+
+    from teelab.dask import AgentCredentials, TeeCluster
+
+    start = time.perf_counter()
+    cluster = TeeCluster(
+        n_workers=WORKERS,
+        threads_per_worker=THREADS,
+        backend="sim",
+        policy=policy,
+        hosts=hosts,
+        host_credentials=AgentCredentials(token=TOKEN, ca=ca),
+    )
+    with cluster.get_client() as client:
+        assert client.submit(sum, [1, 2, 3]).result() == 6
+        assert sorted(str(w.where) for w in cluster.workers.values()) == sorted(hosts)
+    started = time.perf_counter() - start
+    start = time.perf_counter()
+    cluster.close()
+    return started, time.perf_counter() - start
+
+
+def run_remote(runs: int = 3) -> dict[str, object]:
+    """The same start with each worker on its own host agent (TLS, another loopback address; the scheduler
+    here) against the local TeeCluster, alternating."""
+    from remote_hosts import _agents
+
+    with tempfile.TemporaryDirectory() as scratch, isolated_teelab(Path(scratch)):
+        from teelab.kernel.kernelspec import install
+
+        policy = install(backend="sim", user=True).policy_file
+        local: list[tuple[float, float]] = []
+        remote: list[tuple[float, float]] = []
+        with _agents(Path(scratch), WORKERS, 4) as hosts:
+            ca = (Path(scratch) / "ca.pem").read_bytes()
+            _tee_start(policy), _remote_start(policy, hosts, ca)  # warm both
+            for _ in range(runs):
+                local.append(_tee_start(policy))
+                remote.append(_remote_start(policy, hosts, ca))
+    local_start = statistics.median(s for s, _ in local)
+    remote_start = statistics.median(s for s, _ in remote)
+    result: dict[str, object] = {
+        "config": {
+            "workers": WORKERS,
+            "threads_per_worker": THREADS,
+            "runs": runs,
+            "local": "TeeCluster, sim backend, every node launched by this process",
+            "remote": "TeeCluster, sim backend, each worker on its own host agent (grpcs, 127.0.0.2/3)",
+        },
+        "local_start_seconds_median": round(local_start, 2),
+        "remote_start_seconds_median": round(remote_start, 2),
+        "start_ratio": round(remote_start / local_start, 2),
+        "local_close_seconds_median": round(statistics.median(c for _, c in local), 2),
+        "remote_close_seconds_median": round(statistics.median(c for _, c in remote), 2),
+        "local_start_seconds": [round(s, 2) for s, _ in local],
+        "remote_start_seconds": [round(s, 2) for s, _ in remote],
+    }
+    write_result("dask_cluster_remote", result)
+    return result
+
+
 if __name__ == "__main__":
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else RUNS
-    print(run(runs))
+    if sys.argv[1:2] == ["remote"]:
+        print(run_remote(int(sys.argv[2]) if len(sys.argv) > 2 else 3))
+    else:
+        runs = int(sys.argv[1]) if len(sys.argv) > 1 else RUNS
+        print(run(runs))
