@@ -129,13 +129,23 @@ class KubeBootProcess:
         return await awaitable
 
     def wait(self, timeout: float | None = None) -> int:
-        """Until the reflector no longer lists the pod (a thread: the event loop updates the reflector)."""
+        """Until the reflector no longer lists the pod; its container's exit code if it was seen, else 1. Call it
+        from a thread (``run_in_executor``): the event loop is what updates the reflector."""
         deadline = time.monotonic() + (self._wait_seconds if timeout is None else timeout)
+        status = 1
         while self.pod() is not None:
+            status = self._exit_code(status)
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"pod {self.key} is still there")
             time.sleep(0.2)
-        return 1
+        return status
+
+    def _exit_code(self, default: int) -> int:
+        for container in ((self.pod() or {}).get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated")
+            if container.get("name") == CONTAINER and terminated is not None:
+                return int(terminated.get("exitCode", default))
+        return default
 
     def cleanup(self) -> None:
         """Nothing: the pod was the whole launch (the user's PVC stays, as KubeSpawner keeps it)."""
