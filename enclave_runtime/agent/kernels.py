@@ -123,10 +123,13 @@ class KernelTable:
         self._lock = asyncio.Lock()
 
     def live(self, gateway: str | None = None) -> list[HostedKernel]:
+        """Running kernels and those still launching (no process yet, reported "exited"): without the latter,
+        launches made at once all passed the limits (tests/dask/test_remote_nodes.py, two nodes at once)."""
         return [
             k
             for k in self.kernels.values()
-            if k.state != "exited" and (gateway is None or k.gateway == gateway)
+            if (k.state != "exited" or (k.process is None and not k.killed))
+            and (gateway is None or k.gateway == gateway)
         ]
 
     def owned(self, kernel_id: str, gateway: str) -> HostedKernel:

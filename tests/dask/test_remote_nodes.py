@@ -28,6 +28,7 @@ from teelab.enclave_runtime.agent.kernels import AgentRefusal, KernelTable
 from teelab.errors import ConfigError
 from teelab.protocols.session import HandshakeError, read_frame
 from tests.dask.conftest import DaskEnv
+from tests.kernel.operator_ca import OperatorCA
 
 TOKEN = "dask-nodes-token-0123456789"
 HERE = Path(__file__).resolve().parent
@@ -47,12 +48,13 @@ def tokens(tmp_path: Path) -> Path:
 def agents(dask_env: DaskEnv, tokens: Path) -> Iterator[Callable[..., Agent]]:
     started: list[subprocess.Popen[str]] = []
 
-    def start_agent(host: str, mode: str | None = None) -> Agent:
+    def start_agent(host: str, mode: str | None = None, *extra: str) -> Agent:
         argv = ["-m", "teelab.cli", "host", "serve", "--backend", "sim"]
         if mode is not None:
             argv = [str(HERE / "evil_dask_agent.py"), mode]
+        auth = [] if "--client-ca" in extra else ["--tokens", str(tokens)]
         process = subprocess.Popen(
-            [sys.executable, *argv, "--listen", f"{host}:0", "--tokens", str(tokens)],
+            [sys.executable, *argv, "--listen", f"{host}:0", *auth, *extra],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONPATH": str(HERE.parent.parent)},
@@ -262,3 +264,45 @@ def test_the_agent_launches_only_the_images_boots() -> None:
     with pytest.raises(AgentRefusal) as refused:
         table.check_request("sim", "kernel", nonce, key, "shell")
     assert refused.value.code == "INVALID_ARGUMENT"
+
+
+def test_nodes_on_an_agent_that_requires_the_controllers_client_certificate(
+    agents: Callable[..., Agent], dask_env: DaskEnv, tmp_path: Path
+) -> None:
+    """The operator's CA issued the controller a client certificate of its own (not the gateway's)."""
+    ca = OperatorCA(tmp_path / "ca")
+    server_cert, server_key = ca.issue("agent", ip="127.0.0.2", usage="server")
+    tls = ("--client-ca", str(ca.path), "--tls-cert", str(server_cert), "--tls-key", str(server_key))
+    _, agent = agents("127.0.0.2", None, *tls)
+    assert agent.startswith("grpcs://")
+    cert, key = ca.issue("dask-nodes", dns="dask-nodes.example")
+    credentials = AgentCredentials(
+        client_certificate=(cert.read_bytes(), key.read_bytes()), ca=ca.path.read_bytes()
+    )
+    with (
+        TeeCluster(
+            n_workers=1, policy=dask_env.policy, hosts=[agent], host_credentials=credentials
+        ) as cluster,
+        cluster.get_client() as client,
+    ):
+        assert cluster.workers["0"].where == agent and cluster.attestation["0"].accepted
+        assert client.submit(sum, [20, 22]).result() == 42
+
+    # A certificate of another CA (same name) is refused in the TLS handshake: nothing launched.
+    other_cert, other_key = OperatorCA(tmp_path / "other", "operator CA").issue("dask-nodes", dns="x.example")
+    stranger = AgentCredentials(
+        client_certificate=(other_cert.read_bytes(), other_key.read_bytes()), ca=ca.path.read_bytes()
+    )
+    with pytest.raises(NodeRefused, match=r"host_agent: .*UNAVAILABLE"):
+        TeeCluster(n_workers=1, policy=dask_env.policy, hosts=[agent], host_credentials=stranger)
+
+
+def test_the_agent_limits_the_nodes_one_credential_starts(
+    agents: Callable[..., Agent], dask_env: DaskEnv
+) -> None:
+    """The operator caps what the controller's credential may run on a host (``--per-gateway``), counting
+    launches in progress: the two workers start at once, and the agent refuses the second."""
+    _, agent = agents("127.0.0.2", None, "--per-gateway", "1")
+    with pytest.raises(NodeRefused, match=r"host_agent: .*RESOURCE_EXHAUSTED"):
+        TeeCluster(n_workers=2, policy=dask_env.policy, hosts=[agent], host_credentials=CREDENTIALS)
+    wait_for(lambda: not live_nodes(agent), "the started worker ended with the refused cluster")
