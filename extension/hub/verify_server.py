@@ -76,6 +76,9 @@ class ServerRecord:
     hub_verdict: str
     collateral: bytes | None
     controller: bytes | None = None  # SHA-256(G_s.pub) the hub says its spawner launched the server for
+    # A confidential pod's (TeeKubeSpawner): its Kata init-data annotation, whose digest is the launch field and
+    # which names the controller.
+    init_data: str | None = None
 
     @classmethod
     def from_reply(cls, body: bytes, user: str, server_name: str) -> ServerRecord:
@@ -105,6 +108,9 @@ class ServerRecord:
             )
             if controller is not None and len(controller) != 32:
                 raise ValueError("the controller hash is 32 bytes")
+            init_data = record.get("init_data")
+            if init_data is not None and not isinstance(init_data, str):
+                raise ValueError("init_data is not a string")
             status = record.get("status")
             verdict = record.get("verdict")
             return cls(
@@ -117,6 +123,7 @@ class ServerRecord:
                 hub_verdict=" / ".join(str(v) for v in (status, verdict) if v is not None) or "?",
                 collateral=None if collateral is None else base64.b64decode(str(collateral), validate=True),
                 controller=controller,
+                init_data=init_data,
             )
         except (ValueError, TypeError, binascii.Error, RecursionError) as error:
             raise FrontDoorError(f"the hub's record of {wanted} is malformed: {error}") from None
@@ -182,7 +189,8 @@ def verify_server(
         anchors=anchors,
         policy=policy,
         expected_report_data=expected,
-        expected_controller=record.controller,
+        # A pod's launch field is its init-data's digest: controller_line checks it through the init-data.
+        expected_controller=None if record.init_data is not None else record.controller,
     )
     lines += evidence_lines(SUBJECT, result)
     data = report_data_of(result)
@@ -210,9 +218,31 @@ def controller_line(result: AttestationResult, record: ServerRecord) -> CheckLin
     name = f"{SUBJECT} controller"
     if record.controller is None:
         return CheckLine(name, False, "the hub's record names no controller for the server")
+    if record.init_data is not None:
+        return _init_data_controller_line(name, result, record.init_data, record.controller)
     check = next((c for c in result.checks if c.name == "controller"), None)
     if check is None:
         return CheckLine(name, False, "not checked: the evidence did not verify")
     if check.passed:
         return CheckLine(name, True, f"the server obeys the hub spawner's key only ({check.detail})")
     return CheckLine(name, False, check.detail)
+
+
+def _init_data_controller_line(
+    name: str, result: AttestationResult, annotation: str, controller: bytes
+) -> CheckLine:
+    """A confidential pod's controller: its launch field is the digest of the record's init-data, and that
+    init-data names the hub spawner's key."""
+    from teelab.extension.hub.kubernetes import check_init_data_controller, read_init_data
+    from teelab.protocols.session import HandshakeError
+
+    if result.tee is None:
+        return CheckLine(name, False, "not checked: the evidence did not verify")
+    try:
+        toml = read_init_data(annotation).toml
+    except HandshakeError as error:
+        return CheckLine(name, False, f"the record's init-data: {error.message}")
+    passed, detail = check_init_data_controller(result.claims, toml, controller)
+    if passed:
+        return CheckLine(name, True, f"the server obeys the hub spawner's key only ({detail})")
+    return CheckLine(name, False, detail)

@@ -220,6 +220,39 @@ def test_the_pods_boot_is_attested_over_the_network_with_the_controller_checked_
     )
     assert verdict["init_data"] == pods.init_data_annotation()  # kept for re-challenges after a hub restart
     assert polled is None and verdict["last_challenge"]["ok"] is True, verdict["last_challenge"]
+    # What `teelab hub verify --user alice` does with the record the hub's service serves: every check passes,
+    # the controller through the init-data; a record carrying the host's own init-data fails it.
+    lines = user_verifies(tee, verdict)
+    assert all(line.passed for line in lines), lines
+    (controller,) = [line for line in lines if line.name == "server controller"]
+    assert "config_id is the sha256 of the init-data" in controller.detail
+    host = ConfidentialPods("kata-qemu-snp", identity.controller, "0" * 64, digest="sha256")
+    (controller,) = [
+        line
+        for line in user_verifies(tee, {**verdict, "init_data": host.init_data_annotation()})
+        if line.name == "server controller"
+    ]
+    assert not controller.passed and "another init-data" in controller.detail
+
+
+def user_verifies(tee: Tee, verdict: dict[str, Any]) -> list[Any]:
+    from teelab.enclave_runtime.backend import Evidence
+    from teelab.extension.hub.verify_server import ServerRecord, verify_server
+    from teelab.gateway.policy import load_policy
+    from teelab.gateway.session import backend_anchors
+    from teelab.timeutil import utcnow
+
+    body = json.dumps({"user": "alice", "servers": [{**verdict, "server_name": ""}]}).encode()
+    record = ServerRecord.from_reply(body, "alice", "")
+    blob = Evidence.from_json(verdict["evidence"]).blob
+    outcome = verify_server(
+        record,
+        load_policy(tee.root / "policies" / "hub-server.toml"),
+        at=utcnow(),
+        collateral=tee.backend.collateral_for(blob, utcnow()),
+        anchors=backend_anchors(tee.backend),
+    )
+    return list(outcome.lines)
 
 
 def test_a_pod_launched_with_another_init_data_never_says_hello(
