@@ -355,3 +355,26 @@ def test_the_boots_init_data_reader_reads_the_spawners_init_data() -> None:
     assert (
         launch_value(hashlib.sha384(b"x").digest(), 32) == hashlib.sha384(b"x").digest()[:32]
     )  # Kata truncates
+
+
+def test_the_boot_requests_pod_fields_round_trip_and_malformed_ones_fail_with_a_handshake_error() -> None:
+    from teelab.protocols.session import HandshakeError
+
+    request = protocol.ServerBootRequest(
+        os.urandom(32), ("0.0.0.0", 8890), os.urandom(32), "alice/", ("0.0.0.0", 8891), True, "H4sI"
+    )
+    assert protocol.ServerBootRequest.from_env(request.to_env()) == request
+    local = protocol.ServerBootRequest(
+        os.urandom(32), ("127.0.0.1", 1), os.urandom(32), "bob/", ("127.0.0.1", 2)
+    )
+    assert set(json.loads(local.to_env())) == {
+        "protocol",
+        "nonce",
+        "respond_to",
+        "controller_key",
+        "server",
+        "attest_listen",
+    }  # a local boot's request is as before
+    for change in ({"listen": "yes"}, {"listen": 1}, {"init_data": 7}, {"init_data": "x" * (96 * 1024 + 1)}):
+        with pytest.raises(HandshakeError):
+            protocol.ServerBootRequest.from_env(json.dumps({**json.loads(request.to_env()), **change}))
