@@ -6,6 +6,7 @@ and no attestation, for checking that an image starts. It exists only under its 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from teelab.enclave_runtime.backend import EnclaveBackend, RootPin
@@ -37,6 +38,20 @@ def get_backend(name: str, *, sim_platform: Path | None = None) -> EnclaveBacken
 
         return CvmBackend()
     raise UsageError(f"unknown TEE backend {name!r}", hint=f"choose one of: {', '.join(backend_names())}")
+
+
+def sibling_backend(name: str) -> EnclaveBackend:
+    """The backend ``name`` for launching TEEs beside the one this process runs in.
+
+    Inside the simulated TEE: on the simulated platform this process was itself launched on (its loader named
+    it), so the siblings' quotes chain to the root the verifiers of this machine already trust — the default
+    platform would be a fresh one in this TEE's private home. Everywhere else: :func:`get_backend`.
+    """
+    if name == "sim" and os.environ.get("TEELAB_TEE") == "sim":
+        from teelab.enclave_runtime.sim.runtime import SimRuntime
+
+        return get_backend(name, sim_platform=SimRuntime.from_environment().identity.platform)
+    return get_backend(name)
 
 
 def known_root_pins() -> tuple[RootPin, ...]:

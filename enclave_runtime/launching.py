@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -125,6 +126,21 @@ def local_launch_plan(
     return LaunchPlan(
         [place(a) for a in manifest.argv], env, scratch, executable=manifest.entrypoint, scratch=scratch
     )
+
+
+def launched_image_dir(pycache_prefix: str | None = None) -> Path | None:
+    """Inside a TEE :func:`local_launch_plan` started: the image folder it was launched from, else None.
+
+    The launch places ``{tee_state}`` at ``<image>/tee-state``, and the kernel image's measured environment
+    names ``{tee_state}/pycache`` as ``PYTHONPYCACHEPREFIX`` (Python keeps it as ``sys.pycache_prefix``). Only the
+    measured *template* is trusted: the path itself is the launcher's, so a caller must check the image it
+    finds there (an image of another measurement is a lie of the host's, or another build).
+    """
+    prefix = Path(pycache_prefix if pycache_prefix is not None else (sys.pycache_prefix or ""))
+    state = prefix.parent
+    if prefix.name != "pycache" or state.name != "tee-state" or not state.is_absolute():
+        return None
+    return state.parent
 
 
 def throwaway_signing_key(folder: Path) -> tuple[rsa.RSAPrivateKey, Path]:

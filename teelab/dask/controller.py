@@ -31,10 +31,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from teelab.dask.agents import AgentNode, AgentPool, HostAgentError
+from teelab.dask.own_kernel import OwnKernel, own_kernel
 from teelab.dask.records import NodeAttestation, controller_outcome, measurement_of
 from teelab.dask.tls import ClusterCA, InMemorySecurity, TlsIdentity, load_node_key
 from teelab.enclave_runtime.backend import EnclaveBackend, EnclaveProcess
 from teelab.enclave_runtime.backends import get_backend
+from teelab.enclave_runtime.image import EnclaveImage
 from teelab.enclave_runtime.images import KERNEL_IMAGE
 from teelab.errors import ConfigError, EnclaveError, TeelabError
 from teelab.gateway.identity import GatewayIdentity
@@ -122,9 +124,36 @@ class LaunchedNode:
     record: NodeAttestation
 
 
-def default_policy(backend: EnclaveBackend, image_path: Path | None) -> AppraisalPolicy:
-    """Without a policy: on the simulated TEE, exactly the kernel image this environment built (as the sim
-    policy ``teelab kernel install`` writes); on real TEEs there is no safe default."""
+def kernel_image(backend: EnclaveBackend, image_path: Path | None, own: OwnKernel | None) -> EnclaveImage:
+    """The image every node is launched from: ``image_path`` if given; in a teelab kernel the very image the
+    kernel runs in (teelab.dask.own_kernel: the launcher's folder, checked against the kernel's own verified
+    measurement); elsewhere the one ``teelab kernel install`` built in this environment."""
+    if image_path is not None or own is None:
+        return backend.load_image(KERNEL_IMAGE, image_path)
+    if own.image_dir is None:
+        raise ConfigError(
+            "this kernel cannot tell which image folder it was launched from",
+            hint="pass it: TeeCluster(image='<the kernel image folder>') (or place the nodes on host agents)",
+        )
+    image = backend.load_image(KERNEL_IMAGE, own.image_dir)
+    label, measured = backend.describe_measurement(image)
+    if measured != own.measurement:
+        raise ConfigError(
+            f"the image at {own.image_dir} is not the one this kernel runs in: its {label} is {measured}, "
+            f"this kernel's is {own.measurement}",
+            hint="the host moved or rebuilt it; pass the kernel's image explicitly: TeeCluster(image=...)",
+        )
+    return image
+
+
+def default_policy(
+    backend: EnclaveBackend, image_path: Path | None, own: OwnKernel | None = None
+) -> AppraisalPolicy:
+    """Without a policy: in a teelab kernel, exactly the kernel's own measurement (teelab.dask.own_kernel); on
+    the simulated TEE elsewhere, exactly the kernel image this environment built (as the sim policy ``teelab
+    kernel install`` writes); on real TEEs outside a kernel there is no safe default."""
+    if own is not None:
+        return own.policy
     if not backend.simulated:
         raise ConfigError(
             f"a {backend.name} cluster needs an attestation policy",
@@ -144,14 +173,17 @@ def default_policy(backend: EnclaveBackend, image_path: Path | None) -> Appraisa
 
 
 def resolve_policy(
-    policy: str | Path | AppraisalPolicy | None, backend: EnclaveBackend, image_path: Path | None
+    policy: str | Path | AppraisalPolicy | None,
+    backend: EnclaveBackend,
+    image_path: Path | None,
+    own: OwnKernel | None = None,
 ) -> AppraisalPolicy:
     if isinstance(policy, AppraisalPolicy):
         resolved = policy
     elif policy is not None:
         resolved = load_policy(policy)
     else:
-        resolved = default_policy(backend, image_path)
+        resolved = default_policy(backend, image_path, own)
     resolved.require_identity_pin(backend.name, simulated=backend.simulated)
     return resolved
 
@@ -201,9 +233,10 @@ class ClusterController:
         self.cluster_id = uuid.uuid4().hex[:12]
         self.host = host
         self.launch_timeout = launch_timeout
-        self.backend = get_backend(backend)
-        self.image = self.backend.load_image(KERNEL_IMAGE, image)
-        self.policy = resolve_policy(policy, self.backend, image)
+        own = own_kernel(backend)  # in a teelab kernel: its own backend, image and measurement
+        self.backend = own.backend if own is not None else get_backend(backend)
+        self.image = kernel_image(self.backend, image, own)
+        self.policy = resolve_policy(policy, self.backend, image, own)
         self.identity = GatewayIdentity.generate()  # G_c: in this process's memory, nowhere else
         self.ca = ClusterCA(self.cluster_id)
         self.appraise = appraiser(self.backend, self.policy, controller=self.identity.controller)
