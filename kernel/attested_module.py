@@ -12,6 +12,7 @@ surface for them:
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from collections.abc import Mapping
 
@@ -36,6 +37,7 @@ __all__ = [
     "current_runtime",
     "get_backend",
     "launch_module",
+    "module_image_spec",
     "python_module_spec",
     "tee_evidence",
     "tee_name",
@@ -43,11 +45,52 @@ __all__ = [
 
 
 def build_module_image(
-    backend: EnclaveBackend, module: str, *, name: str, packages: tuple[str, ...], inputs: tuple[str, ...]
+    backend: EnclaveBackend,
+    module: str,
+    *,
+    name: str,
+    packages: tuple[str, ...],
+    inputs: tuple[str, ...],
+    extra_trusted: tuple[str, ...] = (),
+    extra_env: Mapping[str, str] | None = None,
 ) -> EnclaveImage:
-    """The image ``name`` running ``module``; ``inputs`` are the only variables the host may pass in."""
-    spec = python_module_spec(module, name=name, packages=packages, passthrough_env=inputs)
+    """The image ``name`` running ``module``; ``inputs`` are the only variables the host may pass in.
+
+    ``extra_trusted`` are more files or folders (folders recursively) the program runs or reads besides what
+    its interpreter imports — another runtime and its code, such as node and configurable-http-proxy's
+    ``node_modules`` for the hub pod, or a configuration file. They are measured like every trusted file: a
+    change to any of them changes the measurement, and a launch refuses a file changed since the build.
+    ``extra_env`` are fixed (measured) variables of the program, e.g. where those files are.
+    """
+    spec = module_image_spec(
+        module, name=name, packages=packages, inputs=inputs, extra_trusted=extra_trusted, extra_env=extra_env
+    )
     return backend.build(spec)
+
+
+def module_image_spec(
+    module: str,
+    *,
+    name: str,
+    packages: tuple[str, ...],
+    inputs: tuple[str, ...],
+    extra_trusted: tuple[str, ...] = (),
+    extra_env: Mapping[str, str] | None = None,
+) -> ImageSpec:
+    """The spec :func:`build_module_image` builds (``backend.measure(spec)`` gives its measurement unbuilt)."""
+    spec = python_module_spec(module, name=name, packages=packages, passthrough_env=inputs)
+    if not extra_trusted and not extra_env:
+        return spec
+    overlap = set(extra_env or {}) & (set(spec.env) | set(inputs))
+    if overlap:
+        raise ValueError(
+            f"extra_env would replace the image's own or passthrough variables {sorted(overlap)}"
+        )
+    return dataclasses.replace(
+        spec,
+        trusted=tuple(dict.fromkeys((*spec.trusted, *extra_trusted))),
+        env={**spec.env, **(extra_env or {})},
+    )
 
 
 def launch_module(

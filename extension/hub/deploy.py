@@ -105,3 +105,39 @@ def write_demo_root(root: Path, password: str) -> None:
     secret = root / "demo-password"
     secret.touch(mode=0o600)
     secret.write_text(password + "\n")
+
+
+def hub_pod_config_text(
+    root: Path,
+    *,
+    users: tuple[str, ...] = DEMO_USERS,
+    groups: dict[str, list[str]] | None = None,
+    operators_group: str = "operators",
+) -> str:
+    """The hub pod's ``jupyterhub_config.py`` (a measured file of its image): the demo's users and groups,
+    the shared demo password from ``root/demo-password``, SimpleLocalProcessSpawner homes under
+    ``root/home``; ports, secrets, the database and the service come from the pod (``configure_hub_pod``)."""
+    groups = DEMO_GROUPS if groups is None else groups
+    allow_root = os.geteuid() == 0
+    return f"""\
+# Written by teelab (teelab.extension.hub.deploy.hub_pod_config_text): the hub pod's measured configuration.
+import sys
+from teelab.extension.hub.hub_pod_config import configure_hub_pod
+
+c = get_config()  # noqa: F821
+c.JupyterHub.authenticator_class = "shared-password"
+c.SharedPasswordAuthenticator.user_password = open({str(root / "demo-password")!r}).read().strip()
+c.Authenticator.allowed_users = set({list(users)!r})
+c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = "{root / "home" / "{username}"}"
+c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
+c.Spawner.args = {["--allow-root"] if allow_root else []!r}
+c.Spawner.start_timeout = 120
+c.Spawner.http_timeout = 120
+configure_hub_pod(
+    c,
+    root={str(root)!r},
+    groups={groups!r},
+    operator_groups=[{operators_group!r}],
+)
+"""

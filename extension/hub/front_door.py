@@ -68,6 +68,16 @@ class FrontDoorRequest:
             raise FrontDoorError(f"no {REQUEST_ENV}: launch the front door through `teelab hub front-door`")
         try:
             data = json.loads(text)
+        except (ValueError, RecursionError) as error:
+            raise FrontDoorError(f"malformed {REQUEST_ENV}: {error}") from None
+        return cls.from_data(data)
+
+    @classmethod
+    def from_data(cls, data: object) -> FrontDoorRequest:
+        """The same checks on an already decoded request (the hub pod adds its own loopback upstream)."""
+        try:
+            if not isinstance(data, dict):
+                raise TypeError("the request is not a JSON object")
             request = cls(
                 listen_host=str(data["listen_host"]),
                 listen_port=int(data["listen_port"]),
@@ -145,10 +155,12 @@ def _error(status: str, message: str, *, close: bool = False) -> bytes:
 
 
 class FrontDoor:
-    def __init__(self, request: FrontDoorRequest) -> None:
+    def __init__(self, request: FrontDoorRequest, pod: dict[str, str] | None = None) -> None:
         from teelab.kernel.attested_module import tee_evidence
 
         self.request = request
+        # The hub pod's description of what else its measured image runs (None: a front door alone).
+        self.pod = pod
         self.context, self.tls_spki_sha256 = tls_identity(request.hostnames)
         self._evidence = tee_evidence
 
@@ -162,7 +174,7 @@ class FrontDoor:
             except OSError:
                 collateral = None  # the client then needs collateral of its own; the evidence is unaffected
         answer = FrontDoorEvidence(
-            evidence.blob, evidence.kind.value, nonce, self.tls_spki_sha256, collateral
+            evidence.blob, evidence.kind.value, nonce, self.tls_spki_sha256, collateral, self.pod
         )
         return json.dumps(answer.to_json()).encode()
 
@@ -230,8 +242,8 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
         sink.close()
 
 
-async def serve(request: FrontDoorRequest) -> None:
-    door = FrontDoor(request)
+async def serve(request: FrontDoorRequest, pod: dict[str, str] | None = None) -> None:
+    door = FrontDoor(request, pod)
     server = await asyncio.start_server(
         door.handle, request.listen_host, request.listen_port, ssl=door.context, limit=MAX_HEAD_BYTES
     )

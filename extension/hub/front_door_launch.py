@@ -53,11 +53,13 @@ class RunningFrontDoor:
     process: EnclaveProcess
     port: int
     tls_spki_sha256: bytes
+    # The hub pod stops its hub (which stops the servers it spawned) before it exits: give it longer.
+    stop_seconds: float = 10.0
 
     def stop(self) -> None:
         self.process.terminate()
         try:
-            self.process.wait(10)
+            self.process.wait(self.stop_seconds)
         except Exception:
             self.process.kill()
             self.process.wait()
@@ -88,14 +90,21 @@ def launch_front_door(
         "collateral": str(collateral) if collateral is not None else None,
     }
     process = launch_module(backend, image, inputs={REQUEST_ENV: json.dumps(request)}, controller=controller)
+    return wait_announced(process, START_SECONDS)
+
+
+def wait_announced(
+    process: EnclaveProcess, seconds: float, *, stop_seconds: float = 10.0
+) -> RunningFrontDoor:
+    """The front door's ``{"port", "tls_spki_sha256"}`` line, or an EnclaveError (the process is stopped)."""
     stdout = process.popen.stdout
     assert stdout is not None  # launch_module asks for a pipe
-    ready, _, _ = select.select([stdout], [], [], START_SECONDS)
+    ready, _, _ = select.select([stdout], [], [], seconds)
     line = stdout.readline() if ready else b""
     try:
         announced = json.loads(line)
         running = RunningFrontDoor(
-            process, int(announced["port"]), bytes.fromhex(announced["tls_spki_sha256"])
+            process, int(announced["port"]), bytes.fromhex(announced["tls_spki_sha256"]), stop_seconds
         )
     except (ValueError, TypeError, KeyError):
         process.kill()
@@ -115,4 +124,5 @@ __all__ = [
     "build_front_door_image",
     "front_door_policy_text",
     "launch_front_door",
+    "wait_announced",
 ]

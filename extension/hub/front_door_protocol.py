@@ -32,6 +32,7 @@ NONCE_BYTES = 32
 VERSION = 1
 # Evidence is a few kilobytes and the sim's collateral bundle tens of kilobytes; a reply far larger is hostile.
 MAX_REPLY_BYTES = 4 << 20
+MAX_POD_FIELDS = 32
 
 
 class FrontDoorError(TeelabError):
@@ -75,9 +76,15 @@ class FrontDoorEvidence:
     nonce: bytes
     tls_spki_sha256: bytes
     collateral: bytes | None = None
+    # The hub pod (docs/hosted-hub.md): what else the front door's measured image runs — the hub's config
+    # digest, the proxy's files' digest, versions. Absent for a front door alone. Sent over the TLS connection
+    # whose key the evidence binds, so it is the measured program's own statement once that binding holds.
+    pod: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, object]:
+        pod = {} if self.pod is None else {"pod": dict(self.pod)}
         return {
+            **pod,
             "version": VERSION,
             "evidence": base64.b64encode(self.evidence).decode(),
             "evidence_kind": self.evidence_kind,
@@ -96,12 +103,20 @@ class FrontDoorEvidence:
             if not isinstance(data, dict) or data.get("version") != VERSION:
                 raise ValueError(f"not a version {VERSION} attestation reply")
             collateral = data.get("collateral")
+            pod = data.get("pod")
+            if pod is not None and not (
+                isinstance(pod, dict)
+                and len(pod) <= MAX_POD_FIELDS
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in pod.items())
+            ):
+                raise ValueError("'pod' must map names to strings")
             return cls(
                 evidence=base64.b64decode(_text(data, "evidence"), validate=True),
                 evidence_kind=_text(data, "evidence_kind"),
                 nonce=bytes.fromhex(_text(data, "nonce")),
                 tls_spki_sha256=bytes.fromhex(_text(data, "tls_spki_sha256")),
                 collateral=None if collateral is None else base64.b64decode(str(collateral), validate=True),
+                pod=None if pod is None else {str(k): str(v) for k, v in pod.items()},
             )
         except (ValueError, TypeError, binascii.Error, RecursionError) as error:
             raise FrontDoorError(f"malformed attestation reply from the front door: {error}") from None

@@ -92,6 +92,10 @@ def verify_front_door(
     )
     outcome.lines += evidence_lines(SUBJECT, result)
     outcome.lines += binding_lines(result, key, nonce, answer)
+    if answer.pod is not None:  # a hub pod (docs/hosted-hub.md): the hub and the proxy are in this image
+        from teelab.extension.hub.hub_pod_verify import pod_line
+
+        outcome.lines.append(pod_line(answer.pod, verified=all(line.passed for line in outcome.lines)))
     outcome.measurement = measurement_of(result)
     return outcome
 
