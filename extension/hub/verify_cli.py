@@ -269,3 +269,7 @@ def register_commands(commands: Subparsers) -> None:
         action="store_true",
         help="values for teelab's TeeKubeSpawner (attested pods; it makes each pod's init-data itself)",
     )
+
+    from teelab.extension.hub.hub_pod_cli import register_pod_commands
+
+    register_pod_commands(commands)  # teelab hub pod / pod-measure (the hub pod, docs/hosted-hub.md)

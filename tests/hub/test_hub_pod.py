@@ -280,3 +280,17 @@ def test_the_hub_pod_line_passes_only_over_a_verified_front_door() -> None:
     assert pod_line(pod, verified=True).passed
     assert not pod_line(pod, verified=False).passed
     assert not pod_line({**pod, "proxy_sha256": "short"}, verified=True).passed
+
+
+def test_pod_measure_writes_the_policy_that_pins_the_pods_measurement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _prepare(tmp_path / "root")
+    policy = tmp_path / "hub-pod.toml"
+    status = teelab_main(["hub", "pod-measure", "--config", str(config), "--policy-out", str(policy)])
+    output = capsys.readouterr().out
+    assert status == 0, output
+    expected = get_backend("sim").measure(hub_pod_spec(config)).mrenclave.hex()
+    assert f"mrenclave    {expected}" in output
+    assert f'mrenclave = ["{expected}"]' in policy.read_text()
+    assert teelab_main(["hub", "pod-measure", "--config", str(tmp_path / "missing.py")]) != 0
