@@ -26,9 +26,14 @@ from teelab.dask.controller import ClusterController, NodeRefused
 from teelab.enclave_runtime.agent.client import HostClient, HostTarget
 from teelab.enclave_runtime.agent.kernels import AgentRefusal, KernelTable
 from teelab.errors import ConfigError
-from teelab.protocols.session import HandshakeError, read_frame
+from teelab.protocols.session import HandshakeError, KeyBrokerSection, read_frame
+from teelab.sealed_store import notebook
+from teelab.sealed_store.dask import read_dataset
+from teelab.sealed_store.kbs.protocol import enclave_key_sha256
 from tests.dask.conftest import DaskEnv
+from tests.dask.test_key_release import kernel_session  # noqa: F401  (the fixture)
 from tests.kernel.operator_ca import OperatorCA
+from tests.sealed_store.kbs.conftest import Kbs
 
 TOKEN = "dask-nodes-token-0123456789"
 HERE = Path(__file__).resolve().parent
@@ -306,3 +311,33 @@ def test_the_agent_limits_the_nodes_one_credential_starts(
     with pytest.raises(NodeRefused, match=r"host_agent: .*RESOURCE_EXHAUSTED"):
         TeeCluster(n_workers=2, policy=dask_env.policy, hosts=[agent], host_credentials=CREDENTIALS)
     wait_for(lambda: not live_nodes(agent), "the started worker ended with the refused cluster")
+
+
+def test_workers_on_agents_release_their_own_keys_and_read_a_sealed_dataset(
+    agents: Callable[..., Agent],
+    dask_env: DaskEnv,
+    kernel_session: tuple[Kbs, KeyBrokerSection, bytes],  # noqa: F811
+) -> None:
+    """The kernel's session delegates a grant to each remote worker's attested E_w; each worker, on its agent,
+    releases the keys of the parts it reads with its own evidence (the key broker is reached from the node)."""
+    kbs, section, kernel_key = kernel_session
+    (_, first), (_, second) = agents("127.0.0.2"), agents("127.0.0.3")
+    with (
+        TeeCluster(
+            n_workers=2, policy=dask_env.policy, hosts=[first, second], host_credentials=CREDENTIALS
+        ) as cluster,
+        cluster.get_client() as client,
+    ):
+        assert sorted(str(w.where) for w in cluster.workers.values()) == sorted([first, second])
+
+        def worker_grant() -> str | None:
+            installed = notebook.installed_session()
+            assert installed is not None and installed.key_broker is not None
+            return installed.key_broker.grant
+
+        grants = client.run(worker_grant)
+        assert len(set(grants.values())) == 2 and section.grant not in grants.values()
+        assert len(read_dataset("sales", columns=["city", "amount"]).compute()) == 3000
+    entries = [r.entry() for r in kbs.admin.audit().records]
+    released = {e["ekh"] for e in entries if e["event"] == "release" and e["outcome"] == "released"}
+    assert released - {enclave_key_sha256(kernel_key)}  # keys went to the workers' own E_w
