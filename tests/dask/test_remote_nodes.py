@@ -172,6 +172,39 @@ def test_a_worker_lost_with_its_agent_is_replaced_on_another(
         assert client.submit(lambda x: x + 1, 41).result() == 42
 
 
+def node_id(cluster: Any, name: str) -> str | None:
+    """The agent's id of a worker's node (None while it is being replaced)."""
+    worker = cluster.workers.get(name)
+    handle = worker.node.handle if worker is not None and worker.node is not None else None
+    return getattr(handle, "kernel_id", None)
+
+
+def test_a_worker_killed_on_its_agent_is_replaced(agents: Callable[..., Agent], dask_env: DaskEnv) -> None:
+    """The host kills a node (here through its agent's Kill, as the host's operator can): attested afresh."""
+    _, agent = agents("127.0.0.2")
+    with (
+        TeeCluster(
+            n_workers=1, policy=dask_env.policy, hosts=[agent], host_credentials=CREDENTIALS
+        ) as cluster,
+        cluster.get_client() as client,
+    ):
+        victim = node_id(cluster, "0")
+        assert victim is not None and live_nodes(agent) == [victim]
+
+        async def kill() -> None:
+            host = HostClient(HostTarget.parse(agent), TOKEN)
+            try:
+                await host.kill(victim)
+            finally:
+                await host.close()
+
+        asyncio.run(kill())
+        wait_for(lambda: node_id(cluster, "0") not in (None, victim), "a new node for worker 0")
+        wait_for(lambda: registered(client) == ["0"], "the replacement registered")
+        assert [r.accepted for r in cluster.attestation_history if r.name == "0"] == [True, True]
+        assert client.submit(lambda x: x + 1, 41).result() == 42
+
+
 def sent_towards_the_boot(log: Path) -> list[str]:
     """The kinds of the handshake messages the controller sent through the agent."""
 
