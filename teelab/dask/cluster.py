@@ -37,9 +37,11 @@ class TeeCluster(SpecCluster):  # type: ignore[misc]
     """An attested Dask cluster.
 
     ``backend``: the TEE backend the nodes run in (``sim``, ``gramine``, ``occlum``, ``cvm``), launching the
-    kernel's measured image (``image``: its folder, default the one ``teelab kernel install`` built).
-    ``policy``: the appraisal policy for every node (a TOML path or an ``AppraisalPolicy``; default on ``sim``:
-    exactly this environment's kernel image, simulation allowed; required on real TEEs). ``replace_after``:
+    kernel's measured image (``image``: its folder). ``policy``: the appraisal policy for every node (a TOML
+    path or an ``AppraisalPolicy``). Defaults inside a teelab kernel (of this backend): the very image the kernel
+    runs in and a policy pinning exactly the kernel's own measurement (:mod:`teelab.dask.own_kernel`). Elsewhere:
+    the image ``teelab kernel install`` built, and on ``sim`` a policy pinning exactly it, simulation allowed
+    (required on real TEEs). ``replace_after``:
     seconds after which a worker the scheduler lost is replaced by a freshly attested one. ``hosts``: host
     agents (``grpcs://HOST:PORT``) the workers are placed on, and with ``remote_scheduler`` the scheduler too;
     ``host_credentials`` is what the controller presents to them (:mod:`teelab.dask.agents`, docs/dask.md).
