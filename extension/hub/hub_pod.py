@@ -21,6 +21,7 @@ spawned and removes their routes), then the service and the proxy.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -132,11 +133,13 @@ class Pod:
         )
         self._wait_http(f"{s.hub_api_url}/", "the hub")
         environment = service_environment(layout["hub_config"], s)
+        # The service needs its own token only: not the hub's cookie secret, crypt key or the proxy's token.
+        own = dataclasses.replace(s, cookie_secret="", proxy_token="", crypt_key="")
         self.children["service"] = _start_with_pipe(
             [sys.executable, "-s", "-m", layout["service"]],
             _child_env({**environment, "PYTHONUNBUFFERED": "1"}),
             SETTINGS_FD_ENV,
-            s.to_bytes(),
+            own.to_bytes(),
         )
         self._wait_port(s.service_port, "the teelab-kbs service")
         # The hub answers on its own port before it has added its route to the proxy.

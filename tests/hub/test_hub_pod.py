@@ -269,7 +269,8 @@ def test_the_pod_description_travels_in_the_answer_and_a_malformed_one_is_refuse
     assert FrontDoorEvidence.from_reply(json.dumps(answer.to_json()).encode()) == answer
     plain = FrontDoorEvidence(b"quote", "sgx", b"\1" * 32, b"\2" * 32)
     assert "pod" not in plain.to_json()  # a front door alone answers exactly as before
-    for pod in ([], {"image": 1}, "hub-pod", {str(i): "x" for i in range(100)}):
+    hostile_pods: list[object] = [[], {"image": 1}, "hub-pod", {str(i): "x" for i in range(100)}]
+    for pod in hostile_pods:
         hostile = json.dumps({**plain.to_json(), "pod": pod}).encode()
         with pytest.raises(FrontDoorError, match="malformed attestation reply"):
             FrontDoorEvidence.from_reply(hostile)
