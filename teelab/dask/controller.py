@@ -235,7 +235,12 @@ class ClusterController:
         self.launch_timeout = launch_timeout
         own = own_kernel(backend)  # in a teelab kernel: its own backend, image and measurement
         self.backend = own.backend if own is not None else get_backend(backend)
-        self.image = kernel_image(self.backend, image, own)
+        # Every node on an agent (its own copy of the image, judged by the policy): none is launched here, so
+        # a kernel in a TEE, which cannot launch one, needs no image folder either.
+        everything_remote = agents is not None and remote_scheduler and image is None
+        self.image: EnclaveImage | None = (
+            None if everything_remote else kernel_image(self.backend, image, own)
+        )
         self.policy = resolve_policy(policy, self.backend, image, own)
         self.identity = GatewayIdentity.generate()  # G_c: in this process's memory, nowhere else
         self.ca = ClusterCA(self.cluster_id)
@@ -330,6 +335,8 @@ class ClusterController:
                 yield channel
             return
         loop = asyncio.get_running_loop()
+        assert self.image is not None  # loaded unless every node goes to an agent
+        image = self.image
         async with answer_channel(self.host) as answer:
             request = BootRequest(
                 nonce,
@@ -342,7 +349,7 @@ class ClusterController:
                 None,
                 functools.partial(
                     self.backend.launch,
-                    self.image,
+                    image,
                     inputs={BOOT_REQUEST_ENV: request.to_env()},
                     controller=self.identity.controller,
                     stdout=subprocess.DEVNULL,
