@@ -219,7 +219,7 @@ async def _run(pod: Pod, request: FrontDoorRequest) -> str | None:
         door.cancel()
 
 
-def _request(settings: PodSettings) -> FrontDoorRequest:
+def pod_request(settings: PodSettings) -> FrontDoorRequest:
     """The host's request (listen address, host names, collateral), with the pod's own loopback upstream."""
     text = os.environ.get(REQUEST_ENV)
     if not text:
@@ -243,7 +243,7 @@ def main() -> int:
         layout = json.loads(os.environ[LAYOUT_ENV])
         scratch = os.environ["TMPDIR"]
         settings = PodSettings.make(scratch, _free_ports())
-        request = _request(settings)
+        request = pod_request(settings)
     except (TeelabError, KeyError, ValueError) as error:
         print(f"teelab hub pod: {getattr(error, 'message', error)}", file=sys.stderr)
         return 2

@@ -27,8 +27,10 @@ from teelab.cli import main as teelab_main
 from teelab.enclave_runtime.backends import get_backend
 from teelab.errors import ConfigError, EnclaveError
 from teelab.extension.hub.deploy import hub_pod_config_text, write_demo_root
+from teelab.extension.hub.front_door import REQUEST_ENV
 from teelab.extension.hub.front_door_launch import RunningFrontDoor, front_door_policy_text
 from teelab.extension.hub.front_door_protocol import FrontDoorError, FrontDoorEvidence
+from teelab.extension.hub.hub_pod import pod_request
 from teelab.extension.hub.hub_pod_config import PodSettings
 from teelab.extension.hub.hub_pod_image import ProxyFiles, build_hub_pod_image, hub_pod_spec, launch_hub_pod
 from teelab.extension.hub.hub_pod_verify import pod_line
@@ -295,3 +297,22 @@ def test_pod_measure_writes_the_policy_that_pins_the_pods_measurement(
     assert f"mrenclave    {expected}" in output
     assert f'mrenclave = ["{expected}"]' in policy.read_text()
     assert teelab_main(["hub", "pod-measure", "--config", str(tmp_path / "missing.py")]) != 0
+
+
+def test_the_host_cannot_point_the_pods_front_door_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = PodSettings.make("/scratch", (41001, 41002, 41003, 41004, 41005))
+    hostile = {
+        "listen_host": "0.0.0.0",
+        "listen_port": 443,
+        "hostnames": ["hub.example.org"],
+        "collateral": None,
+        "upstream_host": "203.0.113.7",  # a hub of the host's own
+        "upstream_port": 8000,
+    }
+    monkeypatch.setenv(REQUEST_ENV, json.dumps(hostile))
+    request = pod_request(settings)
+    assert (request.upstream_host, request.upstream_port) == ("127.0.0.1", settings.proxy_port)
+    for text in ("", "[]", "{", json.dumps({"listen_host": "0.0.0.0"})):
+        monkeypatch.setenv(REQUEST_ENV, text)
+        with pytest.raises(FrontDoorError):
+            pod_request(settings)
