@@ -127,3 +127,12 @@ def test_a_node_of_another_image_fails_the_own_measurement_policy(dask_env: Dask
 
     with pytest.raises(RuntimeError, match=r"policy\.mrenclave"):
         TeeCluster(n_workers=0, backend="sim", policy=own_measurement_policy(sgx_result(OTHER), "sim"))
+
+
+def test_outside_the_simulated_tee_the_sibling_backend_is_the_default_one(dask_env: DaskEnv) -> None:
+    """Inside the sim TEE it is the platform the kernel runs on (the notebook test's workers release keys from the
+    key broker that trusts only that platform's root); outside, the user's default platform, as before."""
+    from teelab.enclave_runtime.backends import sibling_backend
+
+    assert sibling_backend("sim").describe() == get_backend("sim").describe()
+    assert sibling_backend("sim").describe().endswith(str(dask_env.data / "sim-platform"))
