@@ -147,7 +147,8 @@ def test_the_scheduler_too_on_an_agent(agents: Callable[..., Agent], dask_env: D
         assert cluster.workers["0"].where == second
         assert cluster.attestation["scheduler"].accepted
         assert client.submit(sum, [1, 2, 3]).result() == 6
-        assert cluster.controller.image is None  # nothing launched here: no image folder needed (a TEE kernel)
+        # Nothing is launched here, so no image folder is needed (as in a kernel in a real TEE).
+        assert cluster.controller.image is None
 
 
 def test_a_worker_lost_with_its_agent_is_replaced_on_another(
