@@ -113,10 +113,13 @@ def hub_pod_config_text(
     users: tuple[str, ...] = DEMO_USERS,
     groups: dict[str, list[str]] | None = None,
     operators_group: str = "operators",
+    tee_spawner: bool = False,
 ) -> str:
     """The hub pod's ``jupyterhub_config.py`` (a measured file of its image): the demo's users and groups,
-    the shared demo password from ``root/demo-password``, SimpleLocalProcessSpawner homes under
-    ``root/home``; ports, secrets, the database and the service come from the pod (``configure_hub_pod``)."""
+        the shared demo password from ``root/demo-password``, SimpleLocalProcessSpawner homes under
+        ``root/home`` (or, with ``tee_spawner``, TeeSpawner: each server in a TEE of its own, set up by
+    ``teelab hub setup`` and ``spawner_image``); ports, secrets, the database and the service come from the pod
+    (``configure_hub_pod``)."""
     groups = DEMO_GROUPS if groups is None else groups
     allow_root = os.geteuid() == 0
     return f"""\
@@ -139,5 +142,6 @@ configure_hub_pod(
     root={str(root)!r},
     groups={groups!r},
     operator_groups=[{operators_group!r}],
+    tee_spawner={tee_spawner!r},
 )
 """
