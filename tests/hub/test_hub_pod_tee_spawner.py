@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import urllib3
@@ -26,6 +27,12 @@ pytestmark = pytest.mark.slow
 
 PASSWORD = "teelab-pod-demo"
 SPAWN_SECONDS = 180.0
+SECRET_NAMES = {
+    b"CONFIGPROXY_AUTH_TOKEN",
+    b"JPY_COOKIE_SECRET",
+    b"JUPYTERHUB_CRYPT_KEY",
+    b"JUPYTERHUB_API_TOKEN",
+}
 
 
 def _run(argv: list[str], root: Path) -> None:
@@ -83,6 +90,14 @@ def test_alice_verifies_the_hub_pod_and_her_attested_server_through_it(
             time.sleep(0.5)
         else:
             raise AssertionError("alice's attested server did not become ready")
+        # With TeeSpawner no process of the pod — alice's attested server included — has a secret in its
+        # environment: the server's token is sealed to it (the simple spawner's test must leave its server out).
+        pod_processes = psutil.Process(running.process.popen.pid).children(recursive=True)
+        assert any(b"server_boot" in Path(f"/proc/{p.pid}/cmdline").read_bytes() for p in pod_processes)
+        for process in pod_processes:
+            environ = Path(f"/proc/{process.pid}/environ").read_bytes()
+            names = {entry.split(b"=", 1)[0] for entry in environ.split(b"\0") if entry}
+            assert not names & SECRET_NAMES, (process.cmdline(), names & SECRET_NAMES)
         # The hub set a new XSRF cookie for the signed-in user: the token request carries that one.
         session.get(f"{url}/hub/token", timeout=30)
         fresh = {"X-XSRFToken": session.cookies.get("_xsrf", path="/hub/") or ""}
