@@ -41,6 +41,37 @@ def _row(cells: list[object]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _remote_hosts(data: dict[str, Any]) -> list[str]:
+    local, remote, ratios, goal = data["local"], data["remote"], data["ratios"], data["goal"]
+    together = data["concurrent"]
+    return [
+        _row(["", "local kernel", "kernel on a host agent (TLS, other loopback address)", "ratio", "goal"]),
+        _row(["---"] * 5),
+        _row(
+            [
+                f"kernel start → first reply (median of {data['starts']})",
+                f"{local['start_seconds_median']} s",
+                f"{remote['start_seconds_median']} s",
+                f"{ratios['start']}×",
+                f"≤ {goal['start']}×",
+            ]
+        ),
+        _row(
+            [
+                f"execute round trip, median of {data['cells']} cells",
+                f"{local['rtt_ms_median']} ms",
+                f"{remote['rtt_ms_median']} ms",
+                f"{ratios['rtt_median']}×",
+                f"≤ {goal['rtt_median']}×",
+            ]
+        ),
+        _row(["execute round trip, p99", f"{local['rtt_ms_p99']} ms", f"{remote['rtt_ms_p99']} ms", "", ""]),
+        "",
+        f"{together['kernels']} kernels over {together['agents']} agents started at once: "
+        f"{together['failures']} failures (goal {goal['failures']}), {together['seconds']} s.",
+    ]
+
+
 def _section(name: str, data: dict[str, object]) -> list[str]:
     machine = data.get("machine")
     where = ""
@@ -145,6 +176,8 @@ def _section(name: str, data: dict[str, object]) -> list[str]:
             f"{data['rows']:,} rows, {gb:.2f} GB as a DataFrame, {data['parts']} sealed parts; "
             f"{data['runs']} interleaved runs each; CPU-time ratio (sealed/plain) {data['cpu_ratio']}×.",
         ]
+    elif name == "remote_hosts":
+        lines += _remote_hosts(data)
     elif name == "hub_users":
         lines += _hub_users(data)
     elif name == "dask_read":
