@@ -47,8 +47,15 @@ class HostTarget:
             raise ConfigError(f"a host agent address is grpc://HOST:PORT or grpcs://HOST:PORT, not {text!r}")
         host, colon, port = rest.rpartition(":")
         host = host.strip("[]")
-        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
-            raise ConfigError(f"the host agent address {text!r} is not grpc[s]://HOST:PORT")
+        # isdigit() alone admits '²' and 5000-digit strings, on which int() raises ValueError, not ConfigError.
+        digits = port.isascii() and port.isdigit() and len(port) <= 5
+        if not colon or not host or not digits or not 0 < int(port) < 65536 or "/" in host:
+            raise ConfigError(
+                f"the host agent address {text!r} is not grpc[s]://HOST:PORT",
+                hint="a port is 1 to 65535, e.g. grpcs://tee-host.example:7443",
+            )
+        if not host.isprintable() or any(c.isspace() for c in host):
+            raise ConfigError(f"the host agent address {text!r} has a control or space character in its host")
         target = cls(host, int(port), scheme == "grpcs")
         if not target.tls and not is_loopback(host):
             raise ConfigError(
