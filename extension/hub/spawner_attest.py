@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from teelab.errors import EvidenceError
@@ -143,26 +144,43 @@ async def _get_over_tls(host: str, port: int, path: str) -> tuple[bytes, bytes]:
     context.verify_mode = ssl.CERT_NONE  # the key is compared with the attested one instead
     reader, writer = await asyncio.open_connection(host, port, ssl=context)
     try:
-        peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        spki = (
-            x509.load_der_x509_certificate(peer)
-            .public_key()
-            .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        )
+        spki = peer_spki(writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
-        raw = await reader.read(MAX_ANSWER + 1)
-        while raw and len(raw) <= MAX_ANSWER and (more := await reader.read(MAX_ANSWER + 1 - len(raw))):
+        raw = bytearray()  # extended in place: a peer sending tiny records costs linear time, not quadratic
+        while len(raw) <= MAX_ANSWER and (more := await reader.read(MAX_ANSWER + 1 - len(raw))):
             raw += more
     finally:
         writer.close()
+    return spki, answer_body(bytes(raw))
+
+
+def peer_spki(certificate: bytes | None) -> bytes:
+    """The SubjectPublicKeyInfo (DER) of the certificate the peer presented (untrusted bytes): ValueError if
+    there is none or it cannot be read (cryptography raises ``UnsupportedAlgorithm`` for a key type it does
+    not know, ``InvalidVersion`` for a version field other than v1 or v3: neither is a ValueError)."""
+    if certificate is None:
+        raise ValueError("the server presented no certificate")
+    try:
+        return (
+            x509.load_der_x509_certificate(certificate)
+            .public_key()
+            .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as error:
+        raise ValueError(f"the server's certificate cannot be read: {error}") from None
+
+
+def answer_body(raw: bytes) -> bytes:
+    """The body of an HTTP/1.1 answer read to its end (untrusted bytes): ValueError unless its status is 200
+    and it is at most ``MAX_ANSWER`` bytes."""
     if len(raw) > MAX_ANSWER:
         raise ValueError(f"the answer is larger than {MAX_ANSWER} bytes")
     head, _, body = raw.partition(b"\r\n\r\n")
     status = head.split(b"\r\n", 1)[0].split()
     if len(status) < 2 or status[1] != b"200":
-        raise ValueError(f"the answer's status is {b' '.join(status[1:3]).decode(errors='replace')!r}")
-    return spki, body
+        raise ValueError(f"the answer's status is {b' '.join(status[1:3])[:40].decode(errors='replace')!r}")
+    return body
 
 
 async def challenge(
