@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from teelab.errors import ConfigError
@@ -39,10 +39,11 @@ class PodSettings:
     hub_port: int
     service_port: int
     kbs_port: int
-    cookie_secret: str  # hex, 32 bytes
-    proxy_token: str
-    crypt_key: str  # hex, 32 bytes
-    service_token: str
+    # The secrets: never in a repr (a log line or a traceback that shows the settings shows ports only).
+    cookie_secret: str = field(repr=False)  # hex, 32 bytes
+    proxy_token: str = field(repr=False)
+    crypt_key: str = field(repr=False)  # hex, 32 bytes
+    service_token: str = field(repr=False)
 
     @classmethod
     def make(cls, scratch: str, ports: tuple[int, int, int, int, int]) -> PodSettings:
