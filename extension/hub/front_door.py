@@ -87,7 +87,10 @@ class FrontDoorRequest:
                 collateral=None if data.get("collateral") is None else str(data["collateral"]),
             )
             upstream_is_loopback = ipaddress.ip_address(request.upstream_host).is_loopback
-        except (ValueError, TypeError, KeyError, RecursionError) as error:
+            if not (0 <= request.listen_port < 65536 and 0 <= request.upstream_port < 65536):
+                raise ValueError("a port is 0 to 65535")
+        # OverflowError: JSON's Infinity as a port (int(float("inf"))).
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as error:
             raise FrontDoorError(f"malformed {REQUEST_ENV}: {error}") from None
         if not upstream_is_loopback:
             # The hop to the proxy is plaintext: it must stay inside this TEE (same VM or pod, loopback).

@@ -99,13 +99,21 @@ class KubeBootProcess:
         return pod if isinstance(pod, Mapping) else None
 
     def pod_ip(self) -> str | None:
-        pod = self.pod()
-        ip = ((pod or {}).get("status") or {}).get("podIP")
-        return str(ip) if ip else None
+        status = (self.pod() or {}).get("status")
+        ip = status.get("podIP") if isinstance(status, Mapping) else None
+        return ip if isinstance(ip, str) and ip else None
 
     def poll(self) -> int | None:
         """None while the pod runs (or is starting); the server container's exit code once it terminated; 1
-        for a pod that failed without one, is being deleted, or is gone."""
+        for a pod that failed without one, is being deleted, is gone, or whose status is malformed."""
+        try:
+            return self._poll()
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            # The reflector holds the API server's JSON (the host's): a shape Kubernetes never sends
+            # is a failed pod.
+            return 1
+
+    def _poll(self) -> int | None:
         pod = self.pod()
         if pod is None or "deletionTimestamp" in (pod.get("metadata") or {}):
             return 1
@@ -141,6 +149,12 @@ class KubeBootProcess:
         return status
 
     def _exit_code(self, default: int) -> int:
+        try:
+            return self._terminated_code(default)
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            return default  # a malformed status (see poll)
+
+    def _terminated_code(self, default: int) -> int:
         for container in ((self.pod() or {}).get("status") or {}).get("containerStatuses") or []:
             terminated = (container.get("state") or {}).get("terminated")
             if container.get("name") == CONTAINER and terminated is not None:

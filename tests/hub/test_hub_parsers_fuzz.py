@@ -276,3 +276,99 @@ def test_an_http_answer_is_its_body_only_when_its_status_is_200(raw: bytes) -> N
 def test_an_answer_past_the_bound_is_refused() -> None:
     with pytest.raises(ValueError, match="larger"):
         answer_body(b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * MAX_ANSWER)
+
+
+# -- the pod as KubeSpawner's reflector holds it (the API server's JSON: the host's) -------------------------
+
+POD_KEYS = ["status", "metadata", "containerStatuses", "state", "terminated", "exitCode", "name", "phase"]
+POD_KEYS += ["podIP", "deletionTimestamp"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        json_scalars | st.sampled_from(["notebook", "Failed", "Succeeded", "10.0.0.7"]),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(POD_KEYS),
+                inner,
+                max_size=4,
+            )
+        ),
+        max_leaves=20,
+    )
+)
+def test_a_pods_status_of_any_shape_is_running_an_exit_code_or_failed(pod: object) -> None:
+    import asyncio
+
+    from teelab.extension.hub.kube_spawner import KubeBootProcess
+
+    async def never() -> None:
+        return None
+
+    loop = asyncio.new_event_loop()
+    try:
+        boot = KubeBootProcess(lambda: {"ns/pod": pod}, "ns/pod", never, loop=loop, wait_seconds=0)
+        assert boot.poll() is None or isinstance(boot.poll(), int)
+        assert boot.pod_ip() is None or isinstance(boot.pod_ip(), str)
+        assert isinstance(boot._exit_code(1), int)
+    finally:
+        loop.close()
+
+
+def test_a_malformed_exit_code_is_a_failed_pod_not_an_exception() -> None:
+    import asyncio
+
+    from teelab.extension.hub.kube_spawner import KubeBootProcess
+
+    terminated = {"name": "notebook", "state": {"terminated": {"exitCode": "x"}}}
+    loop = asyncio.new_event_loop()
+    try:
+        for pod in ({"status": {"containerStatuses": [terminated]}}, {"status": {"containerStatuses": 5}}):
+            boot = KubeBootProcess(lambda pod=pod: {"k": pod}, "k", None, loop=loop, wait_seconds=0)
+            assert boot.poll() == 1  # before: ValueError / TypeError out of poll()
+        boot = KubeBootProcess(
+            lambda: {"k": {"status": {"podIP": ["a"]}}}, "k", None, loop=loop, wait_seconds=0
+        )
+        assert boot.pod_ip() is None  # before: "['a']"
+    finally:
+        loop.close()
+
+
+# -- the front door's request (the host's environment) -----------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["listen_host", "listen_port", "upstream_host", "upstream_port", "hostnames", "collateral"]
+        ),
+        json_values | st.floats(allow_nan=True, allow_infinity=True),
+        max_size=4,
+    )
+)
+def test_a_front_door_request_parses_or_is_a_front_door_error(change: dict[str, object]) -> None:
+    from teelab.extension.hub.front_door import FrontDoorRequest
+
+    good = {
+        "listen_host": "0.0.0.0",
+        "listen_port": 8443,
+        "upstream_host": "127.0.0.1",
+        "upstream_port": 8000,
+        "hostnames": ["hub.example"],
+    }
+    try:
+        request = FrontDoorRequest.from_env(json.dumps({**good, **change}))
+    except FrontDoorError:
+        return
+    assert 0 <= request.listen_port < 65536 and 0 <= request.upstream_port < 65536 and request.hostnames
+
+
+def test_infinity_as_a_port_is_a_front_door_error() -> None:
+    from teelab.extension.hub.front_door import FrontDoorRequest
+
+    text = '{"listen_host": "0.0.0.0", "listen_port": Infinity, "upstream_host": "127.0.0.1", "upstream_port": 1,'
+    with pytest.raises(FrontDoorError):  # before: OverflowError
+        FrontDoorRequest.from_env(text + ' "hostnames": ["hub"]}')
