@@ -101,7 +101,9 @@ class egg_info_with_labextension(egg_info):
 setup(
     package_dir=package_dir,
     packages=packages,
-    package_data={"": ["*.toml", "*.json", "*.proto", "*.html", "*.css", "*.js", "*.mjs", "*.j2", "py.typed"]},
+    package_data={
+        "": ["*.toml", "*.json", "*.proto", "*.html", "*.css", "*.js", "*.mjs", "*.j2", "py.typed"]
+    },
     include_package_data=True,
     data_files=[("etc/jupyter/jupyter_server_config.d", ["jupyter-config/server-config/teelab.json"])],
     cmdclass={
