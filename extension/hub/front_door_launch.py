@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import select
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from teelab.errors import EnclaveError
@@ -66,6 +67,15 @@ class RunningFrontDoor:
         if self.process.popen.stdout is not None:
             self.process.popen.stdout.close()
         self.process.cleanup()
+
+
+def print_measured(image: EnclaveImage, *, simulated: bool, policy_out: Path | None) -> None:
+    """What `teelab hub front-door-measure` and `pod-measure` print, and the policy to pin written to ``policy_out``."""
+    print(f"image        {image.path}")
+    print(f"mrenclave    {image.mrenclave.hex()}")
+    if policy_out:
+        policy_out.write_text(front_door_policy_text(image, simulated=simulated))
+        print(f"policy       {policy_out}")
 
 
 def launch_front_door(

@@ -33,17 +33,13 @@ def _config(path: Path) -> Path:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from teelab.extension.hub.front_door_launch import front_door_policy_text
+    from teelab.extension.hub.front_door_launch import print_measured
     from teelab.extension.hub.hub_pod_image import build_hub_pod_image
     from teelab.kernel.attested_module import get_backend
 
     backend = get_backend(args.backend)
     image = build_hub_pod_image(backend, _config(args.config))
-    print(f"image        {image.path}")
-    print(f"mrenclave    {image.mrenclave.hex()}")
-    if args.policy_out:
-        args.policy_out.write_text(front_door_policy_text(image, simulated=backend.simulated))
-        print(f"policy       {args.policy_out}")
+    print_measured(image, simulated=backend.simulated, policy_out=args.policy_out)
     return 0
 
 

@@ -98,16 +98,11 @@ def _connect(args: argparse.Namespace) -> int:
 
 
 def _front_door_measure(args: argparse.Namespace) -> int:
-    from teelab.extension.hub.front_door_launch import build_front_door_image, front_door_policy_text
+    from teelab.extension.hub.front_door_launch import build_front_door_image, print_measured
     from teelab.kernel.attested_module import get_backend
 
     backend = get_backend(args.backend)
-    image = build_front_door_image(backend)
-    print(f"image        {image.path}")
-    print(f"mrenclave    {image.mrenclave.hex()}")
-    if args.policy_out:
-        args.policy_out.write_text(front_door_policy_text(image, simulated=backend.simulated))
-        print(f"policy       {args.policy_out}")
+    print_measured(build_front_door_image(backend), simulated=backend.simulated, policy_out=args.policy_out)
     return 0
 
 
