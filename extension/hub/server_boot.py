@@ -8,7 +8,8 @@ teelab.extension.hub.server_boot``, the entrypoint of the measured image ``teela
 2. Make the ephemeral X25519 key ``E`` and the server's TLS key ``T`` (P-256), both inside; ask the TEE for
    evidence over :func:`~.spawner_protocol.hello_report_data`; start answering re-challenges; send the hello.
 3. Receive the bundle sealed to ``E.pub`` and signed by ``G_s`` — it only comes if the spawner accepted the
-   evidence. A bundle ``G_s`` did not sign is refused unread, and the boot exits with status 1.
+   evidence. A bundle ``G_s`` did not sign is refused unread: a connecting boot exits with status 1; a
+   listening one (a pod) closes that connection and hears the others, until its overall deadline.
 4. Set the server's environment in this process's memory only — the host's view of the process
    (``/proc/<pid>/environ``, its argv) never holds it — confirm, and run ``jupyterhub-singleuser`` in this
    process. The hub API token is in no environment at all: jupyter-server gets it as configuration
@@ -43,6 +44,7 @@ from cryptography.x509.oid import NameOID
 from teelab.errors import TeelabError
 from teelab.extension.hub import server_token
 from teelab.extension.hub import spawner_protocol as protocol
+from teelab.extension.hub.boot_listener import ListenLimits, hear_spawner
 from teelab.extension.hub.kubernetes import launch_value, read_init_data
 from teelab.extension.hub.spawner_protocol import (
     ChallengeAnswer,
@@ -58,15 +60,13 @@ from teelab.protocols.session import (
     SealedBundle,
     controller_hash,
     decode_one_of,
+    encode_frame,
     recv_frame,
     send_frame,
 )
 
 HANDSHAKE_TIMEOUT = 300.0  # the spawner holds the real deadline
 ATTEST_PATH = "/teelab/hub-server/attest"
-# A listening boot (a pod) answers connections until one brings G_s's bundle: anyone in the cluster can connect
-# first, and a stranger's connection must not end the spawn; bounded, as each costs a hello.
-MAX_LISTEN_ATTEMPTS = 16
 # The hub token's names: never in this process's environment (kernels and terminals inherit it).
 TOKEN_ENV = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN")
 
@@ -239,15 +239,10 @@ def apply_bundle(bundle: ServerBundle, keys: ServerKeys) -> None:
     os.chdir(bundle.cwd)
 
 
-def converse(
-    channel: socket.socket, request: ServerBootRequest, keys: ServerKeys, hello: ServerHello
+def accept_bundle(
+    channel: socket.socket, request: ServerBootRequest, keys: ServerKeys, reply: SealedBundle
 ) -> ServerBundle:
-    """Hello, then the bundle ``G_s`` signed for this nonce and E.pub (opened and applied), then the confirmation."""
-    send_frame(channel, hello)
-    reply = decode_one_of(recv_frame(channel), Refused, SealedBundle)
-    if isinstance(reply, Refused):
-        raise HandshakeError(f"the spawner refused this server: {reply.reason}")
-    assert isinstance(reply, SealedBundle)
+    """The bundle ``G_s`` signed for this nonce and E.pub, opened and applied, then the confirmation."""
     # Only the controller may run this server: anything else sealed to E.pub is refused unread.
     protocol.check_signature(
         request.controller_key, reply.signature, reply.sealed, request.nonce, keys.enclave_key
@@ -262,28 +257,49 @@ def converse(
     return bundle
 
 
-def listen_for_spawner(request: ServerBootRequest, keys: ServerKeys, hello: ServerHello) -> ServerBundle:
-    """A pod's boot: the spawner connects (it learns the pod's IP from Kubernetes). A connection that does not
-    bring a bundle G_s signed (a stranger in the cluster, a scanner) is closed and the next one heard; a refusal
-    from the spawner ends the boot."""
-    with socket.create_server(request.respond_to) as listener:
-        listener.settimeout(HANDSHAKE_TIMEOUT)
-        for _attempt in range(MAX_LISTEN_ATTEMPTS):
-            channel, _peer = listener.accept()
-            with channel:
-                channel.settimeout(HANDSHAKE_TIMEOUT)
-                try:
-                    return converse(channel, request, keys, hello)
-                except (HandshakeError, OSError) as error:
-                    if isinstance(error, HandshakeError) and "refused this server" in error.message:
-                        raise
-                    if server_token.held():
-                        raise  # the bundle was applied: this was the spawner, and the confirmation failed
-                    print(
-                        "teelab server boot: a connection was not the spawner's; listening on",
-                        file=sys.stderr,
-                    )
-    raise HandshakeError(f"no spawner brought a bundle in {MAX_LISTEN_ATTEMPTS} connections")
+def converse(
+    channel: socket.socket, request: ServerBootRequest, keys: ServerKeys, hello: ServerHello
+) -> ServerBundle:
+    """A connecting boot: hello on the channel to the spawner's answer address, then its bundle or refusal
+    (only the spawner holds that channel: its refusal ends the boot)."""
+    send_frame(channel, hello)
+    reply = decode_one_of(recv_frame(channel), Refused, SealedBundle)
+    if isinstance(reply, Refused):
+        raise HandshakeError(f"the spawner refused this server: {reply.reason}")
+    assert isinstance(reply, SealedBundle)
+    return accept_bundle(channel, request, keys, reply)
+
+
+def signed_by_controller(request: ServerBootRequest, keys: ServerKeys) -> Callable[[SealedBundle], bool]:
+    def signed(reply: SealedBundle) -> bool:
+        try:
+            protocol.check_signature(
+                request.controller_key, reply.signature, reply.sealed, request.nonce, keys.enclave_key
+            )
+        except HandshakeError:
+            return False
+        return True
+
+    return signed
+
+
+def listen_for_spawner(
+    request: ServerBootRequest, keys: ServerKeys, hello: ServerHello, *, limits: ListenLimits | None = None
+) -> ServerBundle:
+    """A pod's boot: the spawner connects (it learns the pod's IP from Kubernetes), and so may anyone on the
+    pod network. Every connection is heard at once (:mod:`~teelab.extension.hub.boot_listener`); only the one
+    that brings a bundle G_s signed proceeds, and whatever else a connection sends — garbage, an unsigned
+    refusal, another key's bundle, nothing — closes that connection only. A signed bundle that then fails
+    (another server's, not opening with E) ends the boot: it came from the controller. Without a signed
+    bundle by the overall deadline the boot ends (:class:`~.boot_listener.NoSpawner`)."""
+    channel, reply, report = hear_spawner(
+        request.respond_to, encode_frame(hello), signed_by_controller(request, keys), limits=limits
+    )
+    if report.total():
+        print(f"teelab server boot: {report.summary()}", file=sys.stderr)
+    with channel:
+        channel.settimeout(HANDSHAKE_TIMEOUT)
+        return accept_bundle(channel, request, keys, reply)
 
 
 def handshake(request: ServerBootRequest, runtime: TeeRuntime) -> tuple[ServerBundle, ServerKeys]:
