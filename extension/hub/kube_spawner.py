@@ -9,6 +9,14 @@ of the server's configuration is in the pod spec: it travels sealed to the attes
 The pod is checked again right before it is sent to the API server (after any ``modify_pod_hook``) and refused
 if it carries a token, a key, a grant or a Secret anywhere.
 
+Under ``internal_ssl`` KubeSpawner would make a Secret of a key the hub made and mount it into the pod. Here no
+key is made in the hub (TeeSpawner's ``create_certs``/``move_certs``), no Secret is ever sent to the API server
+(:meth:`TeeKubeSpawner._make_create_resource_request`), and the pod's Secret volume, mount and ``JUPYTERHUB_SSL_*``
+variables are stripped; KubeSpawner's Service is still made, so the server has a stable DNS name. Once the
+pod's evidence passed, the notebooks CA certifies the attested in-TEE key ``T`` for the Service's names
+(:meth:`TeeKubeSpawner.kube_names`) and the certificate travels sealed; the hub and the proxy reach the server
+at ``https://<service name>:<port>``.
+
 The attestation is the same conversation as for a local boot, over the cluster network: the boot listens on
 ``boot_port`` and the hub connects to the pod's IP once Kubernetes reports it running; re-challenges go to the
 pod's IP at ``challenge_port``. The controller check is by init-data (:func:`init_data_appraiser`): the launch
@@ -24,10 +32,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from kubespawner import KubeSpawner
 from traitlets import Integer, List, Unicode
@@ -194,6 +204,7 @@ class TeeKubeSpawner(TeeSpawner, KubeSpawner):  # type: ignore[misc]
         self._boot_request: ServerBootRequest | None = None
         self._init_data: str | None = None  # this server's init-data annotation (public)
         self._boot: KubeBootProcess | None = None
+        self._pod_url: str | None = None  # KubeSpawner's URL for this spawn's pod (https under internal_ssl)
 
     # -- the pod ------------------------------------------------------------------------------------------
 
@@ -258,6 +269,52 @@ class TeeKubeSpawner(TeeSpawner, KubeSpawner):  # type: ignore[misc]
         self.check_boot_pod(pod)
         return await super()._make_create_pod_request(pod, request_timeout)
 
+    # -- internal_ssl: a Service for the certificate's name, never a Secret ------------------------------------
+
+    def get_secret_manifest(self, owner_reference: Any) -> Any:
+        """KubeSpawner's ``internal_ssl`` Secret would hold a key the hub made (``create_certs``) for the node to
+        mount. TeeSpawner's ``create_certs`` makes none: ``T`` is made in the pod's TEE and its certificate
+        travels sealed. A Secret with a name and no data, which :meth:`_make_create_resource_request` never sends
+        (KubeSpawner's ``_start`` asks for it under ``internal_ssl``; ``make_secret`` would read key files)."""
+        from kubernetes_asyncio.client import V1ObjectMeta, V1Secret
+
+        return V1Secret(metadata=V1ObjectMeta(name=self.secret_name, owner_references=[owner_reference]))
+
+    async def _make_create_resource_request(self, kind: str, manifest: Any) -> Any:
+        """Services go to the API server (under ``internal_ssl`` the certificate names the pod's Service);
+        a Secret never does: nothing of a TEE server's belongs where the node reads it."""
+        if kind == "secret":
+            self.log.info("teelab %s: no Secret for the server's TLS key (made in its TEE)", self._log_name)
+            return True
+        return await super()._make_create_resource_request(kind, manifest)
+
+    async def _ensure_not_exists(self, kind: str, name: str) -> Any:
+        if kind == "secret":
+            return True  # the hub never reads or deletes Secrets: it needs no permission on them
+        return await super()._ensure_not_exists(kind, name)
+
+    def kube_names(self) -> list[str]:
+        """The names the proxy and the hub reach this pod by under ``internal_ssl``, for its certificate:
+        KubeSpawner's (its ``ssl_alt_names`` default: the Service's DNS names, from the current pod name and
+        namespace) and the host of the URL KubeSpawner gave for the pod (``dns_name``, or ``pod_connect_ip``)."""
+        names = [
+            f"DNS:{self.dns_name}",
+            f"DNS:{self.pod_name}",
+            f"DNS:{self.pod_name}.{self.namespace}",
+            f"DNS:{self.pod_name}.{self.namespace}.svc",
+        ]
+        host = urlsplit(self._pod_url).hostname if self._pod_url else None
+        if host:
+            try:
+                names.append(f"IP:{ipaddress.ip_address(host)}")
+            except ValueError:
+                names.append(f"DNS:{host}")
+        return names
+
+    async def _alt_names(self) -> list[str]:
+        names = await super()._alt_names()
+        return [*names, *(name for name in dict.fromkeys(self.kube_names()) if name not in names)]
+
     # -- TeeSpawner's hooks ---------------------------------------------------------------------------------
 
     def load_server_image(self, backend: EnclaveBackend) -> EnclaveImage | None:
@@ -281,15 +338,10 @@ class TeeKubeSpawner(TeeSpawner, KubeSpawner):  # type: ignore[misc]
         request: ServerBootRequest,
         controller: bytes,
     ) -> BootProcess:
-        if self.internal_ssl:
-            raise ConfigError(
-                "TeeKubeSpawner does not support internal_ssl yet",
-                hint="KubeSpawner ships the hub-made key as a Secret; the pod's key is made in its TEE",
-            )
         self._boot_request = request
-        await KubeSpawner.start(
-            self
-        )  # creates the pod (get_pod_manifest -> boot_pod) and waits until it runs
+        # Creates the pod (get_pod_manifest -> boot_pod) and, under internal_ssl, its Service (no Secret: see
+        # below), and waits until it runs; returns the URL the hub and the proxy will use.
+        self._pod_url = str(await KubeSpawner.start(self))
         self._boot = self._boot_process()
         return self._boot
 
