@@ -182,7 +182,10 @@ class ServerBootRequest:
     makes the boot refuse (the platform names the controller it was launched for).
 
     ``listen``: the boot listens at ``respond_to`` and the spawner connects (a pod, which the hub reaches at its
-    IP once Kubernetes reports it) instead of connecting to the spawner. ``init_data``: the Kata/CoCo init-data
+    IP once Kubernetes reports it) instead of connecting to the spawner. Anyone on the pod network can connect
+    as well, so there an unsigned ``refused`` is no one's word: the listening boot
+    (:mod:`~teelab.extension.hub.boot_listener`) closes that connection only and proceeds on a bundle ``G_s``
+    signed alone, until its overall deadline. ``init_data``: the Kata/CoCo init-data
     annotation (gzip+base64 TOML, public) whose digest the platform put in the launch field; it names the
     controller (:mod:`~teelab.extension.hub.kubernetes`)."""
 

@@ -55,7 +55,7 @@ class Boot:
 
     @property
     def port(self) -> int:
-        return self.request.respond_to[1]
+        return int(self.request.respond_to[1])
 
     def start(self) -> None:
         hello = ServerHello(self.keys.enclave_key, self.keys.tls_spki, {"kind": "sim", "quote": "public"})
