@@ -138,16 +138,21 @@ class ConfidentialPods:
         }
 
     def tee_kube_spawner_values(
-        self, *, boot_port: int = BOOT_PORT, challenge_port: int = CHALLENGE_PORT
+        self, *, boot_port: int = BOOT_PORT, challenge_port: int = CHALLENGE_PORT, internal_ssl: bool = False
     ) -> dict[str, Any]:
         """Helm values for :class:`~teelab.extension.hub.kube_spawner.TeeKubeSpawner`: it makes each pod's
         init-data itself (for the user's policy), so only the runtime class and the ports are configuration;
-        the network policies let the hub reach the boot's two ports (Z2JH allows only the server's port)."""
+        the network policies let the hub reach the boot's two ports (Z2JH allows only the server's port).
+        ``internal_ssl``: the hub, the proxy and each server speak TLS, the server's with its attested in-TEE
+        key (the proxy must run where JupyterHub's certificates are: docs/hosted-hub.md)."""
         ports = [{"port": boot_port, "protocol": "TCP"}, {"port": challenge_port, "protocol": "TCP"}]
+        hub_traits: dict[str, Any] = {"spawner_class": TEE_KUBE_SPAWNER}
+        if internal_ssl:
+            hub_traits["internal_ssl"] = True
         return {
             "hub": {
                 "config": {
-                    "JupyterHub": {"spawner_class": TEE_KUBE_SPAWNER},
+                    "JupyterHub": hub_traits,
                     "TeeKubeSpawner": {
                         "runtime_class": self.runtime_class,
                         "boot_port": boot_port,

@@ -162,7 +162,9 @@ def _k8s_values(args: argparse.Namespace) -> int:
     spawner = args.tee_kube_spawner  # TeeKubeSpawner: the spawner makes each pod's init-data (SHA-256) itself
     digest = "sha256" if spawner else None
     pods = ConfidentialPods(args.runtime_class, controller, policy_digest, agent_policy, digest=digest)
-    values = pods.tee_kube_spawner_values() if spawner else pods.z2jh_values()
+    if args.internal_ssl and not spawner:
+        raise UsageError("--internal-ssl needs --tee-kube-spawner (stock KubeSpawner ships a hub-made key)")
+    values = pods.tee_kube_spawner_values(internal_ssl=args.internal_ssl) if spawner else pods.z2jh_values()
     print(json.dumps(values, indent=2))  # JSON is YAML: pass it to helm with -f
     field = "MRCONFIGID" if args.runtime_class == "kata-qemu-tdx" else "HOST_DATA"
     print(
@@ -263,6 +265,11 @@ def register_commands(commands: Subparsers) -> None:
         "--tee-kube-spawner",
         action="store_true",
         help="values for teelab's TeeKubeSpawner (attested pods; it makes each pod's init-data itself)",
+    )
+    k8s.add_argument(
+        "--internal-ssl",
+        action="store_true",
+        help="with --tee-kube-spawner: JupyterHub.internal_ssl (TLS to each pod with its attested in-TEE key)",
     )
 
     from teelab.extension.hub.hub_pod_cli import register_pod_commands

@@ -402,3 +402,36 @@ def test_a_stale_key_put_into_the_pods_hello_gets_no_certificate_boot(
     assert verdict["status"] == "refused" and "report_data" in verdict["reason"]
     assert issued == []  # no certificate for the stale key (nor for any other)
     assert api_server.paths("secrets") == []
+
+
+def test_k8s_values_with_internal_ssl_turn_it_on_for_the_tee_kube_spawner_only_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """no Kubernetes API server here: `teelab hub k8s-values --tee-kube-spawner --internal-ssl`."""
+    from jupyterhub.app import JupyterHub
+    from traitlets.config import Config
+
+    from teelab.cli import main as teelab_main
+
+    c = configured(tmp_path)
+    argv = [
+        "hub",
+        "k8s-values",
+        "--runtime-class",
+        "kata-qemu-snp",
+        "--identity-file",
+        c.TeeSpawner.identity_file,
+    ]
+    argv += ["--server-policy", c.TeeSpawner.policy_for["*"]]
+    assert teelab_main([*argv, "--tee-kube-spawner", "--internal-ssl"]) == 0
+    config = json.loads(capsys.readouterr().out)["hub"]["config"]
+    assert config["JupyterHub"] == {
+        "spawner_class": "teelab.extension.hub.kube_spawner.TeeKubeSpawner",
+        "internal_ssl": True,
+    }
+    assert JupyterHub(config=Config(config)).internal_ssl is True  # the chart sets hub.config as traits
+    assert teelab_main([*argv, "--tee-kube-spawner"]) == 0
+    assert "internal_ssl" not in json.loads(capsys.readouterr().out)["hub"]["config"]["JupyterHub"]
+    # Stock KubeSpawner would make the server's key in the hub and ship it as a Secret: refused.
+    assert teelab_main([*argv, "--internal-ssl"]) != 0
+    assert "--internal-ssl needs --tee-kube-spawner" in capsys.readouterr().err
