@@ -3,8 +3,10 @@
 In the notebook kernel (the Dask client), :func:`read_dataset` makes one key release of its own to learn,
 from the key broker, which version is current and that version's ``manifest_sha256``; it authenticates the
 manifest exactly as the single-kernel reader does (:func:`~teelab.sealed_store.reader.open_sealed`) and takes
-the schema from part 1's encrypted footer, here in the attested kernel, to build Dask's ``meta`` — so no
-worker decrypts anything while the graph is built. The graph is ``dd.from_map(SealedPartReader, parts,
+the schema from the manifest's encrypted ``schema`` field (decrypted here, in the attested kernel, after the
+manifest's MAC verified) to build Dask's ``meta`` — so building the graph opens no part, and no worker
+decrypts anything while it is built. A manifest sealed before that field existed has none: the kernel then
+decrypts part 1's footer for the schema, as it always did. The graph is ``dd.from_map(SealedPartReader, parts,
 meta=...)``: each task carries the dataset, the version, the manifest digest, the part's index and name, and
 the query (columns, filters) — never a key.
 

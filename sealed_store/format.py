@@ -25,6 +25,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _PART_INFO = FORMAT.encode() + b"/part\x00"
 _COMMIT_INFO = FORMAT.encode() + b"/commit"
 _MANIFEST_INFO = FORMAT.encode() + b"/manifest"
+_SCHEMA_INFO = FORMAT.encode() + b"/schema"
 
 # Parquet Modular Encryption, encrypted-footer mode (parquet-format Encryption.md §5).
 PARQUET_ENCRYPTED_MAGIC = b"PARE"
@@ -79,6 +80,16 @@ def commitment(dek: bytes, dataset: str, version: int) -> str:
 
 def manifest_mac(dek: bytes, unsigned_manifest: bytes) -> str:
     return hmac.new(_hkdf(dek, _MANIFEST_INFO), unsigned_manifest, hashlib.sha256).hexdigest()
+
+
+def schema_key(dek: bytes) -> bytes:
+    """The AES-256-GCM key of the manifest's encrypted schema (its own label: no key serves two purposes)."""
+    return _hkdf(dek, _SCHEMA_INFO)
+
+
+def schema_aad(dataset: str, version: int) -> bytes:
+    """What the manifest's encrypted schema is bound to: a blob copied from another version does not open."""
+    return _SCHEMA_INFO + b"\x00" + dataset.encode() + b"\x00" + str(version).encode()
 
 
 _CRYPTO_HEAD = bytes.fromhex("1c1c2808")

@@ -6,8 +6,11 @@ parser accepts nothing else: unknown or duplicate keys, floats, non-canonical sp
 misnamed parts are all :class:`ManifestError`, because a lenient parser would give an attacker room to
 vary bytes the MAC does not see.
 
-Nothing about the data's schema appears here: column names and types live only in the parts' encrypted
-footers.
+Nothing about the data's schema appears here in clear: column names and types live in the parts' encrypted
+footers and, in manifests sealed since the field exists, in the optional ``schema`` field, encrypted under a
+key derived from the data key (:mod:`teelab.sealed_store.sealed_schema`), so that a reader (a Dask graph's
+``meta``) learns the schema without opening a part while the host learns nothing new. Manifests without the
+field stay valid: their readers take the schema from part 1's footer.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from teelab.sealed_store.errors import (
     InvalidNameError,
@@ -37,12 +40,17 @@ from teelab.sealed_store.format import (
     manifest_mac,
     part_name,
 )
+from teelab.sealed_store.sealed_schema import decrypt_schema, encrypt_schema, schema_text_problem
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # ~100k parts; anything larger is refused before parsing
 MAX_KEY_REF = 512
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _TOP_KEYS = frozenset({"format", "dataset", "version", "created_at", "parts", "key", "commitment", "mac"})
+_TOP_OPTIONAL = frozenset({"schema"})
 _PART_KEYS = frozenset({"name", "size", "sha256"})
 _PART_OPTIONAL = frozenset({"rows"})
 
@@ -70,9 +78,11 @@ class Manifest:
     key_ref: str  # the key broker's reference to this version's data key, e.g. ``kbs:sales/3``
     commitment: str
     mac: str
+    # base64 of the AES-GCM-sealed Arrow schema (sealed_schema.py); None in manifests sealed before it existed
+    encrypted_schema: str | None = None
 
     def unsigned_document(self) -> dict[str, object]:
-        return {
+        document: dict[str, object] = {
             "format": FORMAT,
             "dataset": self.dataset,
             "version": self.version,
@@ -81,6 +91,9 @@ class Manifest:
             "key": {"kbs": self.key_ref},
             "commitment": self.commitment,
         }
+        if self.encrypted_schema is not None:
+            document["schema"] = self.encrypted_schema
+        return document
 
     def to_bytes(self) -> bytes:
         """The manifest file's exact content."""
@@ -109,6 +122,18 @@ class Manifest:
                 "the manifest's MAC does not verify (edited)", dataset=self.dataset, version=self.version
             )
 
+    def arrow_schema(self, dek: bytes) -> pa.Schema | None:
+        """The data's Arrow schema from the encrypted ``schema`` field, or ``None`` if this manifest has none
+        (sealed before the field existed, or too wide a table): then part 1's footer holds it.
+
+        Authenticates the manifest first (:meth:`verify`): nothing unauthenticated is decrypted or parsed.
+        Raises :class:`ManifestTamperedError` if the field does not decrypt or decode.
+        """
+        self.verify(dek)
+        if self.encrypted_schema is None:
+            return None
+        return decrypt_schema(dek, self.dataset, self.version, self.encrypted_schema)
+
 
 def canonical_json(document: Mapping[str, object]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
@@ -122,8 +147,13 @@ def build_manifest(
     created_at: str,
     parts: Sequence[PartEntry],
     key_ref: str,
+    schema: pa.Schema | None = None,
 ) -> Manifest:
-    """Make a manifest and authenticate it with keys derived from ``dek``."""
+    """Make a manifest and authenticate it with keys derived from ``dek``.
+
+    ``schema``: the parts' Arrow schema, stored encrypted (omitted if larger than
+    ``sealed_schema.MAX_SCHEMA_BYTES``; readers then fall back to part 1's footer).
+    """
     unsigned = Manifest(
         dataset=dataset,
         version=version,
@@ -132,6 +162,7 @@ def build_manifest(
         key_ref=key_ref,
         commitment=commitment(dek, dataset, version),
         mac="",
+        encrypted_schema=None if schema is None else encrypt_schema(dek, dataset, version, schema),
     )
     mac = manifest_mac(dek, canonical_json(unsigned.unsigned_document()))
     manifest = Manifest(**{**unsigned.__dict__, "mac": mac})
@@ -167,8 +198,11 @@ def parse_manifest(data: bytes, *, dataset: str | None = None, version: int | No
         fail(f"not canonical JSON ({_short(error)})")
     if not isinstance(document, dict):
         fail("not a JSON object")
-    if set(document) != _TOP_KEYS:
-        fail(f"expected exactly the fields {sorted(_TOP_KEYS)}, got {sorted(document)[:20]}")
+    if not _TOP_KEYS <= set(document) <= _TOP_KEYS | _TOP_OPTIONAL:
+        fail(
+            f"expected exactly the fields {sorted(_TOP_KEYS)} (and optionally schema), "
+            f"got {[_short(k) for k in sorted(document)[:20]]}"
+        )
     if document["format"] != FORMAT:
         fail(f"unknown format {_short(document['format'])}")
     name, number = document["dataset"], document["version"]
@@ -190,6 +224,12 @@ def parse_manifest(data: bytes, *, dataset: str | None = None, version: int | No
     for field in ("commitment", "mac"):
         if not isinstance(document[field], str) or not _HEX64.fullmatch(document[field]):
             fail(f"{field} is not 64 lowercase hex digits")
+    sealed_schema = document.get("schema")
+    if "schema" in document:
+        problem = schema_text_problem(sealed_schema)
+        if problem is not None:
+            fail(problem)
+    assert sealed_schema is None or isinstance(sealed_schema, str)
     parts = document["parts"]
     if not isinstance(parts, list) or not 1 <= len(parts) <= MAX_PARTS:
         fail(f"parts must list 1-{MAX_PARTS} parts")
@@ -202,6 +242,7 @@ def parse_manifest(data: bytes, *, dataset: str | None = None, version: int | No
         key_ref=key_ref,
         commitment=document["commitment"],
         mac=document["mac"],
+        encrypted_schema=sealed_schema,
     )
     if manifest.to_bytes() != bytes(data):
         fail("not in canonical form (sorted keys, no whitespace, ASCII)")

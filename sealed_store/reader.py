@@ -78,6 +78,8 @@ class SealedReader:
     store: DatasetStore
     manifest: Manifest
     _dek: bytes = field(repr=False)
+    # From the manifest's encrypted ``schema`` field; None for manifests sealed before it (part 1's footer then).
+    _schema: pa.Schema | None = field(default=None, repr=False)
     # Queries already checked (a Dask worker reads many parts with the same query): the check costs ~6 ms.
     _plans: dict[tuple[str, str, bool], tuple[pa.Schema, Filters, list[str] | None, ds.Expression | None]] = (
         field(default_factory=dict, init=False, repr=False, compare=False)
@@ -92,7 +94,10 @@ class SealedReader:
         return self.manifest.version
 
     def schema(self) -> pa.Schema:
-        """The Arrow schema (decrypts the first part's footer)."""
+        """The Arrow schema: the manifest's (no part is opened), or for a manifest without one, part 1's
+        (decrypts its footer). Every part read is checked against it."""
+        if self._schema is not None:
+            return self._schema
         return self._fragment(1).physical_schema
 
     def read_table(self, columns: Sequence[str] | None = None, filters: Filters = None) -> pa.Table:
@@ -114,7 +119,7 @@ class SealedReader:
     ) -> pd.DataFrame:
         """Part ``k`` (1-based) alone, as :meth:`read_pandas` converts it: one partition of a Dask read.
 
-        ``schema``: part 1's (from :meth:`schema`), so that a reader of part ``k`` need not open part 1;
+        ``schema``: from :meth:`schema`, so that a reader of part ``k`` need not open part 1;
         ``types_mapper``: as for ``pyarrow.Table.to_pandas`` (Dask's string dtypes, without a second pass).
         """
         if not isinstance(k, int) or not 1 <= k <= len(self.manifest.parts):
@@ -132,7 +137,8 @@ class SealedReader:
     ) -> pd.DataFrame:
         """The empty DataFrame this query returns, the query checked as a read checks it: a Dask ``meta``.
 
-        Only part 1's footer is decrypted (for its schema), unless ``schema`` is given; no data page is.
+        No part is opened when ``schema`` is given or the manifest holds the schema; otherwise part 1's
+        footer is decrypted for it. No data page is.
         """
         schema = schema if schema is not None else self.schema()
         wanted, _ = self._plan(schema, columns, filters, pandas_index=True)
@@ -268,8 +274,10 @@ class SealedReader:
             self._part_failed(k, error)
         if entry.rows is not None and rows != entry.rows:
             self._fail(PartTamperedError, k, f"holds {rows} rows, the manifest says {entry.rows}")
-        if schema is not None and not physical.equals(schema, check_metadata=False):
-            self._fail(PartTamperedError, k, "its schema differs from part 1's")
+        expected = self._schema if self._schema is not None else schema
+        if expected is not None and not physical.equals(expected, check_metadata=False):
+            whose = "the manifest's" if self._schema is not None else "part 1's"
+            self._fail(PartTamperedError, k, f"its schema differs from {whose}")
         return fragment
 
     def _check_envelope(self, k: int, path: str, entry: PartEntry) -> None:
@@ -354,8 +362,8 @@ def open_sealed(
             dataset=name,
             version=version,
         )
-    manifest.verify(dek)
-    reader = SealedReader(store=store, manifest=manifest, _dek=dek)
+    schema = manifest.arrow_schema(dek)  # verifies the commitment and MAC first
+    reader = SealedReader(store=store, manifest=manifest, _dek=dek, _schema=schema)
     sizes = store.part_sizes(name, version)
     for k, entry in enumerate(manifest.parts, start=1):
         served = sizes.get(entry.name)

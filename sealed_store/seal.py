@@ -29,6 +29,8 @@ from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pyarrow.parquet.encryption as pe
 
@@ -176,6 +178,7 @@ def seal_dataset(
                 advance(batch.num_rows)
         entries = writer.finish(record_rows=record_rows, description=table_input.description)
         manifest = build_manifest(
+            schema=writer.part_schema,
             dek=dek,
             dataset=name,
             version=version,
@@ -233,6 +236,7 @@ class _PartWriter:
         self._created: list[Path] = []
         self._entries: list[PartEntry] = []
         self._part_rows: list[int] = []
+        self.part_schema: pa.Schema | None = None  # as a reader decodes it from part 1's footer
 
     def write(self, batch: pa.RecordBatch) -> None:
         if not batch.schema.equals(self._schema, check_metadata=False):
@@ -326,8 +330,26 @@ class _PartWriter:
         path = self._folder / part_name(self._k)
         size, digest = _hash_file(path)
         _check_written(path, size)
+        if self._k == 1:
+            self.part_schema = self._read_back_schema(path)
         self._entries.append(PartEntry(name=path.name, size=size, sha256=digest))
         self._part_rows.append(self._rows_in_part)
+
+    def _read_back_schema(self, path: Path) -> pa.Schema:
+        """Part 1's schema as the reader will see it, for the manifest's encrypted ``schema`` field.
+
+        Read back from the encrypted footer rather than taken from the input: Parquet does not round-trip
+        every Arrow type and metadata unchanged, and the reader checks every part against the manifest's.
+        """
+        prefix = aad_prefix(self._name, self._version, 1, self._layout.parts)
+        properties = pe.create_decryption_properties(part_key(self._dek, prefix), aad_prefix=prefix.encode())
+        file_format = ds.ParquetFileFormat(
+            default_fragment_scan_options=ds.ParquetFragmentScanOptions(decryption_properties=properties)
+        )
+        try:
+            return file_format.make_fragment(str(path), filesystem=pafs.LocalFileSystem()).physical_schema
+        except (pa.ArrowException, OSError, ValueError) as error:
+            raise SealOutputError(f"cannot read back {path.name}: {_first_line(error)}") from None
 
 
 def _guarded(batches: Iterator[pa.RecordBatch], description: str) -> Iterator[pa.RecordBatch]:

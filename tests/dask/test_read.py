@@ -137,6 +137,29 @@ def test_the_graph_is_built_from_the_manifest_and_decrypts_nothing_on_a_worker(w
     pd.testing.assert_frame_equal(got, expected, check_categorical=False)
 
 
+def test_building_the_graph_and_its_meta_opens_no_part(world: World) -> None:
+    """The meta comes from the manifest's encrypted schema: with every part unreadable (zeros of the same size,
+    so the store's listing still matches the manifest), the graph and its meta build; restored, it computes."""
+    from teelab.sealed_store.errors import PartTamperedError
+
+    originals: dict[str, bytes] = {}
+    for k in range(1, len(world.sealed.dataset.manifest.parts) + 1):
+        path = world.store.part_path("sales", 1, k)
+        originals[path] = bytes(world.store.fs.cat_file(path))
+        world.store.fs.pipe_file(path, bytes(len(originals[path])))
+    df = read_dataset("sales", columns=["city", "amount"], filters=[("small", "<", 50)])
+    assert df.npartitions == 3 and list(df._meta.columns) == ["city", "amount"] and len(df._meta) == 0
+    assert str(df._meta.amount.dtype) == "float64"
+    with pytest.raises(PartTamperedError, match="part-0000"):  # the parts really were unreadable
+        df.compute(scheduler="sync")
+    for path, data in originals.items():
+        world.store.fs.pipe_file(path, data)
+    got = df.compute(scheduler="sync").reset_index(drop=True)
+    frame = world.frame[world.frame.small < 50][["city", "amount"]].reset_index(drop=True)
+    expected = dd.from_pandas(frame, npartitions=1).compute()
+    pd.testing.assert_frame_equal(got, expected, check_categorical=False)
+
+
 def test_no_key_ever_enters_the_task_graph(world: World) -> None:
     df = read_dataset("sales", filters=[("small", "<", 50)])
     query = df[df.amount > 100].groupby("city", observed=True).amount.sum()

@@ -18,6 +18,8 @@ from teelab.sealed_store.format import (
     manifest_mac,
     part_key,
     part_name,
+    schema_aad,
+    schema_key,
 )
 
 DEK = bytes.fromhex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
@@ -44,6 +46,13 @@ def test_commitment_and_manifest_mac() -> None:
     assert commitment(DEK, "sales", 4) != commitment(DEK, "sales", 3)
     mac_key = rfc5869_hkdf_sha256(DEK, b"teelab/sealed-parquet/v1/manifest")
     assert manifest_mac(DEK, b"{}") == hmac.new(mac_key, b"{}", hashlib.sha256).hexdigest()
+
+
+def test_schema_key_and_aad() -> None:
+    assert schema_key(DEK) == rfc5869_hkdf_sha256(DEK, b"teelab/sealed-parquet/v1/schema")
+    assert schema_aad("sales", 3) == b"teelab/sealed-parquet/v1/schema\x00sales\x003"
+    purposes = {schema_key(DEK), rfc5869_hkdf_sha256(DEK, b"teelab/sealed-parquet/v1/manifest")}
+    assert len(purposes) == 2  # its own key, not the MAC's
 
 
 def test_names() -> None:

@@ -193,6 +193,7 @@ def test_manifest_fields_and_canonical_form(published) -> None:
         "key",
         "commitment",
         "mac",
+        "schema",  # the Arrow schema, encrypted (sealed_schema.py)
     }
     assert document["format"] == FORMAT
     assert document["key"] == {"kbs": "kbs:sales/1"}
@@ -204,6 +205,30 @@ def test_manifest_fields_and_canonical_form(published) -> None:
     assert all("rows" not in p for p in document["parts"]), "row counts are not disclosed by default"
     assert raw == json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
     assert parse_manifest(raw).sha256 == sealed.manifest_sha256
+
+
+def test_the_manifest_holds_the_parts_schema_encrypted(published) -> None:
+    sealed = published.sealed.dataset
+    manifest = sealed.manifest
+    schema = manifest.arrow_schema(published.sealed.dek)
+    assert schema is not None and schema.names == [*published.frame.columns]
+    assert schema.pandas_metadata is not None  # the index and dtypes pd.read_parquet restores
+    n = len(manifest.parts)
+    for k in range(1, n + 1):
+        physical = _decrypt_part(sealed.folder, published.sealed.dek, "sales", 1, k, n).schema_arrow
+        assert physical.equals(schema, check_metadata=True)
+
+
+def test_a_schema_too_large_for_the_manifest_is_left_to_the_footers(
+    sealer, frame_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from teelab.sealed_store import sealed_schema
+
+    monkeypatch.setattr(sealed_schema, "MAX_SCHEMA_BYTES", 64)
+    sealed = sealer(frame_factory(100))
+    assert sealed.dataset.manifest.encrypted_schema is None
+    assert "schema" not in json.loads(sealed.dataset.manifest_path.read_bytes())
+    assert sealed.dataset.manifest.arrow_schema(sealed.dek) is None
 
 
 def test_record_rows_discloses_row_counts(sealer, frame_factory) -> None:

@@ -7,6 +7,7 @@ what happened, and never returns data.
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 
@@ -212,6 +213,12 @@ def _edit_manifest(published, edit) -> bytes:
     return data
 
 
+def _flip_base64(text: str) -> str:
+    raw = bytearray(base64.b64decode(text))
+    raw[len(raw) // 2] ^= 0x01
+    return base64.b64encode(bytes(raw)).decode()
+
+
 EDITS = {
     "format": lambda d: d.update(format="teelab/sealed-parquet/v2"),
     "created_at": lambda d: d.update(created_at="2020-01-01T00:00:00Z"),
@@ -225,6 +232,8 @@ EDITS = {
     "mac": lambda d: d.update(mac="2" * 64),
     "whitespace": None,
     "extra field": lambda d: d.update(note="hello"),
+    "schema dropped": lambda d: d.pop("schema"),
+    "schema bit flipped": lambda d: d.update(schema=_flip_base64(d["schema"])),
 }
 
 
@@ -239,7 +248,18 @@ def test_manifest_edited(published, field) -> None:
         published.read()
 
 
-@pytest.mark.parametrize("field", ["part size", "part hash", "part dropped", "key reference", "created_at"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "part size",
+        "part hash",
+        "part dropped",
+        "key reference",
+        "created_at",
+        "schema dropped",
+        "schema bit flipped",
+    ],
+)
 def test_manifest_edited_and_registered_still_fails_its_mac(published, field) -> None:
     """Even if the broker had recorded the edited manifest's digest, the MAC under the data key fails."""
     data = _edit_manifest(published, EDITS[field])
@@ -247,6 +267,19 @@ def test_manifest_edited_and_registered_still_fails_its_mac(published, field) ->
 
     with pytest.raises(ManifestTamperedError, match="MAC"):
         published.read(manifest_sha256=hashlib.sha256(data).hexdigest())
+
+
+def test_manifest_schema_copied_from_another_version(publisher, frame_factory) -> None:
+    """The store moves the encrypted schema of v2 (another column set) into v1's manifest: the MAC fails."""
+    first = publisher(frame_factory(1500), version=1)
+    second = publisher(frame_factory(1500)[["id", "amount"]], version=2)
+    other = json.loads(second.store.fs.cat_file(second.store.manifest_path("sales", 2)))["schema"]
+    data = _edit_manifest(first, lambda d: d.update(schema=other))
+    import hashlib
+
+    for digest in (first.manifest_sha256, hashlib.sha256(data).hexdigest()):
+        with pytest.raises(ManifestTamperedError, match=r"'sales' v1: .*(edited|MAC)"):
+            first.read(manifest_sha256=digest)
 
 
 def test_manifest_naming_another_dataset(published) -> None:
