@@ -8,9 +8,13 @@ Launched by :func:`~.hub_pod_image.launch_hub_pod`, inside the TEE this program
    the service's API token (:class:`~.hub_pod_config.PodSettings`); each child gets them through an inherited
    pipe, never an environment variable, argv or a file outside the TEE; the hub's database goes to the
    TEE's scratch folder;
-3. starts configurable-http-proxy (``node --import`` a preload that takes the token from the pipe), then
+3. under ``internal_ssl`` (on with TeeSpawner, :func:`~.hub_pod_config.configure_hub_pod`; a TeeSpawner
+   config without it is refused) makes JupyterHub's
+   internal CAs and certificates in the TEE's scratch with JupyterHub's own code (:mod:`.hub_pod_tls`);
+4. starts configurable-http-proxy (``node --import`` a preload that takes the token from the pipe; under
+   ``internal_ssl`` with the TLS flags JupyterHub's own proxy launch passes), then
    ``python -m jupyterhub -f <measured config>``, then the service, all on ``127.0.0.1``;
-4. once the hub answers, runs the front door (:mod:`.front_door`) in this process on the host's listen
+5. once the hub answers, runs the front door (:mod:`.front_door`) in this process on the host's listen
    address — the only socket of the pod off loopback — proxying to the proxy, with the layout as the ``pod``
    description of its attestation answers.
 
@@ -26,6 +30,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -36,7 +41,13 @@ from collections.abc import Mapping
 from teelab.errors import ConfigError, TeelabError
 from teelab.extension.hub.front_door import REQUEST_ENV, FrontDoorRequest, serve
 from teelab.extension.hub.front_door_protocol import FrontDoorError
-from teelab.extension.hub.hub_pod_config import SETTINGS_FD_ENV, PodSettings, service_environment
+from teelab.extension.hub.hub_pod_config import (
+    SETTINGS_FD_ENV,
+    PodSettings,
+    load_hub_config,
+    service_environment,
+)
+from teelab.extension.hub.hub_pod_tls import make_internal_tls, require_internal_ssl
 
 LAYOUT_ENV = "TEELAB_HUB_POD_LAYOUT"
 TOKEN_FD_ENV = "TEELAB_HUB_POD_TOKEN_FD"  # noqa: S105 (the name of a variable holding an fd number)
@@ -102,6 +113,9 @@ class Pod:
 
     def start(self) -> None:
         s, layout = self.settings, self.layout
+        config = load_hub_config(layout["hub_config"], s)
+        # Under internal_ssl: JupyterHub's CAs and certificates made here, in the TEE, before the proxy needs them.
+        tls = make_internal_tls(config) if require_internal_ssl(config) else None
         self.children["proxy"] = _start_with_pipe(
             [
                 layout["node"],
@@ -117,22 +131,31 @@ class Pod:
                 "--api-port",
                 str(s.proxy_api_port),
                 "--error-target",
-                f"http://127.0.0.1:{s.hub_port}/hub/error",
+                f"{'https' if tls else 'http'}://127.0.0.1:{s.hub_port}/hub/error",
                 "--log-level",
                 "warn",
+                *(tls.proxy_flags if tls else ()),
             ],
             _child_env({}),
             TOKEN_FD_ENV,
             s.proxy_token.encode(),
         )
+        if tls:
+            # The proxy has read its certificates once its API listens; only then may the hub rewrite the
+            # store's trust bundles (with the same content) at its own start.
+            self._wait_port(s.proxy_api_port, "the proxy")
         self.children["hub"] = _start_with_pipe(
             [sys.executable, "-s", "-m", "jupyterhub", "-f", layout["hub_config"]],
             _child_env({}),
             SETTINGS_FD_ENV,
             s.to_bytes(),
         )
-        self._wait_http(f"{s.hub_api_url}/", "the hub")
-        environment = service_environment(layout["hub_config"], s)
+        if tls:
+            hub_api = s.hub_api_url.replace("http://", "https://", 1)
+            self._wait_http(f"{hub_api}/", "the hub", context=tls.hub_client_context())
+        else:
+            self._wait_http(f"{s.hub_api_url}/", "the hub")
+        environment = service_environment(config, s)
         # The service needs its own token only: not the hub's cookie secret, crypt key or the proxy's token.
         own = dataclasses.replace(s, cookie_secret="", proxy_token="", crypt_key="")
         self.children["service"] = _start_with_pipe(
@@ -152,12 +175,14 @@ class Pod:
                     f"the pod's {name} exited with status {child.returncode} while {what} started"
                 )
 
-    def _wait_http(self, url: str, what: str, *, ok_only: bool = False) -> None:
+    def _wait_http(
+        self, url: str, what: str, *, ok_only: bool = False, context: ssl.SSLContext | None = None
+    ) -> None:
         deadline = time.monotonic() + READY_SECONDS
         while time.monotonic() < deadline:
             self._check_alive(what)
             try:
-                with urllib.request.urlopen(url, timeout=5):  # noqa: S310 (loopback inside the TEE)
+                with urllib.request.urlopen(url, timeout=5, context=context):  # noqa: S310 (loopback in the TEE)
                     return
             except urllib.error.HTTPError:
                 if not ok_only:

@@ -22,11 +22,14 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from traitlets.config import Config
+
 from teelab.errors import ConfigError
 from teelab.extension.hub.scopes import SERVICE_NAME
 
 SETTINGS_FD_ENV = "TEELAB_HUB_POD_SETTINGS_FD"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}/"
+INTERNAL_CERTS = "internal-ssl"
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,11 @@ class PodSettings:
         return f"http://127.0.0.1:{self.hub_port}/hub/api"
 
     @property
+    def internal_certs(self) -> str:
+        """JupyterHub's internal CAs and certificates (``internal_ssl``): in the TEE's scratch, made at start."""
+        return f"{self.scratch}/{INTERNAL_CERTS}"
+
+    @property
     def service_url(self) -> str:
         return f"http://127.0.0.1:{self.service_port}"
 
@@ -113,15 +121,28 @@ def current_settings() -> PodSettings:
 
 
 def configure_hub_pod(c: Any, *, root: str, **hub_options: Any) -> None:
-    """Everything pod-specific, then :func:`~teelab.extension.hub.configure_hub` with the pod's ports."""
+    """Everything pod-specific, then :func:`~teelab.extension.hub.configure_hub` with the pod's ports.
+
+    With ``tee_spawner=True`` the hub runs ``internal_ssl``: the hub, the proxy's API and every server speak
+    TLS with JupyterHub's internal CAs, made inside the pod (:mod:`.hub_pod_tls`), and the proxy reaches each
+    server only with the key attested inside its TEE. There is no opt-out: the pod refuses a TeeSpawner
+    config with ``internal_ssl`` off (:func:`~.hub_pod_tls.require_internal_ssl`)."""
     from teelab.extension.hub.config import configure_hub
 
     pod = current_settings()
+    tls = bool(hub_options.get("tee_spawner", False))
+    scheme = "https" if tls else "http"
     c.JupyterHub.bind_url = pod.proxy_url
-    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{pod.hub_port}"
+    c.JupyterHub.hub_bind_url = f"{scheme}://127.0.0.1:{pod.hub_port}"
     # The pod starts the proxy itself: JupyterHub would hand it the token in its environment.
     c.ConfigurableHTTPProxy.should_start = False
-    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{pod.proxy_api_port}"
+    c.ConfigurableHTTPProxy.api_url = f"{scheme}://127.0.0.1:{pod.proxy_api_port}"
+    if tls:
+        c.JupyterHub.internal_ssl = True
+        # Made by the pod before the proxy starts, reused by the hub: a recreated store would no longer match
+        # the certificates the running proxy holds.
+        c.JupyterHub.internal_certs_location = pod.internal_certs
+        c.JupyterHub.recreate_internal_certs = False
     c.ConfigurableHTTPProxy.auth_token = pod.proxy_token
     c.JupyterHub.cookie_secret = bytes.fromhex(pod.cookie_secret)
     c.CryptKeeper.keys = [bytes.fromhex(pod.crypt_key)]
@@ -146,23 +167,31 @@ def configure_hub_pod(c: Any, *, root: str, **hub_options: Any) -> None:
     c.JupyterHub.services = services
 
 
-def service_environment(config_file: str, settings: PodSettings) -> dict[str, str]:
-    """The (public) environment the hub would give the managed ``teelab-kbs`` service, from the config."""
+def load_hub_config(config_file: str, settings: PodSettings) -> Config:
+    """The measured config as the hub will load it, with this pod's settings."""
     from traitlets.config.loader import PyFileConfigLoader
 
     use_settings(settings)
-    loaded = PyFileConfigLoader(
-        os.path.basename(config_file), path=os.path.dirname(config_file)
-    ).load_config()
+    return PyFileConfigLoader(os.path.basename(config_file), path=os.path.dirname(config_file)).load_config()
+
+
+def service_environment(loaded: Config, settings: PodSettings) -> dict[str, str]:
+    """The (public) environment the hub would give the managed ``teelab-kbs`` service, from the config."""
     entry = next((s for s in loaded.JupyterHub.services if s.get("name") == SERVICE_NAME), None)
     if entry is None:
-        raise ConfigError(f"{config_file} configures no {SERVICE_NAME} service: call configure_hub_pod")
+        raise ConfigError(f"the hub's config configures no {SERVICE_NAME} service: call configure_hub_pod")
+    # Under internal_ssl the hub's own port wants a client certificate the hub issues only to services it
+    # starts; the pod starts the service, which asks the hub through the proxy's loopback port instead (the
+    # proxy forwards to the hub over TLS with its client certificate). Both hops stay inside the pod.
+    hub_api = (
+        f"{settings.proxy_url}/hub/api" if loaded.JupyterHub.get("internal_ssl") else settings.hub_api_url
+    )
     return {
         **{str(k): str(v) for k, v in entry.get("environment", {}).items()},
         "JUPYTERHUB_SERVICE_NAME": SERVICE_NAME,
         "JUPYTERHUB_SERVICE_URL": settings.service_url,
         "JUPYTERHUB_SERVICE_PREFIX": SERVICE_PREFIX,
-        "JUPYTERHUB_API_URL": settings.hub_api_url,
+        "JUPYTERHUB_API_URL": hub_api,
         "JUPYTERHUB_CLIENT_ID": f"service-{SERVICE_NAME}",
         "JUPYTERHUB_OAUTH_CALLBACK_URL": f"{SERVICE_PREFIX}oauth_callback",
         "JUPYTERHUB_BASE_URL": "/",
