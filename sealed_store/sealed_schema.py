@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 import secrets
 from typing import TYPE_CHECKING
 
@@ -39,7 +38,6 @@ TAG_BYTES = 16
 # manifest goes without the field, and readers take the schema from part 1's footer as before.
 MAX_SCHEMA_BYTES = 4 * 1024 * 1024
 MAX_SCHEMA_TEXT = 4 * -(-(NONCE_BYTES + MAX_SCHEMA_BYTES + TAG_BYTES) // 3)
-_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 def encrypt_schema(dek: bytes, dataset: str, version: int, schema: pa.Schema) -> str | None:
@@ -59,13 +57,13 @@ def schema_text_problem(value: object) -> str | None:
         return "schema is not a string"
     if len(value) > MAX_SCHEMA_TEXT:
         return f"schema is longer than {MAX_SCHEMA_TEXT} characters"
-    if len(value) % 4 or not _BASE64.fullmatch(value):
+    if not value.isascii():
         return "schema is not padded standard base64"
-    try:
-        raw = base64.b64decode(value, validate=True)
+    try:  # binascii's strict mode: one C pass (Python's regex check took 10x longer on a maximal value)
+        raw = binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
     except (binascii.Error, ValueError):
         return "schema is not padded standard base64"
-    if base64.b64encode(raw).decode("ascii") != value:  # non-zero bits in the last character's padding
+    if binascii.b2a_base64(raw, newline=False).decode("ascii") != value:  # e.g. stray bits before padding
         return "schema is not canonical base64"
     if len(raw) <= NONCE_BYTES + TAG_BYTES:
         return "schema is too short to hold an encrypted schema"
@@ -85,6 +83,9 @@ def decrypt_schema(dek: bytes, dataset: str, version: int, text: str) -> pa.Sche
             f"the manifest's encrypted schema {detail}", dataset=dataset, version=version
         )
 
+    problem = schema_text_problem(text)  # a Manifest built in code, not parsed, may hold anything
+    if problem is not None:
+        raise refuse(f"is malformed: {problem}")
     raw = base64.b64decode(text)
     nonce, sealed = raw[:NONCE_BYTES], raw[NONCE_BYTES:]
     try:
