@@ -11,7 +11,9 @@ environment variable, argv or a file the host sees. The operator's config calls:
     c.JupyterHub.authenticator_class = ...      # the operator's own choices
     configure_hub_pod(c, root="/srv/teelab", groups=..., operator_groups=...)   # configure_hub's options
 
-and that file is a trusted file of the pod's image: a change to it changes the pod's measurement.
+and that file is a trusted file of the pod's image: a change to it changes the pod's measurement. With
+``tee_spawner=True`` it also turns on JupyterHub's ``internal_ssl`` with the store in the pod's scratch
+(:mod:`.hub_pod_tls` makes it before the proxy starts).
 """
 
 from __future__ import annotations
