@@ -78,7 +78,7 @@ class SealedReader:
     store: DatasetStore
     manifest: Manifest
     _dek: bytes = field(repr=False)
-    # From the manifest's encrypted ``schema`` field; None for manifests sealed before it (part 1's footer then).
+    # The manifest's (encrypted ``schema`` field); None for manifests sealed before it: part 1's footer then.
     _schema: pa.Schema | None = field(default=None, repr=False)
     # Queries already checked (a Dask worker reads many parts with the same query): the check costs ~6 ms.
     _plans: dict[tuple[str, str, bool], tuple[pa.Schema, Filters, list[str] | None, ds.Expression | None]] = (
@@ -197,15 +197,48 @@ class SealedReader:
             assert first is not None
             schema = first.physical_schema
         wanted, expression = self._plan(schema, columns, filters, pandas_index=pandas_index)
-        tables = []
-        for k in parts if parts is not None else range(1, len(self.manifest.parts) + 1):
-            fragment = first if k == 1 and first is not None else self._fragment(k, schema)
+        numbers = list(parts) if parts is not None else list(range(1, len(self.manifest.parts) + 1))
+        fragments = [first if k == 1 and first is not None else self._fragment(k, schema) for k in numbers]
+        if len(fragments) == 1:
             try:
-                tables.append(fragment.to_table(schema=schema, columns=wanted, filter=expression))
+                return fragments[0].to_table(schema=schema, columns=wanted, filter=expression)
+            except Exception as error:  # anything pyarrow raises on bad bytes
+                self._part_failed(numbers[0], error)
+        # One scan over all the parts, each fragment with its own key: pyarrow then decodes the next part
+        # while the last row groups of one finish, as it does for a folder of plain files. Part by part, the
+        # tail of each part left a core idle (measured: the whole read 1.13x plain instead of 1.03x).
+        dataset = ds.FileSystemDataset(
+            fragments, schema=schema, format=fragments[0].format, filesystem=self.store.arrow_filesystem()
+        )
+        try:
+            return dataset.to_table(columns=wanted, filter=expression)
+        except Exception as error:  # anything pyarrow raises on bad bytes; it does not say which part
+            scan_error = error
+        self._find_failed_part(numbers, fragments, schema, wanted, expression, scan_error)
+
+    def _find_failed_part(
+        self,
+        numbers: Sequence[int],
+        fragments: Sequence[ds.ParquetFileFragment],
+        schema: pa.Schema,
+        wanted: list[str] | None,
+        expression: ds.Expression | None,
+        scan_error: BaseException,
+    ) -> NoReturn:
+        """After a failed scan over all parts: read them one by one to name the part that failed."""
+        if isinstance(scan_error, (TeelabError, MemoryError)):
+            raise scan_error
+        for k, fragment in zip(numbers, fragments, strict=True):
+            try:
+                fragment.to_table(schema=schema, columns=wanted, filter=expression)
             except Exception as error:  # anything pyarrow raises on bad bytes
                 self._part_failed(k, error)
-        # Zero-copy: the result is chunked by part and row group, nothing is copied here.
-        return pa.concat_tables(tables)
+        # Every part reads alone: the store failed the scan (a dropped connection), not the bytes.
+        raise StorageError(
+            f"cannot read it from the store {self.store.url!r}: {_first_line(scan_error)}",
+            dataset=self.name,
+            version=self.version,
+        )
 
     def _plan(
         self, schema: pa.Schema, columns: Sequence[str] | None, filters: Filters, *, pandas_index: bool

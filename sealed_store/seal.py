@@ -178,13 +178,13 @@ def seal_dataset(
                 advance(batch.num_rows)
         entries = writer.finish(record_rows=record_rows, description=table_input.description)
         manifest = build_manifest(
-            schema=writer.part_schema,
             dek=dek,
             dataset=name,
             version=version,
             created_at=isoformat(created_at or utcnow()),
             parts=entries,
             key_ref=key_ref if key_ref is not None else default_key_ref(name, version),
+            schema=writer.part_schema,  # stored encrypted: a reader's meta needs no part (sealed_schema.py)
         )
         # Written last and atomically: a folder without manifest.json is visibly unfinished.
         replace_atomically(folder / MANIFEST_NAME, manifest.to_bytes(), mode=0o644)

@@ -1,4 +1,4 @@
-"""The manifest's optional ``schema`` field: the Arrow schema, encrypted under a key derived from the data key.
+"""The manifest's optional ``schema`` field: the Arrow schema, encrypted under a key derived from the DEK.
 
 A Dask graph needs the partitions' empty frame (``meta``) before any task runs. Without this field the kernel
 decrypts part 1's footer to learn it, which means opening a part (fetching its tail and decrypting its

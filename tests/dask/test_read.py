@@ -138,8 +138,9 @@ def test_the_graph_is_built_from_the_manifest_and_decrypts_nothing_on_a_worker(w
 
 
 def test_building_the_graph_and_its_meta_opens_no_part(world: World) -> None:
-    """The meta comes from the manifest's encrypted schema: with every part unreadable (zeros of the same size,
-    so the store's listing still matches the manifest), the graph and its meta build; restored, it computes."""
+    """The meta comes from the manifest's encrypted schema: with every part unreadable (zeros of the same
+    size, so the store's listing still matches the manifest), the graph and its meta build; restored, it
+    computes."""
     from teelab.sealed_store.errors import PartTamperedError
 
     originals: dict[str, bytes] = {}
