@@ -209,9 +209,15 @@ def _presented_certificate(host: str, port: int) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
+def _argv(process: psutil.Process) -> list[str]:
+    try:
+        return list(process.cmdline())
+    except psutil.NoSuchProcess:
+        return []  # a short-lived child gone since the listing
+
+
 def _proxy_api_port(pod: AlicesPod) -> int:
-    (proxy,) = [p for p in pod.processes() if "configurable-http-proxy" in " ".join(p.cmdline())]
-    argv = proxy.cmdline()
+    (argv,) = [a for a in map(_argv, pod.processes()) if "configurable-http-proxy" in " ".join(a)]
     return int(argv[argv.index("--api-port") + 1])
 
 
@@ -326,7 +332,7 @@ def test_the_proxy_refuses_a_server_whose_certificate_the_pod_did_not_issue(
     its issuer carries that name)."""
     host, port = _alices_target(alices_pod)
     (listening,) = [p for p in alices_pod.processes() if _listens(p, port)]
-    (hub,) = [p for p in alices_pod.processes() if p.cmdline()[1:4] == ["-s", "-m", "jupyterhub"]]
+    (hub,) = [p for p in alices_pod.processes() if _argv(p)[1:4] == ["-s", "-m", "jupyterhub"]]
     key_pem, cert_pem = _impostor_certificate(host)
     (tmp_path / "impostor.key").write_bytes(key_pem)
     (tmp_path / "impostor.crt").write_bytes(cert_pem)
