@@ -122,6 +122,12 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
         help="Let users open terminals in their TEE servers (off: the sealed argv disables them; a terminal is a "
         "shell beside the process holding the server's hub token)",
     ).tag(config=True)
+    allow_plaintext_server_hop = Bool(
+        False,
+        help="Start servers on a TEE backend without c.JupyterHub.internal_ssl: the proxy and the hub then reach "
+        "the server over plain HTTP across the host's network, where the host reads every notebook and takes "
+        "the user's cookie. Only where the hub and the servers share one confidential VM.",
+    ).tag(config=True)
     kbs_credential = AnyTrait(
         None,
         allow_none=True,
@@ -275,7 +281,35 @@ class TeeSpawner(Spawner):  # type: ignore[misc]
             self._starting = False
             self._new_event.set()
 
+    def check_server_hop(self) -> None:
+        """Called first by :meth:`start`: a server in a real TEE is reached over TLS with its attested key
+        (``internal_ssl``) unless the operator explicitly accepts a plaintext hop. The simulated TEE is not
+        confidential anyway, so it only warns."""
+        if self.internal_ssl:
+            return
+        if self.tee_backend == "sim":
+            self.log.warning(
+                "teelab: c.JupyterHub.internal_ssl is off: the proxy reaches %s's server over plain HTTP",
+                self.user.name,
+            )
+            return
+        if self.allow_plaintext_server_hop:
+            self.log.warning(
+                "teelab: plain HTTP to %s's attested server (c.TeeSpawner.allow_plaintext_server_hop): "
+                "whoever runs the network between the proxy and the server reads the user's traffic",
+                self.user.name,
+            )
+            return
+        raise ConfigError(
+            f"refusing to start a {self.tee_backend} server without c.JupyterHub.internal_ssl: the proxy would "
+            "reach it over plain HTTP, readable by the host",
+            hint="set c.JupyterHub.internal_ssl = True (the server's TLS key is made in its TEE and certified "
+            "after attestation), or c.TeeSpawner.allow_plaintext_server_hop = True where the hub and the "
+            "servers share one confidential VM",
+        )
+
     async def _attested_start(self) -> tuple[str, int] | str:
+        self.check_server_hop()
         groups = [group.name for group in getattr(self.user, "groups", [])]
         choice = choose_policy(dict(self.policy_for), self.user.name, groups)
         policy = load_policy(choice.file)

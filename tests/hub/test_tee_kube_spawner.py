@@ -23,6 +23,7 @@ import pytest
 from kubernetes_asyncio.client import ApiClient
 from traitlets.config import Config
 
+from teelab.errors import ConfigError
 from teelab.extension.hub import spawner_protocol as protocol
 from teelab.extension.hub.kube_spawner import BOOT_COMMAND, KubeBootProcess, TeeKubeSpawner
 from teelab.extension.hub.kubernetes import (
@@ -101,6 +102,9 @@ def configured(tmp_path: Path, runtime_class: str = "kata-qemu-snp") -> Config:
     c.KubeSpawner.environment = {"TEELAB_STORE": STORE}  # configuration: sealed to the server, not in the pod
     c.KubeSpawner.events_enabled = False
     c.KubeSpawner.image = "registry.example.org/teelab-hub-server:1"
+    # These tests look at the pod without internal_ssl (test_tee_kube_spawner_ssl.py: with it), which a cvm
+    # server needs the operator's explicit opt-out for (test_a_cvm_server_without_internal_ssl_is_refused...).
+    c.TeeSpawner.allow_plaintext_server_hop = True
     return c
 
 
@@ -378,3 +382,40 @@ def test_the_boot_requests_pod_fields_round_trip_and_malformed_ones_fail_with_a_
     for change in ({"listen": "yes"}, {"listen": 1}, {"init_data": 7}, {"init_data": "x" * (96 * 1024 + 1)}):
         with pytest.raises(HandshakeError):
             protocol.ServerBootRequest.from_env(json.dumps({**json.loads(request.to_env()), **change}))
+
+
+def test_a_cvm_server_without_internal_ssl_is_refused_before_any_pod_is_made_offline(tmp_path: Path) -> None:
+    """Secure by default: without internal_ssl the proxy would reach the server pod over plain HTTP on the
+    host's network, so start() refuses before the pod exists, and says how to fix it."""
+    c = configured(tmp_path)
+    c.TeeSpawner.allow_plaintext_server_hop = False
+    CapturingSpawner.sent = None
+
+    async def start() -> None:
+        spawner = CapturingSpawner(config=c, _mock=True, api_token=HUB_TOKEN)
+        await with_reflector(spawner)
+        with pytest.raises(ConfigError, match=r"without c\.JupyterHub\.internal_ssl") as caught:
+            await spawner.start()
+        assert "c.JupyterHub.internal_ssl = True" in (caught.value.hint or "")
+        assert spawner.get_state().get("teelab_attestation") is None  # nothing attested, nothing launched
+
+    asyncio.run(start())
+    assert CapturingSpawner.sent is None  # no pod was sent to the API server
+
+
+def test_the_plaintext_hop_opt_out_is_explicit_and_logged_offline(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = configured(tmp_path)
+    assert c.TeeSpawner.allow_plaintext_server_hop is True
+    started_pod(tmp_path, c)
+    assert "plain HTTP to" in caplog.text and "allow_plaintext_server_hop" in caplog.text
+
+    async def with_ssl() -> None:  # internal_ssl: nothing to opt out of, the check passes without the flag
+        spawner = TeeKubeSpawner(
+            config=configured(tmp_path), _mock=True, api_token=HUB_TOKEN, internal_ssl=True
+        )
+        spawner.allow_plaintext_server_hop = False
+        spawner.check_server_hop()
+
+    asyncio.run(with_ssl())
