@@ -206,7 +206,8 @@ class SealedReader:
                 self._part_failed(numbers[0], error)
         # One scan over all the parts, each fragment with its own key: pyarrow then decodes the next part
         # while the last row groups of one finish, as it does for a folder of plain files. Part by part, the
-        # tail of each part left a core idle (measured: the whole read 1.13x plain instead of 1.03x).
+        # tail of each part left a core idle (16M rows in 10 parts, 15 interleaved rounds: 1.05x pd.read_parquet
+        # part by part, 0.97x in one scan).
         dataset = ds.FileSystemDataset(
             fragments, schema=schema, format=fragments[0].format, filesystem=self.store.arrow_filesystem()
         )
