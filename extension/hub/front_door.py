@@ -27,7 +27,10 @@ import json
 import os
 import ssl
 import sys
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
@@ -37,6 +40,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from cryptography.x509.oid import NameOID
 
 from teelab.errors import TeelabError
+from teelab.extension.hub.front_door_limits import EvidenceLimiter, EvidenceLimits, Refusal
 from teelab.extension.hub.front_door_protocol import (
     ATTESTATION_PATH,
     FrontDoorError,
@@ -45,6 +49,9 @@ from teelab.extension.hub.front_door_protocol import (
     parse_nonce,
     spki_sha256,
 )
+
+if TYPE_CHECKING:
+    from teelab.kernel.attested_module import Evidence
 
 REQUEST_ENV = "TEELAB_FRONT_DOOR_REQUEST"
 MAX_HEAD_BYTES = 64 << 10
@@ -60,6 +67,8 @@ class FrontDoorRequest:
     upstream_port: int
     hostnames: tuple[str, ...]
     collateral: str | None
+    # How often evidence is made per client and at once (front_door_limits); absent: the safe defaults.
+    evidence_limits: EvidenceLimits = field(default_factory=EvidenceLimits)
 
     @classmethod
     def from_env(cls, text: str | None) -> FrontDoorRequest:
@@ -85,6 +94,7 @@ class FrontDoorRequest:
                 upstream_port=int(data["upstream_port"]),
                 hostnames=tuple(str(name) for name in data["hostnames"]),
                 collateral=None if data.get("collateral") is None else str(data["collateral"]),
+                evidence_limits=EvidenceLimits.from_data(data.get("evidence_limits")),
             )
             upstream_is_loopback = ipaddress.ip_address(request.upstream_host).is_loopback
             if not (0 <= request.listen_port < 65536 and 0 <= request.upstream_port < 65536):
@@ -145,10 +155,10 @@ def _forwarded(head: bytes) -> bytes:
     return b"\r\n".join([line, b"X-Forwarded-Proto: https", *kept]) + b"\r\n\r\n"
 
 
-def _reply(status: str, body: bytes, *, close: bool) -> bytes:
+def _reply(status: str, body: bytes, *, close: bool, extra: str = "") -> bytes:
     head = (
         f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        f"Cache-Control: no-store\r\nConnection: {'close' if close else 'keep-alive'}\r\n\r\n"
+        f"Cache-Control: no-store\r\n{extra}Connection: {'close' if close else 'keep-alive'}\r\n\r\n"
     )
     return head.encode("ascii") + body
 
@@ -157,15 +167,35 @@ def _error(status: str, message: str, *, close: bool = False) -> bytes:
     return _reply(status, json.dumps({"error": message}).encode(), close=close)
 
 
+def _too_many(refusal: Refusal) -> bytes:
+    """429 with ``Retry-After``; the connection stays open (the client may go on to the hub)."""
+    body = {"error": refusal.message, "limit": refusal.limit, "retry_after": refusal.retry_after}
+    return _reply(
+        "429 Too Many Requests",
+        json.dumps(body).encode(),
+        close=False,
+        extra=f"Retry-After: {refusal.retry_after}\r\n",
+    )
+
+
 class FrontDoor:
-    def __init__(self, request: FrontDoorRequest, pod: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        request: FrontDoorRequest,
+        pod: dict[str, str] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        evidence: Callable[[bytes], Evidence] | None = None,
+    ) -> None:
+        """``clock`` and ``evidence`` are for tests (advance time; another sim TEE's evidence in-process)."""
         from teelab.kernel.attested_module import tee_evidence
 
         self.request = request
+        self.limiter = EvidenceLimiter(request.evidence_limits, clock)
         # The hub pod's description of what else its measured image runs (None: a front door alone).
         self.pod = pod
         self.context, self.tls_spki_sha256 = tls_identity(request.hostnames)
-        self._evidence = tee_evidence
+        self._evidence = evidence or tee_evidence
 
     def attestation(self, nonce: bytes) -> bytes:
         evidence = self._evidence(front_door_report_data(self.tls_spki_sha256, nonce))
@@ -212,9 +242,19 @@ class FrontDoor:
             except FrontDoorError as error:
                 writer.write(_error("400 Bad Request", error.message))
             else:
-                body = await asyncio.to_thread(self.attestation, nonce)
-                writer.write(_reply("200 OK", body, close=False))
+                writer.write(await self._limited_attestation(nonce, writer.get_extra_info("peername")))
             await writer.drain()
+
+    async def _limited_attestation(self, nonce: bytes, peer: object) -> bytes:
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        refusal = self.limiter.acquire(host)
+        if refusal is not None:
+            return _too_many(refusal)
+        try:
+            body = await asyncio.to_thread(self.attestation, nonce)
+        finally:
+            self.limiter.release()
+        return _reply("200 OK", body, close=False)
 
     async def _tunnel(self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

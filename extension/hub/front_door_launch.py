@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from teelab.errors import EnclaveError
 from teelab.extension.hub.front_door import REQUEST_ENV
+from teelab.extension.hub.front_door_limits import EvidenceLimits
 from teelab.extension.hub.front_door_protocol import FrontDoorError
 
 if TYPE_CHECKING:
@@ -86,12 +87,13 @@ def launch_front_door(
     listen: tuple[str, int] = ("127.0.0.1", 0),
     hostnames: tuple[str, ...] = ("localhost", "127.0.0.1"),
     controller: bytes | None = None,
+    limits: EvidenceLimits | None = None,
 ) -> RunningFrontDoor:
     """Start the front door in ``backend``'s TEE, proxying to ``upstream`` (loopback); return once it listens."""
     from teelab.kernel.attested_module import launch_module
 
     collateral = backend.collateral_path()
-    request = {
+    request: dict[str, object] = {
         "listen_host": listen[0],
         "listen_port": listen[1],
         "upstream_host": upstream[0],
@@ -99,6 +101,8 @@ def launch_front_door(
         "hostnames": list(hostnames),
         "collateral": str(collateral) if collateral is not None else None,
     }
+    if limits is not None:
+        request["evidence_limits"] = limits.to_json()
     process = launch_module(backend, image, inputs={REQUEST_ENV: json.dumps(request)}, controller=controller)
     return wait_announced(process, START_SECONDS)
 

@@ -73,6 +73,7 @@ class _OneConnection(http.client.HTTPSConnection):
 class Reply:
     status: int
     body: bytes
+    retry_after: str | None = None  # the Retry-After header of a 429 or 503, as sent (untrusted)
 
 
 class HubChannel:
@@ -111,7 +112,7 @@ class HubChannel:
             raise FrontDoorError(
                 "the verified connection was replaced"
             )  # belt and braces over _OneConnection
-        return Reply(response.status, body)
+        return Reply(response.status, body, response.getheader("Retry-After"))
 
     def close(self) -> None:
         self._connection.close()

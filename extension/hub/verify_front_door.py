@@ -11,6 +11,7 @@ for another nonce is a replay, evidence for another key means someone else termi
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +24,7 @@ from teelab.extension.hub.front_door_protocol import (
     FrontDoorEvidence,
     front_door_report_data,
 )
-from teelab.extension.hub.verify_channel import HubChannel
+from teelab.extension.hub.verify_channel import HubChannel, Reply
 from teelab.extension.hub.verify_checks import (
     CheckLine,
     binds,
@@ -73,6 +74,8 @@ def verify_front_door(
     )
     try:
         reply = channel.get(f"{ATTESTATION_PATH}?nonce={nonce.hex()}")
+        if reply.status == 429:
+            raise FrontDoorError(rate_limited(reply))
         if reply.status != 200:
             raise FrontDoorError(
                 f"the attestation endpoint answered HTTP {reply.status}: not a teelab front door?"
@@ -98,6 +101,25 @@ def verify_front_door(
         outcome.lines.append(pod_line(answer.pod, verified=all(line.passed for line in outcome.lines)))
     outcome.measurement = measurement_of(result)
     return outcome
+
+
+def rate_limited(reply: Reply) -> str:
+    """The line for a 429: the front door limits how often it makes evidence (docs/hosted-hub.md)."""
+    seconds = (reply.retry_after or "").strip()
+    wait = (
+        f"retry in {int(seconds)} s"
+        if seconds.isascii() and seconds.isdigit() and len(seconds) < 7
+        else "retry later"
+    )
+    why = ""
+    try:
+        error = json.loads(reply.body).get("error")
+        if isinstance(error, str):
+            # Printed to the user's terminal: no control characters from the peer.
+            why = " ({})".format("".join(c for c in error[:200] if c.isprintable()))
+    except (ValueError, AttributeError, RecursionError):
+        pass  # the reason is only for the user to read; the status says enough
+    return f"rate-limited, {wait}{why}"
 
 
 def binding_lines(

@@ -49,6 +49,7 @@ from teelab.extension.hub.front_door_launch import (
     front_door_policy_text,
     launch_front_door,
 )
+from teelab.extension.hub.front_door_limits import EvidenceLimits
 from teelab.extension.hub.front_door_protocol import ATTESTATION_PATH, FrontDoorEvidence, spki_sha256
 from teelab.extension.hub.spawner_verdict import Observed
 from teelab.extension.hub.verify_channel import HubAddress, HubChannel
@@ -251,7 +252,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, shared_cache_dir: Path)
         )
         hub = StandInHub({"alice": server_record(runtime, user="alice", bound_to="alice/")})
         upstream = hub.start()
-        running = launch_front_door(backend, image, upstream=("127.0.0.1", upstream.server_address[1]))
+        # Every test here asks from 127.0.0.1 in quick succession: a bucket the module cannot empty
+        # (the limits themselves: test_front_door_limits.py).
+        running = launch_front_door(
+            backend,
+            image,
+            upstream=("127.0.0.1", upstream.server_address[1]),
+            limits=EvidenceLimits(burst=1000),
+        )
         try:
             yield Deployment(
                 front_door=running,
