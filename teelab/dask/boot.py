@@ -63,6 +63,10 @@ from teelab.protocols.session import (
 )
 
 HANDSHAKE_TIMEOUT = 300.0  # the controller answers after verification; it holds the real deadline
+# A worker that cannot register with its scheduler for this long ends (Dask's death_timeout): a scheduler that
+# closed itself (idle, its controller gone) leaves no worker retrying forever. Once registered, a worker
+# closes as soon as its connection to the scheduler breaks.
+WORKER_DEATH_TIMEOUT = 120.0
 
 
 @dataclass
@@ -157,6 +161,7 @@ async def _serve(node: AttestedNode, security: Any) -> int:
             security=security,
             dashboard=False,
             dashboard_address=HTTP_ADDRESS,
+            idle_timeout=bundle.idle_timeout,  # from the sealed bundle only (None: never)
         )
     else:
         server = Worker(
@@ -169,6 +174,7 @@ async def _serve(node: AttestedNode, security: Any) -> int:
             dashboard=False,
             dashboard_address=HTTP_ADDRESS,
             local_directory=os.path.join(scratch(), "dask-worker"),
+            death_timeout=WORKER_DEATH_TIMEOUT,
         )
     try:
         await server

@@ -20,6 +20,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from dask.utils import parse_timedelta
+from distributed.core import Status
 from distributed.deploy.spec import SpecCluster
 
 from teelab.dask import comm, display
@@ -29,8 +31,12 @@ from teelab.dask.nodes import TeeScheduler, TeeWorker
 from teelab.dask.records import NodeAttestation
 from teelab.errors import ConfigError
 from teelab.gateway.policy import AppraisalPolicy
+from teelab.protocols.session import MAX_IDLE_TIMEOUT
 
 DEFAULT_LAUNCH_TIMEOUT = 120.0
+# The scheduler closes itself (and its workers with it) after this long with no client connected and no task:
+# a controller that crashed without closing the cluster leaves no node running on an agent for long.
+DEFAULT_IDLE_TIMEOUT = "300s"
 
 
 class TeeCluster(SpecCluster):  # type: ignore[misc]
@@ -45,6 +51,8 @@ class TeeCluster(SpecCluster):  # type: ignore[misc]
     seconds after which a worker the scheduler lost is replaced by a freshly attested one. ``hosts``: host
     agents (``grpcs://HOST:PORT``) the workers are placed on, and with ``remote_scheduler`` the scheduler too;
     ``host_credentials`` is what the controller presents to them (:mod:`teelab.dask.agents`, docs/dask.md).
+    ``idle_timeout`` (``"300s"``, seconds, or ``None`` for never): the scheduler closes itself, and its workers
+    with it, once no client has been connected and no task has run for that long (sealed in its bundle).
     """
 
     def __init__(
@@ -65,7 +73,9 @@ class TeeCluster(SpecCluster):  # type: ignore[misc]
         hosts: Sequence[str] | None = None,
         host_credentials: AgentCredentials | None = None,
         remote_scheduler: bool = False,
+        idle_timeout: str | float | None = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
+        idle_seconds = _idle_seconds(idle_timeout)
         agents = None
         if hosts is not None:
             if host_credentials is None:
@@ -79,6 +89,7 @@ class TeeCluster(SpecCluster):  # type: ignore[misc]
             launch_timeout=launch_timeout,
             agents=agents,
             remote_scheduler=remote_scheduler,
+            idle_timeout=idle_seconds,
         )
         self.replace_after = replace_after
         comm.watch(self)  # the JupyterLab panel lists its nodes as they are attested (teelab.dask.comm)
@@ -120,11 +131,22 @@ class TeeCluster(SpecCluster):  # type: ignore[misc]
         return display.html_repr(self)
 
     async def _close(self) -> None:
+        ended = self.scheduler if await self._scheduler_ended() else None
+        if ended is not None:
+            # The scheduler closed itself (idle_timeout): SpecCluster would wait 30 s on each call to it.
+            ended.status = Status.closed  # no retire_workers call
+            self.shutdown_scheduler = False  # no terminate call
         try:
             await super()._close()  # type: ignore[no-untyped-call]
         finally:
+            if ended is not None:
+                await ended.close()  # what its launch left is removed
             comm.forget(self)
             await self.controller.close()
+
+    async def _scheduler_ended(self) -> bool:
+        node = getattr(self.scheduler, "node", None)
+        return node is not None and await node.handle.exited()
 
     def _new_worker_name(self, worker_number: int) -> str:
         return str(worker_number)  # the name the worker's certificate and registration carry
@@ -139,9 +161,31 @@ class TeeCluster(SpecCluster):  # type: ignore[misc]
         comm.changed()
 
     def _replace(self, name: Any, address: str) -> None:
+        self._futures.add(asyncio.ensure_future(self._replace_unless_ended(name)))
+
+    async def _replace_unless_ended(self, name: Any) -> None:
+        if await self._scheduler_ended():  # its workers ended with it (idle_timeout): nothing to join
+            return
         alive = any(info.get("name") == name for info in self.scheduler_info["workers"].values())
         if alive or name not in self.workers or self.status.name != "running":
             return
         self._futures.add(asyncio.ensure_future(self.workers.pop(name).close()))
         # The spec still names the worker: correcting the state launches and attests a new one.
         self._correct_state()  # type: ignore[no-untyped-call]
+
+
+def _idle_seconds(idle_timeout: str | float | None) -> float | None:
+    if idle_timeout is None:
+        return None
+    if isinstance(idle_timeout, bool):  # True is 1 to parse_timedelta: a mistake, not a duration
+        raise ConfigError(f"TeeCluster(idle_timeout={idle_timeout!r}) is not a duration")
+    try:
+        seconds = parse_timedelta(idle_timeout, default="seconds")
+    except (ValueError, TypeError, KeyError) as error:
+        raise ConfigError(f"TeeCluster(idle_timeout={idle_timeout!r}) is not a duration: {error}") from None
+    if not 0 < seconds <= MAX_IDLE_TIMEOUT:
+        raise ConfigError(
+            f"TeeCluster(idle_timeout={idle_timeout!r}) is out of range",
+            hint=f"a duration up to {MAX_IDLE_TIMEOUT:.0f} s, or None for a scheduler that never closes by itself",
+        )
+    return float(seconds)

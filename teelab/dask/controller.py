@@ -224,12 +224,15 @@ class ClusterController:
         launch_timeout: float,
         agents: AgentPool | None = None,
         remote_scheduler: bool = False,
+        idle_timeout: float | None = None,
     ) -> None:
-        """``agents``: place the workers (and with ``remote_scheduler`` the scheduler) on host agents."""
+        """``agents``: place the workers (and with ``remote_scheduler`` the scheduler) on host agents;
+        ``idle_timeout``: seconds without a client and a task after which the scheduler closes (None: never)."""
         if remote_scheduler and agents is None:
             raise ConfigError("a scheduler on a host agent needs TeeCluster(hosts=...)")
         self.agents = agents
         self.remote_scheduler = remote_scheduler
+        self.idle_timeout = idle_timeout
         self.cluster_id = uuid.uuid4().hex[:12]
         self.host = host
         self.launch_timeout = launch_timeout
@@ -281,6 +284,7 @@ class ClusterController:
                 nthreads=nthreads,
                 key_broker=key_broker,
                 attestation=result.to_json(),
+                idle_timeout=self.idle_timeout if role == "scheduler" else None,
             )
 
         def launched(node: NodeHandle) -> None:

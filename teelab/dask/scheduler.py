@@ -4,6 +4,11 @@ this subclass admits as workers only those whose certificate says ``worker`` —
 ``distributed`` checks no roles: a client certificate registers as a worker (research/scale_out.md A.1), and a
 ``SchedulerPlugin`` cannot veto a worker (it is told after the worker was added). So the handler itself
 (``register-worker``) is overridden: it answers ``{"status": "error"}`` and the worker never joins.
+
+It also ends a cluster whose controller is gone (docs/dask.md): Dask's idle timeout closes a scheduler that ran
+no task for that long — even with a client connected, in this ``distributed``. Here a connected client keeps it
+open; once the last client is gone (closed, or its process crashed and the connection broke) and no task runs
+for ``idle_timeout``, it closes itself and tells its workers to close.
 """
 
 from __future__ import annotations
@@ -34,3 +39,9 @@ class AttestedScheduler(Scheduler):  # type: ignore[misc]
             )
             return
         await super().add_worker(comm, name=name, **kwargs)
+
+    def check_idle(self) -> float | None:
+        if self.client_comms:  # a connected client is someone still using the cluster, idle or not
+            self.idle_since = None
+            return None
+        return super().check_idle()  # type: ignore[no-any-return]

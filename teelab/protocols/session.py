@@ -362,6 +362,9 @@ def _pem(data: Mapping[str, object], key: str, what: str, marker: str) -> str:
     return str(value)
 
 
+MAX_IDLE_TIMEOUT = 30 * 24 * 3600.0  # a month: longer is "never", which is None
+
+
 @dataclass(frozen=True)
 class DaskNodeBundle:
     """What only an attested Dask node may learn (teelab.dask; docs/protocols/session-handshake.md).
@@ -382,6 +385,8 @@ class DaskNodeBundle:
     nthreads: int = 1
     key_broker: KeyBrokerSection | None = None
     attestation: Mapping[str, object] | None = None  # the controller's result for this node
+    # A scheduler closes itself after this many seconds with no client and no task (None: never).
+    idle_timeout: float | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -396,6 +401,7 @@ class DaskNodeBundle:
                 "nthreads": self.nthreads,
                 "key_broker": self.key_broker.to_json() if self.key_broker is not None else None,
                 "attestation": dict(self.attestation) if self.attestation is not None else None,
+                "idle_timeout": self.idle_timeout,
             }
         }
 
@@ -425,6 +431,15 @@ class DaskNodeBundle:
         attestation = section.get("attestation")
         if attestation is not None and not isinstance(attestation, dict):
             raise HandshakeError(f"{what}: attestation is not an object")
+        idle_timeout = section.get("idle_timeout")
+        if idle_timeout is not None and (
+            isinstance(idle_timeout, bool)
+            or not isinstance(idle_timeout, int | float)
+            or not 0 < idle_timeout <= MAX_IDLE_TIMEOUT
+        ):
+            raise HandshakeError(
+                f"{what}: idle_timeout is not a number of seconds in (0, {MAX_IDLE_TIMEOUT}]"
+            )
         return cls(
             cluster_id=_field(section, "cluster_id", str, what),
             role=role,
@@ -436,6 +451,7 @@ class DaskNodeBundle:
             nthreads=nthreads,
             key_broker=KeyBrokerSection.from_json(broker) if broker is not None else None,
             attestation=attestation,
+            idle_timeout=float(idle_timeout) if idle_timeout is not None else None,
         )
 
 
