@@ -10,7 +10,9 @@ Launched by :func:`~.hub_pod_image.launch_hub_pod`, inside the TEE this program
    TEE's scratch folder;
 3. under ``internal_ssl`` (on with TeeSpawner, :func:`~.hub_pod_config.configure_hub_pod`; a TeeSpawner
    config without it is refused) makes JupyterHub's
-   internal CAs and certificates in the TEE's scratch with JupyterHub's own code (:mod:`.hub_pod_tls`);
+   internal CAs and certificates in the TEE's scratch with JupyterHub's own code (:mod:`.hub_pod_tls`),
+   and TeeSpawner's controller key ``G_s`` there too (0600, new at every start: a restarted pod is a new
+   controller);
 4. starts configurable-http-proxy (``node --import`` a preload that takes the token from the pipe; under
    ``internal_ssl`` with the TLS flags JupyterHub's own proxy launch passes), then
    ``python -m jupyterhub -f <measured config>``, then the service, all on ``127.0.0.1``;
@@ -37,6 +39,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 
 from teelab.errors import ConfigError, TeelabError
 from teelab.extension.hub.front_door import REQUEST_ENV, FrontDoorRequest, serve
@@ -48,6 +51,7 @@ from teelab.extension.hub.hub_pod_config import (
     service_environment,
 )
 from teelab.extension.hub.hub_pod_tls import make_internal_tls, require_internal_ssl
+from teelab.gateway.identity import GatewayIdentity
 
 LAYOUT_ENV = "TEELAB_HUB_POD_LAYOUT"
 TOKEN_FD_ENV = "TEELAB_HUB_POD_TOKEN_FD"  # noqa: S105 (the name of a variable holding an fd number)
@@ -105,6 +109,13 @@ def _start_with_pipe(
     return child
 
 
+def _make_spawner_identity(path: Path) -> None:
+    """TeeSpawner's ``G_s``, new in the (fresh) scratch: an existing file there is not this start's key."""
+    if path.exists():
+        raise ConfigError(f"{path} exists at the pod's start: the TEE's scratch is not fresh")
+    GatewayIdentity.load_or_create(path)
+
+
 class Pod:
     def __init__(self, layout: dict[str, str], settings: PodSettings) -> None:
         self.layout = layout
@@ -116,6 +127,8 @@ class Pod:
         config = load_hub_config(layout["hub_config"], s)
         # Under internal_ssl: JupyterHub's CAs and certificates made here, in the TEE, before the proxy needs them.
         tls = make_internal_tls(config) if require_internal_ssl(config) else None
+        if tls:
+            _make_spawner_identity(Path(s.spawner_identity))
         self.children["proxy"] = _start_with_pipe(
             [
                 layout["node"],

@@ -13,7 +13,9 @@ environment variable, argv or a file the host sees. The operator's config calls:
 
 and that file is a trusted file of the pod's image: a change to it changes the pod's measurement. With
 ``tee_spawner=True`` it also turns on JupyterHub's ``internal_ssl`` with the store in the pod's scratch
-(:mod:`.hub_pod_tls` makes it before the proxy starts).
+(:mod:`.hub_pod_tls` makes it before the proxy starts), and keeps TeeSpawner's controller key ``G_s`` in the
+same scratch (:attr:`PodSettings.spawner_identity`, made by the pod at start): never under ``root``, which the
+host sees.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from teelab.extension.hub.scopes import SERVICE_NAME
 SETTINGS_FD_ENV = "TEELAB_HUB_POD_SETTINGS_FD"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}/"
 INTERNAL_CERTS = "internal-ssl"
+SPAWNER_IDENTITY = "spawner-identity.pem"
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,15 @@ class PodSettings:
     def internal_certs(self) -> str:
         """JupyterHub's internal CAs and certificates (``internal_ssl``): in the TEE's scratch, made at start."""
         return f"{self.scratch}/{INTERNAL_CERTS}"
+
+    @property
+    def spawner_identity(self) -> str:
+        """TeeSpawner's controller key ``G_s``: in the TEE's scratch, made fresh (0600) at each pod start.
+
+        Whoever holds ``G_s`` signs bundles a genuine server image accepts, so it must not sit in ``root`` (a
+        host-visible folder). The price: a restarted pod has a new ``G_s`` (docs/hosted-hub.md, "The hub pod").
+        """
+        return f"{self.scratch}/{SPAWNER_IDENTITY}"
 
     @property
     def service_url(self) -> str:
@@ -159,6 +171,9 @@ def configure_hub_pod(c: Any, *, root: str, **hub_options: Any) -> None:
         service_port=pod.service_port,
         **hub_options,
     )
+    if tls:
+        # configure_tee_spawner put G_s under root; in the pod it lives in the TEE's scratch instead.
+        c.TeeSpawner.identity_file = pod.spawner_identity
     services = []
     for service in c.JupyterHub.services:
         if service.get("name") == SERVICE_NAME:

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import ipaddress
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -37,8 +38,10 @@ from teelab.cli import main as teelab_main
 from teelab.enclave_runtime.backends import get_backend
 from teelab.extension.hub.deploy import hub_pod_config_text, write_demo_root
 from teelab.extension.hub.front_door_launch import RunningFrontDoor, front_door_policy_text
+from teelab.extension.hub.hub_pod_config import SPAWNER_IDENTITY
 from teelab.extension.hub.hub_pod_image import build_hub_pod_image, launch_hub_pod
 from teelab.extension.hub.spawner_certs import NOTEBOOKS_CA
+from teelab.gateway.identity import GatewayIdentity
 
 pytestmark = pytest.mark.slow
 
@@ -184,6 +187,53 @@ def test_alice_verifies_the_hub_pod_and_her_attested_server_through_it(
     assert any(line.startswith("✓ server binding:") and "'alice/'" in line for line in lines), captured.out
     assert any(line.startswith("✓ server controller:") for line in lines), captured.out
     assert alices_pod.token not in captured.out + captured.err
+
+
+def _pod_scratch(pod: AlicesPod) -> Path:
+    """The pod's TEE-private scratch: its ``TMPDIR``, placed by the launch in a fresh 0700 folder."""
+    environ = Path(f"/proc/{pod.running.process.popen.pid}/environ").read_bytes()
+    (scratch,) = [e.split(b"=", 1)[1] for e in environ.split(b"\0") if e.startswith(b"TMPDIR=")]
+    return Path(os.fsdecode(scratch))
+
+
+_PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\s+[A-Za-z0-9+/=\s]{40,}-----END")
+# Private keys under root that are not the spawner's, each on purpose: the image signing key (a build-time key of
+# the operator's: policies pin the measurement, not the signer) and the key broker's state (on hardware the
+# pod's encrypted disk, "Where the state lives"). The simulated platform's own keys model the CPU's.
+_OTHER_KEYS = {"data/enclave-signing-key.pem", "kbs/signing.key"}
+
+
+def _private_key_files(folder: Path) -> list[str]:
+    """Files under ``folder`` holding a PEM private key (a whole block: not code that names the header)."""
+    return sorted(
+        str(path.relative_to(folder))
+        for path in folder.rglob("*")
+        if path.is_file() and not path.is_symlink() and _PEM_PRIVATE_KEY.search(path.read_bytes())
+    )
+
+
+def test_the_spawner_key_lives_in_the_pods_scratch_and_is_the_controller_of_alices_server(
+    alices_pod: AlicesPod,
+) -> None:
+    """G_s (whoever holds it signs bundles a genuine server image accepts) is made in the pod's TEE-private
+    scratch at its start, never under the host-visible root; alice's server obeys exactly that key."""
+    scratch = _pod_scratch(alices_pod)
+    identity = scratch / SPAWNER_IDENTITY
+    assert identity.is_file() and identity.stat().st_mode & 0o777 == 0o600
+    assert not identity.resolve().is_relative_to(alices_pod.root.resolve())
+    # The hub's config names that file (the hub process's TeeSpawner reads it), not one under root.
+    config = (alices_pod.root / "jupyterhub_config.py").read_text()
+    assert "spawner-identity.pem" not in config
+    under_root = [p for p in _private_key_files(alices_pod.root) if not p.startswith("data/sim-platform/")]
+    assert set(under_root) <= _OTHER_KEYS, under_root
+    assert SPAWNER_IDENTITY in {Path(p).name for p in _private_key_files(scratch)}
+    public = GatewayIdentity.load_or_create(identity).public
+    verdicts = alices_pod.get("/services/teelab-kbs/api/servers/alice")
+    assert verdicts.status_code == 200, verdicts.text
+    ((verdict,),) = [verdicts.json()["servers"]]
+    assert verdict["status"] == "attested"
+    assert verdict["controller"] == hashlib.sha256(public).hexdigest()
+    assert verdict["controller_key"] == public.hex()
 
 
 def _alices_target(pod: AlicesPod) -> tuple[str, int]:
