@@ -2,16 +2,21 @@
 connected and no task (Dask's idle timeout, set from the sealed bundle), and its workers end with it; a client
 that is connected but idle keeps it open.
 
-Where this test stands: real sim-backend nodes. A crashed controller is, for the scheduler, a client connection
-that ended while nobody ever asked the cluster to close; here the controller's process stays (local nodes
-would otherwise end with their launcher, which is what nodes on a host agent do not do), its client is closed
-and the cluster object is not.
+Where these tests stand: real sim-backend nodes. A crashed controller is, for the scheduler, a client connection
+that ended while nobody ever asked the cluster to close. Locally the controller's process has to stay (local
+nodes would otherwise end with their launcher): its client is closed and the cluster object is not. On host
+agents (the nodes' launcher, alive) the controller is a separate process, killed with SIGKILL.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +27,7 @@ from teelab.errors import ConfigError
 from teelab.protocols.session import DaskNodeBundle, HandshakeError
 from tests.dask.conftest import DaskEnv
 from tests.dask.test_node_protocol import sample
+from tests.dask.test_remote_nodes import TOKEN, Agent, agents, live_nodes, tokens  # noqa: F401  (fixtures)
 from tests.dask.test_scale import alive
 
 IDLE = 3.0
@@ -71,6 +77,47 @@ def test_the_scheduler_of_a_cluster_nobody_closed_ends_and_its_workers_with_it(d
         print(f"close after the scheduler ended: {time.monotonic() - closing:.2f} s")
     assert not any(alive(pid) for pid in pids)
     assert len(cluster.attestation_history) == 3  # no worker was "replaced" into a cluster that had ended
+
+
+CONTROLLER = """
+import sys, time
+from teelab.dask import TeeCluster
+from teelab.dask.agents import AgentCredentials
+cluster = TeeCluster(n_workers=1, policy=sys.argv[1], hosts=sys.argv[2:], remote_scheduler=True,
+                     host_credentials=AgentCredentials(token=%r), idle_timeout=%r)
+client = cluster.get_client()
+assert client.submit(sum, [1, 2, 3]).result() == 6
+print("computed", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_crashed_controllers_nodes_on_agents_end(
+    agents: Callable[..., Agent],  # noqa: F811  (the fixture)
+    dask_env: DaskEnv,
+) -> None:
+    """The issue's case: scheduler and worker on host agents (their launcher, alive), the controller SIGKILLed."""
+    (_, first), (_, second) = agents("127.0.0.2"), agents("127.0.0.3")
+    controller = subprocess.Popen(
+        [sys.executable, "-c", CONTROLLER % (TOKEN, IDLE), str(dask_env.policy), first, second],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        assert controller.stdout is not None
+        assert controller.stdout.readline().strip() == "computed"
+        assert len(live_nodes(first)) + len(live_nodes(second)) == 2
+        controller.send_signal(signal.SIGKILL)  # no close(): its client's connection just breaks
+        controller.wait()
+        crashed = time.monotonic()
+        assert within(lambda: not live_nodes(first) and not live_nodes(second), BOUND), "a node outlived it"
+        print(
+            f"the nodes on the agents ended {time.monotonic() - crashed:.1f} s after the controller's SIGKILL"
+        )
+    finally:
+        controller.kill()
+        controller.wait()
 
 
 def test_the_idle_timeout_argument() -> None:
