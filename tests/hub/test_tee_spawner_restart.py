@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from teelab.extension.hub.demo import HubProcess
+from teelab.gateway.identity import GatewayIdentity
 from tests.hub.test_tee_spawner import TeeHub, build_server_image
 
 pytestmark = pytest.mark.slow
@@ -55,3 +57,29 @@ def test_the_verdict_survives_a_hub_restart_and_the_new_hub_rechallenges(restart
     challenge = after["last_challenge"]  # made by the new hub's first poll, from the loaded state
     assert challenge is not None and challenge["ok"] is True, challenge
     assert challenge["answer"]["enclave_key"] == before["enclave_key"]
+
+
+def test_a_hub_restarted_with_a_new_spawner_key_stops_the_server_of_the_old_one(
+    restartable_hub: TeeHub,
+) -> None:
+    """What a restarted hub pod does (its G_s is made new in the TEE's scratch at every start), were its database
+    kept: the old server's re-challenge names the old controller, fails check ``controller``, and the server is
+    stopped, not trusted."""
+    hub = restartable_hub.hub
+    events = restartable_hub.spawn_and_follow("alice")
+    assert events[-1].get("ready") is True, events
+    before = restartable_hub.verdict("alice")
+    pid = restartable_hub.server("alice")["state"]["pid"]
+    hub.stop()
+    identity = hub.root / "hub" / "spawner-identity.pem"
+    identity.unlink()  # the restarted hub makes a new G_s
+    hub.start()
+    restartable_hub.wait_until("alice", ready=False)  # the new hub's first poll
+    assert GatewayIdentity.load_or_create(identity).controller.hex() != before["controller"]
+    after = restartable_hub.verdict("alice")
+    assert after["status"] == "refused" and after["ok"] is False, after
+    assert "controller" in after["reason"], after["reason"]
+    try:  # the spawner's stop waited for the old server's TEE to end
+        assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        pass
