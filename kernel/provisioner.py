@@ -52,6 +52,12 @@ from teelab.protocols.session import BOOT_REQUEST_ENV, NONCE_SIZE, PORT_NAMES, B
 _BACKENDS: dict[tuple[str, str], EnclaveBackend] = {}
 # Settings a kernelspec may carry. The policy is deliberately not one of them: kernelspecs are user-editable.
 _KERNELSPEC_SETTINGS = frozenset({"backend"})
+PORT_ATTEMPTS = 3  # launches when the kernel finds a session port taken (then the refusal stands)
+
+
+def ports_taken(failure: BaseException) -> bool:
+    """The boot could not bind a session port: another process took it after the gateway chose it."""
+    return isinstance(failure, KernelRefused) and "Address already in use" in failure.detail
 
 
 class TeeProvisioner(ProvisionerSettings, KernelProvisionerBase):  # type: ignore[misc,metaclass]
@@ -72,6 +78,7 @@ class TeeProvisioner(ProvisionerSettings, KernelProvisionerBase):  # type: ignor
         self.process: EnclaveProcess | None = None
         self._nonce = b""
         self._ports: list[int] = []
+        self._jupyter_session = ""
         self.host_output = BootOutput()  # what the TEE process wrote to stdout/stderr: the host sees as much
         self.result: AttestationResult | None = None
 
@@ -93,6 +100,13 @@ class TeeProvisioner(ProvisionerSettings, KernelProvisionerBase):  # type: ignor
             raise ConfigError(
                 "teelab kernels use the tcp transport (a TEE cannot share IPC sockets with the host)"
             )
+        self._jupyter_session = (kwargs.get("env") or {}).get("JPY_SESSION_NAME", "")
+        self._fresh_session()
+        return await super().pre_launch(cmd=list(self.kernel_spec.argv), **kwargs)
+
+    def _fresh_session(self) -> None:
+        """New ports, HMAC key, CURVE keypair and nonce, and the connection file for them."""
+        km = self.km
         self._release_ports()
         cache = LocalPortCache.instance()
         self._ports = [cache.find_available_port(km.ip) for _ in PORT_NAMES]
@@ -103,20 +117,27 @@ class TeeProvisioner(ProvisionerSettings, KernelProvisionerBase):  # type: ignor
         km.curve_publickey, km.curve_secretkey = zmq.curve_keypair()
         self._nonce = secrets.token_bytes(NONCE_SIZE)
         km.cleanup_connection_file()
-        km.write_connection_file(jupyter_session=(kwargs.get("env") or {}).get("JPY_SESSION_NAME", ""))
+        km.write_connection_file(jupyter_session=self._jupyter_session)
         self.connection_info = km.get_connection_info()
-        return await super().pre_launch(cmd=list(self.kernel_spec.argv), **kwargs)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
-        try:
-            await self._launch_and_attest()
-        except BaseException as error:
-            failure = await self._explain(error)
-            await self._abort()
-            if failure is None:
-                raise
-            raise failure from None
-        return self.connection_info
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                await self._launch_and_attest()
+                return self.connection_info
+            except BaseException as error:
+                failure = await self._explain(error)
+                await self._abort()
+                if failure is None:
+                    raise
+                if attempt == PORT_ATTEMPTS or not ports_taken(failure):
+                    raise failure from None
+            # A port chosen here was taken by another process before the kernel bound it (jupyter_client's
+            # ports have the same race): a whole new session on new ports. The host can cause this too, but
+            # gains only PORT_ATTEMPTS launches, each attested afresh.
+            self.log.warning("teelab kernel %s: a session port was taken; starting again", self.kernel_id)
+            self._fresh_session()
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     async def poll(self) -> int | None:
         return self.process.poll() if self.process is not None else 0
