@@ -61,6 +61,8 @@ def ports_taken(failure: BaseException) -> bool:
 
 
 class TeeProvisioner(ProvisionerSettings, KernelProvisionerBase):  # type: ignore[misc,metaclass]
+    port_attempts = PORT_ATTEMPTS  # launches while the kernel finds a session port taken
+
     def __init__(self, **kwargs: Any) -> None:
         # The factory passes a kernelspec's `metadata.kernel_provisioner.config` as keyword arguments.
         refused = sorted(
@@ -101,10 +103,10 @@ class TeeProvisioner(ProvisionerSettings, KernelProvisionerBase):  # type: ignor
                 "teelab kernels use the tcp transport (a TEE cannot share IPC sockets with the host)"
             )
         self._jupyter_session = (kwargs.get("env") or {}).get("JPY_SESSION_NAME", "")
-        self._fresh_session()
+        self._new_local_session()
         return await super().pre_launch(cmd=list(self.kernel_spec.argv), **kwargs)
 
-    def _fresh_session(self) -> None:
+    def _new_local_session(self) -> None:
         """New ports, HMAC key, CURVE keypair and nonce, and the connection file for them."""
         km = self.km
         self._release_ports()
@@ -121,7 +123,7 @@ class TeeProvisioner(ProvisionerSettings, KernelProvisionerBase):  # type: ignor
         self.connection_info = km.get_connection_info()
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
-        for attempt in range(1, PORT_ATTEMPTS + 1):
+        for attempt in range(1, self.port_attempts + 1):
             try:
                 await self._launch_and_attest()
                 return self.connection_info
@@ -130,13 +132,13 @@ class TeeProvisioner(ProvisionerSettings, KernelProvisionerBase):  # type: ignor
                 await self._abort()
                 if failure is None:
                     raise
-                if attempt == PORT_ATTEMPTS or not ports_taken(failure):
+                if attempt == self.port_attempts or not ports_taken(failure):
                     raise failure from None
             # A port chosen here was taken by another process before the kernel bound it (jupyter_client's
             # ports have the same race): a whole new session on new ports. The host can cause this too, but
-            # gains only PORT_ATTEMPTS launches, each attested afresh.
+            # gains only port_attempts launches, each attested afresh.
             self.log.warning("teelab kernel %s: a session port was taken; starting again", self.kernel_id)
-            self._fresh_session()
+            self._new_local_session()
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
     async def poll(self) -> int | None:

@@ -50,6 +50,8 @@ LOST_A_PORT = "failed to start inside the TEE: ZMQError"  # the boot could not b
 
 
 class RemoteTeeProvisioner(TeeProvisioner):
+    port_attempts = 1  # _launch_and_attest starts again itself when the host loses a port (PORT_RETRIES)
+
     hosts = List(
         Unicode(),
         config=True,
